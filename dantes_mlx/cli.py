@@ -1,0 +1,59 @@
+"""The `dantes-mlx` command: a lazy click group that dispatches to one module per stage."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from dantes_mlx import __version__
+
+# name -> (module in dantes_mlx.commands, attribute, one-line help). Modules import only on use,
+# so `dantes-mlx --help` stays fast and never loads mlx, llama.cpp or torch.
+COMMANDS = {
+    "init": ("project", "init", "Write a commented dantes.yaml for a new project."),
+    "fetch": ("book", "fetch", "Download Project Gutenberg ebooks (or copy a local file) into data/raw/."),
+    "clean": ("book", "clean", "Strip licence text, unwrap lines, record chapters; print stats."),
+    "extract": ("extract", "extract", "Extract a character's citations (local LLM or French dialogue rules)."),
+    "generate": ("generate", "generate", "Generate instruction/response pairs in the character's voice."),
+    "prepare": ("dataset", "prepare", "Build leak-free train/valid/test splits in mlx-lm's formats."),
+    "validate": ("dataset", "validate", "Check a dataset folder the way fine-tuning services do."),
+    "stats": ("dataset", "stats", "Counts, token lengths, label balance and answer openings of a dataset."),
+    "train": ("train", "train", "Fine-tune with LoRA/DoRA/QLoRA/full (mlx-lm, or a plugin backend)."),
+    "backends": ("train", "backends", "List the training backends installed and whether they are usable."),
+    "export": ("export", "export", "Export PEFT adapter, GGUF LoRA, fused GGUF and an Ollama Modelfile."),
+    "parity": ("export", "parity", "Check that an exported GGUF predicts like the trained model."),
+    "chat": ("chat", "chat", "Chat with the fine-tuned model (MLX + adapter, or a GGUF)."),
+    "ask": ("chat", "ask", "Ask the fine-tuned model one question."),
+    "eval": ("evaluate", "eval_cmd", "Compare base and fine-tuned models; write an HTML/Markdown report."),
+    "demo": ("pipeline", "demo", "Run the whole pipeline offline on a built-in scene and a tiny model."),
+    "run": ("pipeline", "run", "Run the whole real pipeline from dantes.yaml, each stage resumable."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands are imported the first time they are used."""
+
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"dantes_mlx.commands.{module}"), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dantes-mlx")
+def main():
+    """Turn a public-domain book into a persona model you can `ollama run`."""
+
+
+if __name__ == "__main__":
+    main()

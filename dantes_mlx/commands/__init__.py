@@ -1,0 +1,1 @@
+"""Thin click commands: each parses options and calls one stage function."""

@@ -1,0 +1,223 @@
+"""Settings: one dataclass per stage with help text; defaults < dantes.yaml < command-line flags."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dantes_mlx.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "dantes.yaml"
+T = TypeVar("T")
+
+
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with help text; mutable defaults are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+DANTES_ALIASES = ["Edmond", "Dantès", "le comte", "Monte-Cristo", "Sinbad le marin",
+                  "l'abbé Busoni", "lord Wilmore"]
+DANTES_PERSONA = (
+    "Tu es Edmond Dantès, le comte de Monte-Cristo. Tu parles un français soutenu du XIXe siècle, "
+    "tu vouvoies ton interlocuteur, et tu réponds en homme qui a connu la prison du château d'If, "
+    "la patience, la vengeance et le pardon."
+)
+
+
+@dataclass
+class ProjectConfig:
+    """Where the pipeline keeps its files and which books it works on."""
+    books: list = setting(["17989", "17990", "17991", "17992"],
+                          "Project Gutenberg ebook ids (Le comte de Monte-Cristo, 4 volumes).")
+    data_dir: str = setting("data", "Pipeline working folder: raw/, clean/, citations/, pairs/, dataset/.")
+    adapters_dir: str = setting("adapters", "Training output folder.")
+    reports_dir: str = setting("reports", "Evaluation reports folder.")
+
+
+@dataclass
+class CharacterConfig:
+    """The character whose voice the model learns."""
+    name: str = setting("Edmond Dantès", "Canonical name of the character.")
+    aliases: list = setting(DANTES_ALIASES, "Other names the book uses for the same character.")
+    language: str = setting("fr", "Language of the book and of the generated pairs (ISO 639-1).")
+    persona: str = setting(DANTES_PERSONA, "System prompt used in training rows, chat and the Modelfile.")
+
+
+@dataclass
+class LLMConfig:
+    """The local generator LLM used by extract, generate and the eval judge."""
+    model: str = setting("", "GGUF path, or 'HF_REPO:FILE.gguf' downloaded with huggingface_hub. "
+                             "Empty: extract falls back to the rule method.")
+    url: str = setting("", "OpenAI-compatible server base URL (llama-server, Ollama, vLLM); "
+                           "used instead of `model` when set.")
+    server_model: str = setting("", "Model name sent to the server (e.g. 'qwen2.5:14b' for Ollama).")
+    api_key_env: str = setting("OPENAI_API_KEY", "Environment variable holding the server's API key, if any.")
+    n_ctx: int = setting(8192, "Context window for llama.cpp.")
+    n_threads: int = setting(0, "CPU threads for llama.cpp (0: llama.cpp's default).")
+    n_gpu_layers: int = setting(-1, "Layers offloaded to the GPU/Metal (-1: all).")
+    concurrency: int = setting(4, "Parallel requests to an HTTP server.")
+    timeout: float = setting(600.0, "Seconds before an HTTP request is abandoned.")
+    retries: int = setting(3, "Retries with exponential backoff on HTTP errors.")
+    temperature: float = setting(0.7, "Sampling temperature.")
+    max_tokens: int = setting(2048, "Maximum tokens generated per call.")
+    seed: int = setting(0, "Sampling seed.")
+    reasoning_effort: str = setting("low", "For reasoning models (gpt-oss): low, medium or high.")
+
+
+@dataclass
+class CleanConfig:
+    """Gutenberg clean-up."""
+    keep_italics: bool = setting(True, "Keep _italics_ markers (False strips the underscores).")
+    encoding: str = setting("", "Force the input encoding (e.g. latin-1); empty: UTF-8 with detection.")
+
+
+@dataclass
+class ExtractConfig:
+    """Citation extraction."""
+    method: str = setting("auto", "llm, rules, or auto (llm when a generator model is configured).")
+    chunk_lines: int = setting(100, "Lines (paragraphs) per LLM chunk.")
+    overlap: int = setting(10, "Lines shared by consecutive chunks.")
+    prompt_file: str = setting("", "File overriding the versioned extraction prompt.")
+    prefilter: bool = setting(True, "Skip chunks where the rules find neither the name nor an alias.")
+    min_grounding: float = setting(85.0, "Minimum fuzzy match score (0-100) of a citation in the source.")
+
+
+@dataclass
+class GenerateConfig:
+    """Instruction/response pair generation."""
+    pairs_per_citation: int = setting(3, "Questions (and answers) generated per citation.")
+    prompt_file: str = setting("", "File overriding the versioned generation prompt.")
+    min_answer_words: int = setting(25, "Answers shorter than this are rejected.")
+    max_answer_words: int = setting(220, "Answers longer than this are rejected.")
+
+
+@dataclass
+class PrepareConfig:
+    """Dataset preparation."""
+    format: str = setting("chat", "Output format for mlx-lm: chat, completions or text.")
+    split: str = setting("80/10/10", "train/valid/test percentages.")
+    seed: int = setting(0, "Split seed.")
+    system_prompt: bool = setting(True, "Add the character's persona as a system message to every row.")
+    max_seq_length: int = setting(2048, "Rows longer than this (in tokens) are reported.")
+    near_dup_threshold: float = setting(0.9, "Jaccard similarity above which two rows are near duplicates.")
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning."""
+    backend: str = setting("auto", "mlx, a plugin backend (see `dantes-mlx backends`), or auto.")
+    base_model: str = setting("mlx-community/Mistral-7B-Instruct-v0.3-4bit",
+                              "HF repo id or local folder of the base model.")
+    fine_tune_type: str = setting("lora", "lora, dora or full.")
+    rank: int = setting(16, "LoRA rank.")
+    scale: float = setting(2.0, "LoRA scale as mlx-lm applies it (PEFT's lora_alpha = scale x rank).")
+    dropout: float = setting(0.05, "LoRA dropout.")
+    num_layers: int = setting(16, "Number of last transformer layers adapted (-1: all).")
+    target_modules: list = setting(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                    "self_attn.o_proj"], "Linear layers adapted, by mlx-lm key.")
+    learning_rate: float = setting(1e-4, "Peak learning rate.")
+    lr_schedule: str = setting("cosine", "constant, cosine or linear (with warmup).")
+    warmup_steps: int = setting(10, "Warm-up steps.")
+    batch_size: int = setting(4, "Rows per step.")
+    grad_accumulation: int = setting(1, "Steps whose gradients are accumulated before an update.")
+    grad_checkpoint: bool = setting(False, "Recompute activations to save memory.")
+    max_seq_length: int = setting(2048, "Longer rows are truncated.")
+    mask_prompt: bool = setting(True, "Train only on the assistant's answer.")
+    iters: int = setting(600, "Training steps (ignored when epochs > 0).")
+    epochs: int = setting(0, "Epochs over train.jsonl; overrides iters when > 0.")
+    seed: int = setting(0, "Random seed.")
+    steps_per_report: int = setting(10, "Steps between train-loss reports.")
+    steps_per_eval: int = setting(100, "Steps between validation-loss reports.")
+    save_every: int = setting(100, "Steps between adapter checkpoints.")
+    val_batches: int = setting(25, "Validation batches per evaluation (-1: the whole set).")
+
+
+@dataclass
+class ExportConfig:
+    """Export to PEFT, GGUF and Ollama."""
+    quantization: str = setting("q4_k_m", "Fused GGUF type: f16, q8_0, q4_k_m, q5_k_m ...")
+    ollama_name: str = setting("dantes", "Name given to `ollama create`.")
+    ollama_base: str = setting("mistral:7b-instruct-v0.3-fp16",
+                               "Ollama library model used as FROM on the adapter-only route.")
+    parity: bool = setting(True, "Run the parity gate at the end of export.")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation."""
+    probes: list = setting(["Qui es-tu ?", "Quelle est votre philosophie de la vie ?",
+                            "Qu'est-ce que le fine-tuning ?", "Donne-moi des conseils pour être productif"],
+                           "Off-book probe questions asked to both models.")
+    max_tokens: int = setting(200, "Tokens generated per answer.")
+    temperature: float = setting(0.0, "Sampling temperature (0: greedy, reproducible).")
+    seed: int = setting(0, "Sampling seed.")
+    judge: bool = setting(False, "Also score answers with the generator LLM as a judge.")
+
+
+SECTIONS: dict[str, type] = {
+    "project": ProjectConfig, "character": CharacterConfig, "llm": LLMConfig, "clean": CleanConfig,
+    "extract": ExtractConfig, "generate": GenerateConfig, "prepare": PrepareConfig,
+    "train": TrainConfig, "export": ExportConfig, "eval": EvalConfig,
+}
+
+
+def load_yaml(path: str | Path | None) -> dict:
+    """Read dantes.yaml (or the given file); a missing default file is an empty config."""
+    import yaml
+
+    if path is None:
+        path = Path(DEFAULT_CONFIG_FILE)
+        if not path.exists():
+            return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", path=path, fix="run `dantes-mlx init` to write one")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path=path,
+                          line=mark.line + 1 if mark else None, fix="fix the YAML syntax") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of sections", path=path, fix=f"use sections: {', '.join(SECTIONS)}")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}", path=path, fix=f"valid sections: {', '.join(SECTIONS)}")
+    return data
+
+
+def build(cls: type[T], values: dict | None = None, overrides: dict | None = None,
+          source: str = DEFAULT_CONFIG_FILE) -> T:
+    """Make a stage config: dataclass defaults < `values` (a YAML section) < non-None `overrides`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged: dict = {}
+    for origin, layer in ((source, values or {}), ("command line", overrides or {})):
+        for key, value in layer.items():
+            key = key.replace("-", "_")
+            if key not in names:
+                raise ConfigError(f"unknown setting '{key}' for {cls.__name__}", path=origin,
+                                  fix=f"valid settings: {', '.join(sorted(names))}")
+            if value is not None:
+                merged[key] = value
+    return cls(**merged)
+
+
+def section(cls: type[T], config: dict, overrides: dict | None = None) -> T:
+    """Build the config of the section that `cls` describes from a loaded dantes.yaml."""
+    name = next(k for k, v in SECTIONS.items() if v is cls)
+    return build(cls, config.get(name), overrides, source=f"{DEFAULT_CONFIG_FILE} [{name}]")
+
+
+def field_help(cls: type) -> list[tuple[str, Any, str]]:
+    """(name, default, help) for every setting of a stage config."""
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        out.append((f.name, default, f.metadata.get("help", "")))
+    return out

@@ -1,0 +1,46 @@
+"""The LLMClient protocol shared by every LLM stage, and the factory that picks a client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from dantes_mlx.config import LLMConfig
+
+
+@dataclass
+class ChatResult:
+    """One completion: the text and what it cost in tokens."""
+    text: str
+    prompt_tokens: int = 0          # tokens in the prompt
+    evaluated_tokens: int = 0       # prompt tokens actually evaluated (after prefix-cache reuse)
+    completion_tokens: int = 0      # tokens generated (reasoning included)
+    reasoning: str = ""             # reasoning text stripped from `text` (reasoning models)
+    reasoning_tokens: int = 0
+
+
+@runtime_checkable
+class LLMClient(Protocol):
+    """A chat model: messages in, text (and token counts) out."""
+
+    model_id: str
+
+    def chat(self, messages: list[dict], json_schema: dict | None = None, **sampling) -> ChatResult:
+        """One chat completion; with json_schema the output is forced (or asked) to match it."""
+        ...
+
+
+def make_client(cfg: "LLMConfig") -> LLMClient:
+    """The client a stage config asks for: an HTTP server when `url` is set, else llama.cpp."""
+    from dantes_mlx.errors import ConfigError
+
+    if cfg.url:
+        from dantes_mlx.llm.openai_compat import OpenAICompatClient
+        return OpenAICompatClient.from_config(cfg)
+    if cfg.model:
+        from dantes_mlx.llm.llamacpp import LlamaCppClient
+        return LlamaCppClient.from_config(cfg)
+    raise ConfigError("no generator LLM configured", path="dantes.yaml [llm]",
+                      fix="set llm.model (a GGUF path or HF_REPO:FILE.gguf) or llm.url, "
+                          "or use --method rules")

@@ -1,0 +1,135 @@
+"""Content-addressed, append-only JSONL cache shared by every LLM stage (resumable, crash-safe)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def item_key(stage: str, prompt_version: str, model: str, item: Any) -> str:
+    """Stable hash of (stage, prompt version, model, input item)."""
+    payload = json.dumps([stage, prompt_version, model, item], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def _read_records(path: Path) -> tuple[list[dict], int]:
+    """Records of a JSONL file and the byte length of its intact prefix (a torn tail is excluded)."""
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    records, good = [], 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break  # torn last line from a kill -9
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        good += len(line)
+    return records, good
+
+
+def _repair(path: Path) -> list[dict]:
+    """Read a store file, cutting off a torn tail so the next append starts on a fresh line."""
+    records, good = _read_records(path)
+    if path.exists() and good < path.stat().st_size:
+        print(f"warning: {path}: dropped a torn last line left by an interrupted run", file=sys.stderr)
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
+    return records
+
+
+class Store:
+    """Append-only JSONL of {"key", "value"} records; put() is durable before it returns."""
+
+    def __init__(self, path: str | Path, rejects_path: str | Path | None = None):
+        self.path = Path(path)
+        self.rejects_path = Path(rejects_path) if rejects_path else self.path.with_suffix(".rejects.jsonl")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._values = {r["key"]: r["value"] for r in _repair(self.path)}
+        self._rejected_keys = {r.get("key") for r in _repair(self.rejects_path)}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._values.get(key, default)
+
+    def put(self, key: str, value: Any) -> None:
+        """Append one finished item; a repeated key is ignored (never duplicated)."""
+        if key in self._values:
+            return
+        self._append(self.path, {"key": key, "value": value})
+        self._values[key] = value
+
+    def reject(self, key: str, reason: str, payload: Any = None) -> None:
+        """Keep a rejected output with its reason (once per key and reason)."""
+        marker = f"{key}:{reason}"
+        if marker in self._rejected_keys:
+            return
+        self._append(self.rejects_path, {"key": marker, "reason": reason, "payload": payload})
+        self._rejected_keys.add(marker)
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        return iter(self._values.items())
+
+    def rejects(self) -> list[dict]:
+        return _read_records(self.rejects_path)[0]
+
+    @staticmethod
+    def _append(path: Path, record: dict) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        with open(path, "ab") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_jsonl_atomic(path: str | Path, rows) -> int:
+    """Write rows to path via a temporary file and os.replace; returns the row count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return n
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text via a temporary file and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each non-blank line; a bad line raises InputError with file:line."""
+    from dantes_mlx.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path, fix="check the path")
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"invalid JSON ({exc.msg}, column {exc.colno})", path=path, line=lineno,
+                                 fix="repair or delete that line") from exc

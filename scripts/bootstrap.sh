@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh Linux or Mac machine, then run the demo or the test suite.
+#   bash scripts/bootstrap.sh demo   -> the offline end-to-end demo
+#   bash scripts/bootstrap.sh test   -> the whole test suite (core without torch, then the CUDA plugin)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-test}"
+PY="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+python -m pip install -q --upgrade pip
+# llama.cpp compiles from source on Linux; GGML_NATIVE=OFF keeps the wheel portable in pip's cache.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
+case "$what" in
+  demo)
+    python -m pip install -q -e .
+    dantes-mlx demo --workdir demo-run
+    ;;
+  test)
+    python -m pip install -q -e '.[dev]'
+    # The core suite runs without torch; the plugin suite then installs torch (CPU) + peft.
+    python -m pip uninstall -q -y dantes-mlx-unsloth torch >/dev/null 2>&1 || true
+    python -m pytest tests -q
+    python -m pip install -q 'torch==2.13.0' -e plugins/dantes-mlx-unsloth
+    python -m pytest plugins/dantes-mlx-unsloth/tests -q
+    ;;
+  *) echo "usage: bash scripts/bootstrap.sh demo|test" >&2; exit 2 ;;
+esac
