@@ -68,6 +68,10 @@ class LLMConfig:
     max_tokens: int = setting(2048, "Maximum tokens generated per call.")
     seed: int = setting(0, "Sampling seed.")
     reasoning_effort: str = setting("low", "For reasoning models (gpt-oss): low, medium or high.")
+    reasoning_budget: int = setting(512, "Most tokens a reasoning model may think before its answer is forced "
+                                         "(llama.cpp in process).")
+    chat_template: str = setting("", "Jinja chat template file overriding the GGUF's own (llama.cpp in process).")
+    retry_backoff: float = setting(1.0, "First retry delay in seconds for HTTP errors (doubles each retry, with jitter).")
 
 
 @dataclass

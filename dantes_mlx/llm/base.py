@@ -18,6 +18,23 @@ class ChatResult:
     completion_tokens: int = 0      # tokens generated (reasoning included)
     reasoning: str = ""             # reasoning text stripped from `text` (reasoning models)
     reasoning_tokens: int = 0
+    finish_reason: str = ""         # "stop", "length" (max_tokens hit: the text may be cut), or ""
+
+
+# Sampling options every client accepts in chat(**sampling); None means "the client's default".
+SAMPLING_KEYS = frozenset({"temperature", "max_tokens", "top_p", "top_k", "min_p", "seed", "stop",
+                           "presence_penalty", "frequency_penalty", "repeat_penalty"})
+
+
+def check_sampling(sampling: dict) -> dict:
+    """The sampling options that are set, or ConfigError listing the valid names."""
+    from dantes_mlx.errors import ConfigError
+
+    unknown = sorted(set(sampling) - SAMPLING_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown sampling option(s): {', '.join(unknown)}",
+                          fix=f"use one of: {', '.join(sorted(SAMPLING_KEYS))}")
+    return {k: v for k, v in sampling.items() if v is not None}
 
 
 @runtime_checkable

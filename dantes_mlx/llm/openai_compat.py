@@ -1,0 +1,247 @@
+"""OpenAI-compatible HTTP chat client (llama-server, Ollama /v1, vLLM): retries, fallbacks, concurrency.
+
+Standard library only (urllib): one POST per call to {base}/chat/completions. Transient failures
+(connection errors, timeouts, 408/429/5xx) are retried with exponential backoff and full jitter; other
+4xx are not. A server that rejects `response_format` json_schema gets json_object, then no format,
+and one that rejects the reasoning-effort hint gets none: each fallback is remembered by the client.
+The API key is read from an environment variable, sent only in the Authorization header, and
+scrubbed from every message this module logs or raises.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+from dantes_mlx.errors import ConfigError, ModelError
+from dantes_mlx.llm import batch
+from dantes_mlx.llm.base import ChatResult, check_sampling
+from dantes_mlx.llm.reasoning import split_reasoning
+
+if TYPE_CHECKING:
+    from dantes_mlx.config import LLMConfig
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+FORMAT_LADDER = ("json_schema", "json_object", "none")
+_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema", "format", "grammar")
+_REASONING_WORDS = ("reasoning", "think", "chat_template_kwargs")
+
+
+class _BadRequest(Exception):
+    """A 400/422 answer, which may mean an optional request field is unsupported."""
+
+    def __init__(self, status: int, body: str):
+        super().__init__(f"HTTP {status}: {body}")
+        self.status, self.body = status, body
+
+
+def chat_url(base_url: str) -> str:
+    """The chat completions endpoint of a base URL (http://host:port/v1 or the full endpoint)."""
+    url = base_url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"llm.url {base_url!r} is not an http(s) URL", path="dantes.yaml [llm]",
+                          fix="use e.g. http://127.0.0.1:8080/v1 (llama-server) or http://127.0.0.1:11434/v1 (Ollama)")
+    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+
+class OpenAICompatClient:
+    """Chat completions over HTTP from any OpenAI-compatible server; thread-safe."""
+
+    def __init__(self, base_url: str, model: str = "", *, api_key_env: str = "OPENAI_API_KEY",
+                 timeout: float = 600.0, retries: int = 3, concurrency: int = 4,
+                 temperature: float = 0.7, max_tokens: int = 2048, seed: int | None = 0,
+                 reasoning_effort: str = "low", backoff: float = 1.0, backoff_max: float = 60.0):
+        self.url = chat_url(base_url)
+        self.model_id = model or "default"
+        self.api_key_env = api_key_env
+        self._api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+        self.timeout, self.retries, self.concurrency = timeout, max(0, retries), max(1, concurrency)
+        self.defaults = {"temperature": temperature, "max_tokens": max_tokens}
+        if seed is not None:
+            self.defaults["seed"] = seed
+        self.reasoning_effort = reasoning_effort
+        self.backoff, self.backoff_max = backoff, backoff_max
+        self._format_level = 0              # index in FORMAT_LADDER, lowered on a 400
+        self._send_reasoning_hint = bool(reasoning_effort)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: "LLMConfig") -> "OpenAICompatClient":
+        return cls(cfg.url, cfg.server_model or cfg.model, api_key_env=cfg.api_key_env,
+                   timeout=cfg.timeout, retries=cfg.retries, concurrency=cfg.concurrency,
+                   temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed,
+                   reasoning_effort=cfg.reasoning_effort,
+                   backoff=cfg.retry_backoff)
+
+    @property
+    def response_format_mode(self) -> str:
+        """The structured-output mode this server accepted: json_schema, json_object or none."""
+        return FORMAT_LADDER[self._format_level]
+
+    # -- one call -------------------------------------------------------------------------------
+    def chat(self, messages: list[dict], json_schema: dict | None = None, **sampling) -> ChatResult:
+        """One chat completion; with json_schema the server is asked to force it (see fallbacks)."""
+        options = self._options(sampling)
+        while True:
+            body, format_level, hint = self._body(messages, json_schema, options)
+            try:
+                return self._result(self._post(body))
+            except _BadRequest as exc:
+                if not self._fall_back(exc, json_schema is not None, format_level, hint):
+                    raise self._http_error(exc.status, exc.body) from None
+
+    def _options(self, sampling: dict) -> dict:
+        return {**self.defaults, **check_sampling(sampling)}
+
+    def _body(self, messages, json_schema, options) -> tuple[dict, int, bool]:
+        with self._lock:
+            format_level, hint = self._format_level, self._send_reasoning_hint
+        body = {"model": self.model_id, "messages": messages, "stream": False, **options}
+        mode = FORMAT_LADDER[format_level]
+        if json_schema is not None and mode == "json_schema":
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": str(json_schema.get("title") or "answer"), "strict": True, "schema": json_schema}}
+        elif json_schema is not None and mode == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        if hint:
+            # OpenAI, vLLM and Ollama read `reasoning_effort`; llama-server passes template kwargs.
+            body["reasoning_effort"] = self.reasoning_effort
+            body["chat_template_kwargs"] = {"reasoning_effort": self.reasoning_effort}
+        return body, format_level, hint
+
+    def _fall_back(self, exc: _BadRequest, asked_format: bool, format_level: int, hint: bool) -> bool:
+        """Drop the optional field a 400 complains about; False when there is nothing left to drop."""
+        text = exc.body.lower()
+        with self._lock:
+            if hint and any(w in text for w in _REASONING_WORDS):
+                self._send_reasoning_hint = False
+                log.warning("%s rejected the reasoning-effort hint; sending none from now on", self.url)
+                return True
+            if asked_format and format_level < len(FORMAT_LADDER) - 1 and any(w in text for w in _FORMAT_WORDS):
+                self._format_level = max(self._format_level, format_level + 1)
+                log.warning("%s rejected response_format %s; using %s from now on", self.url,
+                            FORMAT_LADDER[format_level], FORMAT_LADDER[self._format_level])
+                return True
+            # another thread already lowered the level: retry with the new one
+            return (asked_format and self._format_level > format_level) or (hint and not self._send_reasoning_hint)
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    def _post(self, body: dict) -> dict:
+        """POST with retries on transient failures; returns the parsed JSON answer."""
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    raw = response.read()
+                return self._parse(raw)
+            except urllib.error.HTTPError as exc:
+                text = self._scrub(exc.read(4000).decode("utf-8", "replace"))
+                if exc.code in (400, 422):
+                    raise _BadRequest(exc.code, text) from None
+                if exc.code not in RETRY_STATUS or attempt == self.retries:
+                    raise self._http_error(exc.code, text) from None
+                self._wait(attempt, f"HTTP {exc.code}", exc.headers.get("Retry-After"))
+            except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError,
+                    http.client.HTTPException) as exc:
+                reason = self._scrub(str(getattr(exc, "reason", exc)))
+                if attempt == self.retries:
+                    raise self._unreachable(reason) from None
+                self._wait(attempt, reason, None)
+        raise AssertionError("unreachable")
+
+    def _wait(self, attempt: int, reason: str, retry_after: str | None) -> None:
+        delay = random.uniform(0, min(self.backoff_max, self.backoff * 2 ** attempt))  # full jitter
+        if retry_after and retry_after.strip().isdigit():
+            delay = min(self.backoff_max, float(retry_after))
+        log.warning("%s: %s; retry %d/%d in %.2fs", self.url, reason, attempt + 1, self.retries, delay)
+        time.sleep(delay)
+
+    def _parse(self, raw: bytes) -> dict:
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ModelError(f"{self.url} answered with something that is not JSON: "
+                             f"{self._scrub(raw[:200].decode('utf-8', 'replace'))!r}",
+                             fix="check that llm.url points at an OpenAI-compatible /v1 endpoint") from None
+        if not isinstance(data, dict) or "error" in data or not data.get("choices"):
+            detail = self._scrub(json.dumps(data, ensure_ascii=False)[:300])
+            raise ModelError(f"{self.url} returned no completion: {detail}",
+                             fix="check llm.server_model and the server log")
+        return data
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _http_error(self, status: int, body: str) -> ModelError:
+        fixes = {401: f"set a valid API key in the environment variable ${self.api_key_env}",
+                 403: f"check the permissions of the API key in ${self.api_key_env}",
+                 404: "check llm.url (usually ends in /v1) and llm.server_model (the name the server knows)",
+                 429: "the server is rate limiting: lower llm.concurrency or raise llm.retries"}
+        return ModelError(f"{self.url} answered HTTP {status}: {body[:500]}",
+                          fix=fixes.get(status, "see the server's message above and its log"))
+
+    def _unreachable(self, reason: str) -> ModelError:
+        return ModelError(f"could not get an answer from {self.url} after {self.retries + 1} attempt(s): "
+                          f"{reason}", fix="start the server (llama-server, `ollama serve`, vLLM), check "
+                          f"llm.url, or raise llm.timeout (now {self.timeout:g}s) for slow models")
+
+    # -- answer ---------------------------------------------------------------------------------
+    def _result(self, data: dict) -> ChatResult:
+        choice = data["choices"][0]
+        message = choice.get("message") or {}
+        content = message.get("content") or ""
+        answer, inline_reasoning = split_reasoning(content)
+        field = message.get("reasoning_content") or message.get("reasoning") or ""
+        reasoning = "\n\n".join(r for r in (str(field).strip(), inline_reasoning) if r)
+        usage = data.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        return ChatResult(text=answer, prompt_tokens=prompt, evaluated_tokens=_evaluated(data, prompt),
+                          completion_tokens=completion, reasoning=reasoning,
+                          reasoning_tokens=_reasoning_tokens(usage, completion, reasoning, answer),
+                          finish_reason=str(choice.get("finish_reason") or ""))
+
+    # -- many calls -----------------------------------------------------------------------------
+    def iter_chat(self, requests: Iterable, concurrency: int | None = None,
+                  return_exceptions: bool = False) -> Iterator[tuple[int, ChatResult | Exception]]:
+        """(input index, result) as requests finish, at most `concurrency` (default llm.concurrency) at once."""
+        return batch.iter_chat(self, requests, concurrency or self.concurrency, return_exceptions)
+
+    def map_chat(self, requests: Iterable, concurrency: int | None = None,
+                 return_exceptions: bool = False) -> list[ChatResult | Exception]:
+        """Results in input order; requests are dicts {"messages", "json_schema"?, **sampling}."""
+        return batch.map_chat(self, requests, concurrency or self.concurrency, return_exceptions)
+
+
+def _evaluated(data: dict, prompt_tokens: int) -> int:
+    """Prompt tokens the server really evaluated: llama-server's timings, else OpenAI's cached_tokens."""
+    timings = data.get("timings") or {}
+    if "prompt_n" in timings:
+        return int(timings["prompt_n"])
+    cached = ((data.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+    return max(0, prompt_tokens - int(cached)) if cached is not None else prompt_tokens
+
+
+def _reasoning_tokens(usage: dict, completion: int, reasoning: str, answer: str) -> int:
+    """Reported reasoning tokens, else the reasoning's share of the completion by characters."""
+    reported = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    if reported is not None:
+        return int(reported)
+    if not reasoning or not completion:
+        return 0
+    return round(completion * len(reasoning) / (len(reasoning) + len(answer)))
