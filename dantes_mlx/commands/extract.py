@@ -1,0 +1,110 @@
+"""`dantes-mlx extract`: a character's citations from the clean books (local LLM or French dialogue rules)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+
+def _books(project, input_file: str | None) -> list:
+    """The books to read: --input, else every data/clean/<book>.txt of dantes.yaml's project.books."""
+    from dantes_mlx.errors import InputError
+    from dantes_mlx.extract import load_book
+
+    if input_file:
+        return [load_book(input_file)]
+    clean = Path(project.data_dir) / "clean"
+    missing = [b for b in project.books if not (clean / f"{b}.txt").is_file()]
+    if missing or not project.books:
+        raise InputError(f"no clean text for book(s) {', '.join(map(str, missing)) or '(none listed)'}",
+                         path=clean, fix="run `dantes-mlx fetch` and `dantes-mlx clean` first, or pass --input FILE")
+    return [load_book(clean / f"{b}.txt", str(b)) for b in project.books]
+
+
+def _print_summary(s) -> None:
+    rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(s.rejected.items())) or "none"
+    click.echo(f"kept {s.kept} citations ({s.method}) -> {s.output}")
+    click.echo(f"rejected: {rejected}; duplicates merged: {s.merged}")
+    if s.method == "llm":
+        click.echo(f"chunks: {s.chunks} ({s.skipped} skipped by the pre-filter, {s.cached} cached, "
+                   f"{s.called} called, {s.failed} failed)")
+        t, n = s.tokens, s.new_tokens
+        click.echo(f"tokens this run: prompt {n['prompt_tokens']}, evaluated {n['evaluated_tokens']}, "
+                   f"generated {n['completion_tokens']} (reasoning {n['reasoning_tokens']}); all chunks: "
+                   f"evaluated {t['evaluated_tokens']}, generated {t['completion_tokens']}")
+        if s.failed:
+            click.echo("some chunks failed (see the .errors.jsonl file); run the same command again to retry them")
+    click.echo(f"time: {s.seconds:.1f} s")
+
+
+@click.command("extract")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Settings file (default: dantes.yaml if present).")
+@click.option("--input", "input_file", type=click.Path(dir_okay=False), default=None,
+              help="Any plain UTF-8 text instead of the clean books of dantes.yaml.")
+@click.option("--character", default=None, help="Character name (default: character.name).")
+@click.option("--alias", "aliases", multiple=True, help="Other name of the character (repeatable).")
+@click.option("--language", default=None, help="Language of the text (selects the built-in prompt).")
+@click.option("--method", type=click.Choice(["llm", "rules", "auto"]), default=None,
+              help="llm, rules, or auto: llm when a generator model is configured.")
+@click.option("--chunk-lines", type=int, default=None, help="Paragraphs per LLM chunk (default 100).")
+@click.option("--overlap", type=int, default=None, help="Paragraphs shared by consecutive chunks (default 10).")
+@click.option("--prompt-file", default=None, help="File overriding the versioned extraction prompt.")
+@click.option("--prefilter/--no-prefilter", default=None, help="Skip chunks where the rules never see the character.")
+@click.option("--min-grounding", type=float, default=None, help="Minimum grounding score 0-100 (default 85).")
+@click.option("--model", default=None, help="Generator GGUF path or HF_REPO:FILE.gguf (llm.model).")
+@click.option("--url", default=None, help="OpenAI-compatible server base URL (llm.url).")
+@click.option("--all-speakers", is_flag=True,
+              help="Rules only: write every direct-speech quotation of --input with its speaker or null.")
+@click.option("-o", "--output", default=None, help="Output JSONL (default: <data_dir>/citations/citations.jsonl).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract(config_path, input_file, character, aliases, language, method, chunk_lines, overlap, prompt_file,
+            prefilter, min_grounding, model, url, all_speakers, output, quiet):
+    """Extract what a character says, thinks or writes, with provenance and grounding.
+
+    Resumable: finished chunks are stored next to the output; run the same command again after
+    an interruption. Example: dantes-mlx extract --method rules --all-speakers --input FILE -o OUT.jsonl
+    """
+    from dantes_mlx import extract as stage
+    from dantes_mlx.config import CharacterConfig, ExtractConfig, LLMConfig, ProjectConfig, load_yaml, section
+
+    if all_speakers:
+        if method == "llm" or not input_file or not output:
+            raise click.UsageError("--all-speakers needs --method rules (or auto), --input FILE and -o OUT.jsonl")
+        n = stage.all_speakers(input_file, output)
+        click.echo(f"{n} quotations with their speakers -> {output}")
+        return
+    cfg = load_yaml(config_path)
+    project = section(ProjectConfig, cfg)
+    # A new name without --alias must not inherit the configured character's aliases.
+    alias_list = list(aliases) if aliases else ([] if character else None)
+    person = section(CharacterConfig, cfg, {"name": character, "aliases": alias_list, "language": language})
+    llm = section(LLMConfig, cfg, {"model": model, "url": url})
+    ext = section(ExtractConfig, cfg, {"method": method, "chunk_lines": chunk_lines, "overlap": overlap,
+                                       "prompt_file": prompt_file, "prefilter": prefilter,
+                                       "min_grounding": min_grounding})
+    out = Path(output or ext.output or Path(project.data_dir) / "citations" / "citations.jsonl")
+    chosen = ext.method
+    if chosen == "auto":
+        chosen = "llm" if (llm.model or llm.url) else "rules"
+        if chosen == "rules":
+            click.echo("no generator model configured (llm.model / llm.url): using the rule method", err=True)
+    books = _books(project, input_file)
+    if chosen == "rules":
+        _print_summary(stage.extract_rules(books, person, ext, out, progress=not quiet))
+        return
+    from dantes_mlx.llm.base import make_client
+
+    client = make_client(llm)
+    sampling = {"temperature": ext.temperature, "max_tokens": llm.max_tokens, "seed": llm.seed}
+    try:
+        summary = stage.extract_llm(books, person, ext, out, client, sampling=sampling,
+                                    concurrency=llm.concurrency, progress=not quiet)
+    except stage.ExtractInterrupted as exc:
+        click.echo(f"\n{exc}", err=True)
+        click.echo(f"resume with: {shlex.join(['dantes-mlx', *sys.argv[1:]])}", err=True)
+        sys.exit(130)
+    _print_summary(summary)

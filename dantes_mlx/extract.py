@@ -1,0 +1,455 @@
+"""Citations of one character: chunk the clean text, ask the LLM (or the rules), ground, dedupe, keep provenance."""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dantes_mlx.errors import ConfigError, InputError
+from dantes_mlx.grounding import NormalizedText, dedupe, locate
+
+if TYPE_CHECKING:
+    from dantes_mlx.config import CharacterConfig, ExtractConfig
+    from dantes_mlx.llm.base import LLMClient
+
+PROMPT_DIR = Path(__file__).parent / "prompts"
+KINDS = ("parole", "pensée", "écrit")
+RULES_VERSION = "rules-v1"
+CITATION_SCHEMA = {
+    "type": "object",
+    "properties": {"citations": {"type": "array", "items": {
+        "type": "object",
+        "properties": {"contexte": {"type": "string"}, "citation": {"type": "string"},
+                       "kind": {"type": "string", "enum": list(KINDS)}},
+        "required": ["contexte", "citation", "kind"]}}},
+    "required": ["citations"],
+}
+# Row keys in the order they are written, so reruns give byte-identical files.
+ROW_KEYS = ("book", "chapter", "start", "end", "chunk", "method", "model", "prompt_version", "kind",
+            "grounding", "grounding_method", "character", "contexte", "citation", "model_citation", "also_in")
+
+
+# -- books and chunks ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Book:
+    """A clean text and its chapters as (start offset, title), sorted by offset."""
+    id: str
+    text: str
+    chapters: tuple = ()
+    path: str = ""
+
+    def chapter_at(self, offset: int) -> str | None:
+        starts = [c[0] for c in self.chapters]
+        i = bisect.bisect_right(starts, offset) - 1
+        return self.chapters[i][1] if i >= 0 else None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive paragraphs of a book: id, 1-based line range, character offsets, chapter, text."""
+    id: str
+    book: str
+    index: int
+    first_line: int
+    last_line: int
+    start: int
+    end: int
+    chapter: str | None
+    text: str
+
+
+def load_book(path: str | Path, book_id: str | None = None) -> Book:
+    """A UTF-8 text and, when a sidecar `<stem>.json` lists chapters with offsets, its chapters."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("text file not found", path=path, fix="run `dantes-mlx clean` or pass --input FILE")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 (byte {exc.start})", path=path,
+                         fix="convert it: iconv -f latin1 -t utf-8 FILE > FILE.utf8") from exc
+    return Book(book_id or path.stem, text, _chapters(path.with_suffix(".json")), str(path))
+
+
+def _chapters(sidecar: Path) -> tuple:
+    """(start, title) pairs from a cleaner sidecar; a missing or chapter-less sidecar gives none."""
+    if not sidecar.is_file():
+        return ()
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON ({exc.msg})", path=sidecar, line=exc.lineno,
+                         fix="re-run `dantes-mlx clean` to rewrite it") from exc
+    rows = meta.get("chapters", []) if isinstance(meta, dict) else []
+    out = []
+    for row in rows:
+        if isinstance(row, dict) and isinstance(row.get("start", row.get("offset")), int):
+            out.append((row.get("start", row.get("offset")), str(row.get("title", ""))))
+    return tuple(sorted(out))
+
+
+def paragraph_spans(text: str) -> list[tuple[int, int, int]]:
+    """(1-based line number, start, end) of every non-blank line."""
+    spans, pos = [], 0
+    for number, line in enumerate(text.split("\n"), 1):
+        content = line.rstrip("\r")
+        if content.strip():
+            spans.append((number, pos, pos + len(content)))
+        pos += len(line) + 1
+    return spans
+
+
+def chunk_book(book: Book, chunk_lines: int = 100, overlap: int = 10) -> list[Chunk]:
+    """Chunks of `chunk_lines` paragraphs, consecutive chunks sharing `overlap` paragraphs."""
+    if chunk_lines < 1 or not 0 <= overlap < chunk_lines:
+        raise ConfigError(f"chunk_lines={chunk_lines}, overlap={overlap}: need chunk_lines >= 1 and "
+                          "0 <= overlap < chunk_lines", path="dantes.yaml [extract]",
+                          fix="e.g. chunk_lines: 100, overlap: 10")
+    paras = paragraph_spans(book.text)
+    chunks, first = [], 0
+    while first < len(paras):
+        last = min(first + chunk_lines, len(paras)) - 1
+        start, end = paras[first][1], paras[last][2]
+        chunks.append(Chunk(f"{book.id}#{len(chunks):04d}", book.id, len(chunks), paras[first][0],
+                            paras[last][0], start, end, book.chapter_at(start), book.text[start:end]))
+        if last == len(paras) - 1:
+            break
+        first = last + 1 - overlap
+    return chunks
+
+
+# -- prompt and replies ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prompt:
+    """A versioned extraction prompt: fixed instructions first, the chunk ({{text}}) last."""
+    version: str
+    template: str
+
+    def instructions(self, name: str, aliases: list[str]) -> str:
+        """The fixed part: everything before {{text}}, with the character's names filled in."""
+        return self._fill(self.template.split("{{text}}", 1)[0], name, aliases).rstrip()
+
+    def messages(self, name: str, aliases: list[str], text: str) -> list[dict]:
+        """[system: fixed instructions, user: the chunk]: llama.cpp then re-evaluates only the chunk."""
+        tail = self._fill(self.template.split("{{text}}", 1)[1], name, aliases)
+        data = (text + tail).rstrip() if tail.strip() else text
+        return [{"role": "system", "content": self.instructions(name, aliases)}, {"role": "user", "content": data}]
+
+    @staticmethod
+    def _fill(part: str, name: str, aliases: list[str]) -> str:
+        names = ", ".join(f"« {a} »" for a in aliases) if aliases else "(aucun autre nom)"
+        return part.replace("{{name}}", name).replace("{{aliases}}", names)
+
+
+def load_prompt(prompt_file: str | Path = "", language: str = "fr") -> Prompt:
+    """The built-in prompt for `language`, or a file whose content hash becomes part of the version."""
+    if prompt_file:
+        path = Path(prompt_file)
+        if not path.is_file():
+            raise ConfigError("prompt file not found", path=path, fix="fix extract.prompt_file / --prompt-file")
+        template = path.read_text(encoding="utf-8")
+        version = f"{path.stem}-{hashlib.sha256(template.encode()).hexdigest()[:12]}"
+    else:
+        path = PROMPT_DIR / f"extract_{language}_v1.txt"
+        if not path.is_file():
+            known = sorted(p.stem.split("_")[1] for p in PROMPT_DIR.glob("extract_*_v*.txt"))
+            raise ConfigError(f"no built-in extraction prompt for language '{language}'",
+                              fix=f"pass --prompt-file FILE (built-in languages: {', '.join(known)})")
+        template, version = path.read_text(encoding="utf-8"), path.stem
+    if "{{text}}" not in template:
+        raise InputError("the prompt has no {{text}} placeholder for the chunk", path=path,
+                         fix="put {{text}} at the end of the prompt; {{name}} and {{aliases}} are optional")
+    if template.split("{{text}}", 1)[1].strip():
+        print(f"warning: {path}: text after {{{{text}}}} defeats llama.cpp's prefix reuse; "
+              "put the chunk last", file=sys.stderr)
+    return Prompt(version, template)
+
+
+def parse_reply(text: str) -> tuple[list[dict], str | None]:
+    """Citation objects of a reply and an error (None when it is valid JSON of the expected shape).
+
+    A reply that is not valid JSON (a server without schema support, a truncated answer) still
+    gives back every complete object carrying a "citation" string.
+    """
+    body = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", text.strip())
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        items = _salvage(body)
+        return items, "invalid_json"
+    items = data.get("citations") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        return [], "no_citations_list"
+    return [i for i in items if isinstance(i, dict)], None
+
+
+def _salvage(text: str) -> list[dict]:
+    decoder, items, pos = json.JSONDecoder(), [], 0
+    while (pos := text.find("{", pos)) >= 0:
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            pos += 1
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("citation"), str):
+            items.append(obj)
+            pos = end
+        else:
+            pos += 1
+    return items
+
+
+def normalize_kind(kind) -> str:
+    """parole, pensée or écrit; anything unknown counts as speech."""
+    folded = str(kind or "").strip().lower().replace("é", "e")
+    return {"pensee": "pensée", "ecrit": "écrit"}.get(folded, "parole")
+
+
+# -- grounding one chunk ---------------------------------------------------------------------------
+@dataclass
+class Source:
+    """Who produced the replies: method, model and prompt version (the provenance of every row)."""
+    method: str
+    model: str
+    prompt_version: str
+    character: str
+
+
+def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source,
+                 min_grounding: float) -> tuple[list[dict], list[dict]]:
+    """Rows grounded in the chunk's span and rejects (with reason and score) for one stored reply."""
+    items, error = parse_reply(reply)
+    rejects = [] if error is None else [{"reason": error, "raw": reply[:2000]}]
+    rows, taken, norm = [], set(), None
+    for item in items:
+        cited = item.get("citation")
+        if not isinstance(cited, str) or not cited.strip():
+            rejects.append({"reason": "empty_citation", "item": item})
+            continue
+        norm = norm or NormalizedText(book.text, chunk.start, chunk.end)
+        g = locate(cited, book.text, chunk.start, chunk.end, taken, norm)
+        if g.score < min_grounding:
+            rejects.append({"reason": "low_grounding", "score": g.score, "citation": cited,
+                            "best_match": book.text[g.start:g.end][:1000], "start": g.start, "end": g.end})
+            continue
+        taken.add(g.start)
+        rows.append(make_row(book, chunk, g.start, g.end, source, normalize_kind(item.get("kind")),
+                             g.score, g.how, str(item.get("contexte") or ""), model_text=cited))
+    for r in rejects:
+        r.update(book=book.id, chunk=chunk.id)
+    return rows, rejects
+
+
+def make_row(book: Book, chunk: Chunk, start: int, end: int, source: Source, kind: str, score: float,
+             how: str, contexte: str, model_text: str | None = None) -> dict:
+    """One citation with its provenance; `citation` is the source text at [start, end)."""
+    citation = book.text[start:end]
+    row = {"book": book.id, "chapter": book.chapter_at(start), "start": start, "end": end,
+           "chunk": chunk.id, "chunk_index": chunk.index, "method": source.method, "model": source.model,
+           "prompt_version": source.prompt_version, "kind": kind, "grounding": score,
+           "grounding_method": how, "character": source.character, "contexte": contexte,
+           "citation": citation}
+    if model_text is not None and model_text.strip() != citation:
+        row["model_citation"] = model_text.strip()
+    return row
+
+
+def output_row(row: dict) -> dict:
+    """A row in the written key order, internal fields dropped, empty `also_in` omitted."""
+    return {k: row[k] for k in ROW_KEYS if k in row and not (k == "also_in" and not row[k])}
+
+
+# -- the stage -------------------------------------------------------------------------------------
+@dataclass
+class ExtractSummary:
+    """What a run did: chunks, cache hits, citations kept and rejected, time and tokens."""
+    method: str
+    output: str
+    chunks: int = 0
+    skipped: int = 0
+    cached: int = 0
+    called: int = 0
+    failed: int = 0
+    kept: int = 0
+    merged: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    tokens: Counter = field(default_factory=Counter)      # every chunk of the output, cached included
+    new_tokens: Counter = field(default_factory=Counter)  # the calls made by this run
+
+
+class ExtractInterrupted(Exception):
+    """Ctrl-C during the LLM calls: finished chunks are stored; a rerun resumes after them."""
+
+    def __init__(self, done: int, total: int, store: Path):
+        super().__init__(f"interrupted: {done}/{total} chunks done (stored in {store})")
+        self.done, self.total, self.store = done, total, store
+
+
+def side_paths(out: Path) -> tuple[Path, Path, Path]:
+    """(store, store errors, rejects) files kept next to the citations file."""
+    return (out.with_name(out.stem + ".store.jsonl"), out.with_name(out.stem + ".errors.jsonl"),
+            out.with_name(out.stem + ".rejects.jsonl"))
+
+
+def prefilter_keeps(chunk: Chunk, name: str, aliases: list[str]) -> bool:
+    """Whether the rules see the character in a chunk: a mention, or a quote attributed to them."""
+    from dantes_mlx import dialogue
+
+    return bool(dialogue.mentions_character(chunk.text, name, aliases)
+                or dialogue.character_quotes(chunk.text, name, aliases))
+
+
+def chunk_key(prompt: Prompt, model_id: str, chunk: Chunk, character: "CharacterConfig", sampling: dict,
+              schema: dict = CITATION_SCHEMA) -> str:
+    """Store key of one chunk: prompt version, model, chunk text, names, sampling (and a non-default schema)."""
+    from dantes_mlx.store import item_key
+
+    item = {"text": chunk.text, "name": character.name, "aliases": list(character.aliases),
+            "sampling": {k: sampling[k] for k in sorted(sampling)}}
+    if schema != CITATION_SCHEMA:
+        item["schema"] = schema
+    return item_key("extract", prompt.version, model_id, item)
+
+
+def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractConfig", out: str | Path,
+                client: "LLMClient", *, sampling: dict | None = None, concurrency: int = 1,
+                progress: bool = True, schema: dict = CITATION_SCHEMA) -> ExtractSummary:
+    """LLM extraction: one stored reply per chunk, then citations rebuilt from the store in book order.
+
+    `schema` may narrow CITATION_SCHEMA (e.g. maxLength for a small model); it is part of the store key.
+    """
+    from dantes_mlx.llm import batch
+    from dantes_mlx.store import Store
+
+    started, out = time.monotonic(), Path(out)
+    sampling = dict(sampling or {"temperature": cfg.temperature})
+    prompt = load_prompt(cfg.prompt_file, character.language)
+    source = Source("llm", client.model_id, prompt.version, character.name)
+    store_path, errors_path, rejects_path = side_paths(out)
+    store = Store(store_path, rejects_path=errors_path)
+    summary = ExtractSummary("llm", str(out))
+    work: list[tuple[Book, Chunk, str | None]] = []
+    for book in books:
+        for chunk in chunk_book(book, cfg.chunk_lines, cfg.overlap):
+            summary.chunks += 1
+            if cfg.prefilter and not prefilter_keeps(chunk, character.name, list(character.aliases)):
+                summary.skipped += 1
+                work.append((book, chunk, None))
+                continue
+            work.append((book, chunk, chunk_key(prompt, client.model_id, chunk, character, sampling, schema)))
+    pending = [(c, k) for _, c, k in work if k is not None and k not in store]
+    summary.cached = sum(1 for _, _, k in work if k is not None and k in store)
+    requests = [{"messages": prompt.messages(character.name, list(character.aliases), c.text),
+                 "json_schema": schema, **sampling} for c, _ in pending]
+    calls = (client.iter_chat(requests, concurrency, return_exceptions=True) if hasattr(client, "iter_chat")
+             else batch.iter_chat(client, requests, 1, return_exceptions=True))
+    bar = _progress(len(pending), summary.cached, progress)
+    try:
+        for index, result in calls:
+            chunk, key = pending[index]
+            if isinstance(result, Exception):
+                summary.failed += 1
+                store.reject(key, "llm_error", {"chunk": chunk.id, "error": str(result)[:2000]})
+            else:
+                summary.called += 1
+                value = _stored_reply(chunk, result)
+                store.put(key, value)
+                summary.new_tokens.update({k: v for k, v in value.items() if k.endswith("_tokens")})
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        done = summary.cached + summary.called
+        raise ExtractInterrupted(done, summary.chunks - summary.skipped, store_path) from None
+    bar.close()
+    rows, rejects = [], []
+    for book, chunk, key in work:
+        value = store.get(key) if key else None
+        if value is None:
+            continue
+        summary.tokens.update({k: v for k, v in value.items() if k.endswith("_tokens")})
+        got, bad = ground_reply(book, chunk, value["text"], source, cfg.min_grounding)
+        rows += got
+        rejects += bad
+    _finish(summary, rows, rejects, out, rejects_path, started)
+    return summary
+
+
+def _stored_reply(chunk: Chunk, result) -> dict:
+    return {"chunk": chunk.id, "text": result.text, "prompt_tokens": result.prompt_tokens,
+            "evaluated_tokens": result.evaluated_tokens, "completion_tokens": result.completion_tokens,
+            "reasoning_tokens": result.reasoning_tokens}
+
+
+def _progress(total: int, cached: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"extract ({cached} cached)", unit="chunk", disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def _finish(summary: ExtractSummary, rows: list[dict], rejects: list[dict], out: Path, rejects_path: Path,
+            started: float) -> None:
+    from dantes_mlx.store import write_jsonl_atomic
+
+    kept, summary.merged = dedupe(rows)
+    summary.kept = write_jsonl_atomic(out, (output_row(r) for r in kept))
+    write_jsonl_atomic(rejects_path, rejects)
+    summary.rejected.update(r["reason"] for r in rejects)
+    summary.seconds = time.monotonic() - started
+
+
+def extract_rules(books: list[Book], character: "CharacterConfig", cfg: "ExtractConfig", out: str | Path,
+                  progress: bool = True) -> ExtractSummary:
+    """Rule extraction: the French dialogue attributor's quotes of the character, same rows as the LLM's."""
+    from tqdm import tqdm
+
+    from dantes_mlx import dialogue
+
+    started, out = time.monotonic(), Path(out)
+    source = Source("rules", "", RULES_VERSION, character.name)
+    summary = ExtractSummary("rules", str(out))
+    rows = []
+    for book in tqdm(books, desc="extract (rules)", unit="book", disable=not progress, file=sys.stderr):
+        chunks = chunk_book(book, cfg.chunk_lines, cfg.overlap)
+        summary.chunks += len(chunks)
+        starts = [c.start for c in chunks]
+        for quote in dialogue.character_quotes(book.text, character.name, list(character.aliases)):
+            start, end = int(quote["start"]), int(quote["end"])
+            chunk = chunks[max(0, bisect.bisect_right(starts, start) - 1)]
+            rows.append(make_row(book, chunk, start, end, source, "parole", 100.0, "rules",
+                                 _context_before(book.text, start)))
+    _finish(summary, rows, [], out, side_paths(out)[2], started)
+    return summary
+
+
+def _context_before(text: str, start: int, limit: int = 200) -> str:
+    """The narration just before a quote (its previous paragraph, cut to `limit` characters)."""
+    head = text[max(0, start - 2000):start].rstrip()
+    paragraph = head.rsplit("\n", 1)[-1].strip() if head else ""
+    return paragraph if len(paragraph) <= limit else "…" + paragraph[-limit:].lstrip()
+
+
+def all_speakers(path: str | Path, out: str | Path) -> int:
+    """Every direct-speech quotation of a plain UTF-8 file with its speaker (or null); offsets as read."""
+    from dantes_mlx import dialogue
+    from dantes_mlx.store import write_jsonl_atomic
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path, fix="pass an existing UTF-8 text with --input")
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:  # newline="": offsets count \r as read
+            text = fh.read()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 (byte {exc.start})", path=path,
+                         fix="convert it: iconv -f latin1 -t utf-8 FILE > FILE.utf8") from exc
+    return write_jsonl_atomic(out, dialogue.all_speakers_rows(text))

@@ -1,0 +1,182 @@
+"""Locate extracted citations in the source text (exact, normalised, fuzzy), score them, merge duplicates."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+# Characters that open or close a reply around its words: dialogue dashes, quotes, guillemets.
+_OPENERS = set("-—–―‒«»\"“”„'‘’ \u00a0\u202f\t")
+# What may follow the last word of a reply: sentence punctuation, closing quotes, thin spaces.
+_CLOSERS = set(".!?…,;:»\"”’')] \u00a0\u202f")
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """Where a citation was found: offsets into the source, a 0-100 score and how it was matched."""
+    start: int
+    end: int
+    score: float
+    how: str  # exact | normalized | fuzzy | none
+
+
+class NormalizedText:
+    """A case- and punctuation-folded copy of text[lo:hi] that maps every character back to its offset."""
+
+    def __init__(self, text: str, lo: int = 0, hi: int | None = None):
+        hi = len(text) if hi is None else hi
+        chars: list[str] = []
+        index: list[int] = []
+        for pos in range(lo, hi):
+            folded = fold_char(text[pos])
+            if folded == " ":
+                if chars and chars[-1] != " ":
+                    chars.append(" ")
+                    index.append(pos)
+                continue
+            for ch in folded:
+                chars.append(ch)
+                index.append(pos)
+        self.text = "".join(chars)
+        self.index = index
+
+    def span(self, nstart: int, nend: int) -> tuple[int, int]:
+        """Offsets in the source of the normalised slice [nstart, nend)."""
+        return self.index[nstart], self.index[nend - 1] + 1
+
+
+def fold_char(ch: str) -> str:
+    """One character folded for matching: letters and digits lower-cased, anything else a space."""
+    if ch.isalnum():
+        return unicodedata.normalize("NFC", ch.casefold())
+    return " "
+
+
+def normalize(text: str) -> str:
+    """Text folded the way NormalizedText folds a source span (quotes, dashes, punctuation, case)."""
+    return NormalizedText(text).text.strip()
+
+
+def _occurrences(haystack: str, needle: str, start: int = 0):
+    pos = haystack.find(needle, start)
+    while pos >= 0:
+        yield pos
+        pos = haystack.find(needle, pos + 1)
+
+
+def _extend(text: str, start: int, end: int, lo: int, hi: int, lead: bool, trail: bool) -> tuple[int, int]:
+    """Widen a word-level match to the reply's opening dash/quote and closing punctuation."""
+    if lead:
+        s = start
+        while s > lo and text[s - 1] in _OPENERS and text[s - 1] != "\n":
+            s -= 1
+        while s < start and text[s].isspace():
+            s += 1
+        start = s
+    if trail:
+        e = end
+        while e < hi and text[e] in _CLOSERS and text[e] != "\n":
+            e += 1
+        while e > end and text[e - 1].isspace():
+            e -= 1
+        end = e
+    return start, end
+
+
+def _snap_to_words(text: str, start: int, end: int, lo: int, hi: int) -> tuple[int, int]:
+    """Move fuzzy-match edges out to whole words so a slice never cuts a word in two."""
+    while start > lo and text[start - 1].isalnum() and text[start].isalnum():
+        start -= 1
+    while end < hi and text[end - 1].isalnum() and text[end].isalnum():
+        end += 1
+    return start, end
+
+
+def locate(citation: str, text: str, lo: int = 0, hi: int | None = None,
+           taken: set[int] | frozenset = frozenset(), norm: NormalizedText | None = None) -> Grounding:
+    """Find `citation` in text[lo:hi]: exact, then normalised, then fuzzy (rapidfuzz partial ratio).
+
+    `taken` holds start offsets already given to other citations of the same chunk, so a reply
+    repeated in the text ("--Oui.") is matched to its next occurrence rather than twice to the first.
+    """
+    from rapidfuzz import fuzz
+
+    hi = len(text) if hi is None else hi
+    needle = citation.strip()
+    if not needle:
+        return Grounding(lo, lo, 0.0, "none")
+    window = text[lo:hi]
+    exact = [lo + p for p in _occurrences(window, needle)]
+    for pos in exact:
+        if pos not in taken:
+            return Grounding(pos, pos + len(needle), 100.0, "exact")
+    norm = norm or NormalizedText(text, lo, hi)
+    nneedle = normalize(needle)
+    if not nneedle:
+        return Grounding(lo, lo, 0.0, "none")
+    lead, trail = not needle[0].isalnum(), not needle[-1].isalnum()
+    found = None
+    for npos in _occurrences(norm.text, nneedle):
+        start, end = _extend(text, *norm.span(npos, npos + len(nneedle)), lo, hi, lead, trail)
+        found = found or (start, end)
+        if start not in taken:
+            return Grounding(start, end, 100.0, "normalized")
+    if exact:  # every occurrence is taken: the model repeated itself; let dedupe merge it
+        return Grounding(exact[0], exact[0] + len(needle), 100.0, "exact")
+    if found:
+        return Grounding(found[0], found[1], 100.0, "normalized")
+    if not norm.text:
+        return Grounding(lo, lo, 0.0, "none")
+    if len(nneedle) > len(norm.text):
+        return Grounding(lo, hi, round(fuzz.ratio(nneedle, norm.text), 1), "fuzzy")
+    al = fuzz.partial_ratio_alignment(nneedle, norm.text)
+    if al.dest_end <= al.dest_start:
+        return Grounding(lo, lo, round(al.score, 1), "fuzzy")
+    start, end = norm.span(al.dest_start, al.dest_end)
+    start, end = _snap_to_words(text, start, end, lo, hi)
+    start, end = _extend(text, start, end, lo, hi, lead, trail)
+    return Grounding(start, end, round(al.score, 1), "fuzzy")
+
+
+def _same_quote(a: dict, b: dict) -> bool:
+    """Two grounded citations that overlap enough, or read nearly the same, are one quote."""
+    from rapidfuzz import fuzz
+
+    overlap = min(a["end"], b["end"]) - max(a["start"], b["start"])
+    if overlap <= 0:
+        return False
+    shorter = min(a["end"] - a["start"], b["end"] - b["start"]) or 1
+    if overlap >= 0.5 * shorter:
+        return True
+    return fuzz.ratio(normalize(a["citation"]), normalize(b["citation"])) >= 90
+
+
+def _better(a: dict, b: dict) -> dict:
+    """The citation to keep of two duplicates: best grounding, then the longer, then the earlier chunk."""
+    ka = (a["grounding"], a["end"] - a["start"], -a.get("chunk_index", 0))
+    kb = (b["grounding"], b["end"] - b["start"], -b.get("chunk_index", 0))
+    return a if ka >= kb else b
+
+
+def dedupe(citations: list[dict]) -> tuple[list[dict], int]:
+    """Merge citations of the same book found twice (chunk overlap): returns (kept, merged count).
+
+    Rows need book, start, end, grounding, citation and chunk; the kept row lists the other chunks
+    that found it under `also_in`. Output is sorted by (book order of first appearance, start, end).
+    """
+    book_order: dict[str, int] = {}
+    for row in citations:
+        book_order.setdefault(row["book"], len(book_order))
+    rows = sorted(citations, key=lambda r: (book_order[r["book"]], r["start"], r["end"], r.get("chunk_index", 0)))
+    kept: list[dict] = []
+    merged = 0
+    for row in rows:
+        if kept and kept[-1]["book"] == row["book"] and _same_quote(kept[-1], row):
+            winner, loser = (kept[-1], row) if _better(kept[-1], row) is kept[-1] else (row, kept[-1])
+            also = (set(winner.get("also_in", [])) | set(loser.get("also_in", [])) | {loser["chunk"]})
+            also.discard(winner["chunk"])
+            kept[-1] = {**winner, "also_in": sorted(also)}
+            merged += 1
+        else:
+            kept.append(row)
+    return kept, merged
