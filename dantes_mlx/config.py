@@ -90,6 +90,8 @@ class ExtractConfig:
     prompt_file: str = setting("", "File overriding the versioned extraction prompt.")
     prefilter: bool = setting(True, "Skip chunks where the rules find neither the name nor an alias.")
     min_grounding: float = setting(85.0, "Minimum fuzzy match score (0-100) of a citation in the source.")
+    temperature: float = setting(0.0, "Sampling temperature of the extraction calls (0: the most literal).")
+    output: str = setting("", "Citations file; empty: <data_dir>/citations/citations.jsonl.")
 
 
 @dataclass
