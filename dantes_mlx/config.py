@@ -125,6 +125,19 @@ class TrainConfig:
     scale: float = setting(2.0, "LoRA scale as mlx-lm applies it (PEFT's lora_alpha = scale x rank).")
     dropout: float = setting(0.05, "LoRA dropout.")
     num_layers: int = setting(16, "Number of last transformer layers adapted (-1: all).")
+    dedupe: bool = setting(True, "Drop exact and near-duplicate rows before splitting.")
+    group_key: str = setting("", "Field whose equal values keep rows in the same split (rows sharing a "
+                                 "source_id always do).")
+    group_consecutive: bool = setting(False, "Group runs of consecutive rows about the same thing "
+                                             "(files without ids, e.g. several questions per citation).")
+    consecutive_strictness: float = setting(0.98, "Consecutive rows are grouped when more similar than this "
+                                                  "share of random row pairs of the file.")
+    stratify: bool = setting(True, "Stratify the split by label for labelled data (prompt -> short completion).")
+    tokenizer: str = setting("", "Tokenizer (local folder or HF id) for token counts; empty: train.base_model.")
+    save_hf: str = setting("", "Also save a Hugging Face DatasetDict to this folder.")
+    hub_repo: str = setting("", "Also push the DatasetDict to this Hugging Face dataset repo (HF_TOKEN or "
+                                "`hf auth login`).")
+    hub_private: bool = setting(True, "Create the Hub dataset repo as private.")
     target_modules: list = setting(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                     "self_attn.o_proj"], "Linear layers adapted, by mlx-lm key.")
     learning_rate: float = setting(1e-4, "Peak learning rate.")

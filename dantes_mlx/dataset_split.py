@@ -1,0 +1,267 @@
+"""Dedupe (exact and MinHash near duplicates), grouping (source id, field, consecutive rows) and the split."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+import unicodedata
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from dantes_mlx.errors import ConfigError
+
+SPLITS = ("train", "valid", "test")
+WORD = re.compile(r"\w+")
+# Typographic variants that should not make two rows look different.
+_TRANSLATE = str.maketrans({"’": "'", "‘": "'", "«": '"', "»": '"', "“": '"', "”": '"', "‑": "-", "–": "-",
+                            "—": "-", "\u00a0": " ", "\u202f": " "})
+_MERSENNE = (1 << 61) - 1
+
+
+def normalize(text: str) -> str:
+    """Lower-case, NFKC, unified quotes and dashes, punctuation dropped, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).translate(_TRANSLATE).lower()
+    return " ".join(WORD.findall(text))
+
+
+def fold_accents(text: str) -> str:
+    """Lower-case text without diacritics (for word statistics, where 'pensée' and 'pensee' are one word)."""
+    text = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in text if not unicodedata.combining(c))
+
+
+def parse_split(spec: str) -> tuple[float, float, float]:
+    """'80/10/10' -> (0.8, 0.1, 0.1); two numbers mean no test split."""
+    try:
+        parts = [float(p) for p in str(spec).replace(",", "/").split("/")]
+    except ValueError:
+        parts = []
+    if len(parts) == 2:
+        parts.append(0.0)
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0 or parts[0] <= 0:
+        raise ConfigError(f"invalid split '{spec}'", fix="give train/valid/test percentages, e.g. 80/10/10")
+    total = sum(parts)
+    return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- near duplicates (MinHash + LSH)
+
+def shingles(text: str, n: int = 3) -> set[str]:
+    """Word n-grams of normalised text (the whole text when shorter than n words)."""
+    words = normalize(text).split()
+    if len(words) <= n:
+        return {" ".join(words)} if words else set()
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def _bands_for(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) whose LSH S-curve rises well below `threshold`, so candidates are rarely missed."""
+    options = [(b, num_perm // b) for b in range(1, num_perm + 1) if num_perm % b == 0]
+    target = max(0.05, threshold - 0.2)
+    return min(options, key=lambda br: abs((1 / br[0]) ** (1 / br[1]) - target))
+
+
+def minhash(sets: list[set[str]], num_perm: int = 128, seed: int = 1) -> np.ndarray:
+    """MinHash signatures (len(sets) x num_perm) with universal hashing over CRC32 of each shingle."""
+    rng = np.random.default_rng(seed)
+    # a, b and h below 2^32, so a*h + b never wraps in uint64 before the modulo.
+    a = rng.integers(1, 1 << 32, num_perm, dtype=np.uint64)
+    b = rng.integers(0, 1 << 32, num_perm, dtype=np.uint64)
+    out = np.full((len(sets), num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
+    for i, items in enumerate(sets):
+        if not items:
+            continue
+        h = np.fromiter((zlib.crc32(s.encode("utf-8")) for s in items), dtype=np.uint64, count=len(items))
+        out[i] = ((a[:, None] * h[None, :] + b[:, None]) % _MERSENNE).min(axis=1)
+    return out
+
+
+def near_duplicate_pairs(sets: list[set[str]], threshold: float, num_perm: int = 128) -> list[tuple[int, int, float]]:
+    """(i, j, jaccard) for i < j whose shingle sets have Jaccard >= threshold (LSH candidates, verified)."""
+    if len(sets) < 2:
+        return []
+    bands, rows = _bands_for(threshold, num_perm)
+    signatures = minhash(sets, num_perm)
+    candidates: set[tuple[int, int]] = set()
+    for band in range(bands):
+        buckets: dict[bytes, list[int]] = defaultdict(list)
+        for i, sig in enumerate(signatures[:, band * rows:(band + 1) * rows]):
+            if sets[i]:
+                buckets[sig.tobytes()].append(i)
+        for members in buckets.values():
+            for x in range(len(members)):
+                for y in range(x + 1, len(members)):
+                    candidates.add((members[x], members[y]))
+    pairs = []
+    for i, j in sorted(candidates):
+        score = jaccard(sets[i], sets[j])
+        if score >= threshold:
+            pairs.append((i, j, score))
+    return pairs
+
+
+@dataclass
+class Drop:
+    """A row removed before the split, why, and the row it duplicates."""
+    index: int
+    reason: str
+    kept: int
+
+
+def find_duplicates(texts: list[str], threshold: float) -> list[Drop]:
+    """Rows to drop: exact duplicates of normalised text, then near duplicates (Jaccard >= threshold)."""
+    drops: dict[int, Drop] = {}
+    first: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        key = hashlib.sha1(normalize(text).encode("utf-8")).hexdigest()
+        if key in first:
+            drops[i] = Drop(i, "exact duplicate", first[key])
+        else:
+            first[key] = i
+    alive = [i for i in range(len(texts)) if i not in drops]
+    if threshold < 1.0:
+        sets = [shingles(texts[i]) for i in alive]
+        for x, y, score in near_duplicate_pairs(sets, threshold):
+            i, j = alive[x], alive[y]
+            if j not in drops and i not in drops:
+                drops[j] = Drop(j, f"near duplicate (Jaccard {score:.2f})", i)
+    return sorted(drops.values(), key=lambda d: d.index)
+
+
+# ---------------------------------------------------------------- groups
+
+class UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
+
+
+def _tfidf(docs: list[list[str]]) -> list[dict[str, float]]:
+    df = Counter(w for doc in docs for w in set(doc))
+    n = len(docs)
+    vectors = []
+    for doc in docs:
+        weights = {w: (1 + math.log(c)) * math.log(n / df[w]) for w, c in Counter(doc).items()}
+        norm = math.sqrt(sum(v * v for v in weights.values())) or 1.0
+        vectors.append({w: v / norm for w, v in weights.items()})
+    return vectors
+
+
+def _cosine(a: dict, b: dict) -> float:
+    if len(a) > len(b):
+        a, b = b, a
+    return sum(v * b.get(w, 0.0) for w, v in a.items())
+
+
+def content_words(text: str) -> list[str]:
+    """Words longer than 3 letters, accents folded, cut to 6 letters (a crude French stemmer)."""
+    return [w[:6] for w in WORD.findall(fold_accents(text)) if len(w) > 3]
+
+
+def consecutive_runs(texts: list[str], strictness: float = 0.98, window: int = 2,
+                     seed: int = 0) -> tuple[list[int], float]:
+    """Group runs of consecutive rows about the same thing; returns (run id per row, similarity threshold).
+
+    Two rows up to `window` apart are linked when their TF-IDF cosine (rare words weigh most) beats
+    `strictness` of random row pairs, and a link joins every row between them, so a weak middle row
+    (a question with different words) stays with its neighbours.
+    """
+    n = len(texts)
+    if n == 0:
+        return [], 0.0
+    vectors = _tfidf([content_words(t) for t in texts])
+    rng = random.Random(seed)
+    pairs = [(rng.randrange(n), rng.randrange(n)) for _ in range(min(4000, n * n))]
+    background = sorted(_cosine(vectors[i], vectors[j]) for i, j in pairs if abs(i - j) > 2 * window)
+    threshold = background[min(len(background) - 1, int(strictness * len(background)))] if background else 0.0
+    threshold = max(threshold, 1e-9)
+    reach = list(range(n))
+    for i in range(n):
+        for j in range(i + 1, min(n, i + window + 1)):
+            if _cosine(vectors[i], vectors[j]) >= threshold:
+                reach[i] = j
+    runs, run, end = [], 0, -1
+    for i in range(n):
+        if i > end and i > 0:
+            run += 1
+        runs.append(run)
+        end = max(end, reach[i])
+    return runs, threshold
+
+
+def group_ids(keys: list[list[str | None]]) -> list[int]:
+    """Connected components of rows that share any non-None key (row i's keys are keys[i])."""
+    uf = UnionFind(len(keys))
+    owner: dict[tuple[int, str], int] = {}
+    for i, row_keys in enumerate(keys):
+        for slot, key in enumerate(row_keys):
+            if key is None:
+                continue
+            j = owner.setdefault((slot, key), i)
+            uf.union(i, j)
+    roots: dict[int, int] = {}
+    return [roots.setdefault(uf.find(i), len(roots)) for i in range(len(keys))]
+
+
+# ---------------------------------------------------------------- split
+
+def _assign(units: list[tuple[int, int]], targets: list[float], done: list[float],
+            totals: list[float], total_targets: list[float]) -> dict[int, int]:
+    """Greedy: each unit (id, size) goes to the split furthest below its target (ties: overall deficit)."""
+    out = {}
+    for unit, size in units:
+        best = max(range(len(targets)), key=lambda s: (targets[s] - done[s], total_targets[s] - totals[s], -s))
+        out[unit] = best
+        done[best] += size
+        totals[best] += size
+    return out
+
+
+def split_groups(groups: list[int], ratios: tuple[float, ...], seed: int = 0,
+                 labels: list[str | None] | None = None) -> list[str]:
+    """Split name per row: whole groups only, seeded; stratified by (group majority) label when given.
+
+    With one-row groups, every label's count in every split is within one row of its share.
+    """
+    sizes = Counter(groups)
+    order = sorted(sizes)
+    random.Random(seed).shuffle(order)
+    strata: dict[str | None, list[int]] = defaultdict(list)
+    group_label: dict[int, str | None] = {}
+    if labels is not None:
+        votes: dict[int, Counter] = defaultdict(Counter)
+        for g, label in zip(groups, labels):
+            votes[g][label] += 1
+        group_label = {g: min(c.items(), key=lambda kv: (-kv[1], str(kv[0])))[0] for g, c in votes.items()}
+    for g in order:
+        strata[group_label.get(g)].append(g)
+    n = len(groups)
+    total_targets = [r * n for r in ratios]
+    totals = [0.0] * len(ratios)
+    where: dict[int, int] = {}
+    for label in sorted(strata, key=lambda k: (k is None, str(k))):
+        members = strata[label]
+        rows = sum(sizes[g] for g in members)
+        # Larger groups first (stable within the shuffled order) so small ones can even out the counts.
+        units = sorted(((g, sizes[g]) for g in members), key=lambda u: -u[1])
+        where.update(_assign(units, [r * rows for r in ratios], [0.0] * len(ratios), totals, total_targets))
+    return [SPLITS[where[g]] for g in groups]
