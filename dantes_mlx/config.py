@@ -112,19 +112,6 @@ class PrepareConfig:
     system_prompt: bool = setting(True, "Add the character's persona as a system message to every row.")
     max_seq_length: int = setting(2048, "Rows longer than this (in tokens) are reported.")
     near_dup_threshold: float = setting(0.9, "Jaccard similarity above which two rows are near duplicates.")
-
-
-@dataclass
-class TrainConfig:
-    """Fine-tuning."""
-    backend: str = setting("auto", "mlx, a plugin backend (see `dantes-mlx backends`), or auto.")
-    base_model: str = setting("mlx-community/Mistral-7B-Instruct-v0.3-4bit",
-                              "HF repo id or local folder of the base model.")
-    fine_tune_type: str = setting("lora", "lora, dora or full.")
-    rank: int = setting(16, "LoRA rank.")
-    scale: float = setting(2.0, "LoRA scale as mlx-lm applies it (PEFT's lora_alpha = scale x rank).")
-    dropout: float = setting(0.05, "LoRA dropout.")
-    num_layers: int = setting(16, "Number of last transformer layers adapted (-1: all).")
     dedupe: bool = setting(True, "Drop exact and near-duplicate rows before splitting.")
     group_key: str = setting("", "Field whose equal values keep rows in the same split (rows sharing a "
                                  "source_id always do).")
@@ -138,6 +125,19 @@ class TrainConfig:
     hub_repo: str = setting("", "Also push the DatasetDict to this Hugging Face dataset repo (HF_TOKEN or "
                                 "`hf auth login`).")
     hub_private: bool = setting(True, "Create the Hub dataset repo as private.")
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning."""
+    backend: str = setting("auto", "mlx, a plugin backend (see `dantes-mlx backends`), or auto.")
+    base_model: str = setting("mlx-community/Mistral-7B-Instruct-v0.3-4bit",
+                              "HF repo id or local folder of the base model.")
+    fine_tune_type: str = setting("lora", "lora, dora or full.")
+    rank: int = setting(16, "LoRA rank.")
+    scale: float = setting(2.0, "LoRA scale as mlx-lm applies it (PEFT's lora_alpha = scale x rank).")
+    dropout: float = setting(0.05, "LoRA dropout.")
+    num_layers: int = setting(16, "Number of last transformer layers adapted (-1: all).")
     target_modules: list = setting(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                     "self_attn.o_proj"], "Linear layers adapted, by mlx-lm key.")
     learning_rate: float = setting(1e-4, "Peak learning rate.")
