@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,18 +18,26 @@ def item_key(stage: str, prompt_version: str, model: str, item: Any) -> str:
 
 
 def _read_records(path: Path) -> tuple[list[dict], int]:
-    """Records of a JSONL file and the byte length of its intact prefix (a torn tail is excluded)."""
+    """Records of a JSONL file and the byte length of its intact prefix (a torn last line is excluded).
+
+    Only the last line can be torn by a kill; a bad line before it is damage the user must see.
+    """
+    from dantes_mlx.errors import InputError
+
     if not path.exists():
         return [], 0
-    data = path.read_bytes()
+    lines = path.read_bytes().splitlines(keepends=True)
     records, good = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break  # torn last line from a kill -9
+    for lineno, line in enumerate(lines, 1):
         try:
+            if not line.endswith(b"\n"):
+                raise ValueError("no end of line")
             records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if lineno == len(lines):
+                break  # torn last line from a kill -9
+            raise InputError(f"damaged record ({exc})", path=path, line=lineno,
+                             fix="delete that line: its item will be computed again") from None
         good += len(line)
     return records, good
 
@@ -44,14 +53,15 @@ def _repair(path: Path) -> list[dict]:
 
 
 class Store:
-    """Append-only JSONL of {"key", "value"} records; put() is durable before it returns."""
+    """Append-only JSONL of {"key", "value"} records; put() is durable before it returns; thread-safe."""
 
     def __init__(self, path: str | Path, rejects_path: str | Path | None = None):
         self.path = Path(path)
         self.rejects_path = Path(rejects_path) if rejects_path else self.path.with_suffix(".rejects.jsonl")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._values = {r["key"]: r["value"] for r in _repair(self.path)}
-        self._rejected_keys = {r.get("key") for r in _repair(self.rejects_path)}
+        self._rejected = {(r.get("key"), r.get("reason")) for r in _repair(self.rejects_path)}
+        self._lock = threading.Lock()
 
     def __contains__(self, key: str) -> bool:
         return key in self._values
@@ -64,23 +74,25 @@ class Store:
 
     def put(self, key: str, value: Any) -> None:
         """Append one finished item; a repeated key is ignored (never duplicated)."""
-        if key in self._values:
-            return
-        self._append(self.path, {"key": key, "value": value})
-        self._values[key] = value
+        with self._lock:
+            if key in self._values:
+                return
+            self._append(self.path, {"key": key, "value": value})
+            self._values[key] = value
 
     def reject(self, key: str, reason: str, payload: Any = None) -> None:
         """Keep a rejected output with its reason (once per key and reason)."""
-        marker = f"{key}:{reason}"
-        if marker in self._rejected_keys:
-            return
-        self._append(self.rejects_path, {"key": marker, "reason": reason, "payload": payload})
-        self._rejected_keys.add(marker)
+        with self._lock:
+            if (key, reason) in self._rejected:
+                return
+            self._append(self.rejects_path, {"key": key, "reason": reason, "payload": payload})
+            self._rejected.add((key, reason))
 
     def items(self) -> Iterator[tuple[str, Any]]:
         return iter(self._values.items())
 
     def rejects(self) -> list[dict]:
+        """Every rejected output: {"key", "reason", "payload"}."""
         return _read_records(self.rejects_path)[0]
 
     @staticmethod
@@ -94,27 +106,37 @@ class Store:
 
 def write_jsonl_atomic(path: str | Path, rows) -> int:
     """Write rows to path via a temporary file and os.replace; returns the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
+    count = 0
+
+    def write(fh):
+        nonlocal count
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return n
+            count += 1
+
+    _write_atomic(path, write)
+    return count
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write text via a temporary file and os.replace."""
+    _write_atomic(path, lambda fh: fh.write(text))
+
+
+def _write_atomic(path: str | Path, write) -> None:
+    """Call write(file) on a temporary file next to path, then rename it over path; on error path is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C included: never leave a partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
