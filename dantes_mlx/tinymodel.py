@@ -94,8 +94,8 @@ def random_weights(config: dict, seed: int = 0) -> dict[str, np.ndarray]:
         p = f"model.layers.{i}."
         weights.update({
             p + "input_layernorm.weight": norm(),
-            p + "self_attn.q_proj.weight": matrix(q_out, hidden, 2.0),
-            p + "self_attn.k_proj.weight": matrix(kv_out, hidden, 2.0),
+            p + "self_attn.q_proj.weight": matrix(q_out, hidden, 1.0),
+            p + "self_attn.k_proj.weight": matrix(kv_out, hidden, 1.0),
             p + "self_attn.v_proj.weight": matrix(kv_out, hidden, 1.0),
             p + "self_attn.o_proj.weight": matrix(hidden, q_out, 1.0),
             p + "post_attention_layernorm.weight": norm(),

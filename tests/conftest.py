@@ -28,3 +28,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     if _EXTRA_CORPUS.is_file():
         corpus += "\n" + _EXTRA_CORPUS.read_text(encoding="utf-8")
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model as an f16 GGUF written by our own writer (llama_cpp.Llama loads it)."""
+    from dantes_mlx.export.gguf import write_gguf
+
+    return write_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", outtype="f16")

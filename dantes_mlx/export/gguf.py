@@ -1,0 +1,262 @@
+"""Our own GGUF writer for Mistral/Llama models (gguf package) and in-process llama.cpp quantization.
+
+Why not `mlx_lm.fuse --export-gguf`: on this stack its file is refused by llama.cpp ("invalid gguf
+type for tokenizer.ggml.token_type": token types written as uint32 instead of int32), and it writes
+every token score as -1000, so llama.cpp's SentencePiece merges pick different pieces than the
+training tokenizer. This writer takes pieces, scores and types from tokenizer.model itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from dantes_mlx.errors import ConfigError, MissingDependency, ModelError
+from dantes_mlx.export.vocab import Vocab, load_vocab
+
+OUTTYPES = ("f32", "f16", "bf16")
+# quantization name -> llama.cpp's LLAMA_FTYPE_* value (include/llama.h).
+QUANT_TYPES = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q2_k": 10,
+    "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16,
+    "q5_k_m": 17, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30, "bf16": 32,
+}
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+_LAYER_NAMES = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+_TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight",
+              "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+_SKIPPED = re.compile(r"rotary_emb\.inv_freq$")
+
+
+def gguf_tensor_name(hf_name: str) -> str:
+    """llama.cpp's name for a HF/MLX Llama-family tensor (`blk.N.attn_q.weight`...)."""
+    if hf_name in _TOP_NAMES:
+        return _TOP_NAMES[hf_name]
+    match = _LAYER.match(hf_name)
+    if match and match.group(2) in _LAYER_NAMES:
+        return f"blk.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}.weight"
+    raise ModelError(f"tensor {hf_name!r} has no llama.cpp equivalent in the llama architecture",
+                     fix="export a Mistral/Llama model (model_type mistral or llama)")
+
+
+def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """Reorder q/k rows from HF's rotate-half RoPE layout to llama.cpp's interleaved pairs.
+
+    Applies to q_proj (n_head = attention heads), k_proj (n_head = KV heads) and to a LoRA B
+    matrix of those projections, whose rows are the projection's output features.
+    """
+    head_dim = weight.shape[0] // n_head
+    return (weight.reshape(n_head, 2, head_dim // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def read_config(model_dir: str | Path) -> dict:
+    """config.json of a model folder, checked to be a Llama-architecture model llama.cpp runs."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ModelError("no config.json in the model folder", path=model_dir,
+                         fix="point to a Hugging Face or MLX model folder")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("model_type") not in ("mistral", "llama"):
+        raise ModelError(f"model_type {config.get('model_type')!r} is not supported", path=path,
+                         fix="the GGUF writer handles model_type 'mistral' and 'llama'")
+    if config.get("rope_scaling"):
+        raise ModelError("rope_scaling is not supported by this writer", path=path,
+                         fix="use a model without rope_scaling (Mistral-7B v0.3 has none)")
+    return config
+
+
+def _dequantize(weights: Mapping[str, Any], config: dict) -> dict[str, Any]:
+    """Turn MLX-quantized weights (weight + scales + biases) back into float arrays (QLoRA bases)."""
+    quant = config.get("quantization") or config.get("quantization_config")
+    if not quant:
+        return dict(weights)
+    import mlx.core as mx
+
+    out = {}
+    for name, value in weights.items():
+        if name.endswith((".scales", ".biases")):
+            continue
+        prefix = name[: -len(".weight")] if name.endswith(".weight") else None
+        if prefix and f"{prefix}.scales" in weights:
+            params = quant.get(prefix, quant) if isinstance(quant.get(prefix), dict) else quant
+            value = mx.dequantize(mx.array(value), mx.array(weights[f"{prefix}.scales"]),
+                                  weights.get(f"{prefix}.biases"), group_size=params["group_size"],
+                                  bits=params["bits"], mode=params.get("mode", "affine"))
+        out[name] = value
+    return out
+
+
+def load_weights(model_dir: str | Path) -> dict[str, Any]:
+    """All tensors of a HF/MLX folder's safetensors files (MLX arrays, loaded lazily), dequantized."""
+    import mlx.core as mx
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    files = [f for f in files if not f.name.startswith("adapter")]
+    if not files:
+        raise ModelError("no *.safetensors weights in the model folder", path=model_dir,
+                         fix="download the full model (not only its tokenizer) or run mlx_lm.fuse")
+    weights: dict[str, Any] = {}
+    for file in files:
+        weights.update(mx.load(str(file)))
+    return _dequantize(weights, read_config(model_dir))
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value.astype(np.float32, copy=False)
+    import mlx.core as mx
+
+    if isinstance(value, mx.array):
+        return np.array(value.astype(mx.float32))
+    return np.asarray(value, dtype=np.float32)  # torch tensors expose __array__ on CPU
+
+
+def _encode(array: np.ndarray, outtype: str) -> tuple[np.ndarray, Any]:
+    """(data, raw ggml type) for one tensor; 1-D tensors (norms) stay f32 as llama.cpp expects."""
+    if array.ndim == 1 or outtype == "f32":
+        return array.astype(np.float32), None
+    if outtype == "f16":
+        return array.astype(np.float16), None
+    import gguf
+
+    return gguf.quants.quantize(array, gguf.GGMLQuantizationType.BF16), gguf.GGMLQuantizationType.BF16
+
+
+def _add_model_metadata(writer, config: dict, name: str, outtype: str) -> None:
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    writer.add_name(name)
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_context_length(config.get("max_position_embeddings", 4096))
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(config.get("num_key_value_heads") or heads)
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != hidden // heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-5)))
+    writer.add_file_type(QUANT_TYPES[outtype])
+
+
+def add_vocab(writer, vocab: Vocab) -> None:
+    """Write the SentencePiece vocabulary the way llama.cpp's `llama` tokenizer reads it."""
+    import gguf
+
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_scores([float(s) for s in vocab.scores])
+    # int32 array: llama.cpp refuses the uint32 token types some writers emit.
+    writer.add_key_value(gguf.Keys.Tokenizer.TOKEN_TYPE, [int(t) for t in vocab.types],
+                         gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.INT32)
+    for value, add in ((vocab.bos_id, writer.add_bos_token_id), (vocab.eos_id, writer.add_eos_token_id),
+                       (vocab.unk_id, writer.add_unk_token_id), (vocab.pad_id, writer.add_pad_token_id)):
+        if value is not None:
+            add(value)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(vocab.add_eos)
+    writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.chat_template:
+        writer.add_chat_template(vocab.chat_template)
+
+
+def write_gguf(model_dir: str | Path, out_path: str | Path, *, outtype: str = "f16",
+               weights: Mapping[str, Any] | None = None, vocab: Vocab | None = None,
+               name: str | None = None) -> Path:
+    """Write a Mistral/Llama HF or MLX folder as a llama.cpp GGUF (architecture `llama`).
+
+    `model_dir` gives config.json and the tokenizer; `weights` (HF names -> MLX/numpy arrays), when
+    given, replaces the folder's safetensors, e.g. with adapters already fused. A quantized MLX
+    base is dequantized first. `vocab` overrides the tokenizer read from tokenizer.model. The file
+    is written atomically; quantize it afterwards with `quantize()`.
+    """
+    import gguf
+
+    if outtype not in OUTTYPES:
+        raise ConfigError(f"unknown GGUF output type {outtype!r}",
+                          fix=f"use one of {', '.join(OUTTYPES)}; quantize afterwards for q8_0, q4_k_m...")
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    config = read_config(model_dir)
+    if weights is None:
+        weights = load_weights(model_dir)
+    else:
+        weights = _dequantize(weights, config)
+    vocab = vocab or load_vocab(model_dir, config["vocab_size"])
+    n_head = config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads") or n_head
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama", use_temp_file=True)
+    _add_model_metadata(writer, config, name or model_dir.name, outtype)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_vocab(writer, vocab)
+    for hf_name in sorted(weights, key=_tensor_order):
+        if _SKIPPED.search(hf_name):
+            continue
+        array = _to_numpy(weights[hf_name])
+        if hf_name.endswith("self_attn.q_proj.weight"):
+            array = permute_qk(array, n_head)
+        elif hf_name.endswith("self_attn.k_proj.weight"):
+            array = permute_qk(array, n_kv)
+        data, raw_dtype = _encode(array, outtype)
+        writer.add_tensor(gguf_tensor_name(hf_name), data, raw_dtype=raw_dtype)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def _tensor_order(hf_name: str) -> tuple[int, str]:
+    match = _LAYER.match(hf_name)
+    return (int(match.group(1)) + 1 if match else (0 if "embed" in hf_name else 10**9), hf_name)
+
+
+def quantize(src_gguf: str | Path, dst_gguf: str | Path, qtype: str, *, threads: int = 0) -> Path:
+    """Quantize a GGUF in-process with llama.cpp (`llama_model_quantize`): q8_0, q4_k_m, q5_k_m..."""
+    key = qtype.lower()
+    if key not in QUANT_TYPES:
+        raise ConfigError(f"unknown quantization {qtype!r}",
+                          fix=f"use one of {', '.join(sorted(QUANT_TYPES))}")
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise MissingDependency("llama_cpp", "quantizing GGUF files", "llama-cpp-python") from exc
+    src, dst = Path(src_gguf), Path(dst_gguf)
+    if not src.is_file():
+        raise ModelError("GGUF file not found", path=src, fix="write it first with write_gguf()")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[key]
+    params.nthread = threads
+    status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
+                                            ctypes.byref(params))
+    if status != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"llama.cpp could not quantize to {key} (status {status})", path=src,
+                         fix="check that the file loads in llama.cpp; k-quants need row sizes "
+                             "that are multiples of 256")
+    os.replace(tmp, dst)
+    return dst

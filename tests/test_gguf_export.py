@@ -1,0 +1,104 @@
+"""Our GGUF writer: llama.cpp loads the file, its vocabulary is SentencePiece's, it tokenizes like HF."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dantes_mlx.errors import ConfigError, ModelError
+from dantes_mlx.export.gguf import permute_qk, quantize, write_gguf
+from dantes_mlx.export.vocab import BYTE, CONTROL, NORMAL, UNKNOWN, load_vocab
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is needed to load GGUF files")
+
+FRENCH_TEXTS = [
+    "Qui êtes-vous, monsieur le comte ?",
+    "L'été 1815, à Marseille — « Où êtes-vous ? » demanda-t-il.",
+    "C’est l’abbé Faria : il m’a appris 4 langues vivantes et 2 mortes.",
+    "Œuvre, cœur, naïf, maïs, Noël, ÉLÉPHANT, garçon, à bientôt…",
+    "Deux  espaces,\ttabulation,\n\nnouvelle ligne ; 13 000 000 francs, 3,5 %.",
+    "Émoji 🚢 et caractères rares : ß ø ñ 漢字",
+]
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_gguf):
+    return llama_cpp.Llama(str(tiny_gguf), n_ctx=512, verbose=False)
+
+
+def test_llama_cpp_loads_our_gguf(llm, tiny_model_dir):
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert llm.n_vocab() == config["vocab_size"]
+    assert llm.metadata["general.architecture"] == "llama"
+    assert int(llm.metadata["llama.block_count"]) == config["num_hidden_layers"]
+    assert int(llm.metadata["llama.attention.head_count_kv"]) == config["num_key_value_heads"]
+    assert "[INST]" in llm.metadata["tokenizer.chat_template"]
+
+
+def test_vocabulary_comes_from_sentencepiece(tiny_gguf, tiny_model_dir):
+    import gguf
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_model_dir / "tokenizer.model"))
+    fields = gguf.GGUFReader(str(tiny_gguf)).fields
+    types_field = fields["tokenizer.ggml.token_type"]
+    assert types_field.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32]
+    types = [int(types_field.parts[i][0]) for i in types_field.data]
+    scores = [float(fields["tokenizer.ggml.scores"].parts[i][0]) for i in fields["tokenizer.ggml.scores"].data]
+    assert scores == pytest.approx([sp.get_score(i) for i in range(sp.get_piece_size())])
+    assert len(set(scores)) > 100  # real merge scores, not a constant
+    assert types[:5] == [UNKNOWN, CONTROL, CONTROL, CONTROL, CONTROL]  # <unk> <s> </s> [INST] [/INST]
+    assert types[5:261] == [BYTE] * 256 and set(types[261:]) == {NORMAL}
+    assert fields["tokenizer.ggml.model"].contents() == "llama"
+    assert fields["tokenizer.ggml.add_bos_token"].contents() is True
+
+
+@pytest.mark.parametrize("text", FRENCH_TEXTS)
+def test_llama_cpp_tokenizes_chat_text_like_hf(llm, hf_tokenizer, text):
+    messages = [{"role": "system", "content": "Tu es Dantès."}, {"role": "user", "content": "Bonjour."},
+                {"role": "assistant", "content": text}, {"role": "user", "content": text}]
+    rendered = hf_tokenizer.apply_chat_template(messages, tokenize=False)
+    expected = hf_tokenizer.encode(rendered, add_special_tokens=False)
+    assert llm.tokenize(rendered.encode("utf-8"), add_bos=False, special=True) == expected
+    assert expected.count(3) == 2 and expected.count(4) == 2  # [INST] / [/INST] as single tokens
+    # Raw text with its leading space (as after a special token) also matches, BOS included.
+    raw = " " + text
+    assert llm.tokenize(raw.encode("utf-8")) == hf_tokenizer.encode(raw)
+
+
+def test_quantize_in_process(tiny_gguf, tmp_path):
+    sizes = {}
+    for qtype in ("q8_0", "q4_k_m"):
+        out = quantize(tiny_gguf, tmp_path / f"tiny-{qtype}.gguf", qtype)
+        llm = llama_cpp.Llama(str(out), n_ctx=64, verbose=False)
+        assert llm.n_vocab() > 0
+        sizes[qtype] = out.stat().st_size
+    assert sizes["q4_k_m"] < sizes["q8_0"] < tiny_gguf.stat().st_size
+    with pytest.raises(ConfigError, match="q4_k_m"):
+        quantize(tiny_gguf, tmp_path / "x.gguf", "q4_k_xl")
+
+
+def test_writer_errors_are_clear(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="f16"):
+        write_gguf(tiny_model_dir, tmp_path / "x.gguf", outtype="q4_k_m")
+    with pytest.raises(ModelError, match="config.json"):
+        write_gguf(tmp_path, tmp_path / "x.gguf")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral", "vocab_size": 10}))
+    with pytest.raises(ModelError, match="tokenizer.model"):
+        load_vocab(tmp_path)
+
+
+def test_permute_qk_interleaves_rope_halves():
+    # One head of dim 4, rows [x0, x1 | y0, y1] in HF's rotate-half order -> [x0, y0, x1, y1].
+    w = np.arange(4, dtype=np.float32)[:, None]
+    assert permute_qk(w, 1)[:, 0].tolist() == [0, 2, 1, 3]
+    assert permute_qk(np.arange(8.0)[:, None], 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
