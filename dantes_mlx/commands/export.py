@@ -1,0 +1,46 @@
+"""`dantes-mlx export` and `dantes-mlx parity`: exported files, and the check that they behave."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("parity")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Settings file (default: dantes.yaml if present).")
+@click.option("--gguf", "gguf_path", required=True, type=click.Path(dir_okay=False),
+              help="The GGUF to check (fused model, or the base when --lora is given).")
+@click.option("--lora", "lora_path", type=click.Path(dir_okay=False), default=None,
+              help="GGUF LoRA adapter applied on top of --gguf by llama.cpp.")
+@click.option("--model", default=None, help="Reference MLX/HF model folder or repo (default: train.base_model).")
+@click.option("--adapter", default=None,
+              help="Reference adapter folder (default: project.adapters_dir when it holds adapters.safetensors).")
+@click.option("--no-adapter", is_flag=True, help="Compare with the base model alone.")
+@click.option("--quantization", default=None, help="Threshold set, e.g. f16 or q4_k_m (default: read from the GGUF).")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="JSONL of prompts (question strings or message lists) instead of the built-in French set.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as JSON to this file.")
+@click.option("--report-only", is_flag=True, help="Print the figures and exit 0 even when parity fails.")
+def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quantization, prompts_file,
+           json_out, report_only):
+    """Check that an exported GGUF predicts like the trained model (tokens, top-1, KL)."""
+    from dantes_mlx.config import CharacterConfig, ProjectConfig, TrainConfig, load_yaml, section
+    from dantes_mlx.export.parity import run_parity
+    from dantes_mlx.store import write_text_atomic
+
+    config = load_yaml(config_path)
+    model = model or section(TrainConfig, config).base_model
+    if adapter is None and not no_adapter:
+        default = Path(section(ProjectConfig, config).adapters_dir)
+        adapter = str(default) if (default / "adapters.safetensors").is_file() else None
+    report = run_parity(model, gguf_path, adapter=None if no_adapter else adapter, lora_path=lora_path,
+                        quantization=quantization, prompts_file=prompts_file,
+                        system=section(CharacterConfig, config).persona, enforce=not report_only)
+    click.echo(report.summary())
+    if json_out:
+        write_text_atomic(json_out, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        click.echo(f"report -> {json_out}")
