@@ -350,6 +350,7 @@ def test_batch_works_with_the_fake_llm():
     ("<think>coupé au milieu", "", "coupé au milieu"),
     ("Une réponse simple.", "Une réponse simple.", ""),
     ("<|channel|>analysis<|message|>Only thinking, cut", "", "Only thinking, cut"),
+    ("Sans canal.<|end|><|start|>assistant<|channel|>final<|message|>Oui.", "Oui.", "Sans canal."),
 ])
 def test_split_reasoning(raw, answer, reasoning):
     assert split_reasoning(raw) == (answer, reasoning)
@@ -502,6 +503,38 @@ def test_llamacpp_reasoning_is_capped_stripped_and_counted(tiny_gguf, tmp_path):
         assert "<think>" not in result.text and "</think>" not in result.reasoning
         assert 0 < result.reasoning_tokens <= 6 and result.reasoning
         assert result.completion_tokens > result.reasoning_tokens
+    finally:
+        client.close()
+
+
+HARMONY_TEMPLATE = (
+    "{{ bos_token }}<|start|>system<|message|>Reasoning: {{ reasoning_effort }}<|end|>{% for m in messages %}"
+    "<|start|>{{ m['role'] }}<|message|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start|>assistant{% endif %}")
+QWEN3_LIKE_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("template, effort, style, rendered, reasons", [
+    (HARMONY_TEMPLATE, "low", "harmony", "Reasoning: low", True),     # budget spent, final channel forced
+    (QWEN3_LIKE_TEMPLATE, "low", "think", "[/INST]", False),          # did not open <think>: answered directly
+    (QWEN3_LIKE_TEMPLATE, "none", "think", "</think>", False),        # thinking switched off in the template
+])
+def test_llamacpp_reasoning_styles(tiny_gguf, tmp_path, template, effort, style, rendered, reasons):
+    LlamaCppClient = llamacpp_client_class()
+    path = tmp_path / "template.jinja"
+    path.write_text(template, encoding="utf-8")
+    client = LlamaCppClient(str(tiny_gguf), n_ctx=512, n_threads=2, n_gpu_layers=0, temperature=1.0,
+                            max_tokens=80, reasoning_effort=effort, reasoning_budget=5, chat_template=str(path))
+    try:
+        assert client.style == style and rendered in client.render(build_messages("Règles.", "Données."))
+        result = client.chat(build_messages("Règles.", "Données."), json_schema=SCHEMA, seed=3)
+        assert set(json.loads(result.text)) == {"kind", "ok"}
+        assert "<|channel|>" not in result.text and "<think>" not in result.text
+        assert bool(result.reasoning) == reasons
+        assert result.reasoning_tokens == (5 if reasons else 0)
     finally:
         client.close()
 

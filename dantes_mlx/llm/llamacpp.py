@@ -218,21 +218,24 @@ class LlamaCppClient:
         if watch.state == "not reasoning":  # a <think> model that answered directly: answer again, with grammar
             thought, finish = [], "length"
         elif finish == "stop":  # the model ended its turn inside the reasoning: no answer
-            return self._reasoned_result(prompt, thought, [], evaluated, spent, "stop", options)
+            return self._reasoned_result(prompt, thought, [], evaluated, spent, spent, "stop", options)
+        thinking = len(thought)  # the probe tokens of a model that did not reason were generated, not thought
         if watch.state != "final" and thought:  # budget spent: close the reasoning ourselves
             thought = thought + self._llm.tokenize(force_final_marker(self.style).encode(), add_bos=False,
                                                    special=True)
         answer, finish, _ = self._run(prompt + thought, grammar, limit - spent, options)
-        return self._reasoned_result(prompt, thought, answer, evaluated, spent + len(answer), finish, options)
+        return self._reasoned_result(prompt, thought, answer, evaluated, spent + len(answer), thinking, finish,
+                                     options)
 
-    def _reasoned_result(self, prompt, thought, answer, evaluated, generated, finish, options) -> ChatResult:
+    def _reasoned_result(self, prompt, thought, answer, evaluated, generated, thinking, finish, options):
         raw_thought = self._llm.detokenize(thought, special=True).decode("utf-8", "replace")
         _, reasoning = split_reasoning(raw_thought + ("" if reasoning_finished(self.style, raw_thought)
                                                       else force_final_marker(self.style)))
         text, extra = split_reasoning(self._text(answer, options))
         return ChatResult(text=text, prompt_tokens=len(prompt), evaluated_tokens=evaluated,
                           completion_tokens=generated, reasoning="\n\n".join(r for r in (reasoning, extra) if r),
-                          reasoning_tokens=generated - len(answer) + self._count(extra), finish_reason=finish)
+                          reasoning_tokens=thinking + self._count(extra),
+                          finish_reason=finish)
 
     def _run(self, tokens: list[int], grammar, limit: int, options: dict, watch=None,
              keep_eog: frozenset = frozenset()) -> tuple[list[int], str, int]:

@@ -13,7 +13,7 @@ THINK_FORCE_CLOSE = "\n" + THINK_CLOSE + "\n\n"
 _HARMONY_SEGMENT = re.compile(
     r"<\|channel\|>(\w+)(?:(?!<\|message\|>).)*?<\|message\|>(.*?)(?=<\|end\|>|<\|return\|>|<\|call\|>"
     r"|<\|start\|>|<\|channel\|>|$)", re.S)
-_HARMONY_TOKEN = re.compile(r"<\|(?:start|end|return|call|channel|message|constrain)\|>")
+_HARMONY_TOKEN = re.compile(r"<\|start\|>(?:assistant|user|system|developer)?|<\|(?:end|return|call|channel|message|constrain)\|>")
 # The same format detokenized without special tokens (what some servers return): "analysis...assistantfinal..."
 _HARMONY_FLAT = re.compile(r"\A\s*analysis(.*?)assistant\s*final(.*)\Z", re.S)
 _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.S)
@@ -21,7 +21,7 @@ _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.S)
 
 def reasoning_style(chat_template: str) -> str | None:
     """'harmony' (gpt-oss), 'think' (Qwen3, DeepSeek-R1...) or None, from a model's chat template."""
-    if "<|channel|>" in chat_template:
+    if "<|channel|>" in chat_template or "<|message|>" in chat_template:
         return "harmony"
     if THINK_OPEN in chat_template or THINK_CLOSE in chat_template:
         return "think"
@@ -40,6 +40,9 @@ def split_reasoning(text: str) -> tuple[str, str]:
 
 def _split_harmony(text: str) -> tuple[str, str]:
     answer, reasoning = [], []
+    lead = _HARMONY_TOKEN.sub("", text.split("<|channel|>", 1)[0]).strip()
+    if lead and "<|channel|>" in text:  # text before any channel (a cut or odd start) is not the answer
+        reasoning.append(lead)
     for channel, body in _HARMONY_SEGMENT.findall(text):
         (answer if channel == "final" else reasoning).append(body.strip())
     if not answer and not reasoning:  # markers but no channel: keep the text, minus the markers
