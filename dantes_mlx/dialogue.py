@@ -1,0 +1,325 @@
+"""Rule-based French direct speech: find quotations («», —, –, --) and attribute their speakers.
+
+Offsets everywhere are Python str indices (Unicode code points) into the text as given. To get
+offsets into a file, read it with `read_text` (UTF-8, newlines kept as they are in the file).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import re
+from pathlib import Path
+
+from dantes_mlx.dialogue_speakers import (attribute, is_character, looks_narrative, match_incise,
+                                          normalise_speaker)
+from dantes_mlx.errors import InputError
+
+__all__ = ["Quote", "find_quotations", "character_quotes", "mentions_character", "all_speakers_rows",
+           "normalise_speaker", "is_character", "paragraphs", "read_text"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Quote:
+    """One direct-speech quotation.
+
+    text == source[start:end]: the quotation from its opening marker to its last spoken word (or
+    closing »), incises inside it included. `segments` are the spoken spans only (incises cut out,
+    markers kept, as fr-litbank annotates them); `incises` the narrator's spans inside or right
+    after the quote. `speaker` is the surface string naming the speaker (a pronoun's antecedent
+    when resolved), `mention` the words at the cue itself ("il", "le jeune homme"), `cue` how it
+    was attributed: incise, before, previous (narrative paragraph before the reply), alternation.
+    """
+    text: str
+    start: int
+    end: int
+    segments: tuple[tuple[int, int], ...]
+    marker: str
+    incises: tuple[tuple[int, int], ...] = ()
+    speaker: str | None = None
+    speaker_start: int | None = None
+    speaker_end: int | None = None
+    mention: str | None = None
+    cue: str | None = None
+
+    def speech(self, source: str) -> str:
+        """The spoken words only: segments joined, dialogue markers stripped."""
+        parts = [source[a:b] for a, b in self.segments]
+        joined = " ".join(p.strip() for p in parts if p.strip())
+        joined = re.sub(r"^(?:--|[—–―-])\s*|^[«“]\s*", "", joined)
+        return re.sub(r"\s*[»”]$", "", joined).strip()
+
+
+_DASH = re.compile(r"(?:--|[—–―]|-(?=\s))[ \t\u00a0]*")
+_INNER_DASH = re.compile(r"(?<=[.!?…])[ \t\u00a0]+(?:--|[—–―])[ \t\u00a0]+(?=\S)")
+_COLON_DASH = re.compile(r":[ \t\u00a0]*(?:--|[—–―])[ \t\u00a0]*(?=\w)")
+_GUILLEMET = re.compile(r"[«»“”]")
+_SPACES = " \t\u00a0\u202f"
+_BREAK = re.compile(r"(?:,|!|\?|…|\.\.\.)[ \t\u00a0\u202f]+")
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 file as one str with its newlines untouched, so that offsets are file code points."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            return fh.read()
+    except FileNotFoundError as exc:
+        raise InputError("file not found", path=path, fix="check the --input path") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not valid UTF-8 at byte {exc.start}", path=path,
+                         fix="convert it, e.g. `iconv -f latin1 -t utf-8 IN > OUT`") from exc
+
+
+def paragraphs(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each paragraph, trimmed. Paragraphs are blocks separated by blank lines when
+    the text has them (hard-wrapped or one paragraph per line), else single lines; a line opening
+    with a dialogue dash always starts a new paragraph."""
+    lines = [(m.start(), m.end()) for m in re.finditer(r"[^\n]*", text) if m.start() < len(text) or m.end() > m.start()]
+    blank = [not text[a:b].strip() for a, b in lines]
+    n_blank = sum(blank)
+    blank_layout = n_blank >= 0.1 * max(1, len(lines) - n_blank)
+    out: list[list[int]] = []
+    open_block = False
+    for (a, b), is_blank in zip(lines, blank):
+        if is_blank:
+            open_block = False
+            continue
+        starts_reply = _DASH.match(text, a + len(text[a:b]) - len(text[a:b].lstrip())) is not None
+        if blank_layout and open_block and not starts_reply:
+            out[-1][1] = b
+        else:
+            out.append([a, b])
+        open_block = True
+    result = []
+    for a, b in out:
+        seg = text[a:b]
+        a2 = a + len(seg) - len(seg.lstrip())
+        b2 = a + len(seg.rstrip())
+        if b2 > a2:
+            result.append((a2, b2))
+    return result
+
+
+def _trim(text: str, a: int, b: int) -> tuple[int, int]:
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    while a < b and text[a].isspace():
+        a += 1
+    return a, b
+
+
+def _split_incises(text: str, start: int, body: int, end: int):
+    """Cut the narrator's incises out of a reply running from start (its marker) to end; body is
+    where the words begin. Returns (segments, incises) as fr-litbank cuts them: "— Oui," | " dit-il, "."""
+    segments, incises = [], []
+    cur = pos = body
+    while True:
+        m = _BREAK.search(text, pos, end)
+        if not m or m.end() >= end:
+            break
+        found = match_incise(text, m.end(), end)
+        if not found:
+            pos = m.end()
+            continue
+        seg_end = m.start() + len(m.group().rstrip(_SPACES))
+        resume = found[1]
+        if resume < end and text[resume] in ",;:.!?…":
+            resume += 1
+            while resume < end and text[resume] in ".…!?":
+                resume += 1
+        segments.append((start if not segments else cur, seg_end))
+        incises.append((seg_end, resume))
+        cur = pos = resume
+        while cur < end and text[cur].isspace():
+            cur = pos = cur + 1
+        if cur >= end:
+            break
+    if cur < end:
+        segments.append((start if not segments else cur, end))
+    segments = [_trim(text, a, b) for a, b in segments]
+    return [s for s in segments if re.search(r"\w", text[s[0]:s[1]])], incises
+
+
+def _quote(text: str, start: int, body: int, end: int, marker: str, closing: bool) -> Quote | None:
+    segments, incises = _split_incises(text, start, body, end)
+    if not closing:
+        segments, incises = _drop_narration(text, segments, incises)
+    if not segments:
+        return None
+    if closing and text[end - 1] in "»”" and not text[segments[-1][1]:end].strip(_SPACES + "»”"):
+        segments[-1] = (segments[-1][0], end)
+    s, e = segments[0][0], segments[-1][1]
+    return Quote(text[s:e], s, e, tuple(segments), marker, tuple(incises))
+
+
+_SENTENCE = re.compile(r".+?(?:[.!?…]+(?=[ \t\u00a0]+[«—–-]*[ \t\u00a0]*[A-ZÀ-Ý])|$)", re.S)
+
+
+def _drop_narration(text: str, segments, incises):
+    """A dash paragraph may go back to the narrator after the words: cut the reply at the first
+    sentence, past its first, that reads as narration (see looks_narrative)."""
+    first = True
+    for n, (a, b) in enumerate(segments):
+        for m in _SENTENCE.finditer(text, a, b):
+            if not first and looks_narrative(m.group()):
+                cut = _trim(text, a, m.start())
+                kept = segments[:n] + ([cut] if re.search(r"\w", text[cut[0]:cut[1]]) else [])
+                return kept, [i for i in incises if kept and i[0] < kept[-1][1] + 2]
+            first = False
+    return segments, incises
+
+
+def _dash_replies(text: str, start: int, end: int) -> list[Quote]:
+    """The replies of a paragraph opened by a dialogue dash (a sentence-final "— " inside it
+    starts the next speaker's reply)."""
+    cuts = [start] + [m.end() - len(m.group().lstrip()) for m in _INNER_DASH.finditer(text, start, end)] + [end]
+    out = []
+    for a, b in zip(cuts, cuts[1:]):
+        a, b = _trim(text, a, b)
+        m = _DASH.match(text, a, b)
+        if not m:
+            continue
+        q = _quote(text, a, m.end(), b, m.group().strip(), closing=False)
+        if q:
+            out.append(q)
+    return out
+
+
+def _is_term(text: str, a: int, b: int) -> bool:
+    """«» inside a sentence around a few words mark a term, a title or irony, not speech:
+    'des personnes « arrivées »', 'un tas de choses « qui pourraient servir »'."""
+    inner = text[a + 1:b - 1].strip(_SPACES + "\n")
+    before = text[max(0, a - 3):a].strip(_SPACES + "\n")
+    if not inner or before.endswith((":", ".", "!", "?", "…")) or not before:
+        return False
+    words = len(inner.split())
+    lower = inner[:1].islower()
+    return lower and words <= 6 or words <= 3 and not re.search(r"[.!?…]", inner)
+
+
+def _after_incise(text: str, qend: int, para_end: int) -> tuple[int, int] | None:
+    """An incise right after a closing guillemet: « Soit », dit-il."""
+    m = re.compile(r"[ \t\u00a0\u202f]*,?[ \t\u00a0\u202f]*").match(text, qend, para_end)
+    pos = m.end() if m else qend
+    if pos >= para_end or pos == qend:
+        return None
+    found = match_incise(text, pos, para_end)
+    return (qend, found[1]) if found else None
+
+
+def _introduced(text: str, start: int) -> bool:
+    """Whether the narration right before a quotation announces it with a colon."""
+    return text[max(0, start - 40):start].rstrip(_SPACES + "\r\n").endswith(":")
+
+
+
+
+class _Guillemets:
+    """Scanner for «...» quotations: nesting, and quotes continued over paragraphs that open with «.
+    A quotation over several paragraphs, or never closed, that no colon announces is a frame
+    (a story told inside the story, a diary, a letter): dropped, the speech inside it is kept."""
+
+    def __init__(self, text: str):
+        self.text, self.quotes = text, []
+        self.start, self.depth, self.nested, self.multi = None, 0, [], False
+
+    def scan(self, a: int, b: int, next_opens: bool, next_dash: bool = False) -> None:
+        text = self.text
+        for m in _GUILLEMET.finditer(text, a, b):
+            c, p = m.group(), m.start()
+            if c in "«“":
+                if self.depth == 0:
+                    self.start, self.depth, self.multi = p, 1, False
+                elif p == a:
+                    self.multi = True
+                else:
+                    self.depth += 1
+                    self.nested.append(p)
+            elif self.depth > 1:
+                self.depth -= 1
+                inner = self.nested.pop()
+                if self.depth == 1 and _introduced(text, inner):
+                    self._add(inner, p + 1, b, closed=True)
+            elif self.depth == 1:
+                self.depth = 0
+                if not self.multi or _introduced(text, self.start):
+                    self._add(self.start, p + 1, b, closed=True)
+        if self.depth and not next_opens:
+            # « opens a dialogue whose next replies come with dashes: keep the first reply
+            if not self.multi and (next_dash or _introduced(text, self.start)):
+                self._add(self.start, b, b, closed=False)
+            self.depth, self.nested = 0, []
+
+    def _add(self, start: int, end: int, para_end: int, closed: bool) -> None:
+        text = self.text
+        if closed and _is_term(text, start, end):
+            return
+        q = _quote(text, start, start + 1, end, text[start], closing=closed)
+        if q is None:
+            return
+        after = _after_incise(text, end, para_end) if closed else None
+        if after:
+            q = dataclasses.replace(q, incises=q.incises + (after,))
+        self.quotes.append(q)
+
+
+def detect_quotations(text: str, paras: list[tuple[int, int]] | None = None) -> list[Quote]:
+    """Direct-speech quotations in text order, without speakers."""
+    paras = paragraphs(text) if paras is None else paras
+    scanner = _Guillemets(text)
+    quotes: list[Quote] = []
+    for i, (a, b) in enumerate(paras):
+        next_opens = i + 1 < len(paras) and text[paras[i + 1][0]] in "«»“"
+        if scanner.depth == 0 and _DASH.match(text, a, b):
+            quotes.extend(_dash_replies(text, a, b))
+            continue
+        before = len(scanner.quotes)
+        scanner.scan(a, b, next_opens, i + 1 < len(paras) and _DASH.match(text, *paras[i + 1]) is not None)
+        found = scanner.quotes[before:]
+        quotes.extend(found)
+        for m in _COLON_DASH.finditer(text, a, b):
+            d = m.start() + 1 + len(text[m.start() + 1:m.end()]) - len(text[m.start() + 1:m.end()].lstrip())
+            if not any(q.start <= d < q.end for q in found):
+                quotes.extend(_dash_replies(text, d, b))
+    quotes.sort(key=lambda q: q.start)
+    return quotes
+
+
+def find_quotations(text: str) -> list[Quote]:
+    """Every direct-speech quotation of a French text with its attributed speaker (or None)."""
+    paras = paragraphs(text)
+    return attribute(text, detect_quotations(text, paras), paras)
+
+
+def character_quotes(text: str, name: str, aliases=()) -> list[Quote]:
+    """The rule method of extraction: quotations whose speaker is the character or an alias."""
+    return [q for q in find_quotations(text) if is_character(q.speaker, name, aliases)]
+
+
+def _alias_regex(name: str, aliases: tuple[str, ...]) -> re.Pattern:
+    forms = sorted({normalise_speaker(a) for a in (name, *aliases) if normalise_speaker(a)}, key=len, reverse=True)
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(f) for f in forms) + r")(?!\w)")
+
+
+def mentions_character(text: str, name: str, aliases=()) -> bool:
+    """Whether text names the character or an alias (case, accents, hyphens and apostrophes ignored)."""
+    if not (name or aliases):
+        return False
+    return _alias_regex(name, tuple(aliases)).search(normalise_speaker(text)) is not None
+
+
+def all_speakers_rows(text: str) -> list[dict]:
+    """One row per quotation for `extract --all-speakers`: text (== source[start:end]), speaker (or
+    None), start, end (str indices = code points), speech (incises cut out), segments, mention, cue."""
+    rows = []
+    for q in find_quotations(text):
+        rows.append({"text": q.text, "speaker": q.speaker, "start": q.start, "end": q.end,
+                     "speech": q.speech(text), "segments": [list(s) for s in q.segments],
+                     "mention": q.mention, "cue": q.cue})
+    return rows
+
+
+def paragraph_index(paras: list[tuple[int, int]], pos: int) -> int:
+    """Index of the paragraph holding pos (the last one starting at or before it)."""
+    return max(0, bisect.bisect_right([a for a, _ in paras], pos) - 1)

@@ -1,0 +1,489 @@
+"""French speaker attribution for direct speech: speech-verb lexicon, incises, subjects, names."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+from functools import lru_cache
+
+# Speech verbs as infinitive stems (without the -er/-ir/-re ending) for regular -er verbs, plus the
+# irregular and -ir/-re verbs spelled out. Used for incises with a noun subject ("répondit le
+# postillon"); incises with an inverted pronoun ("dit-il", "pensa-t-elle") need no lexicon.
+_ER_STEMS = """ajout appel approuv articul avou balbuti bavard bégay bougonn bredouill cri chantonn
+chuchot command conclu confess confi consol constat continu déclam déclar demand dict éclat
+écri exclam expliqu gémi glouss gouaill grogn grommel gronde hasard hurl impor implor indiqu
+informa insinu insist interpell interrog invit jur lanc marmonn marmott maugré murmur not
+object observ ordonn pens persifl piaill plaid plaisant pleurnich poursuiv prononç proclam
+propos protest questionn racont rappel râl récit réclam recommenc rectifi réitér remarqu
+répét répliqu rétorqu ricann riposte rugiss sanglot siffl soupir souffl suggér suppli
+song tonn trépign dit-on annonç affirm assur commenç coup concéd précis balbuti hurl""".split()
+_IRREGULAR = """dit dis disait disaient dirent disais dit-on fit fis faisait faisaient firent
+reprit repris reprenait reprenaient reprirent reprend répondit répondis répondait répondaient
+répondirent répond interrompit interrompis interrompait interrompt poursuivit poursuivait poursuit
+conclut conclus concluait repartit repartis repartait s'enquit enquit gémit gémissait rugit
+glapit vagit mugit sourit souriait rit riait écrivit écrivait écrit écrivis lut lisait admit
+admettait consentit promit promettait convint convenait avertit avertissait gronda grondait
+bondit frémit pâlit rougit geignit plaignit fit-il s'écria écria écriait écrie s'exclama""".split()
+
+
+def _er_forms(stem: str) -> list[str]:
+    """Conjugated narrative forms of an -er verb (3rd/1st person, past and present)."""
+    soft = stem[:-1] + "ç" if stem.endswith("c") else stem
+    ge = stem + "e" if stem.endswith("g") else soft
+    return [ge + "a", stem + "ait", stem + "aient", stem + "e", stem + "ent", stem + "èrent",
+            ge + "ai", stem + "ais", ge + "ait", ge + "aient"]
+
+
+SPEECH_FORMS = frozenset(f for s in _ER_STEMS for f in _er_forms(s)) | frozenset(_IRREGULAR)
+_PRESENT = frozenset(f for s in _ER_STEMS for f in (s + "e", s + "ent")) | {"répond", "reprend", "interrompt"}
+
+PRONOUNS = {"il": "m", "ils": "m", "elle": "f", "elles": "f", "je": "1", "j'": "1", "on": None,
+            "celui-ci": "m", "celle-ci": "f", "celui-là": "m", "celle-là": "f", "nous": "1",
+            "tu": None, "vous": None, "lui": "m", "moi": "1"}
+_CLITICS = {"lui", "leur", "me", "m'", "te", "t'", "nous", "vous", "se", "s'", "en", "y", "le",
+            "la", "les", "l'", "ne", "n'"}
+_DETS_M = {"le", "un", "ce", "cet", "mon", "ton", "du", "au", "monsieur", "m.", "mm.", "messieurs",
+           "maître", "oncle", "père", "frère", "sieur", "lord", "sir", "don", "monseigneur", "abbé"}
+_DETS_F = {"la", "une", "cette", "ma", "ta", "madame", "mme", "mlle", "mademoiselle", "tante",
+           "mère", "sœur", "dame", "lady", "dona", "mesdames"}
+_DETS = _DETS_M | _DETS_F | {"l'", "les", "des", "ces", "mes", "tes", "ses", "son", "sa", "notre",
+                             "nos", "votre", "vos", "leur", "leurs", "chaque", "quelques", "deux",
+                             "trois", "plusieurs", "aucun", "aucune", "tous", "toutes", "tout",
+                             "toute", "quelqu'un", "celui", "celle", "ceux", "mme.", "mlle."}
+# Capitalised words that start sentences but never name anyone.
+_FUNCTION = set("""mais et ou donc or ni car alors puis ensuite enfin soudain tout toute tous
+toutes quand lorsque comme si cependant pourtant aussitôt bientôt déjà ainsi après avant dès
+depuis pendant voici voilà oui non ah oh eh hé hélas ô au aux à a en dans sur sous pour par
+avec sans chez vers pourquoi comment où que qui quoi quel quelle c' ce cela ça ceci il elle
+ils elles je j' nous vous tu on là ici d' de du des un une le la les l' y dieu seigneur
+monsieur madame mademoiselle puisque parce ensemble encore jamais toujours demain hier""".split())
+_ADVERBS = set("""enfin alors encore aussitôt ensuite puis tout bas haut doucement bien déjà
+toujours ainsi soudain donc même aussi lentement vivement froidement gravement tristement
+simplement tranquillement brusquement naïvement timidement""".split())
+_NP_STOP = set("""en avec à au aux dans sur sous pour par qui que qu' dont sans vers chez
+comme lorsque quand et ou mais ne n' se s' lui leur y""".split())
+_VERB_END = re.compile(r"(?:a|ait|aient|it|irent|èrent|ut|urent|int|inrent|est|sont|va|vont|"
+                       r"ai|is|us)$")
+_NOT_VERBS = set("""petit petits lit esprit nuit bruit fruit droit produit habit appétit récit
+profit huit subit écrit gris marquis permis commis avis pays fils corps temps jus dessus
+dessous tous plus moins très près lors puis depuis mais jamais assis surpris épris exquis
+précis ravi aussi voici celui lui ami amis cela déjà voilà là""".split())
+
+_TOKEN = re.compile(r"[^\W\d_]+['’](?=\w)|\w+(?:[-.]\w+)*\.?(?<=M\.)|\w+(?:-\w+)*|[^\w\s]")
+_INVERTED = re.compile(r"^(?P<verb>[^\W\d_]+?)(?:-t)?-(?P<pron>il|elle|ils|elles|on|je)$", re.I)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mention:
+    """A noun phrase or pronoun naming (or standing for) a speaker."""
+    text: str
+    start: int
+    end: int
+    gender: str | None = None
+    pronoun: bool = False
+
+
+def tokens(s: str, base: int = 0) -> list[tuple[str, int, int]]:
+    """Words, elided articles and punctuation of s with offsets shifted by base."""
+    return [(m.group().replace("’", "'"), base + m.start(), base + m.end()) for m in _TOKEN.finditer(s)]
+
+
+def _low(t: str) -> str:
+    return t.lower()
+
+
+def _is_cap(t: str) -> bool:
+    return t[:1].isupper() and _low(t) not in _FUNCTION and t[:1].isalpha()
+
+
+def _verb_like(t: str) -> bool:
+    low = _low(t)
+    if not low[:1].isalpha() or t[:1].isupper():
+        return False
+    return low in SPEECH_FORMS or (low not in _NOT_VERBS and bool(_VERB_END.search(low)))
+
+
+def noun_phrase(toks, i: int, subject: bool = False, partitive: bool = False) -> tuple[Mention, int] | None:
+    """The noun phrase or subject pronoun at toks[i] and the index after it. subject=True keeps it
+    short so that the verb after a subject is not swallowed ("Le major quitta sa pipe")."""
+    n = len(toks)
+    if i >= n:
+        return None
+    low = _low(toks[i][0])
+    if low in _SUBJECT_PRONOUNS:
+        return Mention(toks[i][0], toks[i][1], toks[i][2], PRONOUNS.get(low), True), i + 1
+    if low in ("l'", "quelqu'") and i + 1 < n and _low(toks[i + 1][0]) in ("un", "une", "autre"):
+        gender = {"un": "m", "une": "f"}.get(_low(toks[i + 1][0])) if low == "l'" else None
+        return Mention("", toks[i][1], toks[i + 1][2], gender, True), i + 2
+    j, gender = (i + 1 if partitive else i), None
+    if low in ("tous", "toutes") and i + 1 < n and _low(toks[i + 1][0]) in _DETS:
+        j += 1
+    while j < n and _low(toks[j][0]) in _DETS:
+        d = _low(toks[j][0])
+        gender = gender or ("m" if d in _DETS_M else "f" if d in _DETS_F else None)
+        j += 1
+    if j >= n or not toks[j][0][:1].isalpha() or j == i and not _is_cap(toks[i][0]) and not partitive:
+        return None
+    k, lowers = j, 0
+    while k < n:
+        t, lw = toks[k][0], _low(toks[k][0])
+        if k > j and lw in ("de", "d'", "du") and k + 1 < n and _is_cap(toks[k + 1][0]):
+            k += 2
+            continue
+        if not t[:1].isalpha() or k > j and (lw in _NP_STOP or lw in _CLITICS or lw in _DETS):
+            break
+        if t[:1].isupper() or k == j:
+            k += 1
+            continue
+        if subject and _verb_like(t) or lw.endswith("ant") and len(lw) > 4 or lw in SPEECH_FORMS:
+            break
+        if lw in ("de", "d'", "des", "du") or lowers >= (1 if subject else 2):
+            break
+        lowers += 1
+        k += 1
+    return Mention("", toks[i][1], toks[k - 1][2], gender), k
+
+
+_SUBJECT_PRONOUNS = {"il", "elle", "ils", "elles", "je", "j'", "on", "celui-ci", "celle-ci", "celui-là",
+                     "celle-là", "ceux-ci", "celles-ci", "chacun", "chacune"}
+
+
+def _with_text(m: Mention, source: str) -> Mention:
+    return dataclasses.replace(m, text=source[m.start:m.end])
+
+
+_PP = {"à", "au", "avec", "d'", "en", "tout", "sans", "sur", "dans"}
+
+
+def _skip_adverbs(toks, k: int) -> int:
+    while k < len(toks) and (_low(toks[k][0]) in _ADVERBS or toks[k][0].endswith("ment")):
+        k += 1
+    return k
+
+
+def subject_after_verb(toks, k: int) -> tuple[Mention, int] | None:
+    """The inverted subject after a speech verb at toks[k-1]: "dit enfin Laurence", "dit à sa
+    voisine une dame", "disaient de jeunes politiques"."""
+    k = _skip_adverbs(toks, k)
+    found = noun_phrase(toks, k)
+    if found:
+        return found
+    if k + 1 < len(toks) and _low(toks[k][0]) in ("de", "d'") and toks[k + 1][0][:1].islower():
+        return noun_phrase(toks, k, partitive=True)
+    if k < len(toks) and _low(toks[k][0]) in _PP:
+        inner = noun_phrase(toks, k + 1)
+        j = _skip_adverbs(toks, inner[1] if inner else k + 2)
+        found = noun_phrase(toks, j)
+        if found and not found[0].pronoun:
+            return found
+    return None
+
+
+def incise_speaker(source: str, start: int, end: int) -> Mention | None:
+    """The speaker named in an incise such as "dit-il" or "répondit le jeune homme"."""
+    toks = tokens(source[start:end], start)
+    i = 0
+    while i < len(toks) and (_low(toks[i][0]) in _CLITICS or not toks[i][0][:1].isalpha()):
+        i += 1
+    if i >= len(toks):
+        return None
+    inv = _INVERTED.match(toks[i][0])
+    if inv:
+        pron = _low(inv.group("pron"))
+        s = toks[i][2] - len(inv.group("pron"))
+        return Mention(source[s:toks[i][2]], s, toks[i][2], PRONOUNS.get(pron), True)
+    found = subject_after_verb(toks, i + 1)
+    return _with_text(found[0], source) if found else None
+
+
+_INCISE = re.compile(
+    r"(?P<cl>(?:(?:lui|leur|me|m['’]|te|t['’]|nous|vous|se|s['’])\s*)*)"
+    r"(?P<verb>[^\W\d_]+(?:-t)?-(?:il|elle|ils|elles|on|je)\b|[^\W\d_A-ZÀ-Ý]+)")
+
+
+def match_incise(source: str, pos: int, limit: int) -> tuple[int, int] | None:
+    """If an incise starts at pos (after the reply's comma, "!" or "?"), its (start, end):
+    from the verb up to the punctuation that gives the floor back to the speaker."""
+    m = _INCISE.match(source, pos, limit)
+    if not m:
+        return None
+    verb = m.group("verb").replace("’", "'")
+    inv = _INVERTED.match(verb)
+    if inv:
+        if not (inv.group("verb").lower() in _INVERTED_OK or _after_ok(source, m.end(), limit)):
+            return None
+    elif verb.lower() not in SPEECH_FORMS:
+        return None
+    else:
+        toks = tokens(source[m.end():min(limit, m.end() + 100)], m.end())
+        found = subject_after_verb(toks, 0)
+        if found is None:
+            return None
+        if verb.lower() in _PRESENT:  # "demande le journal" may be an imperative: want "demande Jean."
+            nxt = found[1]
+            if nxt < len(toks) and toks[nxt][0] not in ",;.!?…»:":
+                return None
+    return m.start(), _incise_end(source, m.end(), limit)
+
+
+_INVERTED_OK = {f.split("-")[0] for f in SPEECH_FORMS} | {"fit", "fis", "reprit", "ajouta", "pensa",
+                                                          "fait", "dit", "demanda", "continua"}
+
+
+def _after_ok(source: str, pos: int, limit: int) -> bool:
+    """An unknown verb with an inverted pronoun is an incise when punctuation or a manner phrase follows."""
+    rest = source[pos:min(limit, pos + 12)]
+    return bool(re.match(r"\s*(?:[,.;:!?…»]|$|en\s|avec\s|d['’]un|tout\s|à\s)", rest))
+
+
+_PARTICIPLE = r"(?:et\s+|tout\s+|ne\s+|n['’])?(?:en\s+)?[^\W\d_]{3,}ant\b(?<!pourtant)(?<!cependant)(?<!maintenant)(?<!avant)(?<!durant)(?<!autant)(?<!quant)"
+_PAST = r"[^\W\d_]+(?:ait|aient|èrent|irent|urent|inrent|a|it|ut|int)\b"
+_CLITIC_RE = r"(?:(?:ne|n['’]|se|s['’]|lui|leur|me|m['’]|te|t['’]|le|la|les|l['’]|en|y)\s*)*"
+# Narration resuming after an incise's comma: "dit-il, et allant...", "dit l'aveugle qui voulait..."
+_CONTINUE = re.compile(r"\s*(?:" + _PARTICIPLE + r"|(?:et\s+)?(?:qui|dont)\s+" + _CLITIC_RE + _PAST +
+                       r"|(?:et\s+)?dont\s|non\s+sans\s|(?:quand|lorsqu['’]|lorsque|tandis\s+que|pendant\s+que|"
+                       r"comme)\s*(?:il|elle|ils|elles|on)\s+" + _CLITIC_RE + _PAST + r")", re.I)
+# Passé simple forms that cannot be presents; with the 3rd-person plural endings and -a (not -ra,
+# the future), they mark the narrator's voice: dialogue in French novels uses the passé composé.
+_PASSE_SIMPLE = r"""fit prit mit sourit répondit reprit rendit fut eut dut put parut mourut courut vint tint
+revint devint sortit partit sentit entendit descendit attendit perdit suivit ouvrit assit conduisit
+aperçut reçut crut lut""".split()
+_NARRATIVE_VERB = re.compile(
+    r"\b(?:[^\W\d_]{3,}(?:èrent|irent|urent|inrent)|(?:il|elle|on|qui)\s+" + _CLITIC_RE +
+    r"(?:(?!va\b|[^\W\d_]*ra\b|voilà\b|cela\b)[^\W\d_]{2,}a|" + "|".join(_PASSE_SIMPLE) + r"))\b", re.I)
+_PERSON = re.compile(r"\b(?:je|tu|vous|nous|mon|ma|mes|ton|ta|tes|votre|vos|notre|nos|moi|toi|me|te)\b|"
+                     r"\b[jmt]['’]", re.I)
+
+
+def looks_narrative(sentence: str) -> bool:
+    """Whether a sentence inside a dash paragraph is the narrator's, not the speaker's: a 3rd-person
+    passé simple ("il tomba", "ils dirent") and no 1st/2nd person, "?" or "!"."""
+    if re.search(r"[?!]", sentence) or _PERSON.search(sentence):
+        return False
+    if _NARRATIVE_VERB.search(sentence):
+        return True
+    subject = clause_subject(sentence, 0, len(sentence))
+    if subject is None or subject.pronoun:
+        return False
+    rest = re.match(r"\s*,?\s*" + _CLITIC_RE + r"([^\W\d_]+)", sentence[subject.end:])
+    return bool(rest) and re.fullmatch(r"[^\W\d_]{2,}(?:a|èrent|irent|urent)|" + "|".join(_PASSE_SIMPLE),
+                                       rest.group(1)) is not None and not rest.group(1).endswith("ra")
+
+
+def _incise_end(source: str, pos: int, limit: int) -> int:
+    """End of an incise: the first , ; . ! ? … or », unless narration goes on after the comma
+    (a participle, a relative clause...): then up to the first chunk in the 1st/2nd person."""
+    p, continued = pos, False
+    while p < limit:
+        c = source[p]
+        if c in ",;":
+            chunk = re.match(r"[^,;.!?…»:]*", source[p + 1:limit]).group()
+            if (continued or _CONTINUE.match(chunk)) and not _PERSON.search(chunk) and chunk.strip():
+                continued = True
+                p += 1
+                continue
+            return p
+        if c in ".!?…»:—–\n" or source.startswith("--", p):
+            return p
+        p += 1
+    return limit
+
+
+_SENT_END = re.compile(r"[.!?…]+[»\s]*(?=[«—–\-]*\s*[A-ZÀ-Ý])|[;:]")
+
+
+def last_clause(source: str, start: int, end: int) -> tuple[int, int]:
+    """The last clause of source[start:end]: after its last sentence end, ';' or ':' before the end."""
+    seg = source[start:end].rstrip(" \t:,«—–-\r\n")
+    cut = 0
+    for m in _SENT_END.finditer(seg):
+        if m.end() < len(seg):
+            cut = m.end()
+    return start + cut, start + len(seg)
+
+
+def clause_subject(source: str, start: int, end: int) -> Mention | None:
+    """The grammatical subject of a narrative clause: the first noun phrase or pronoun followed,
+    past an optional comma-delimited insert, by clitics and a verb ("La fille, exaspérée, lui cria")."""
+    toks = tokens(source[start:end], start)
+    fallback = None
+    for i in range(len(toks)):
+        found = noun_phrase(toks, i, subject=True)
+        if not found:
+            continue
+        mention, j = found
+        if j < len(toks) and toks[j][0] == "," and not mention.pronoun:
+            k = j + 1
+            while k < len(toks) and toks[k][0] != "," and k - j < 12:
+                k += 1
+            j = k + 1 if k < len(toks) else j
+        if j < len(toks) and _low(toks[j][0]) == "qui":
+            j += 1
+        while j < len(toks) and _low(toks[j][0]) in _CLITICS:
+            j += 1
+        if j < len(toks) and _verb_like(toks[j][0]):
+            m = _with_text(mention, source)
+            if _low(toks[j][0]) in SPEECH_FORMS:
+                return m
+            fallback = fallback or m
+    return fallback
+
+
+def normalise_speaker(name: str) -> str:
+    """Case-, accent-, apostrophe- and hyphen-insensitive form of a name ("Monte-Cristo" -> "monte cristo")."""
+    s = unicodedata.normalize("NFKD", name.replace("’", "'").replace("œ", "oe").replace("Œ", "Oe"))
+    s = "".join(c for c in s if not unicodedata.combining(c)).lower()
+    s = re.sub(r"[-_]", " ", s)
+    s = re.sub(r"\s+", " ", re.sub(r"[^\w' ]", " ", s))
+    return s.strip()
+
+
+@lru_cache(maxsize=256)
+def _alias_patterns(name: str, aliases: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
+    """(normalised alias, allows containment) for the character's name and aliases."""
+    out = []
+    for a in (name, *aliases):
+        n = normalise_speaker(a)
+        if n:
+            proper = a.strip()[:1].isupper() and n.split()[0] not in _DETS
+            out.append((n, proper))
+    return tuple(out)
+
+
+def is_character(speaker: str | None, name: str, aliases=()) -> bool:
+    """Whether a surface speaker string names the character: exact (normalised) for common-noun
+    aliases ("le comte"), whole-word containment for proper names ("M. Dantès" ~ "Dantès")."""
+    if not speaker:
+        return False
+    s = f" {normalise_speaker(speaker)} "
+    for alias, proper in _alias_patterns(name, tuple(aliases)):
+        if s.strip() == alias or proper and f" {alias} " in s:
+            return True
+    return False
+
+
+def name_genders(source: str) -> dict[str, str]:
+    """Gender votes for capitalised names: a sentence opening with "Il"/"Elle" right after one
+    whose subject is the name, and titles ("madame Rose", "M. Morrel")."""
+    votes: dict[str, list[int]] = {}
+    prev = None
+    for m in re.finditer(r"(?:^|(?<=[.!?…]\s)|(?<=\n))\s*([A-ZÀ-Ý][\w'’-]*)(?:\s+([A-ZÀ-Ý][\w-]*))?", source):
+        first = m.group(1)
+        if first in ("Il", "Elle") and prev:
+            votes.setdefault(prev, [0, 0])[first == "Elle"] += 1
+        prev = None if _low(first) in _FUNCTION else normalise_speaker(first)
+    for m in re.finditer(r"\b(M\.|monsieur|Monsieur|madame|Madame|Mme|mademoiselle|Mademoiselle|Mlle)"
+                         r"\s+(?:de\s+)?([A-ZÀ-Ý][\w-]+)", source):
+        fem = m.group(1).lower() not in ("m.", "monsieur")
+        votes.setdefault(normalise_speaker(m.group(2)), [0, 0])[fem] += 3
+    return {k: ("f" if f > m else "m") for k, (m, f) in votes.items() if m != f}
+
+
+_SENTENCE = re.compile(r"[^.!?…:;]+[.!?…:;]*")
+_WINDOW = 3000  # characters back in which a pronoun looks for its antecedent
+
+
+def _subjects(source: str, start: int, end: int, last: int = 3) -> list[Mention]:
+    """Subjects of the last few sentences of a narrative stretch, in text order."""
+    spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(source, start, end)][-last:]
+    found = (clause_subject(source, a, b) for a, b in spans)
+    return [m for m in found if m is not None and not m.pronoun]
+
+
+def _gender(m: Mention, genders: dict[str, str]) -> str | None:
+    if m.gender:
+        return m.gender
+    words = normalise_speaker(m.text).split()
+    return genders.get(words[-1]) if words else None
+
+
+class _Attributor:
+    """Walks the quotations in order, keeping the recent named mentions and the current exchange."""
+
+    def __init__(self, source: str, paras):
+        self.source, self.paras = source, paras
+        self.starts = [a for a, _ in paras]
+        self.genders = name_genders(source)
+        self.recent: list[Mention] = []
+        self.run: list[Mention] = []
+
+    def para_of(self, pos: int) -> int:
+        import bisect
+        return max(0, bisect.bisect_right(self.starts, pos) - 1)
+
+    def resolve(self, pron: Mention, prev: Mention | None) -> Mention | None:
+        """Antecedent of il/elle: the latest compatible named mention, preferring, inside an
+        exchange, someone other than the previous speaker."""
+        low = pron.text.lower().replace("’", "'")
+        if low in ("je", "j'"):
+            return pron
+        if low not in ("il", "elle", "ils", "elles", "celui-ci", "celle-ci", "celui-là", "celle-là"):
+            return None
+        want = pron.gender
+        cands = [m for m in reversed(self.recent) if pron.start - m.end < _WINDOW
+                 and _gender(m, self.genders) in (None, want)]
+        if not cands:
+            return None
+        if prev is not None:
+            others = [m for m in cands if normalise_speaker(m.text) != normalise_speaker(prev.text)
+                      and any(normalise_speaker(m.text) == normalise_speaker(r.text) for r in self.run)]
+            if others and normalise_speaker(cands[0].text) == normalise_speaker(prev.text):
+                return others[0]
+        return cands[0]
+
+    def cue(self, q, gap_start: int) -> tuple[str | None, Mention | None]:
+        src = self.source
+        for a, b in q.incises:
+            m = incise_speaker(src, a, b)
+            if m:
+                return "incise", m
+        pi = self.para_of(q.start)
+        pa = self.paras[pi][0]
+        if src[max(pa, gap_start):q.start].strip(" \t\u00a0\r\n«"):
+            a, b = last_clause(src, max(pa, gap_start), q.start)
+            m = clause_subject(src, a, b) if b > a else None
+            return ("before", m) if m else (None, None)
+        if pi > 0 and gap_start <= self.paras[pi - 1][0]:
+            a, b = last_clause(src, *self.paras[pi - 1])
+            m = clause_subject(src, a, b) if b > a else None
+            if m:
+                return "previous", m
+        return None, None
+
+    def __call__(self, quotes):
+        src, out = self.source, []
+        prev_end, prev_speaker = 0, None
+        for q in quotes:
+            gap_start = max([prev_end] + [b for _, b in (out[-1].incises if out else ())])
+            gap = src[gap_start:q.start]
+            adjacent = bool(out) and not gap.strip(" \t\u00a0\r\n")
+            if gap.strip() and len(gap) > 400:
+                self.run = []
+            if gap.strip():
+                self.recent.extend(_subjects(src, gap_start, q.start))
+            cue, mention = self.cue(q, gap_start)
+            speaker = mention
+            if mention is not None and mention.pronoun:
+                speaker = self.resolve(mention, prev_speaker if adjacent or len(gap) < 400 else None)
+            if cue is None and adjacent and prev_speaker is not None:
+                other = [m for m in reversed(self.run)
+                         if normalise_speaker(m.text) != normalise_speaker(prev_speaker.text)]
+                if other:
+                    cue, speaker = "alternation", other[0]
+            if speaker is not None and speaker.text.lower() not in ("je", "j'"):
+                self.recent.append(speaker)
+            if speaker is not None:
+                self.run.append(speaker)
+            out.append(dataclasses.replace(
+                q, speaker=speaker.text if speaker else None,
+                speaker_start=speaker.start if speaker else None,
+                speaker_end=speaker.end if speaker else None,
+                mention=mention.text if mention else None, cue=cue))
+            prev_end, prev_speaker = q.end, speaker
+        return out
+
+
+def attribute(source: str, quotes, paras) -> list:
+    """The quotations with speaker, mention and cue filled in (dataclasses.replace on each)."""
+    return _Attributor(source, paras)(quotes)
