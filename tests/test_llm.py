@@ -171,8 +171,8 @@ def test_wrong_path_is_a_404_with_a_fix(serve):
 
 
 def test_timeout_is_retried_then_reported(serve):
-    server = serve(lambda body, n: (200, completion("late"), 1.5 if n == 1 else 0))
-    assert client_for(server, timeout=0.4, retries=1).chat(user("x")).text == "late"
+    server = serve(lambda body, n: (200, completion("late"), 2.5 if n == 1 else 0))
+    assert client_for(server, timeout=1.0, retries=1).chat(user("x")).text == "late"
     slow = serve(lambda body, n: (200, completion("late"), 1.5))
     with pytest.raises(ModelError) as info:
         client_for(slow, timeout=0.3, retries=1).chat(user("x"))
@@ -260,7 +260,7 @@ def test_non_json_answer_is_a_clear_error(serve):
 
 
 def test_concurrency_overlaps_up_to_the_limit(serve):
-    server = serve(lambda body, n: (200, completion(body["messages"][0]["content"]), 0.3))
+    server = serve(lambda body, n: (200, completion(body["messages"][0]["content"]), 0.5))
     client = client_for(server, concurrency=4)
     results = client.map_chat([user(f"q{i}") for i in range(8)])
     assert [r.text for r in results] == [f"q{i}" for i in range(8)]

@@ -5,7 +5,6 @@ In-process plus one child Python process per kill test: `pytest tests/test_store
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -51,7 +51,8 @@ def chat_url(base_url: str) -> str:
     url = base_url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"llm.url {base_url!r} is not an http(s) URL", path="dantes.yaml [llm]",
-                          fix="use e.g. http://127.0.0.1:8080/v1 (llama-server) or http://127.0.0.1:11434/v1 (Ollama)")
+                          fix="use e.g. http://127.0.0.1:8080/v1 (llama-server) or "
+                              "http://127.0.0.1:11434/v1 (Ollama)")
     return url if url.endswith("/chat/completions") else url + "/chat/completions"
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-# gpt-oss "harmony" format: <|channel|>analysis<|message|>...<|end|><|start|>assistant<|channel|>final<|message|>...
+# gpt-oss "harmony" format:
+#   <|channel|>analysis<|message|>...<|end|><|start|>assistant<|channel|>final<|message|>...
 HARMONY_FINAL = "<|channel|>final<|message|>"
 HARMONY_FORCE_FINAL = "<|end|><|start|>assistant" + HARMONY_FINAL
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -13,7 +14,8 @@ THINK_FORCE_CLOSE = "\n" + THINK_CLOSE + "\n\n"
 _HARMONY_SEGMENT = re.compile(
     r"<\|channel\|>(\w+)(?:(?!<\|message\|>).)*?<\|message\|>(.*?)(?=<\|end\|>|<\|return\|>|<\|call\|>"
     r"|<\|start\|>|<\|channel\|>|$)", re.S)
-_HARMONY_TOKEN = re.compile(r"<\|start\|>(?:assistant|user|system|developer)?|<\|(?:end|return|call|channel|message|constrain)\|>")
+_HARMONY_TOKEN = re.compile(r"<\|start\|>(?:assistant|user|system|developer)?"
+                            r"|<\|(?:end|return|call|channel|message|constrain)\|>")
 # The same format detokenized without special tokens (what some servers return): "analysis...assistantfinal..."
 _HARMONY_FLAT = re.compile(r"\A\s*analysis(.*?)assistant\s*final(.*)\Z", re.S)
 _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.S)
