@@ -101,6 +101,17 @@ class GenerateConfig:
     prompt_file: str = setting("", "File overriding the versioned generation prompt.")
     min_answer_words: int = setting(25, "Answers shorter than this are rejected.")
     max_answer_words: int = setting(220, "Answers longer than this are rejected.")
+    max_citation_similarity: float = setting(90.0, "Answers this similar (0-100) to their citation are "
+                                                   "rejected as mere copies.")
+    duplicate_question_similarity: float = setting(92.0, "Questions of one citation this similar (0-100) "
+                                                         "to an earlier one are rejected.")
+    max_instruction_chars: int = setting(0, "Longest question the JSON schema allows (0: no limit; "
+                                            "llama.cpp turns a limit into one grammar rule per character "
+                                            "and refuses limits near 1000).")
+    max_response_chars: int = setting(0, "Longest answer the JSON schema allows (0: no limit, see above).")
+    label_instruction: str = setting("", "Instruction put before each text of a --labels file ({labels} "
+                                         "lists the labels); empty: a French default.")
+    output: str = setting("", "Pairs file; empty: <data_dir>/pairs/pairs.jsonl.")
 
 
 @dataclass

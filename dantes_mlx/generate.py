@@ -1,0 +1,345 @@
+"""Instruction/response pairs in the character's voice from citations, resumable, filtered, with provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from dantes_mlx.config import CharacterConfig, GenerateConfig
+from dantes_mlx.errors import ConfigError, InputError
+from dantes_mlx.pair_filters import FilterSettings, filter_group, normalize
+from dantes_mlx.pairs_parser import ParsedPair, parse_file, parse_pairs
+from dantes_mlx.store import Store, item_key, read_jsonl, write_jsonl_atomic
+
+PROMPTS_DIR = Path(__file__).parent / "prompts"
+STAGE = "generate"
+# Consecutive failed LLM calls after which the run stops (the server is down, not one bad item).
+MAX_CONSECUTIVE_FAILURES = 5
+_CITATION_FIELDS = ("citation", "text", "contexte", "context")
+
+
+# -- prompts ----------------------------------------------------------------------------------------
+_PLACEHOLDER = re.compile(r"{{(\w+)}}")
+
+
+@dataclass
+class Prompt:
+    """A versioned prompt: fixed instructions ({{name}}, {{persona}}, {{k}}) first, the item's data last."""
+    text: str
+    version: str
+    source: str
+    data_fields: tuple[str, ...] = ("contexte", "citation")
+
+    def messages(self, **values) -> list[dict]:
+        """[system: the fixed instructions, user: the data]: llama.cpp then re-evaluates only the data."""
+        unknown = sorted(set(_PLACEHOLDER.findall(self.text)) - set(values))
+        if unknown:
+            raise ConfigError(f"unknown placeholder(s) {', '.join('{{%s}}' % u for u in unknown)} in the prompt",
+                              path=self.source, fix=f"use only {', '.join('{{%s}}' % k for k in sorted(values))}")
+        first = min(self.text.index("{{%s}}" % f) for f in self.data_fields)
+        cut = self.text.rfind("\n", 0, first) + 1  # the data section starts on the line of its first field
+        fill = lambda part: _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), part).strip()
+        return [{"role": "system", "content": fill(self.text[:cut])},
+                {"role": "user", "content": fill(self.text[cut:])}]
+
+
+def load_prompt(kind: str, language: str, prompt_file: str = "",
+                data_fields: tuple[str, ...] = ("contexte", "citation")) -> Prompt:
+    """The built-in prompt `<kind>_<language>_v1`, or a file overriding it (versioned by its hash)."""
+    if prompt_file:
+        path = Path(prompt_file)
+        if not path.is_file():
+            raise ConfigError("prompt file not found", path=path, fix="check --prompt-file or generate.prompt_file")
+        text = path.read_text(encoding="utf-8")
+        version = f"{path.stem}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    else:
+        path = PROMPTS_DIR / f"{kind}_{language}_v1.txt"
+        if not path.is_file():
+            built_in = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob(f"{kind}_*.txt")))
+            raise ConfigError(f"no built-in {kind} prompt for language '{language}'",
+                              fix=f"write one and pass --prompt-file (built-in: {built_in})")
+        text, version = path.read_text(encoding="utf-8"), path.stem
+    missing = [f for f in data_fields if "{{%s}}" % f not in text]
+    if missing:
+        raise InputError(f"the prompt has no {', '.join('{{%s}}' % f for f in missing)} placeholder", path=path,
+                         fix=f"end the prompt with the data: {', '.join('{{%s}}' % f for f in data_fields)}")
+    return Prompt(text, version, str(path), data_fields)
+
+
+def pairs_schema(k: int, max_instruction_chars: int = 0, max_response_chars: int = 0) -> dict:
+    """JSON schema of one answer: exactly k {instruction, response} objects under "pairs" (0: no maxLength)."""
+    def text(limit: int) -> dict:
+        return {"type": "string", "minLength": 1, **({"maxLength": limit} if limit else {})}
+
+    pair = {"type": "object", "properties": {"instruction": text(max_instruction_chars),
+                                             "response": text(max_response_chars)},
+            "required": ["instruction", "response"], "additionalProperties": False}
+    return {"title": "pairs", "type": "object",
+            "properties": {"pairs": {"type": "array", "items": pair, "minItems": k, "maxItems": k}},
+            "required": ["pairs"], "additionalProperties": False}
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+def text_id(prefix: str, text: str) -> str:
+    """A stable id for a record that has none: a hash of its normalized text."""
+    return f"{prefix}-{hashlib.sha1(normalize(text).encode('utf-8')).hexdigest()[:12]}"
+
+
+def load_citations(paths: Iterable[str | Path]) -> list[dict]:
+    """Citations from extract's JSONL (or the original project's {contexte, citation} rows), in order."""
+    rows = []
+    for path in paths:
+        for lineno, record in read_jsonl(path):
+            text = record.get("citation", record.get("text")) if isinstance(record, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                raise InputError("record has no 'citation' text", path=path, line=lineno,
+                                 fix='each line needs {"citation": "...", "contexte": "..."}')
+            source_id = next((str(record[k]) for k in ("id", "citation_id", "source_id")
+                              if record.get(k) not in (None, "")), None) or text_id("cit", text)
+            rows.append({"source_id": source_id, "citation": text.strip(),
+                         "contexte": str(record.get("contexte") or record.get("context") or "").strip(),
+                         "provenance": {k: v for k, v in record.items() if k not in _CITATION_FIELDS}})
+    if not rows:
+        raise InputError("no citations found", path=", ".join(map(str, paths)) or "(no file)",
+                         fix="run `dantes-mlx extract` first, or give citation files")
+    return rows
+
+
+def filter_settings(cfg: GenerateConfig, character: CharacterConfig, **changes) -> FilterSettings:
+    """The filters' thresholds from the stage config and the character's names."""
+    values = dict(min_answer_words=cfg.min_answer_words, max_answer_words=cfg.max_answer_words,
+                  max_citation_similarity=cfg.max_citation_similarity,
+                  duplicate_question_similarity=cfg.duplicate_question_similarity,
+                  language=character.language, names=tuple([character.name, *character.aliases]))
+    return FilterSettings(**{**values, **changes})
+
+
+# -- running the LLM, resumably ---------------------------------------------------------------------
+@dataclass
+class Task:
+    """One LLM call: the store key of its item and the chat request."""
+    key: str
+    request: dict
+
+
+class GenerateInterrupted(Exception):
+    """Ctrl-C during the LLM calls: finished items are stored; the same command resumes after them."""
+
+    def __init__(self, done: int, total: int, unit: str, store: Path):
+        super().__init__(f"interrupted: {done}/{total} {unit}s done (stored in {store}); "
+                         f"run the same command again to resume, finished {unit}s are not asked again")
+        self.done, self.total, self.store = done, total, store
+
+
+@dataclass
+class RunStats:
+    """What the LLM part of a run did and cost."""
+    items: int = 0
+    cached: int = 0
+    calls: int = 0
+    failed: int = 0
+    truncated: int = 0
+    prompt_tokens: int = 0
+    evaluated_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    errors: list = field(default_factory=list)
+
+    def add(self, value: dict) -> None:
+        self.calls += 1
+        self.truncated += value.get("finish_reason") == "length"
+        for name in ("prompt_tokens", "evaluated_tokens", "completion_tokens", "reasoning_tokens"):
+            setattr(self, name, getattr(self, name) + int(value.get(name) or 0))
+
+
+def _stored(result) -> dict:
+    return {"text": result.text, "prompt_tokens": result.prompt_tokens,
+            "evaluated_tokens": result.evaluated_tokens, "completion_tokens": result.completion_tokens,
+            "reasoning_tokens": result.reasoning_tokens, "finish_reason": getattr(result, "finish_reason", "")}
+
+
+def _results(client, requests: list[dict], concurrency: int):
+    """(index, result or exception) as calls finish; threads only for clients built for them."""
+    from dantes_mlx.llm import batch
+
+    if concurrency > 1 and hasattr(client, "iter_chat"):
+        return client.iter_chat(requests, concurrency, return_exceptions=True)
+    return batch.iter_chat(client, requests, 1, return_exceptions=True)  # in-process models serialise
+
+
+def run_tasks(tasks: list[Task], client, store: Store, *, concurrency: int = 1, unit: str = "item",
+              sampling: dict | None = None, progress: bool = True) -> RunStats:
+    """Call the LLM for every task not yet in the store, storing each answer as soon as it arrives."""
+    from tqdm import tqdm
+
+    unique = list({t.key: t for t in tasks}.values())
+    pending = [t for t in unique if t.key not in store]
+    stats = RunStats(items=len(unique), cached=len(unique) - len(pending))
+    requests = [{**t.request, **(sampling or {})} for t in pending]
+    bar = tqdm(total=len(unique), initial=stats.cached, unit=unit, desc=STAGE, dynamic_ncols=True,
+               disable=not progress)
+    consecutive = 0
+    try:
+        for index, result in _results(client, requests, concurrency):
+            bar.update(1)
+            if isinstance(result, ConfigError):
+                raise result
+            if isinstance(result, Exception):
+                stats.failed, consecutive = stats.failed + 1, consecutive + 1
+                stats.errors.append(f"{type(result).__name__}: {result}")
+                if consecutive >= MAX_CONSECUTIVE_FAILURES:
+                    raise result
+                continue
+            consecutive = 0
+            value = _stored(result)
+            store.put(pending[index].key, value)
+            stats.add(value)
+    except KeyboardInterrupt:
+        raise GenerateInterrupted(sum(t.key in store for t in unique), len(unique), unit, store.path) from None
+    finally:
+        bar.close()
+    return stats
+
+
+# -- outputs ----------------------------------------------------------------------------------------
+@dataclass
+class GenerateSummary:
+    """What a generate run wrote, rejected and cost."""
+    out: Path
+    rejects_path: Path
+    items: int
+    kept: int
+    rejected: Counter
+    seconds: float
+    stats: RunStats | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"wrote {self.kept} rows from {self.items} items to {self.out} in {self.seconds:.1f}s"]
+        if self.rejected:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in self.rejected.most_common())
+            out.append(f"rejected {sum(self.rejected.values())} ({reasons}); details in {self.rejects_path}")
+        s = self.stats
+        if s is not None:
+            out.append(f"LLM: {s.calls} calls ({s.cached} items cached, {s.failed} failed, "
+                       f"{s.truncated} cut by max_tokens); tokens: prompt {s.prompt_tokens}, "
+                       f"evaluated {s.evaluated_tokens}, generated {s.completion_tokens} "
+                       f"(of which reasoning {s.reasoning_tokens})")
+            if s.failed:
+                out.append(f"{s.failed} items failed (first error: {s.errors[0]}); run again to retry them")
+        return out
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
+    """(pairs file, rejects file, LLM answers store) for an output path."""
+    out = Path(out)
+    return out, out.with_name(out.stem + ".rejects.jsonl"), out.with_name(out.stem + ".store.jsonl")
+
+
+def finish(out: Path, rows: list, rejects: list, items: int, started: float,
+           stats: RunStats | None = None) -> GenerateSummary:
+    """Write rows and rejects atomically and summarize."""
+    out, rejects_path, _ = output_paths(out)
+    write_jsonl_atomic(out, rows)
+    write_jsonl_atomic(rejects_path, rejects)
+    return GenerateSummary(out, rejects_path, items, len(rows), Counter(r["reason"] for r in rejects),
+                           time.monotonic() - started, stats)
+
+
+def salvage(value: dict, source_id: str) -> tuple[list[ParsedPair], list[dict]]:
+    """Pairs of one stored LLM answer, and a reject for everything the parser could not use."""
+    parsed = parse_pairs(value.get("text") or "")
+    rejects = [{"source_id": source_id, "reason": "unparseable", "detail": r.reason, "line": r.line,
+                "text": r.text} for r in parsed.rejects]
+    if not parsed.pairs and not parsed.rejects:
+        rejects.append({"source_id": source_id, "reason": "unparseable", "detail": "empty answer", "line": 1,
+                        "text": ""})
+    return parsed.pairs, rejects
+
+
+def filtered_rows(pairs: list[ParsedPair], settings: FilterSettings, base: dict, *, k: int = 0,
+                  citation: str = "", fact: str = "", keep_line: bool = False) -> tuple[list[dict], list[dict]]:
+    """Rows for the kept pairs (base fields + pair) and rejects with their reasons."""
+    kept, rejected = filter_group(pairs, settings, k=k, citation=citation, fact=fact)
+    rows = [{"instruction": p.instruction, "response": p.response, **base, "complete": p.complete,
+             **({"line": p.line} if keep_line else {})} for p in kept]
+    rejects = [{"source_id": base["source_id"], "reason": reason, "line": p.line,
+                "instruction": p.instruction, "response": p.response} for p, reason in rejected]
+    return rows, rejects
+
+
+# -- citations -> pairs -----------------------------------------------------------------------------
+def citation_task(row: dict, prompt: Prompt, character: CharacterConfig, cfg: GenerateConfig,
+                  model_id: str) -> Task:
+    """The store key and the one-call request (fixed instructions first, the citation last)."""
+    k = cfg.pairs_per_citation
+    item = {"citation": row["citation"], "contexte": row["contexte"], "k": k}
+    messages = prompt.messages(name=character.name, persona=character.persona, k=k,
+                               contexte=row["contexte"] or "(aucun)", citation=row["citation"])
+    schema = pairs_schema(k, cfg.max_instruction_chars, cfg.max_response_chars)
+    return Task(item_key(STAGE, prompt.version, model_id, item), {"messages": messages, "json_schema": schema})
+
+
+def generate_pairs(citations: list[dict], client, out: str | Path, cfg: GenerateConfig,
+                   character: CharacterConfig, *, concurrency: int = 1, sampling: dict | None = None,
+                   progress: bool = True) -> GenerateSummary:
+    """K filtered pairs per citation; LLM answers are cached so an interrupted run resumes."""
+    started = time.monotonic()
+    if cfg.pairs_per_citation < 1:
+        raise ConfigError("pairs_per_citation must be at least 1", path="dantes.yaml [generate]",
+                          fix="set generate.pairs_per_citation (or -k) to 1 or more")
+    prompt = load_prompt("generate", character.language, cfg.prompt_file)
+    out, _, cache = output_paths(out)
+    store = Store(cache)
+    tasks = [citation_task(row, prompt, character, cfg, client.model_id) for row in citations]
+    stats = run_tasks(tasks, client, store, concurrency=concurrency, unit="citation", sampling=sampling,
+                      progress=progress)
+    settings = filter_settings(cfg, character)
+    rows, rejects, seen = [], [], set()
+    for row, task in zip(citations, tasks):
+        if task.key in seen or task.key not in store:
+            continue  # a repeated citation is generated once; a failed one is retried next run
+        seen.add(task.key)
+        pairs, unparsed = salvage(store.get(task.key), row["source_id"])
+        base = {"source_id": row["source_id"], "source": "citation", "citation": row["citation"],
+                "contexte": row["contexte"], "model": client.model_id, "prompt_version": prompt.version,
+                "provenance": row["provenance"]}
+        kept, filtered = filtered_rows(pairs, settings, base, k=cfg.pairs_per_citation,
+                                       citation=row["citation"])
+        rows += kept
+        rejects += unparsed + filtered
+    return finish(out, rows, rejects, len(seen), started, stats)
+
+
+# -- raw outputs of another tool -> pairs -----------------------------------------------------------
+def group_raw_pairs(pairs: list[ParsedPair], k: int) -> list[list[ParsedPair]]:
+    """Pairs of one citation: the original tool wrote its k objects on one line or on k lines in a row."""
+    groups: list[list[ParsedPair]] = []
+    for pair in pairs:
+        if not groups or (len(groups[-1]) >= k and pair.line != groups[-1][-1].line):
+            groups.append([])
+        groups[-1].append(pair)
+    return groups
+
+
+def import_raw(path: str | Path, out: str | Path, cfg: GenerateConfig,
+               character: CharacterConfig) -> GenerateSummary:
+    """Pairs salvaged from a file of raw LLM outputs, one per line, filtered; the rest reported by line."""
+    started, path = time.monotonic(), Path(path)
+    if not path.is_file():
+        raise InputError("raw outputs file not found", path=path, fix="check the --from-raw path")
+    parsed = parse_file(path)
+    rejects = [{"source_id": None, "reason": "unparseable", "detail": r.reason, "line": r.line,
+                "text": r.text} for r in parsed.rejects]
+    rows, settings = [], filter_settings(cfg, character)
+    groups = group_raw_pairs(parsed.pairs, cfg.pairs_per_citation)
+    for group in groups:
+        base = {"source_id": f"raw-{path.stem}-L{group[0].line}", "source": "raw", "file": str(path)}
+        kept, filtered = filtered_rows(group, settings, base, keep_line=True)
+        rows += kept
+        rejects += filtered
+    return finish(Path(out), rows, rejects, len(groups), started)
