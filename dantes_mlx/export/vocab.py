@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,34 @@ def parse_sentencepiece(proto: bytes) -> Vocab:
                  remove_extra_whitespaces=remove_ws)
 
 
+def vocab_from_tokenizer_json(path: Path) -> Vocab:
+    """Rebuild a SentencePiece-BPE vocabulary from a HF tokenizer.json (no tokenizer.model at hand).
+
+    A merged piece scores minus the rank of the first merge that makes it, so llama.cpp's
+    highest-score-first merging follows the BPE merge order; specials are CONTROL, <0xNN> BYTE.
+    """
+    model = _read_json(path).get("model") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        raise ModelError("tokenizer.json is not a SentencePiece-style BPE with byte fallback", path=path,
+                         fix="add the model's tokenizer.model to the folder")
+    by_id = {i: piece for piece, i in model["vocab"].items()}
+    rank: dict[str, int] = {}
+    for r, merge in enumerate(model.get("merges") or []):
+        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
+        rank.setdefault(left + right, r)
+    byte = re.compile(r"^<0x[0-9A-F]{2}>$")
+    tokens, scores, types = [], [], []
+    for i in range(max(by_id) + 1):
+        piece = by_id.get(i, f"[PAD{i}]")
+        tokens.append(piece)
+        scores.append(-float(rank.get(piece, len(rank))))
+        types.append(BYTE if byte.match(piece) else NORMAL if i in by_id else UNUSED)
+    unk = model.get("unk_token") or "<unk>"
+    if unk in model["vocab"]:
+        types[model["vocab"][unk]] = UNKNOWN
+    return Vocab(tokens, scores, types, notes=["scores rebuilt from tokenizer.json merge ranks"])
+
+
 def _added_tokens(model_dir: Path) -> dict[int, tuple[str, bool]]:
     """id -> (content, special) of the tokens the HF tokenizer adds on top of the SP model."""
     added: dict[int, tuple[str, bool]] = {}
@@ -149,21 +178,25 @@ def _token_id(tokens: list[str], config: dict, key: str, fallback: str) -> int |
 
 
 def load_vocab(model_dir: str | Path, vocab_size: int | None = None) -> Vocab:
-    """The GGUF vocabulary of a HF/MLX folder, from its tokenizer.model (real scores and types).
+    """The GGUF vocabulary of a HF/MLX folder, from its tokenizer.model (real scores and types),
+    else rebuilt from tokenizer.json (the parity gate then proves the tokenization is unchanged).
 
     Tokens the HF tokenizer adds are typed CONTROL (special) or USER_DEFINED, as transformers
     treats them; ids between the SP size and `vocab_size` are padded with UNUSED tokens.
     """
     model_dir = Path(model_dir)
     sp_path = model_dir / "tokenizer.model"
-    if not sp_path.is_file():
-        raise ModelError("no tokenizer.model (SentencePiece) in the model folder", path=model_dir,
+    if sp_path.is_file():
+        try:
+            vocab = parse_sentencepiece(sp_path.read_bytes())
+        except (ValueError, IndexError, UnicodeDecodeError) as exc:
+            raise ModelError(f"not a SentencePiece model ({exc})", path=sp_path,
+                             fix="use the tokenizer.model from the base model's repo") from exc
+    elif (model_dir / "tokenizer.json").is_file():  # e.g. a folder written by mlx_lm.convert
+        vocab = vocab_from_tokenizer_json(model_dir / "tokenizer.json")
+    else:
+        raise ModelError("no tokenizer.model nor tokenizer.json in the model folder", path=model_dir,
                          fix="copy tokenizer.model from the base model's Hugging Face repo into it")
-    try:
-        vocab = parse_sentencepiece(sp_path.read_bytes())
-    except (ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise ModelError(f"not a SentencePiece model ({exc})", path=sp_path,
-                         fix="use the tokenizer.model from the base model's repo") from exc
     for token_id, (content, special) in sorted(_added_tokens(model_dir).items()):
         if token_id < len(vocab.tokens):
             if vocab.tokens[token_id] != content:
