@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dantes_mlx.config import PrepareConfig
-from dantes_mlx.dataset_formats import Example, conversation_problems, read_examples, to_output_row
+from dantes_mlx.dataset_formats import (Example, conversation_problems, read_examples, template_drops_system,
+                                        to_output_row)
 from dantes_mlx.dataset_split import SPLITS, consecutive_runs, find_duplicates, group_ids, parse_split, split_groups
 from dantes_mlx.errors import ConfigError, InputError, require
 from dantes_mlx.store import write_jsonl_atomic, write_text_atomic
@@ -204,10 +205,15 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, p
         report.notes.append("mlx-lm's completions rows have no system field: the persona was not added "
                             "(use --format chat to train with it)")
         system = None
+    inline = template_drops_system(tokenizer) and cfg.format != "completions"
+    if inline and (system or any(ex.messages and ex.messages[0]["role"] == "system" for ex in examples)):
+        report.notes.append("the tokenizer's chat template drops a system message from conversations that end "
+                            "with the answer (Mistral v0.3 does): the system prompt was put in front of the "
+                            "last question instead, as the template does at inference")
     grouped = bool(cfg.group_key or cfg.group_consecutive)
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for ex, name, group in zip(examples, names, groups):
-        row = to_output_row(ex, cfg.format, system, tokenizer)
+        row = to_output_row(ex, cfg.format, system, tokenizer, inline)
         if grouped:
             row["group"] = f"g{group:05d}"
         splits[name].append(row)

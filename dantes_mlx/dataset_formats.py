@@ -268,13 +268,43 @@ def render_text(messages: list[dict], tokenizer=None) -> str:
     return "".join(parts)
 
 
-def to_output_row(example: Example, fmt: str, system: str | None, tokenizer=None) -> dict:
-    """One row in mlx-lm's `fmt` with the provenance keys mlx-lm ignores (source_id, label)."""
+def template_drops_system(tokenizer) -> bool:
+    """True when the chat template loses a system message in a conversation that ends with the answer.
+
+    Mistral v0.3's template writes the system prompt only before the LAST user message when that message
+    is the last one (inference); in a training row, which ends with the assistant, it vanishes.
+    """
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return False
+    probe = [{"role": "system", "content": "SYSTEMPROBE"}, {"role": "user", "content": "u"},
+             {"role": "assistant", "content": "a"}]
+    return "SYSTEMPROBE" not in tokenizer.apply_chat_template(probe, tokenize=False)
+
+
+def inline_system(messages: list[dict]) -> list[dict]:
+    """Move a leading system message in front of the last user turn, where Mistral's template puts it
+    at inference ("[INST] system\n\nquestion[/INST]"), so training sees the same tokens."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
+    last_user = max(i for i, m in enumerate(rest) if m["role"] == "user")
+    rest[last_user]["content"] = f"{system}\n\n{rest[last_user]['content']}"
+    return rest
+
+
+def to_output_row(example: Example, fmt: str, system: str | None, tokenizer=None,
+                  system_inline: bool = False) -> dict:
+    """One row in mlx-lm's `fmt` with the provenance keys mlx-lm ignores (source_id, label).
+
+    `system_inline` folds the system prompt into the last user turn (see `template_drops_system`).
+    """
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"unknown output format '{fmt}'", fix=f"valid formats: {', '.join(OUTPUT_FORMATS)}")
     messages = [dict(m) for m in example.messages]
     if system and (not messages or messages[0]["role"] != "system"):
         messages.insert(0, {"role": "system", "content": system})
+    if system_inline and messages:
+        messages = inline_system(messages)
     if fmt == "text":
         row = {"text": example.text if example.text is not None else render_text(messages, tokenizer)}
     elif not example.messages:

@@ -17,22 +17,18 @@ from dantes_mlx.errors import ConfigError
 
 SPLITS = ("train", "valid", "test")
 WORD = re.compile(r"\w+")
-# Typographic variants that should not make two rows look different.
-_TRANSLATE = str.maketrans({"’": "'", "‘": "'", "«": '"', "»": '"', "“": '"', "”": '"', "‑": "-", "–": "-",
-                            "—": "-", "\u00a0": " ", "\u202f": " "})
-_MERSENNE = (1 << 61) - 1
+_COMBINING = re.compile(r"[\u0300-\u036f]")
+MIN_LINK_SIMILARITY = 0.05  # floor for small files, where most random pairs share no word at all
 
 
 def normalize(text: str) -> str:
-    """Lower-case, NFKC, unified quotes and dashes, punctuation dropped, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).translate(_TRANSLATE).lower()
-    return " ".join(WORD.findall(text))
+    """Lower-case NFKC words only: punctuation, quotes, dashes and spacing variants all drop out."""
+    return " ".join(WORD.findall(unicodedata.normalize("NFKC", text).lower()))
 
 
 def fold_accents(text: str) -> str:
     """Lower-case text without diacritics (for word statistics, where 'pensée' and 'pensee' are one word)."""
-    text = unicodedata.normalize("NFKD", text.lower())
-    return "".join(c for c in text if not unicodedata.combining(c))
+    return _COMBINING.sub("", unicodedata.normalize("NFKD", text.lower()))
 
 
 def parse_split(spec: str) -> tuple[float, float, float]:
@@ -51,16 +47,26 @@ def parse_split(spec: str) -> tuple[float, float, float]:
 
 # ---------------------------------------------------------------- near duplicates (MinHash + LSH)
 
-def shingles(text: str, n: int = 3) -> set[str]:
-    """Word n-grams of normalised text (the whole text when shorter than n words)."""
+def shingles(text: str, n: int = 3) -> np.ndarray:
+    """Sorted unique 32-bit hashes of the word n-grams of normalised text (one hash when shorter than n)."""
     words = normalize(text).split()
-    if len(words) <= n:
-        return {" ".join(words)} if words else set()
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+    if not words:
+        return np.zeros(0, dtype=np.uint64)
+    h = np.fromiter((zlib.crc32(w.encode("utf-8")) for w in words), dtype=np.uint64, count=len(words))
+    if len(words) < n:
+        h, n = np.array([int(h.sum() % (1 << 32))], dtype=np.uint64), 1
+    grams = np.zeros(len(h) - n + 1, dtype=np.uint64)
+    for k in range(n):  # polynomial mix of the n word hashes, wrapping in uint64, folded to 32 bits
+        grams = grams * np.uint64(0x9E3779B97F4A7C15) + h[k:len(h) - n + 1 + k]
+    return np.unique((grams ^ (grams >> np.uint64(32))) & np.uint64(0xFFFFFFFF))
 
 
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two shingle hash sets."""
+    if not len(a) and not len(b):
+        return 1.0
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    return common / (len(a) + len(b) - common)
 
 
 def _bands_for(threshold: float, num_perm: int) -> tuple[int, int]:
@@ -70,22 +76,30 @@ def _bands_for(threshold: float, num_perm: int) -> tuple[int, int]:
     return min(options, key=lambda br: abs((1 / br[0]) ** (1 / br[1]) - target))
 
 
-def minhash(sets: list[set[str]], num_perm: int = 128, seed: int = 1) -> np.ndarray:
-    """MinHash signatures (len(sets) x num_perm) with universal hashing over CRC32 of each shingle."""
+def minhash(sets: list[np.ndarray], num_perm: int = 128, seed: int = 1, chunk: int = 50_000) -> np.ndarray:
+    """MinHash signatures (len(sets) x num_perm): min of a multiply-shift hash per permutation, vectorised."""
     rng = np.random.default_rng(seed)
-    # a, b and h below 2^32, so a*h + b never wraps in uint64 before the modulo.
-    a = rng.integers(1, 1 << 32, num_perm, dtype=np.uint64)
-    b = rng.integers(0, 1 << 32, num_perm, dtype=np.uint64)
+    a = (rng.integers(0, 1 << 63, num_perm, dtype=np.uint64) | np.uint64(1))[:, None]  # odd multipliers
+    b = rng.integers(0, 1 << 63, num_perm, dtype=np.uint64)[:, None]
     out = np.full((len(sets), num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
-    for i, items in enumerate(sets):
-        if not items:
-            continue
-        h = np.fromiter((zlib.crc32(s.encode("utf-8")) for s in items), dtype=np.uint64, count=len(items))
-        out[i] = ((a[:, None] * h[None, :] + b[:, None]) % _MERSENNE).min(axis=1)
+    start = 0
+    while start < len(sets):  # batches of documents holding about `chunk` shingles
+        stop, total = start, 0
+        while stop < len(sets) and (total == 0 or total + len(sets[stop]) <= chunk):
+            total += len(sets[stop])
+            stop += 1
+        batch = [i for i in range(start, stop) if len(sets[i])]
+        if batch:
+            # (a*h + b) mod 2^64, top 32 bits: multiply-shift hashing (uint64 arithmetic wraps by design)
+            values = (a * np.concatenate([sets[i] for i in batch])[None, :] + b) >> np.uint64(32)
+            offsets = np.cumsum([0] + [len(sets[i]) for i in batch[:-1]])
+            out[batch] = np.minimum.reduceat(values, offsets, axis=1).T
+        start = stop
     return out
 
 
-def near_duplicate_pairs(sets: list[set[str]], threshold: float, num_perm: int = 128) -> list[tuple[int, int, float]]:
+def near_duplicate_pairs(sets: list[np.ndarray], threshold: float,
+                         num_perm: int = 128) -> list[tuple[int, int, float]]:
     """(i, j, jaccard) for i < j whose shingle sets have Jaccard >= threshold (LSH candidates, verified)."""
     if len(sets) < 2:
         return []
@@ -95,7 +109,7 @@ def near_duplicate_pairs(sets: list[set[str]], threshold: float, num_perm: int =
     for band in range(bands):
         buckets: dict[bytes, list[int]] = defaultdict(list)
         for i, sig in enumerate(signatures[:, band * rows:(band + 1) * rows]):
-            if sets[i]:
+            if len(sets[i]):
                 buckets[sig.tobytes()].append(i)
         for members in buckets.values():
             for x in range(len(members)):
@@ -172,9 +186,18 @@ def _cosine(a: dict, b: dict) -> float:
     return sum(v * b.get(w, 0.0) for w, v in a.items())
 
 
+# Frequent function words longer than 3 letters (French, English): IDF discounts them on large files,
+# this list does it on small ones.
+STOP_WORDS = frozenset("""
+avec avez avoir cela celle celui cette comme comment dans donc elle elles etait etre fait leur leurs mais
+meme nous notre nous pour pourquoi quand quel quelle quelles quels sans selon sont sous tout toute tous
+tres vers votre vous about been does from have more that their there these they this what when where which
+with would your""".split())
+
+
 def content_words(text: str) -> list[str]:
-    """Words longer than 3 letters, accents folded, cut to 6 letters (a crude French stemmer)."""
-    return [w[:6] for w in WORD.findall(fold_accents(text)) if len(w) > 3]
+    """Words longer than 3 letters, accents folded, cut to 6 letters (a crude stemmer), stop words left out."""
+    return [w[:6] for w in WORD.findall(fold_accents(text)) if len(w) > 3 and w not in STOP_WORDS]
 
 
 def consecutive_runs(texts: list[str], strictness: float = 0.98, window: int = 2,
@@ -193,7 +216,7 @@ def consecutive_runs(texts: list[str], strictness: float = 0.98, window: int = 2
     pairs = [(rng.randrange(n), rng.randrange(n)) for _ in range(min(4000, n * n))]
     background = sorted(_cosine(vectors[i], vectors[j]) for i, j in pairs if abs(i - j) > 2 * window)
     threshold = background[min(len(background) - 1, int(strictness * len(background)))] if background else 0.0
-    threshold = max(threshold, 1e-9)
+    threshold = max(threshold, MIN_LINK_SIMILARITY)
     reach = list(range(n))
     for i in range(n):
         for j in range(i + 1, min(n, i + window + 1)):

@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dantes_mlx.dataset_formats import CONTROL_CHARS, conversation_problems
+from dantes_mlx.dataset_formats import CONTROL_CHARS, conversation_problems, template_drops_system
 from dantes_mlx.dataset_split import SPLITS, near_duplicate_pairs, normalize, shingles
 from dantes_mlx.errors import InputError
 from dantes_mlx.store import write_jsonl_atomic
@@ -289,6 +289,13 @@ def _check_structure(report: ValidationReport, files: dict[str, Path]) -> tuple[
 
 def _check_tokens(report: ValidationReport, rows: list[Row], tokenizer, max_seq_length: int) -> None:
     counts: dict[str, list[int]] = defaultdict(list)
+    with_system = next((r for r in rows if r.fmt == "chat" and not row_problems(r)
+                        and r.data["messages"][0].get("role") == "system"), None)
+    if with_system is not None and template_drops_system(tokenizer):
+        report.problems.append(Problem(with_system.path, with_system.line, (
+            "the tokenizer's chat template drops the system message of rows that end with the answer "
+            "(Mistral v0.3 does), so training never sees it; `dantes-mlx prepare --tokenizer ...` folds it "
+            "into the last question instead"), "warning"))
     for row in rows:
         if row.fmt is None or row_problems(row):
             continue
@@ -335,6 +342,8 @@ def validate_dir(folder: str | Path, tokenizer=None, token_note: str = "", max_s
         raise InputError(f"unknown fix '{fix}'", fix=f"valid: {', '.join(FIX_MODES)}")
     folder = Path(folder)
     files = split_files(folder)
+    if not token_note:
+        token_note = "tokenizer given" if tokenizer is not None else "skipped: no tokenizer given"
     report = ValidationReport(str(folder), token_note=token_note)
     rows, broken = _check_structure(report, files)
     if tokenizer is not None:

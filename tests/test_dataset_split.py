@@ -1,0 +1,201 @@
+"""Dedupe, grouping and the group-aware / stratified split (in-memory and tmp files, no network)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dantes_mlx.config import PrepareConfig
+from dantes_mlx.dataset import prepare
+from dantes_mlx.dataset_split import (consecutive_runs, find_duplicates, group_ids, jaccard,
+                                      near_duplicate_pairs, parse_split, shingles, split_groups)
+from dantes_mlx.errors import ConfigError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def read_split_rows(folder: Path) -> dict[str, list[dict]]:
+    return {s: [json.loads(line) for line in (folder / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()]
+            for s in ("train", "valid", "test") if (folder / f"{s}.jsonl").exists()}
+
+
+def test_parse_split():
+    assert parse_split("80/10/10") == pytest.approx((0.8, 0.1, 0.1))
+    assert parse_split("60/20/20") == pytest.approx((0.6, 0.2, 0.2))
+    assert parse_split("90/10") == pytest.approx((0.9, 0.1, 0.0))
+    for bad in ("80-10-10", "0/50/50", "a/b/c", "10/10/10/70"):
+        with pytest.raises(ConfigError, match="invalid split"):
+            parse_split(bad)
+
+
+def test_exact_duplicates_ignore_case_punctuation_and_typography():
+    texts = ["Qu’est-ce que la vengeance ?\nUn plat froid.", "qu'est ce que la vengeance\nUN PLAT FROID !",
+             "Qu'est-ce que le pardon ?\nUne grâce."]
+    drops = find_duplicates(texts, threshold=1.0)
+    assert [(d.index, d.reason, d.kept) for d in drops] == [(1, "exact duplicate", 0)]
+
+
+def test_near_duplicates_are_dropped_and_distinct_rows_kept():
+    base = ("Mon cher ami, la patience est la vertu des prisonniers : au château d'If j'ai appris à compter "
+            "les jours, à écouter la mer et à attendre l'heure de la justice sans jamais désespérer de Dieu.")
+    near = base.replace("Mon cher ami", "Mon ami")
+    other = "Marseille m'a vu naître, et c'est vers Marseille que mes pensées reviennent chaque soir."
+    drops = find_duplicates([base, other, near], threshold=0.8)
+    assert [(d.index, d.kept) for d in drops] == [(2, 0)] and drops[0].reason.startswith("near duplicate")
+    assert find_duplicates([base, other], threshold=0.8) == []
+
+
+def test_minhash_lsh_finds_the_pairs_brute_force_finds():
+    rng = random.Random(3)
+    vocab = [f"mot{i}" for i in range(60)]
+    texts = [" ".join(rng.choice(vocab) for _ in range(30)) for _ in range(40)]
+    texts += [t.replace(t.split()[5], "autre", 1) for t in texts[:10]]  # ten near copies
+    sets = [shingles(t) for t in texts]
+    brute = {(i, j) for i in range(len(sets)) for j in range(i + 1, len(sets)) if jaccard(sets[i], sets[j]) >= 0.7}
+    found = {(i, j) for i, j, _ in near_duplicate_pairs(sets, 0.7)}
+    assert found == brute and len(brute) >= 10
+
+
+def test_group_ids_join_rows_sharing_any_key():
+    keys = [["a", None], ["b", "x"], ["c", "x"], ["a", None], ["d", None]]
+    assert group_ids(keys) == [0, 1, 1, 0, 2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 4), min_size=1, max_size=60), seed=st.integers(0, 10_000),
+       split=st.sampled_from(["80/10/10", "60/20/20", "90/10", "34/33/33"]))
+def test_a_source_id_never_lands_in_two_splits(sizes, seed, split):
+    groups = [g for g, size in enumerate(sizes) for _ in range(size)]
+    random.Random(seed).shuffle(groups)
+    names = split_groups(groups, parse_split(split), seed)
+    where = defaultdict(set)
+    for group, name in zip(groups, names):
+        where[group].add(name)
+    assert all(len(s) == 1 for s in where.values())
+    assert names == split_groups(groups, parse_split(split), seed)  # reproducible
+    counts = Counter(names)
+    for name, ratio in zip(("train", "valid", "test"), parse_split(split)):
+        assert abs(counts[name] - ratio * len(groups)) < max(sizes) + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(1, 30), min_size=1, max_size=6), seed=st.integers(0, 1000),
+       split=st.sampled_from(["80/10/10", "60/20/20", "50/25/25"]))
+def test_stratified_one_row_groups_keep_every_class_within_one_row(counts, seed, split):
+    labels = [f"c{k}" for k, n in enumerate(counts) for _ in range(n)]
+    ratios = parse_split(split)
+    names = split_groups(list(range(len(labels))), ratios, seed, labels)
+    for k, n in enumerate(counts):
+        got = Counter(name for name, label in zip(names, labels) if label == f"c{k}")
+        for name, ratio in zip(("train", "valid", "test"), ratios):
+            assert abs(got[name] - ratio * n) < 1.0
+
+
+def test_prepare_stratifies_the_email_routing_fixture_60_20_20(tmp_path):
+    source = FIXTURES / "email_routing.jsonl"
+    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
+    report = prepare([source], tmp_path, PrepareConfig(split="60/20/20", system_prompt=False))
+    assert report.stratified and not report.duplicates
+    out = read_split_rows(tmp_path)
+    totals = Counter(r["label"] for r in rows)
+    assert len(totals) == 5
+    for label, n in totals.items():
+        for split, share in (("train", 0.6), ("valid", 0.2), ("test", 0.2)):
+            got = sum(r["label"] == label for r in out[split])
+            assert abs(got - share * n) < 1.0, (label, split, got, share * n)
+    assert {r["source_id"] for r in out["train"]}.isdisjoint({r["source_id"] for r in out["test"]})
+    assert all(set(r) == {"messages", "source_id", "label"} for r in out["train"])
+
+
+def test_labels_are_inferred_from_short_completions(tmp_path):
+    source = tmp_path / "mails.jsonl"
+    rows = [json.loads(line) for line in (FIXTURES / "email_routing.jsonl").read_text("utf-8").splitlines()]
+    source.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["completion"]},
+                                         ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    report = prepare([source], tmp_path / "out", PrepareConfig(split="60/20/20", format="completions"), "Tu es Dantès.")
+    assert report.stratified and sum(report.labels["valid"].values()) == report.counts["valid"]
+    assert report.notes and "persona was not added" in report.notes[0]
+
+
+def test_no_stratify_flag_is_honoured(tmp_path):
+    report = prepare([FIXTURES / "email_routing.jsonl"], tmp_path, PrepareConfig(split="60/20/20", stratify=False))
+    assert not report.stratified
+
+
+def test_same_seed_same_split_other_seed_other_split(tmp_path):
+    cfg = PrepareConfig(split="60/20/20")
+    prepare([FIXTURES / "email_routing.jsonl"], tmp_path / "a", cfg)
+    prepare([FIXTURES / "email_routing.jsonl"], tmp_path / "b", cfg)
+    prepare([FIXTURES / "email_routing.jsonl"], tmp_path / "c", PrepareConfig(split="60/20/20", seed=1))
+    assert read_split_rows(tmp_path / "a") == read_split_rows(tmp_path / "b")
+    assert read_split_rows(tmp_path / "a") != read_split_rows(tmp_path / "c")
+
+
+def test_group_key_keeps_rows_of_one_citation_together(tmp_path):
+    source = tmp_path / "pairs.jsonl"
+    rows = [{"instruction": f"Question {i} sur la citation {i % 7} : pourquoi {i * 13} ?",
+             "response": f"Réponse numéro {i}, développée autour de l'idée {i * 7} et du thème {i % 7}.",
+             "citation": f"Citation {i % 7}"} for i in range(60)]
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    prepare([source], tmp_path / "out", PrepareConfig(group_key="citation", near_dup_threshold=1.0))
+    where = defaultdict(set)
+    for split, out in read_split_rows(tmp_path / "out").items():
+        for row in out:
+            where[row["source_id"]].add(split)
+            assert row["source_id"].startswith("citation=Citation ") and row["group"].startswith("g")
+    assert len(where) == 7 and all(len(s) == 1 for s in where.values())
+
+
+def test_consecutive_runs_on_three_topics():
+    texts = ["Le château d'If et sa prison de pierre.", "La prison du château d'If, humide et noire.",
+             "Pourquoi le château d'If vous hante-t-il ?",
+             "Mercédès, la Catalane aux yeux noirs.", "Avez-vous revu Mercédès la Catalane ?",
+             "Le trésor de l'île de Monte-Cristo.", "Combien valait le trésor de Monte-Cristo ?",
+             "Où l'abbé Faria avait-il caché le trésor de l'île ?"] * 1
+    filler = [f"Sujet sans rapport numéro {i} : {w}." for i, w in enumerate(
+        "banque journal opéra duel poison Rome carnaval bandit Haydée Janina Villefort".split())]
+    runs, threshold = consecutive_runs(texts + filler)
+    assert runs[:8] == [0, 0, 0, 1, 1, 2, 2, 2] and threshold > 0
+
+
+# Groups read by hand in dantes_conversations.jsonl (1-based line numbers): each block asks about one citation.
+HAND_CHECKED = {
+    "merlettes du blason de Monte-Cristo": (1, 2, 3),
+    "goût des boissons": (29, 30, 31),
+    "maison lugubre du baron": (56, 57, 58),
+    "Othello et un abbé de Ganges (the third asks about its 'escalier sombre et orageux')": (104, 105, 106),
+    "catégories de fortune (answers all open with 'Sans doute')": (247, 248, 249),
+    "carreau cassé (the middle question shares no rare word)": (313, 314, 315),
+}
+
+
+def test_group_consecutive_on_dantes_conversations(shared_data, tmp_path):
+    source = shared_data / "reference" / "dantes_conversations.jsonl"
+    report = prepare([source], tmp_path, PrepareConfig(group_consecutive=True))
+    print(f"groups found: {report.groups}; runs: {report.consecutive}")
+    assert 1000 <= report.consecutive["runs"] <= 2000  # about three questions per citation over 4,091 rows
+    # Source line of each output row, through its question (unique in the file).
+    lines = [json.loads(raw)["conversations"][0]["value"].strip()
+             for raw in source.read_text(encoding="utf-8").splitlines()]
+    line_of = {q: n for n, q in enumerate(lines, 1)}
+    assert len(line_of) == len(lines)
+    line_split, line_group, group_splits = {}, {}, defaultdict(set)
+    for split, rows in read_split_rows(tmp_path).items():
+        for row in rows:
+            n = line_of[next(m["content"] for m in row["messages"] if m["role"] == "user")]
+            line_split[n], line_group[n] = split, row["group"]
+            group_splits[row["group"]].add(split)
+            group_splits[row["source_id"]].add(split)
+    assert len(line_split) == 4091 - 2  # two rows with an empty turn are dropped (lines 2727, 3824)
+    assert all(len(s) == 1 for s in group_splits.values())
+    for topic, block in HAND_CHECKED.items():
+        assert len({line_group[n] for n in block}) == 1, topic
+        assert len({line_split[n] for n in block}) == 1, topic
+    # Boundaries read by hand: the line before and after these blocks is about another citation.
+    assert line_group[4] != line_group[3] and line_group[103] != line_group[104] != line_group[107]

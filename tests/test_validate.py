@@ -1,0 +1,163 @@
+"""`validate`: each problem found with its file and line, token checks on the tiny model, fixes, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dantes_mlx.cli import main
+from dantes_mlx.validate import load_tokenizer, validate_dir
+
+SYSTEM = {"role": "system", "content": "Tu es Edmond Dantès."}
+
+
+def chat(q: str, a: str, source: str, system: bool = False) -> dict:
+    messages = ([SYSTEM] if system else []) + [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return {"messages": messages, "source_id": source}
+
+
+def clean_rows(split: str, n: int) -> list[dict]:
+    topics = ["la mer", "Marseille", "le château d'If", "l'abbé Faria", "Mercédès", "le trésor", "Paris",
+              "la vengeance", "le pardon", "Danglars", "Fernand", "Villefort"]
+    return [chat(f"Que pensez-vous de {topics[i % len(topics)]}, question {split} {i} ?",
+                 f"Réponse {split} {i} : {topics[(i * 5) % len(topics)]} m'a appris la patience numéro {i * 37}.",
+                 f"{split}-{i}") for i in range(n)]
+
+
+def write_dir(folder: Path, splits: dict[str, list]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        lines = [r if isinstance(r, (str, bytes)) else json.dumps(r, ensure_ascii=False) for r in rows]
+        data = b"".join((line if isinstance(line, bytes) else line.encode("utf-8")) + b"\n" for line in lines)
+        (folder / f"{split}.jsonl").write_bytes(data)
+    return folder
+
+
+def found(report, filename: str, line: int, text: str, severity: str = "error") -> bool:
+    return any(Path(p.path).name == filename and p.line == line and text in p.message and p.severity == severity
+               for p in report.problems)
+
+
+@pytest.fixture
+def clean_dir(tmp_path):
+    return write_dir(tmp_path / "ds", {"train": clean_rows("train", 8), "valid": clean_rows("valid", 2),
+                                       "test": clean_rows("test", 2)})
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny_model_dir):
+    tokenizer, note = load_tokenizer(str(tiny_model_dir))
+    assert tokenizer is not None, note
+    return tokenizer
+
+
+def test_a_clean_folder_passes(clean_dir):
+    report = validate_dir(clean_dir)
+    assert report.errors == [] and report.rows == {"train": 8, "valid": 2, "test": 2}
+    assert "skipped" in report.token_note
+
+
+def test_each_problem_is_found_with_file_and_line(tmp_path):
+    train = clean_rows("train", 6)
+    train[1] = '{"messages": [{"role": "user", "content": "coupé'  # broken JSON
+    train[2] = {"messages": [{"role": "user", "content": "Et la suite ?"}], "source_id": "t2"}
+    train[3] = {"messages": [{"role": "user", "content": "Un"}, {"role": "user", "content": "Deux"},
+                             {"role": "assistant", "content": "Trois"}], "source_id": "t3"}
+    train[4] = chat("Une question sans réponse ?", "   ", "t4")
+    train[5] = chat("Comment avez-vous survécu à quatorze années au château d'If ?",
+                    "J'ai compté les jours sur la pierre humide, écouté la mer contre les rochers, appris de l'abbé "
+                    "Faria les langues, la chimie et l'histoire, et nourri chaque nuit l'espoir d'une justice que "
+                    "Dieu seul pouvait me rendre ; la patience fut ma prière, la vengeance mon étoile, et le trésor "
+                    "de Monte-Cristo la clef qui ouvrit enfin la porte de ma prison vers le monde des vivants.", "t5")
+    valid = clean_rows("valid", 3)
+    valid[2] = dict(train[0], source_id="valid-2")  # the same (question, answer) as train line 1
+    test = clean_rows("test", 3)
+    near = json.loads(json.dumps(train[5]))
+    near["messages"][1]["content"] = near["messages"][1]["content"].replace("humide", "froide")
+    near["source_id"] = "test-near"
+    test[1] = near
+    test[2] = dict(clean_rows("test", 3)[2], source_id="train-0")  # provenance shared with train
+    report = validate_dir(write_dir(tmp_path / "ds", {"train": train, "valid": valid, "test": test}),
+                          near_threshold=0.8)
+    assert found(report, "train.jsonl", 2, "invalid JSON")
+    assert found(report, "train.jsonl", 3, "missing assistant turn")
+    assert found(report, "train.jsonl", 4, "two user turns in a row")
+    assert found(report, "train.jsonl", 5, "empty assistant content")
+    assert found(report, "valid.jsonl", 3, "leak: same (question, answer) as train.jsonl:1")
+    assert found(report, "test.jsonl", 2, "leak: near-identical (question, answer) to train.jsonl:6")
+    assert found(report, "test.jsonl", 3, "leak: source_id 'train-0' is also in train.jsonl:1")
+    assert len(report.errors) == 7, "\n".join(map(str, report.problems))
+
+
+def test_encoding_control_characters_and_mixed_formats(tmp_path):
+    train = clean_rows("train", 4)
+    train[1] = b'{"text": "caf\xe9"}'
+    train[2] = chat("Bon\x07jour ?", "Bonsoir.", "t2")
+    train[3] = {"prompt": "Une question ?", "completion": "Une réponse.", "source_id": "t3"}
+    report = validate_dir(write_dir(tmp_path / "ds", {"train": train}))
+    assert found(report, "train.jsonl", 2, "invalid UTF-8")
+    assert found(report, "train.jsonl", 3, "control characters")
+    assert found(report, "train.jsonl", 4, "completions row in a file that starts as chat")
+    assert found(report, "ds", None, "no valid.jsonl", "warning")
+
+
+def test_token_stats_and_rows_over_max_length(tmp_path, tiny_tokenizer):
+    train = clean_rows("train", 5)
+    train[3] = chat("Racontez-moi votre évasion.", " ".join(["la mer immense et noire"] * 40), "long")
+    folder = write_dir(tmp_path / "ds", {"train": train, "valid": clean_rows("valid", 2)})
+    report = validate_dir(folder, tiny_tokenizer, "tiny", max_seq_length=64)
+    stats = report.token_stats["train"]
+    assert stats["count"] == 5 and stats["min"] <= stats["median"] <= stats["p95"] <= stats["max"] > 64
+    assert found(report, "train.jsonl", 4, "over max_seq_length 64")
+    assert [(Path(row.path).name, row.line) for row, _ in report.too_long] == [("train.jsonl", 4)]
+
+
+@pytest.mark.parametrize("fix", ["truncate", "drop"])
+def test_truncate_or_drop_rewrites_the_file(tmp_path, tiny_tokenizer, fix):
+    train = clean_rows("train", 5)
+    train[3] = chat("Racontez-moi votre évasion.", " ".join(["la mer immense et noire"] * 40), "long")
+    folder = write_dir(tmp_path / "ds", {"train": train, "valid": clean_rows("valid", 2)})
+    valid_before = (folder / "valid.jsonl").read_bytes()
+    report = validate_dir(folder, tiny_tokenizer, "tiny", max_seq_length=64, fix=fix)
+    assert report.errors == [] and report.too_long == []
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text("utf-8").splitlines()]
+    assert (folder / "valid.jsonl").read_bytes() == valid_before
+    assert not list(folder.glob("*.tmp"))
+    if fix == "truncate":
+        assert report.fixed == {"truncated": 1} and len(rows) == 5
+        answer = rows[3]["messages"][1]["content"]
+        assert answer.startswith("la mer immense") and len(answer) < len(train[3]["messages"][1]["content"])
+        assert report.token_stats["train"]["max"] <= 64
+    else:
+        assert report.fixed == {"dropped": 1} and [r["source_id"] for r in rows] == [f"train-{i}" for i in (0, 1, 2, 4)]
+
+
+def test_dropped_system_message_is_reported(tmp_path, tiny_tokenizer):
+    rows = [chat("Qui êtes-vous ?", "Un marin de Marseille.", "s1", system=True)]
+    report = validate_dir(write_dir(tmp_path / "ds", {"train": rows}), tiny_tokenizer, "tiny")
+    assert found(report, "train.jsonl", 1, "drops the system message", "warning")
+
+
+def test_load_tokenizer_says_why_it_skips(monkeypatch, tiny_model_dir):
+    assert load_tokenizer("none")[0] is None and "no tokenizer" in load_tokenizer("none")[1]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tokenizer, note = load_tokenizer("someone/not-a-cached-model")
+    assert tokenizer is None and "HF_HUB_OFFLINE" in note
+    tokenizer, note = load_tokenizer(str(tiny_model_dir))
+    assert tokenizer is not None and str(tiny_model_dir) in note
+
+
+def test_cli_exit_status_and_messages(tmp_path, clean_dir):
+    runner = CliRunner()
+    ok = runner.invoke(main, ["validate", str(clean_dir), "--tokenizer", "none"])
+    assert ok.exit_code == 0, ok.output
+    assert "0 error(s)" in ok.output
+    bad = write_dir(tmp_path / "bad", {"train": clean_rows("train", 2) + ["{oops"]})
+    result = runner.invoke(main, ["validate", str(bad), "--tokenizer", "none"])
+    assert result.exit_code == 1
+    assert f"{bad / 'train.jsonl'}:3: error: invalid JSON" in result.output
+    missing = runner.invoke(main, ["validate", str(tmp_path / "nowhere"), "--tokenizer", "none"])
+    assert missing.exit_code == 1 and "dataset folder not found" in missing.output
