@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from dantes_mlx.cli import main
 from dantes_mlx.config import CharacterConfig, GenerateConfig
 from dantes_mlx.errors import ConfigError, InputError
-from dantes_mlx.generate import (GenerateInterrupted, generate_pairs, group_raw_pairs, import_raw,
+from dantes_mlx.generate import (GenerateInterrupted, generate_pairs, group_raw_pairs,
                                  load_citations, load_prompt, pairs_schema)
 from dantes_mlx.generate_sources import generate_from_facts, labels_to_rows, load_facts
 from dantes_mlx.llm.fake import FakeLLM, fake_from_function
@@ -426,6 +426,40 @@ def test_cli_rejects_two_sources_and_missing_citations(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "one source per run" in result.output
     result = CliRunner().invoke(main, ["generate", "--url", "http://127.0.0.1:9/v1"])
     assert result.exit_code == 1 and "no citations file" in result.output and "dantes-mlx extract" in result.output
+
+
+def test_cli_facts_without_llm_labels_and_default_citations_skip_side_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    facts = tmp_path / "sigles.json"
+    facts.write_text(json.dumps([{"term": "RAM", "definition": "Random Access Memory"}]), encoding="utf-8")
+    result = CliRunner().invoke(main, ["generate", "--facts", str(facts), "--no-llm", "-k", "2"])
+    assert result.exit_code == 0, result.output
+    assert len(read_rows(tmp_path / "data" / "pairs" / "facts.jsonl")) == 2 and "wrote 2 rows" in result.output
+    mails = write_jsonl(tmp_path / "mails.jsonl", [{"text": "Facture fausse.", "label": "compta"}])
+    result = CliRunner().invoke(main, ["generate", "--labels", str(mails), "-o", "l.jsonl"])
+    assert result.exit_code == 0 and read_rows(tmp_path / "l.jsonl")[0]["completion"] == "compta"
+    from dantes_mlx.commands.generate import default_citations
+
+    folder = tmp_path / "data" / "citations"
+    folder.mkdir(parents=True)
+    for name in ("citations.jsonl", "citations.store.jsonl", "citations.rejects.jsonl", "more.jsonl"):
+        (folder / name).write_text("", encoding="utf-8")
+    assert [p.name for p in default_citations("data")] == ["citations.jsonl", "more.jsonl"]
+
+
+def test_cli_ctrl_c_says_how_many_are_done_and_how_to_resume(tmp_path, monkeypatch):
+    source = write_jsonl(tmp_path / "c.jsonl", CITATIONS)
+
+    def interrupt(messages):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("dantes_mlx.llm.base.make_client", lambda cfg: FakeLLM([good_reply, interrupt]))
+    result = CliRunner().invoke(main, ["generate", str(source), "-o", str(tmp_path / "p.jsonl"), "--quiet"])
+    assert result.exit_code == 130
+    assert "1/3 citations done" in result.output and "resume with: dantes-mlx" in result.output
+    monkeypatch.setattr("dantes_mlx.llm.base.make_client", lambda cfg: FakeLLM([good_reply, good_reply]))
+    result = CliRunner().invoke(main, ["generate", str(source), "-o", str(tmp_path / "p.jsonl"), "--quiet"])
+    assert result.exit_code == 0 and "LLM: 2 calls (1 items cached" in result.output
 
 
 # -- real clients ----------------------------------------------------------------------------------

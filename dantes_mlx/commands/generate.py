@@ -37,7 +37,8 @@ def default_citations(data_dir: str) -> list[Path]:
 @click.option("-o", "--output", default=None, help="Output JSONL (default: <data_dir>/pairs/pairs.jsonl).")
 @click.option("-k", "--pairs-per-citation", type=int, default=None, help="Pairs per citation or fact (default 3).")
 @click.option("--prompt-file", default=None, help="File overriding the versioned generation prompt.")
-@click.option("--model", default=None, help="Generator GGUF path or HF_REPO:FILE.gguf; with --url, the server's model name.")
+@click.option("--model", default=None,
+              help="Generator GGUF path or HF_REPO:FILE.gguf; with --url, the model name sent to the server.")
 @click.option("--url", default=None, help="OpenAI-compatible server base URL (llm.url).")
 @click.option("--concurrency", type=int, default=None, help="Parallel requests to an HTTP server (llm.concurrency).")
 @click.option("--min-answer-words", type=int, default=None, help="Shorter answers are rejected (default 25).")
