@@ -11,8 +11,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-from dantes_mlx.dialogue_speakers import (attribute, is_character, looks_narrative, match_incise,
-                                          normalise_speaker)
+from dantes_mlx.dialogue_speakers import (SECOND_PERSON, attribute, is_character, looks_narrative,
+                                          match_incise, normalise_speaker)
 from dantes_mlx.errors import InputError
 
 __all__ = ["Quote", "find_quotations", "character_quotes", "mentions_character", "all_speakers_rows",
@@ -55,7 +55,7 @@ _INNER_DASH = re.compile(r"(?<=[.!?…])[ \t\u00a0]+(?:--|[—–―])[ \t\u00a0
 _COLON_DASH = re.compile(r":[ \t\u00a0]*(?:--|[—–―])[ \t\u00a0]*(?=\w)")
 _GUILLEMET = re.compile(r"[«»“”]")
 _SPACES = " \t\u00a0\u202f"
-_BREAK = re.compile(r"(?:,|!|\?|…|\.\.\.)[ \t\u00a0\u202f]+")
+_BREAK = re.compile(r"(?:,|;|!|\?|…|\.\.\.)[ \t\u00a0\u202f]+")
 
 
 def read_text(path: str | Path) -> str:
@@ -122,7 +122,7 @@ def _split_incises(text: str, start: int, body: int, end: int):
         if not found:
             pos = m.end()
             continue
-        seg_end = m.start() + len(m.group().rstrip(_SPACES))
+        seg_end = m.start() + (0 if text[m.start()] == ";" else len(m.group().rstrip(_SPACES)))
         resume = found[1]
         if resume < end and text[resume] in ",;:.!?…":
             resume += 1
@@ -161,13 +161,26 @@ def _drop_narration(text: str, segments, incises):
     sentence, past its first, that reads as narration (see looks_narrative)."""
     first = True
     for n, (a, b) in enumerate(segments):
-        for m in _SENTENCE.finditer(text, a, b):
-            if not first and looks_narrative(m.group()):
+        for k, m in enumerate(_SENTENCE.finditer(text, a, b)):
+            if not first and looks_narrative(m.group(), after_incise=k == 0):
                 cut = _trim(text, a, m.start())
                 kept = segments[:n] + ([cut] if re.search(r"\w", text[cut[0]:cut[1]]) else [])
                 return kept, [i for i in incises if kept and i[0] < kept[-1][1] + 2]
             first = False
     return segments, incises
+
+
+def _closing_guillemet(text: str, a: int, b: int) -> int:
+    """A reply inside a «...» dialogue ends at the » that closes the dialogue: « ... — Adieu. » Et..."""
+    depth = 0
+    for m in _GUILLEMET.finditer(text, a, b):
+        if m.group() in "«“":
+            depth += 1
+        elif depth:
+            depth -= 1
+        else:
+            return m.end()
+    return b
 
 
 def _dash_replies(text: str, start: int, end: int) -> list[Quote]:
@@ -176,7 +189,7 @@ def _dash_replies(text: str, start: int, end: int) -> list[Quote]:
     cuts = [start] + [m.end() - len(m.group().lstrip()) for m in _INNER_DASH.finditer(text, start, end)] + [end]
     out = []
     for a, b in zip(cuts, cuts[1:]):
-        a, b = _trim(text, a, b)
+        a, b = _trim(text, a, _closing_guillemet(text, a, b))
         m = _DASH.match(text, a, b)
         if not m:
             continue
@@ -206,6 +219,12 @@ def _after_incise(text: str, qend: int, para_end: int) -> tuple[int, int] | None
         return None
     found = match_incise(text, pos, para_end)
     return (qend, found[1]) if found else None
+
+
+def _addressed(text: str, start: int, end: int) -> bool:
+    """Whether a quotation over several paragraphs speaks to someone (tu, vous) in its first one."""
+    first = text[start:text.find("\n", start, end) if "\n" in text[start:end] else end]
+    return SECOND_PERSON.search(first) is not None
 
 
 def _introduced(text: str, start: int) -> bool:
@@ -243,7 +262,7 @@ class _Guillemets:
                     self._add(inner, p + 1, b, closed=True)
             elif self.depth == 1:
                 self.depth = 0
-                if not self.multi or _introduced(text, self.start):
+                if not self.multi or _introduced(text, self.start) or _addressed(text, self.start, p):
                     self._add(self.start, p + 1, b, closed=True)
         if self.depth and not next_opens:
             # « opens a dialogue whose next replies come with dashes: keep the first reply

@@ -43,21 +43,24 @@ PRONOUNS = {"il": "m", "ils": "m", "elle": "f", "elles": "f", "je": "1", "j'": "
             "tu": None, "vous": None, "lui": "m", "moi": "1"}
 _CLITICS = {"lui", "leur", "me", "m'", "te", "t'", "nous", "vous", "se", "s'", "en", "y", "le",
             "la", "les", "l'", "ne", "n'"}
-_DETS_M = {"le", "un", "ce", "cet", "mon", "ton", "du", "au", "monsieur", "m.", "mm.", "messieurs",
-           "maître", "oncle", "père", "frère", "sieur", "lord", "sir", "don", "monseigneur", "abbé"}
-_DETS_F = {"la", "une", "cette", "ma", "ta", "madame", "mme", "mlle", "mademoiselle", "tante",
-           "mère", "sœur", "dame", "lady", "dona", "mesdames"}
+_DETS_M = {"le", "un", "ce", "cet", "mon", "ton", "du", "au"}
+_DETS_F = {"la", "une", "cette", "ma", "ta"}
+# Titles are the head of their noun phrase ("monsieur", "M. Morrel") but tell the gender.
+_TITLES_M = {"monsieur", "m.", "mm.", "messieurs", "maître", "oncle", "père", "frère", "sieur", "lord",
+             "sir", "don", "monseigneur", "abbé", "comte", "baron", "marquis", "duc", "prince", "roi"}
+_TITLES_F = {"madame", "mme", "mlle", "mademoiselle", "tante", "mère", "sœur", "dame", "lady", "dona",
+             "mesdames", "comtesse", "baronne", "marquise", "duchesse", "princesse", "reine"}
 _DETS = _DETS_M | _DETS_F | {"l'", "les", "des", "ces", "mes", "tes", "ses", "son", "sa", "notre",
                              "nos", "votre", "vos", "leur", "leurs", "chaque", "quelques", "deux",
                              "trois", "plusieurs", "aucun", "aucune", "tous", "toutes", "tout",
-                             "toute", "quelqu'un", "celui", "celle", "ceux", "mme.", "mlle."}
+                             "toute", "celui", "celle", "ceux"}
 # Capitalised words that start sentences but never name anyone.
 _FUNCTION = set("""mais et ou donc or ni car alors puis ensuite enfin soudain tout toute tous
 toutes quand lorsque comme si cependant pourtant aussitôt bientôt déjà ainsi après avant dès
 depuis pendant voici voilà oui non ah oh eh hé hélas ô au aux à a en dans sur sous pour par
 avec sans chez vers pourquoi comment où que qui quoi quel quelle c' ce cela ça ceci il elle
 ils elles je j' nous vous tu on là ici d' de du des un une le la les l' y dieu seigneur
-monsieur madame mademoiselle puisque parce ensemble encore jamais toujours demain hier""".split())
+puisque parce ensemble encore jamais toujours demain hier""".split())
 _ADVERBS = set("""enfin alors encore aussitôt ensuite puis tout bas haut doucement bien déjà
 toujours ainsi soudain donc même aussi lentement vivement froidement gravement tristement
 simplement tranquillement brusquement naïvement timidement""".split())
@@ -114,8 +117,14 @@ def noun_phrase(toks, i: int, subject: bool = False, partitive: bool = False) ->
     if low in _SUBJECT_PRONOUNS:
         return Mention(toks[i][0], toks[i][1], toks[i][2], PRONOUNS.get(low), True), i + 1
     if low in ("l'", "quelqu'") and i + 1 < n and _low(toks[i + 1][0]) in ("un", "une", "autre"):
-        gender = {"un": "m", "une": "f"}.get(_low(toks[i + 1][0])) if low == "l'" else None
-        return Mention("", toks[i][1], toks[i + 1][2], gender, True), i + 2
+        k = i + 2
+        if k < n and toks[k][0][:1].isalpha() and _low(toks[k][0]) not in {"d'", "de", "des"} | _CLITICS:
+            pass  # "l'autre monsieur": a noun phrase, read below
+        else:
+            if k + 1 < n and _low(toks[k][0]) in ("d'", "de") and _low(toks[k + 1][0]) in ("eux", "elles", "entre"):
+                k += 2
+            gender = {"un": "m", "une": "f"}.get(_low(toks[i + 1][0])) if low == "l'" else None
+            return Mention("", toks[i][1], toks[k - 1][2], gender, True), k
     j, gender = (i + 1 if partitive else i), None
     if low in ("tous", "toutes") and i + 1 < n and _low(toks[i + 1][0]) in _DETS:
         j += 1
@@ -123,8 +132,11 @@ def noun_phrase(toks, i: int, subject: bool = False, partitive: bool = False) ->
         d = _low(toks[j][0])
         gender = gender or ("m" if d in _DETS_M else "f" if d in _DETS_F else None)
         j += 1
-    if j >= n or not toks[j][0][:1].isalpha() or j == i and not _is_cap(toks[i][0]) and not partitive:
+    if j >= n or not toks[j][0][:1].isalpha() or j == i and not (
+            _is_cap(toks[i][0]) or partitive or low in _TITLES_M | _TITLES_F):
         return None
+    head = _low(toks[j][0])
+    gender = gender or ("m" if head in _TITLES_M else "f" if head in _TITLES_F else None)
     k, lowers = j, 0
     while k < n:
         t, lw = toks[k][0], _low(toks[k][0])
@@ -256,19 +268,33 @@ _PERSON = re.compile(r"\b(?:je|tu|vous|nous|mon|ma|mes|ton|ta|tes|votre|vos|notr
                      r"\b[jmt]['’]", re.I)
 
 
-def looks_narrative(sentence: str) -> bool:
-    """Whether a sentence inside a dash paragraph is the narrator's, not the speaker's: a 3rd-person
-    passé simple ("il tomba", "ils dirent") and no 1st/2nd person, "?" or "!"."""
+SECOND_PERSON = re.compile(r"\b(?:tu|vous|ton|ta|tes|votre|vos|toi|te)\b|\bt['’]", re.I)
+_IMPERFECT = re.compile(r"\b[^\W\d_]{2,}(?<![rf])(?:ait|aient)\b", re.I)
+
+
+def looks_narrative(sentence: str, after_incise: bool = False) -> bool:
+    """Whether a sentence inside a dash paragraph is the narrator's, not the speaker's: no 1st/2nd
+    person, "?" or "!", and a 3rd-person passé simple ("il tomba", "ils dirent"); right after an
+    incise ("..., répliqua Bouvard. Ceux de Pécuchet étaient...") an imperfect is enough."""
     if re.search(r"[?!]", sentence) or _PERSON.search(sentence):
         return False
-    if _NARRATIVE_VERB.search(sentence):
+    if _NARRATIVE_VERB.search(sentence) or after_incise and _IMPERFECT.search(sentence):
         return True
-    subject = clause_subject(sentence, 0, len(sentence))
+    pairs = _subject_verb_pairs(sentence, tokens(sentence))
+    subject = pairs[0][0] if pairs else None
     if subject is None or subject.pronoun:
         return False
     rest = re.match(r"\s*,?\s*" + _CLITIC_RE + r"([^\W\d_]+)", sentence[subject.end:])
     return bool(rest) and re.fullmatch(r"[^\W\d_]{2,}(?:a|èrent|irent|urent)|" + "|".join(_PASSE_SIMPLE),
                                        rest.group(1)) is not None and not rest.group(1).endswith("ra")
+
+
+def _apposition(chunk: str, source: str, after: int) -> bool:
+    """", le chanteur le plus célèbre de la troupe." after an incise's subject: a verbless noun
+    phrase closing the sentence describes the speaker."""
+    toks = tokens(chunk)
+    return (after < len(source) and source[after] == "." and bool(toks) and _low(toks[0][0]) in _DETS
+            and not any(_verb_like(t) for t, _, _ in toks))
 
 
 def _incise_end(source: str, pos: int, limit: int) -> int:
@@ -279,7 +305,9 @@ def _incise_end(source: str, pos: int, limit: int) -> int:
         c = source[p]
         if c in ",;":
             chunk = re.match(r"[^,;.!?…»:]*", source[p + 1:limit]).group()
-            if (continued or _CONTINUE.match(chunk)) and not _PERSON.search(chunk) and chunk.strip():
+            opener = _CONTINUE.match(chunk) or _apposition(chunk, source, p + 1 + len(chunk))
+            if chunk.strip() and (opener and not SECOND_PERSON.search(chunk)
+                                  or continued and not _PERSON.search(chunk)):
                 continued = True
                 p += 1
                 continue
@@ -303,33 +331,61 @@ def last_clause(source: str, start: int, end: int) -> tuple[int, int]:
     return start + cut, start + len(seg)
 
 
-def clause_subject(source: str, start: int, end: int) -> Mention | None:
-    """The grammatical subject of a narrative clause: the first noun phrase or pronoun followed,
-    past an optional comma-delimited insert, by clitics and a verb ("La fille, exaspérée, lui cria")."""
-    toks = tokens(source[start:end], start)
-    fallback = None
+_TIME_NOUNS = set("""jour jours lendemain veille soir soirs matin matins moment instant fois nuit heure
+heures minute minutes semaine mois an ans année temps midi minuit printemps été automne hiver
+dimanche lundi mardi mercredi jeudi vendredi samedi""".split())
+
+
+def _skip_clitics(toks, k: int) -> int:
+    while k < len(toks) and _low(toks[k][0]) in _CLITICS:
+        k += 1
+    return k
+
+
+def _skip_inserts(toks, j: int) -> int:
+    """Past up to three comma-delimited inserts after a subject (", exaspérée,") when a verb follows."""
+    k = j
+    for _ in range(3):
+        k = next((x for x in range(k + 1, min(len(toks), k + 21)) if toks[x][0] == ","), None)
+        if k is None:
+            return j
+        nxt = _skip_clitics(toks, k + 1)
+        if nxt < len(toks) and _verb_like(toks[nxt][0]):
+            return k + 1
+    return j
+
+
+def _subject_verb_pairs(source: str, toks) -> list[tuple[Mention, bool]]:
+    """(subject, its verb is a speech verb) for each noun phrase or pronoun followed, past
+    comma-delimited inserts, "qui" and clitics, by a verb: "La fille, exaspérée, lui cria"."""
+    pairs = []
     for i in range(len(toks)):
         found = noun_phrase(toks, i, subject=True)
         if not found:
             continue
         mention, j = found
+        if _low(source[mention.start:mention.end].split()[-1]) in _TIME_NOUNS:
+            continue
         if j < len(toks) and toks[j][0] == "," and not mention.pronoun:
-            k = j + 1
-            while k < len(toks) and toks[k][0] != "," and k - j < 12:
-                k += 1
-            j = k + 1 if k < len(toks) else j
+            j = _skip_inserts(toks, j)
         if j < len(toks) and _low(toks[j][0]) == "qui":
             j += 1
         while j < len(toks) and _low(toks[j][0]) in _CLITICS:
             j += 1
         if j < len(toks) and _verb_like(toks[j][0]):
-            m = _with_text(mention, source)
-            if _low(toks[j][0]) in SPEECH_FORMS:
-                return m
-            fallback = fallback or m
-    return fallback
+            pairs.append((_with_text(mention, source), _low(toks[j][0]) in SPEECH_FORMS))
+    return pairs
 
 
+def clause_subject(source: str, start: int, end: int) -> Mention | None:
+    """The subject of the narrative clause that introduces a reply: the one of a speech verb if
+    any ("Leurs mains étaient jointes, quand Bouvard dit :"), else the last one before the end."""
+    pairs = _subject_verb_pairs(source, tokens(source[start:end], start))
+    speech = [m for m, is_speech in pairs if is_speech]
+    return speech[-1] if speech else pairs[-1][0] if pairs else None
+
+
+@lru_cache(maxsize=65536)
 def normalise_speaker(name: str) -> str:
     """Case-, accent-, apostrophe- and hyphen-insensitive form of a name ("Monte-Cristo" -> "monte cristo")."""
     s = unicodedata.normalize("NFKD", name.replace("’", "'").replace("œ", "oe").replace("Œ", "Oe"))
@@ -368,7 +424,7 @@ def name_genders(source: str) -> dict[str, str]:
     whose subject is the name, and titles ("madame Rose", "M. Morrel")."""
     votes: dict[str, list[int]] = {}
     prev = None
-    for m in re.finditer(r"(?:^|(?<=[.!?…]\s)|(?<=\n))\s*([A-ZÀ-Ý][\w'’-]*)(?:\s+([A-ZÀ-Ý][\w-]*))?", source):
+    for m in re.finditer(r"(?:[.!?…][ \t]+|\n[ \t]*)([A-ZÀ-Ý][\w'’-]*)", source):
         first = m.group(1)
         if first in ("Il", "Elle") and prev:
             votes.setdefault(prev, [0, 0])[first == "Elle"] += 1
@@ -386,7 +442,7 @@ _WINDOW = 3000  # characters back in which a pronoun looks for its antecedent
 
 def _subjects(source: str, start: int, end: int, last: int = 3) -> list[Mention]:
     """Subjects of the last few sentences of a narrative stretch, in text order."""
-    spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(source, start, end)][-last:]
+    spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(source, max(start, end - 600), end)][-last:]
     found = (clause_subject(source, a, b) for a, b in spans)
     return [m for m in found if m is not None and not m.pronoun]
 
@@ -396,6 +452,17 @@ def _gender(m: Mention, genders: dict[str, str]) -> str | None:
         return m.gender
     words = normalise_speaker(m.text).split()
     return genders.get(words[-1]) if words else None
+
+
+def _introducer(source: str, start: int, end: int) -> Mention | None:
+    """Subject of the narration just before a reply: its last clause, else its last sentence."""
+    a, b = last_clause(source, start, end)
+    m = clause_subject(source, a, b) if b > a else None
+    if m is None:
+        sent = [x.start() for x in re.finditer(r"[.!?…]+\s+", source[start:b])]
+        a2 = start + (sent[-1] if sent else 0)
+        m = clause_subject(source, a2, b) if a2 < a else None
+    return m
 
 
 class _Attributor:
@@ -441,12 +508,11 @@ class _Attributor:
         pi = self.para_of(q.start)
         pa = self.paras[pi][0]
         if src[max(pa, gap_start):q.start].strip(" \t\u00a0\r\n«"):
-            a, b = last_clause(src, max(pa, gap_start), q.start)
-            m = clause_subject(src, a, b) if b > a else None
+            m = _introducer(src, max(pa, gap_start), q.start)
             return ("before", m) if m else (None, None)
         if pi > 0 and gap_start <= self.paras[pi - 1][0]:
-            a, b = last_clause(src, *self.paras[pi - 1])
-            m = clause_subject(src, a, b) if b > a else None
+            pa, pb = self.paras[pi - 1]
+            m = _introducer(src, pa, pb)
             if m:
                 return "previous", m
         return None, None
@@ -475,6 +541,7 @@ class _Attributor:
                 self.recent.append(speaker)
             if speaker is not None:
                 self.run.append(speaker)
+            del self.recent[:-100], self.run[:-20]  # only the recent past matters
             out.append(dataclasses.replace(
                 q, speaker=speaker.text if speaker else None,
                 speaker_start=speaker.start if speaker else None,
