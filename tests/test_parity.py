@@ -123,3 +123,14 @@ def test_parity_command(tiny_model_dir, tiny_gguf, minus_1000_gguf, tmp_path):
     assert "parity PASSED (f16)" in ok.output and json.loads(out.read_text())["passed"] is True
     bad = CliRunner().invoke(main, args + ["--gguf", str(minus_1000_gguf)])
     assert bad.exit_code == 1 and "parity FAILED" in bad.output and "Traceback" not in bad.output
+
+
+def test_missing_or_broken_gguf_is_a_clear_error(reference, tmp_path):
+    from dantes_mlx.errors import ModelError
+
+    with pytest.raises(ModelError, match="not found"):
+        check_parity(reference, tmp_path / "absent.gguf")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    with pytest.raises(ModelError, match="broken.gguf"):
+        check_parity(reference, broken)

@@ -90,15 +90,24 @@ class MLXReference:
     def logits(self, token_ids: list[int]) -> np.ndarray:
         import mlx.core as mx
 
+        if self.model is None:
+            raise RuntimeError("this MLXReference was released; load a new one")
         out = self.model(mx.array([token_ids]))[0].astype(mx.float32)
         return np.array(out)
+
+    def release(self) -> None:
+        """Free the model's memory (tokenizer and chat template stay usable)."""
+        import mlx.core as mx
+
+        self.model = None
+        mx.clear_cache()
 
 
 class GGUFRunner:
     """llama.cpp (llama-cpp-python) over a GGUF, optionally with a GGUF LoRA adapter applied."""
 
     def __init__(self, gguf_path: str | Path, lora_path: str | Path | None = None,
-                 n_ctx: int = 2048, lora_scale: float = 1.0):
+                 n_ctx: int = 2048, lora_scale: float = 1.0, n_gpu_layers: int = -1):
         try:
             import llama_cpp
         except ImportError as exc:
@@ -109,6 +118,7 @@ class GGUFRunner:
         try:
             self.llm = llama_cpp.Llama(str(gguf_path), lora_path=str(lora_path) if lora_path else None,
                                        lora_scale=lora_scale, logits_all=True, n_ctx=n_ctx,
+                                       n_gpu_layers=n_gpu_layers,
                                        n_batch=min(n_ctx, 512), seed=0, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"llama.cpp could not load it: {exc}", path=lora_path or gguf_path,
@@ -194,7 +204,13 @@ def gguf_quantization(gguf_path: str | Path) -> str:
 
     from dantes_mlx.export.gguf import QUANT_TYPES
 
-    reader = gguf.GGUFReader(str(gguf_path))
+    if not Path(gguf_path).is_file():
+        raise ModelError("GGUF file not found", path=gguf_path, fix="run `dantes-mlx export` first")
+    try:
+        reader = gguf.GGUFReader(str(gguf_path))
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"not a readable GGUF file ({exc})", path=gguf_path,
+                         fix="re-export it; the file may be truncated") from exc
     ftype = reader.fields.get("general.file_type")
     if ftype is None:
         raise ModelError("the GGUF has no general.file_type", path=gguf_path,
@@ -255,24 +271,31 @@ def _named(prompts: Sequence) -> list[tuple[str, Messages]]:
 
 def check_parity(reference: Reference, gguf_path: str | Path, lora_path: str | Path | None = None,
                  prompts: Sequence | None = None, quantization: str | None = None,
-                 enforce: bool = True, runner: GGUFRunner | None = None) -> ParityReport:
+                 enforce: bool = True, runner: GGUFRunner | None = None,
+                 release_reference: bool = False) -> ParityReport:
     """Compare `reference` with the GGUF (+ optional GGUF LoRA) run by llama.cpp.
 
     `prompts`: conversations (lists of messages), plain user questions, or (name, messages) pairs;
     default: the module's fixed French prompts. `quantization` defaults to the GGUF's file type.
     Raises ParityError when `enforce` and the GGUF fails; otherwise returns the report either way.
+    `release_reference` frees the reference model (MLXReference.release) once its logits are known.
     """
     quantization = (quantization or gguf_quantization(gguf_path)).lower()
     limits = thresholds_for(quantization)
     named = _named(prompts if prompts is not None else default_prompts())
     rendered = [(name, reference.render(messages)) for name, messages in named]
     ref_ids = [reference.encode(text) for _, text in rendered]
+    # All reference logits first: with release_reference the MLX model is freed before llama.cpp
+    # loads the GGUF, so a 7B reference and a 7B GGUF never sit in memory together.
+    ref_all = [reference.logits(ids) for ids in ref_ids]
+    if release_reference and hasattr(reference, "release"):
+        reference.release()
     if runner is None:
         runner = GGUFRunner(gguf_path, lora_path, n_ctx=max(512, max(map(len, ref_ids)) + 16))
     rows, agree_all, strict_all, kl_all, failures = [], [], [], [], []
-    for (name, text), ids in zip(rendered, ref_ids):
+    for (name, text), ids, ref_logits in zip(rendered, ref_ids, ref_all):
         got_ids = runner.encode(text)
-        ref_logits, got_logits = reference.logits(ids), runner.logits(ids)
+        got_logits = runner.logits(ids)
         if ref_logits.shape != got_logits.shape:
             raise ParityError(f"vocabulary sizes differ: reference {ref_logits.shape[-1]}, GGUF "
                               f"{got_logits.shape[-1]}", path=gguf_path,
@@ -335,4 +358,4 @@ def run_parity(model: str | Path, gguf_path: str | Path, *, adapter: str | Path 
     """The `dantes-mlx parity` stage: MLX model (+ adapter) against a GGUF (+ GGUF LoRA)."""
     prompts = load_prompts(prompts_file) if prompts_file else default_prompts(system)
     return check_parity(MLXReference(model, adapter), gguf_path, lora_path, prompts=prompts,
-                        quantization=quantization, enforce=enforce)
+                        quantization=quantization, enforce=enforce, release_reference=True)
