@@ -166,6 +166,10 @@ class TrainConfig:
     steps_per_eval: int = setting(100, "Steps between validation-loss reports.")
     save_every: int = setting(100, "Steps between adapter checkpoints.")
     val_batches: int = setting(25, "Validation batches per evaluation (-1: the whole set).")
+    optimizer: str = setting("adam", "adam, adamw, sgd or adafactor (mlx); a plugin may accept others "
+                                     "(e.g. adamw_8bit).")
+    quantize_base: int = setting(0, "Quantize the base to 4 or 8 bits in memory before training (QLoRA); "
+                                    "0 keeps it as stored (an MLX 4-bit repo is already QLoRA).")
 
 
 @dataclass

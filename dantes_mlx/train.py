@@ -1,0 +1,281 @@
+"""Training stage, backend-agnostic: base-model download, dataset checks, metrics, loss plot, resume state."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dantes_mlx.errors import ConfigError, InputError, ModelError
+from dantes_mlx.store import read_jsonl, write_jsonl_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from dantes_mlx.backends import TrainResult
+    from dantes_mlx.config import TrainConfig
+
+# What a training run needs from a model repo: configs, weights, tokenizer (no custom code: we never
+# trust remote code, and no .bin/.pth duplicates).
+MODEL_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "tiktoken.model",
+                  "*.txt", "*.jsonl", "*.jinja"]
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+STATE_FILE = "train_state.json"
+CONFIG_FILE = "train_config.yaml"
+TEMPLATE_FILE = "chat_template.jinja"
+# Settings that change the adapter's shape: a resumed run must keep them.
+SHAPE_SETTINGS = ("base_model", "fine_tune_type", "rank", "num_layers", "target_modules", "quantize_base")
+
+
+# ---------------------------------------------------------------- base model
+def resolve_model(base: str, allow_patterns: list[str] | None = None) -> Path:
+    """A local model folder: `base` itself when it is a folder, else a Hugging Face download."""
+    path = Path(base).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError("not a model folder (no config.json)", path=path,
+                             fix="point train.base_model at a Hugging Face model folder or repo id")
+        return path
+    if path.exists() or base.startswith((".", "/", "~")) or base.count("/") != 1:
+        raise ModelError(f"model folder not found and '{base}' is not a Hugging Face repo id",
+                         path=base, fix="use a local folder or an id like mlx-community/Mistral-7B-Instruct-v0.3-4bit")
+    return Path(_download(base, allow_patterns or MODEL_PATTERNS))
+
+
+def _download(repo_id: str, allow_patterns: list[str]) -> str:
+    """snapshot_download with errors that say what to do (licence click-through, login, offline)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+
+    url = f"https://huggingface.co/{repo_id}"
+    gated_fix = (f"open {url} while logged in, accept the licence (click-through), then run "
+                 "`hf auth login` (or set HF_TOKEN) on this machine and retry")
+    try:
+        print(f"Downloading {repo_id} from Hugging Face (cached after the first time)...", file=sys.stderr)
+        return snapshot_download(repo_id, allow_patterns=allow_patterns)
+    except GatedRepoError as exc:
+        raise ModelError(f"'{repo_id}' is a gated repo: access refused until its licence is accepted",
+                         path=url, fix=gated_fix) from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelError(f"repo '{repo_id}' not found (or private)", path=url,
+                         fix="check the id; for a private repo run `hf auth login`") from exc
+    except LocalEntryNotFoundError as exc:
+        raise ModelError(f"cannot download '{repo_id}': no connection and it is not in the local cache",
+                         path=url, fix="connect once to download it, or set train.base_model to a local folder") from exc
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise ModelError(f"Hugging Face refused '{repo_id}' (HTTP {status})", path=url, fix=gated_fix) from exc
+        raise ModelError(f"download of '{repo_id}' failed: {exc}", path=url, fix="retry; check your connection") from exc
+
+
+# ---------------------------------------------------------------- dataset
+@dataclass
+class DatasetInfo:
+    """The prepared dataset a run trains on."""
+    format: str              # chat, completions or text (mlx-lm's formats)
+    train: list[dict]
+    valid: list[dict]
+
+
+def row_format(row: dict, path: Path, line: int) -> str:
+    """mlx-lm's format of one row, or InputError naming file:line."""
+    if isinstance(row.get("messages"), list):
+        return "chat"
+    if "prompt" in row and "completion" in row:
+        return "completions"
+    if isinstance(row.get("text"), str):
+        return "text"
+    raise InputError("row is neither chat ({'messages': [...]}), completions ({'prompt', 'completion'}) "
+                     "nor text ({'text'})", path=path, line=line, fix="rebuild it with `dantes-mlx prepare`")
+
+
+def load_dataset(data_dir: str | Path) -> DatasetInfo:
+    """train.jsonl (required) and valid.jsonl (optional) rows, all in one mlx-lm format."""
+    data_dir = Path(data_dir)
+    train_path = data_dir / "train.jsonl"
+    if not train_path.is_file():
+        raise InputError("no train.jsonl in the dataset folder", path=data_dir,
+                         fix="run `dantes-mlx prepare` or pass --data DIR holding train/valid/test.jsonl")
+    splits, fmt = {}, None
+    for name in ("train", "valid"):
+        path, rows = data_dir / f"{name}.jsonl", []
+        for line, row in (read_jsonl(path) if path.is_file() else ()):
+            this = row_format(row, path, line)
+            if fmt is not None and this != fmt:
+                raise InputError(f"{this} row in a {fmt} dataset", path=path, line=line,
+                                 fix="use one format for every row (see `dantes-mlx validate`)")
+            fmt = this
+            rows.append(row)
+        splits[name] = rows
+    if not splits["train"]:
+        raise InputError("train.jsonl is empty", path=train_path, fix="run `dantes-mlx prepare` again")
+    return DatasetInfo(fmt, splits["train"], splits["valid"])
+
+
+def resolve_iters(cfg: "TrainConfig", n_train: int) -> int:
+    """Training steps: `iters`, or `epochs` full passes over train.jsonl (one step = one batch)."""
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {cfg.batch_size}", path="train.batch_size",
+                          fix="set batch_size to 1 or more")
+    if n_train < cfg.batch_size:
+        raise ConfigError(f"train.jsonl has {n_train} rows, fewer than batch_size={cfg.batch_size}",
+                          path="train.batch_size", fix=f"set batch_size to {n_train} or less, or add data")
+    if cfg.epochs > 0:
+        return cfg.epochs * (n_train // cfg.batch_size)
+    if cfg.iters < 1:
+        raise ConfigError(f"iters must be positive, got {cfg.iters}", path="train.iters",
+                          fix="set iters > 0 or epochs > 0")
+    return cfg.iters
+
+
+# ---------------------------------------------------------------- metrics, plot, resolved config
+class MetricsLog:
+    """metrics.jsonl: one JSON object per train or validation report, appended as training goes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+
+    def rows(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [row for _, row in read_jsonl(self.path)]
+
+    def keep_until(self, step: int) -> None:
+        """Drop reports after `step` (written after the checkpoint a resumed run starts from)."""
+        if self.path.is_file():
+            write_jsonl_atomic(self.path, [r for r in self.rows() if r.get("step", 0) <= step])
+
+    def last(self, key: str):
+        values = [r[key] for r in self.rows() if r.get(key) is not None]
+        return values[-1] if values else None
+
+
+def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path:
+    """Render train and validation loss against step to a PNG (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = MetricsLog(metrics_path).rows()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key, label, style in (("train_loss", "train", "-"), ("val_loss", "valid", "o--")):
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "training loss")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(png_path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def write_resolved_config(cfg: "TrainConfig", adapter_dir: Path, **extra) -> Path:
+    """train_config.yaml: every setting the run used (after defaults < YAML < flags) plus what it derived."""
+    import yaml
+
+    data = {"train": dataclasses.asdict(cfg), "derived": extra}
+    path = Path(adapter_dir) / CONFIG_FILE
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def write_chat_template(template: str | None, adapter_dir: Path) -> Path | None:
+    """The tokenizer's chat template next to the adapter (export and chat use the same one)."""
+    if not template:
+        return None
+    path = Path(adapter_dir) / TEMPLATE_FILE
+    write_text_atomic(path, template)
+    return path
+
+
+# ---------------------------------------------------------------- resume state
+def checkpoint_name(step: int) -> str:
+    """mlx-lm's numbered checkpoint file name."""
+    return f"{step:07d}_adapters.safetensors"
+
+
+def read_state(adapter_dir: Path, cfg: "TrainConfig") -> dict:
+    """The state a --resume continues from; errors when absent or when shape settings changed."""
+    path = Path(adapter_dir) / STATE_FILE
+    if not path.is_file():
+        raise ConfigError("nothing to resume: no checkpoint state", path=path,
+                          fix="run without --resume to start training from scratch")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno,
+                         fix="delete the file and train without --resume") from exc
+    saved = state.get("config", {})
+    for key in SHAPE_SETTINGS:
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise ConfigError(f"--resume with {key}={getattr(cfg, key)!r}, but the checkpoint was trained "
+                              f"with {saved[key]!r}", path=path,
+                              fix=f"keep {key}={saved[key]!r} or train without --resume")
+    if not (Path(adapter_dir) / state["checkpoint"]).is_file():
+        raise ConfigError(f"checkpoint {state['checkpoint']} is missing", path=path,
+                          fix="train without --resume")
+    return state
+
+
+def write_state(adapter_dir: Path, cfg: "TrainConfig", step: int, iters: int, checkpoint: str) -> None:
+    """Record the last complete checkpoint (written after the checkpoint file itself)."""
+    state = {"step": step, "iters": iters, "checkpoint": checkpoint, "config": dataclasses.asdict(cfg)}
+    write_text_atomic(Path(adapter_dir) / STATE_FILE, json.dumps(state, indent=2, ensure_ascii=False))
+
+
+def clear_run_outputs(adapter_dir: Path) -> None:
+    """Remove what a previous run left (our files only), so a fresh run does not mix with it."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        return
+    for child in adapter_dir.iterdir():
+        ours = child.name in (METRICS_FILE, PLOT_FILE, STATE_FILE, "optimizer.safetensors")
+        if ours or re.fullmatch(r"\d{7}_adapters\.safetensors", child.name):
+            child.unlink()
+
+
+# ---------------------------------------------------------------- the stage
+def train(cfg: "TrainConfig", data_dir: str | Path, adapter_dir: str | Path, resume: bool = False,
+          warn=lambda message: print(f"warning: {message}", file=sys.stderr)) -> "TrainResult":
+    """Pick the backend cfg.backend names (or auto), check the settings against it, and train."""
+    from dantes_mlx.backends import get_backend
+
+    backend, warning = get_backend(cfg.backend)
+    if warning:
+        warn(warning)
+    backend.check(cfg)
+    adapter_dir = Path(adapter_dir)
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    return backend.train(cfg, Path(data_dir), adapter_dir, resume=resume)
+
+
+def summary(result: "TrainResult") -> str:
+    """Human summary of a finished run."""
+    parts = [f"backend {result.backend}", f"{result.steps} steps"]
+    for label, value, fmt in (("train loss", result.train_loss, ".3f"), ("valid loss", result.val_loss, ".3f"),
+                              ("tokens/s", result.tokens_per_sec, ".0f"),
+                              ("peak memory GB", result.peak_memory_gb, ".2f")):
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            parts.append(f"{label} {value:{fmt}}")
+    lines = [", ".join(parts)] + [f"  {role}: {path}" for role, path in result.files.items()]
+    return "\n".join(lines)

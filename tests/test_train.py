@@ -1,0 +1,267 @@
+"""Training stage: mlx backend on the tiny real model (LoRA, DoRA, full, QLoRA), resume, metrics, errors.
+
+In-process, no network: the tiny Mistral comes from the `tiny_model_dir` fixture; datasets are written here.
+Run: /work/venv/bin/python -m pytest tests/test_train.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dantes_mlx.backends.mlx_backend import MLXBackend
+from dantes_mlx.cli import main
+from dantes_mlx.config import TrainConfig
+from dantes_mlx.errors import ConfigError, DantesError, InputError, ModelError
+from dantes_mlx.train import MetricsLog, load_dataset, resolve_iters, resolve_model, train
+
+QA = [("Qui êtes-vous ?", "Je suis Edmond Dantès, marin de Marseille."),
+      ("D'où venez-vous ?", "Je viens du château d'If, où j'ai souffert."),
+      ("Que voulez-vous ?", "Je veux la justice, et rien d'autre."),
+      ("Où étiez-vous ?", "J'étais en prison pendant quatorze ans.")]
+
+
+def write_chat_dataset(folder: Path, n_train: int = 16, n_valid: int = 8) -> Path:
+    """A small, repetitive chat dataset in `dantes-mlx prepare`'s layout (extra keys included)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("valid", n_valid), ("test", 4)):
+        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+            for i in range(n):
+                q, a = QA[i % len(QA)]
+                row = {"messages": [{"role": "system", "content": "Tu es Edmond Dantès."},
+                                    {"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                       "source_id": f"c{i % len(QA)}"}
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return folder
+
+
+def tiny_cfg(model_dir: Path, **kw) -> TrainConfig:
+    """Settings sized for the tiny model: all layers, high learning rate, frequent reports."""
+    base = dict(backend="mlx", base_model=str(model_dir), num_layers=-1, iters=20, learning_rate=1e-3,
+                batch_size=4, warmup_steps=0, dropout=0.0, steps_per_report=5, steps_per_eval=10,
+                save_every=10, val_batches=2, lr_schedule="constant")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_chat_dataset(tmp_path_factory.mktemp("data") / "dataset")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, dataset, tmp_path_factory):
+    """One 20-step LoRA run shared by the tests that inspect its outputs."""
+    out = tmp_path_factory.mktemp("lora") / "adapters"
+    cfg = tiny_cfg(tiny_model_dir)
+    return cfg, out, train(cfg, dataset, out)
+
+
+# ---------------------------------------------------------------- fast: settings and data
+def test_unsupported_setting_names_setting_and_backend():
+    for bad in (dict(optimizer="adamw_8bit"), dict(fine_tune_type="ia3"), dict(lr_schedule="polynomial"),
+                dict(grad_accumulation=3, save_every=10)):
+        with pytest.raises(ConfigError) as err:
+            MLXBackend().check(TrainConfig(**bad))
+        setting = next(iter(bad)) if "save_every" not in bad else "save_every"
+        assert setting in str(err.value) and "'mlx'" in str(err.value)
+
+
+def test_epochs_to_iters_and_batch_bounds():
+    assert resolve_iters(TrainConfig(epochs=3, batch_size=4), n_train=10) == 6
+    assert resolve_iters(TrainConfig(iters=7, epochs=0), n_train=10) == 7
+    with pytest.raises(ConfigError, match="fewer than batch_size"):
+        resolve_iters(TrainConfig(batch_size=8), n_train=5)
+
+
+def test_dataset_errors_name_file_and_line(tmp_path):
+    with pytest.raises(InputError, match="no train.jsonl"):
+        load_dataset(tmp_path)
+    write_chat_dataset(tmp_path, 4, 0)
+    with open(tmp_path / "train.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"question": "x"}) + "\n")
+    with pytest.raises(InputError) as err:
+        load_dataset(tmp_path)
+    assert "train.jsonl:5" in str(err.value)
+
+
+def test_gated_repo_explains_licence_and_login(monkeypatch):
+    import importlib
+
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, Response
+
+    http = importlib.import_module(Response.__module__.split(".")[0])  # httpx or its fork, per hub version
+
+    def refuse(repo_id, **kw):  # what the Hub answers before the licence is accepted
+        url = f"https://huggingface.co/api/models/{repo_id}"
+        response = http.Response(403, request=http.Request("GET", url))
+        raise GatedRepoError("403 Client Error: access to this repo is restricted", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    with pytest.raises(ModelError) as err:
+        resolve_model("mistralai/Mistral-7B-Instruct-v0.3")
+    text = str(err.value)
+    assert "gated" in text and "licence" in text and "hf auth login" in text
+    with pytest.raises(ModelError, match="not a Hugging Face repo id"):
+        resolve_model("./no/such/folder")
+
+
+# ---------------------------------------------------------------- slow: real training on the tiny model
+@pytest.mark.slow
+def test_lora_writes_adapter_that_mlx_lm_loads(lora_run, tiny_model_dir):
+    import mlx.core as mx
+    from mlx_lm import load
+
+    cfg, out, result = lora_run
+    for name in ("adapters.safetensors", "adapter_config.json", "train_config.yaml", "chat_template.jinja",
+                 "0000010_adapters.safetensors", "0000020_adapters.safetensors", "train_state.json"):
+        assert (out / name).is_file(), name
+    adapter_cfg = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_cfg["fine_tune_type"] == "lora"
+    assert adapter_cfg["lora_parameters"] == {"rank": 16, "scale": 2.0, "dropout": 0.0,
+                                              "keys": cfg.target_modules}
+    base, tok = load(str(tiny_model_dir))
+    tuned, _ = load(str(tiny_model_dir), adapter_path=str(out))
+    ids = mx.array([tok.encode("Qui êtes-vous ?")])
+    assert not mx.allclose(base(ids), tuned(ids), atol=1e-3).item()
+    assert result.steps == 20 and result.backend == "mlx"
+
+
+@pytest.mark.slow
+def test_loss_falls_and_metrics_and_plot_are_written(lora_run):
+    _, out, result = lora_run
+    rows = MetricsLog(out / "metrics.jsonl").rows()
+    train_rows = [r for r in rows if "train_loss" in r]
+    val_rows = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
+    assert {"lr", "tokens_per_sec", "peak_memory_gb", "trained_tokens"} <= set(train_rows[0])
+    assert train_rows[-1]["train_loss"] < 0.5 * train_rows[0]["train_loss"]
+    assert val_rows[-1]["val_loss"] < 0.5 * val_rows[0]["val_loss"]
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert result.train_loss == train_rows[-1]["train_loss"]
+
+
+@pytest.mark.slow
+def test_resume_continues_from_saved_step(lora_run, tiny_model_dir, dataset, tmp_path, monkeypatch):
+    import mlx.core as mx
+
+    from dantes_mlx.backends.mlx_run import MLXRun
+
+    cfg, full_run, _ = lora_run
+    out = tmp_path / "adapters"
+    original = MLXRun.step_done
+
+    def interrupt_after_first_checkpoint(self, local, optimizer, iters):
+        original(self, local, optimizer, iters)
+        if self.start + local == 10:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MLXRun, "step_done", interrupt_after_first_checkpoint)
+    with pytest.raises(DantesError, match="--resume") as err:
+        train(cfg, dataset, out)
+    assert "step 10" in str(err.value)
+    assert json.loads((out / "train_state.json").read_text())["step"] == 10
+    monkeypatch.setattr(MLXRun, "step_done", original)
+
+    result = train(cfg, dataset, out, resume=True)
+    assert result.steps == 20
+    steps = [r["step"] for r in MetricsLog(out / "metrics.jsonl").rows() if "train_loss" in r]
+    assert steps == [5, 10, 15, 20]  # reports after the checkpoint were dropped, then continued
+    assert (out / "0000020_adapters.safetensors").is_file()
+    resumed, straight = mx.load(str(out / "adapters.safetensors")), mx.load(str(full_run / "adapters.safetensors"))
+    assert resumed.keys() == straight.keys()
+    for key in straight:  # same data order, optimizer moments and schedule: same weights
+        assert mx.allclose(resumed[key], straight[key], atol=1e-4).item(), key
+    with pytest.raises(ConfigError, match="rank"):
+        train(tiny_cfg(tiny_model_dir, rank=4), dataset, out, resume=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,marker", [("dora", ".m"), ("full", "mlp.down_proj.weight")])
+def test_dora_and_full_run_one_step(kind, marker, tiny_model_dir, dataset, tmp_path):
+    from mlx_lm import load
+
+    out = tmp_path / kind
+    result = train(tiny_cfg(tiny_model_dir, fine_tune_type=kind, iters=1, steps_per_report=1,
+                            val_batches=1), dataset, out)
+    import mlx.core as mx
+
+    keys = mx.load(str(out / "adapters.safetensors")).keys()
+    assert any(k.endswith(marker) for k in keys), sorted(keys)[:5]
+    load(str(tiny_model_dir), adapter_path=str(out))
+    assert result.steps == 1
+
+
+@pytest.mark.slow
+def test_qlora_on_quantized_copy(tiny_model_dir, dataset, tmp_path):
+    import yaml
+    from mlx_lm import convert, load
+
+    quantized = tmp_path / "tiny-4bit"
+    convert(str(tiny_model_dir), str(quantized), quantize=True, q_group_size=64, q_bits=4)
+    out = tmp_path / "qlora"
+    train(tiny_cfg(quantized, iters=1, steps_per_report=1, val_batches=1), dataset, out)
+    derived = yaml.safe_load((out / "train_config.yaml").read_text())["derived"]
+    assert derived["qlora"] is True
+    load(str(quantized), adapter_path=str(out))
+    with pytest.raises(ConfigError, match="already quantized"):
+        train(tiny_cfg(quantized, quantize_base=4, iters=1), dataset, tmp_path / "again")
+
+
+@pytest.mark.slow
+def test_target_modules_matching_nothing_lists_valid_keys(tiny_model_dir, dataset, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        train(tiny_cfg(tiny_model_dir, target_modules=["attention.wq"], iters=1), dataset, tmp_path / "a")
+    assert "self_attn.q_proj" in str(err.value) and "target_modules" in str(err.value)
+
+
+@pytest.mark.slow
+def test_train_command_with_epochs(tiny_model_dir, dataset, tmp_path):
+    out = tmp_path / "adapters"
+    result = CliRunner().invoke(main, [
+        "train", "--data", str(dataset), "--adapter-path", str(out), "--backend", "mlx",
+        "--base-model", str(tiny_model_dir), "--num-layers", "-1", "--epochs", "1", "--batch-size", "8",
+        "--target-modules", "self_attn.q_proj,self_attn.v_proj", "--steps-per-report", "1",
+        "--val-batches", "1", "--quantize-base", "8", "--no-mask-prompt"])
+    assert result.exit_code == 0, result.output
+    assert "2 steps" in result.output  # 16 rows / batch 8 = 2 steps per epoch
+    adapter_cfg = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_cfg["lora_parameters"]["keys"] == ["self_attn.q_proj", "self_attn.v_proj"]
+    assert adapter_cfg["mask_prompt"] is False and adapter_cfg["quantize_base"] == 8
+
+
+# ---------------------------------------------------------------- distributed (mlx.launch, ring, localhost)
+def _first_losses(out: Path) -> list[float]:
+    return [r["train_loss"] for r in MetricsLog(out / "metrics.jsonl").rows() if "train_loss" in r]
+
+
+@pytest.mark.slow
+def test_two_process_ring_matches_one_process(tiny_model_dir, dataset, tmp_path):
+    """mlx.launch -n 2 (ring backend over localhost): each rank takes half of the batch and mlx-lm's
+    trainer averages gradients, so the losses match one process with the whole batch."""
+    launcher = Path(sys.executable).with_name("mlx.launch")
+    if not launcher.exists():
+        pytest.skip(f"mlx.launch not found next to {sys.executable}")
+    args = ["-m", "dantes_mlx", "train", "--data", str(dataset), "--backend", "mlx",
+            "--base-model", str(tiny_model_dir), "--num-layers", "-1", "--iters", "2", "--batch-size", "8",
+            "--learning-rate", "1e-3", "--lr-schedule", "constant", "--warmup-steps", "0", "--dropout", "0",
+            "--steps-per-report", "1", "--steps-per-eval", "1000", "--val-batches", "1"]
+    single, double = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, *args, "--adapter-path", str(single)], check=True, timeout=300,
+                   capture_output=True)
+    launched = subprocess.run([str(launcher), "-n", "2", "--backend", "ring", "--", sys.executable, *args,
+                               "--adapter-path", str(double)], timeout=300, capture_output=True, text=True)
+    assert launched.returncode == 0 and (double / "metrics.jsonl").is_file(), launched.stderr[-2000:]
+    one, two = _first_losses(single), _first_losses(double)
+    assert len(one) == len(two) == 2
+    assert two == pytest.approx(one, rel=0.03)
+    assert one[-1] < one[0]  # it trained
+    shutil.rmtree(single)
