@@ -548,9 +548,8 @@ def test_tiny_gguf_through_llamacpp_end_to_end(tiny_gguf, tmp_path):
     assert len(stored) == 2 and summary.stats.calls == 2
     for record in stored:
         value = record["value"]
-        # Schema-forced: JSON from a random model. strict=False because llama-cpp-python's schema
-        # converter lets raw control characters into strings (upstream llama.cpp's does not).
-        pairs = json.loads(value["text"], strict=False)["pairs"]
+        # Schema-forced: strict JSON even from a random model (no raw control characters in strings).
+        pairs = json.loads(value["text"])["pairs"]
         assert len(pairs) == 3 and all(set(p) == {"instruction", "response"} for p in pairs)
         assert value["finish_reason"] == "stop"
     second, first = stored[1]["value"], stored[0]["value"]

@@ -46,6 +46,18 @@ def build_messages(system_instructions: str, data: str) -> list[dict]:
     return [{"role": "system", "content": system_instructions}, {"role": "user", "content": data}]
 
 
+def strict_json_gbnf(schema_json: str) -> str:
+    """GBNF for a JSON schema whose strings cannot hold raw control characters.
+
+    llama-cpp-python's converter lets U+0000-U+001F into strings (upstream llama.cpp does not), so
+    a weak model could emit JSON that strict parsers refuse.
+    """
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    gbnf = json_schema_to_gbnf(schema_json)
+    return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+
+
 # -- model files ---------------------------------------------------------------------------------
 def resolve_model_path(spec: str, cache_dir: str | Path | None = None) -> Path:
     """A local GGUF path as is, or 'HF_REPO:FILE.gguf' downloaded (and cached) from the Hugging Face Hub."""
@@ -201,7 +213,7 @@ class LlamaCppClient:
         key = json.dumps(schema, sort_keys=True, ensure_ascii=False)
         if key not in self._grammars:
             try:
-                self._grammars[key] = self._lib.LlamaGrammar.from_json_schema(key, verbose=False)
+                self._grammars[key] = self._lib.LlamaGrammar.from_string(strict_json_gbnf(key), verbose=False)
             except Exception as exc:
                 raise ConfigError(f"llama.cpp cannot turn this JSON schema into a grammar: {exc}",
                                   fix="simplify the schema (types, properties, required, enum, items, "
