@@ -1,0 +1,182 @@
+"""`prepare` end to end: CLI and config, provenance, HF DatasetDict, and a round trip through mlx-lm's loader
+and trainer on the tiny model (tmp files, no network)."""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dantes_mlx.cli import main
+from dantes_mlx.config import DANTES_PERSONA, PrepareConfig
+from dantes_mlx.dataset import prepare, push_hf
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TOPICS = ["la mer", "Marseille", "le château d'If", "l'abbé Faria", "Mercédès", "le trésor", "Paris",
+          "la vengeance", "le pardon", "Danglars", "Fernand", "Villefort", "Haydée", "Albert", "Morrel"]
+
+
+def pairs_file(path: Path, n_citations: int = 15, per_citation: int = 3) -> Path:
+    """Rows as the generate stage writes them: several pairs per citation sharing a source_id."""
+    rows = []
+    for c in range(n_citations):
+        for k in range(per_citation):
+            rows.append({"instruction": f"Question {k} : que vous inspire {TOPICS[c % len(TOPICS)]} ({c}) ?",
+                         "response": f"{TOPICS[(c * 7 + k) % len(TOPICS)].capitalize()} m'a appris la patience et "
+                                     f"la justice, leçon numéro {c * 10 + k} de ma longue captivité.",
+                         "source_id": f"cit-{c:03d}", "citation": f"Citation {c}", "model": "fake",
+                         "prompt_version": "v1"})
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_cli_prepare_with_yaml_defaults_and_flags(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source = pairs_file(tmp_path / "pairs.jsonl")
+    (tmp_path / "dantes.yaml").write_text("prepare:\n  split: 60/20/20\n  seed: 3\n"
+                                          "character:\n  persona: Tu es Edmond.\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["prepare", str(source), "-o", "out", "--tokenizer", "none"])
+    assert result.exit_code == 0, result.output
+    assert "wrote train 27, valid 9, test 9 rows" in result.output and "0 error(s)" in result.output
+    row = read_rows(tmp_path / "out" / "train.jsonl")[0]
+    assert row["messages"][0] == {"role": "system", "content": "Tu es Edmond."}
+    assert row["source_id"].startswith("cit-")
+    flags = CliRunner().invoke(main, ["prepare", str(source), "-o", "out2", "--split", "80/10/10", "--no-system",
+                                      "--format", "completions", "--tokenizer", "none"])
+    assert flags.exit_code == 0, flags.output
+    assert "wrote train 36, valid 6, test 3 rows" in flags.output  # whole citations of 3 rows each
+    assert set(read_rows(tmp_path / "out2" / "valid.jsonl")[0]) == {"prompt", "completion", "source_id"}
+    report = json.loads((tmp_path / "out" / "prepare_report.json").read_text("utf-8"))
+    assert report["counts"] == {"train": 27, "valid": 9, "test": 9}
+
+
+def test_default_input_is_the_generate_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "pairs").mkdir(parents=True)
+    pairs_file(tmp_path / "data" / "pairs" / "pairs.jsonl")
+    (tmp_path / "data" / "pairs" / "pairs.rejects.jsonl").write_text('{"broken": 1}\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["prepare", "--tokenizer", "none"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "dataset" / "train.jsonl").is_file()
+    empty = CliRunner().invoke(main, ["prepare", "--tokenizer", "none", "--config", str(tmp_path / "none.yaml")])
+    assert empty.exit_code == 1 and "config file not found" in empty.output
+
+
+def test_prepare_reports_drops_and_no_source_id_spans_splits(tmp_path):
+    source = pairs_file(tmp_path / "pairs.jsonl")
+    rows = read_rows(source)
+    rows.append(dict(rows[4]))  # exact duplicate
+    rows.append(dict(rows[7], response=rows[7]["response"] + " ")) # same after normalisation
+    rows.append(dict(rows[2], response=""))  # empty answer
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    report = prepare([source], tmp_path / "out", PrepareConfig(split="60/20/20"), DANTES_PERSONA)
+    assert [(where.rsplit(":", 1)[1], reason) for where, reason, _ in report.duplicates] == \
+        [("46", "exact duplicate"), ("47", "exact duplicate")]
+    assert report.invalid == [(f"{source}:48", "empty assistant content at message 1")]
+    assert "dedupe: dropped 2 row(s) (2 exact duplicate)" in report.summary()
+    where: dict[str, set] = {}
+    for split in ("train", "valid", "test"):
+        for row in read_rows(tmp_path / "out" / f"{split}.jsonl"):
+            where.setdefault(row["source_id"], set()).add(split)
+    assert len(where) == 15 and all(len(s) == 1 for s in where.values())
+
+
+def test_empty_split_files_are_not_written(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "test.jsonl").write_text("stale\n", encoding="utf-8")
+    report = prepare([pairs_file(tmp_path / "p.jsonl")], out, PrepareConfig(split="90/10"))
+    assert report.counts["test"] == 0 and not (out / "test.jsonl").exists()
+
+
+def test_save_hf_dataset_dict_to_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    cfg = PrepareConfig(split="60/20/20", save_hf=str(tmp_path / "hf"))
+    report = prepare([FIXTURES / "email_routing.jsonl"], tmp_path / "out", cfg)
+    loaded = datasets.load_from_disk(report.hf_dir)
+    assert set(loaded) == {"train", "valid", "test"}
+    assert sum(len(loaded[s]) for s in loaded) == 54
+    assert set(loaded["train"].column_names) == {"messages", "source_id", "label"}
+    assert loaded["valid"][0]["messages"][-1]["role"] == "assistant"
+
+
+def test_push_to_hub_uses_the_env_token_and_never_prints_it(monkeypatch, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub",
+                        lambda self, repo, **kw: calls.append((repo, kw, {k: len(v) for k, v in self.items()})))
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    report = prepare([FIXTURES / "email_routing.jsonl"], tmp_path / "out",
+                     PrepareConfig(split="60/20/20", hub_repo="me/emails"))
+    assert calls == [("me/emails", {"private": True, "token": "hf_secret_value"},
+                      {"train": 32, "valid": 11, "test": 11})]
+    assert "hf_secret_value" not in report.summary()
+
+    def refuse(self, repo, **kw):
+        raise RuntimeError("401 Unauthorized for token hf_secret_value")
+
+    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", refuse)
+    with pytest.raises(Exception) as err:
+        push_hf({"train": [{"text": "x", "source_id": "1"}]}, "me/emails")
+    assert "hf_secret_value" not in str(err.value) and "hf auth login" in str(err.value)
+
+
+@pytest.mark.slow
+def test_round_trip_through_mlx_lm_loader_and_one_training_step(tmp_path, tiny_model_dir):
+    """prepare -> mlx_lm.tuner.datasets.load_dataset (extra keys ignored) -> one mlx-lm training step."""
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx_lm import load
+    from mlx_lm.tuner import datasets as mlx_datasets
+    from mlx_lm.tuner.callbacks import TrainingCallback
+    from mlx_lm.tuner.trainer import TrainingArgs, train
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from dantes_mlx.validate import load_tokenizer
+
+    hf_tokenizer, _ = load_tokenizer(str(tiny_model_dir))
+    out = tmp_path / "ds"
+    report = prepare([pairs_file(tmp_path / "pairs.jsonl")], out, PrepareConfig(split="60/20/20"),
+                     "Tu es Edmond Dantès.", hf_tokenizer)
+    assert not report.validation.errors and report.validation.token_stats["train"]["max"] < 200
+    assert any("drops a system message" in note for note in report.notes)  # Mistral's template: folded in
+    first = read_rows(out / "train.jsonl")[0]
+    assert first["messages"][0]["content"].startswith("Tu es Edmond Dantès.\n\n") and "source_id" in first
+
+    model, tokenizer = load(str(tiny_model_dir))
+    args = types.SimpleNamespace(data=str(out), train=True, test=True, mask_prompt=True, hf_dataset=False)
+    train_set, valid_set, test_set = mlx_datasets.load_dataset(args, tokenizer)
+    assert type(train_set).__name__ == "ChatDataset" and (len(train_set), len(valid_set), len(test_set)) == (27, 9, 9)
+    tokens, offset = train_set.process(train_set[0])
+    assert 0 < offset < len(tokens) and tokens[-1] == tokenizer.eos_token_id
+    # The other two output formats load through the same code path.
+    for fmt, kind in (("completions", "CompletionsDataset"), ("text", "TextDataset")):
+        prepare([pairs_file(tmp_path / "pairs.jsonl")], tmp_path / fmt, PrepareConfig(format=fmt, system_prompt=False),
+                tokenizer=hf_tokenizer)
+        loaded = mlx_datasets.load_dataset(types.SimpleNamespace(data=str(tmp_path / fmt), train=True, test=False,
+                                                                 mask_prompt=fmt != "text"), tokenizer)[0]
+        assert type(loaded).__name__ == kind and len(loaded.process(loaded[0])[0]) > 5
+
+    mx.random.seed(0)
+    model.freeze()
+    linear_to_lora_layers(model, 2, {"rank": 4, "scale": 2.0, "dropout": 0.0})
+    losses = []
+
+    class Record(TrainingCallback):
+        def on_train_loss_report(self, info):
+            losses.append(info["train_loss"])
+
+    train(model, optim.Adam(learning_rate=1e-3), mlx_datasets.CacheDataset(train_set),
+          mlx_datasets.CacheDataset(valid_set),
+          TrainingArgs(batch_size=2, iters=1, val_batches=1, steps_per_report=1, steps_per_eval=1,
+                       steps_per_save=100, max_seq_length=256, adapter_file=str(tmp_path / "adapters.safetensors")),
+          training_callback=Record())
+    assert len(losses) == 1 and math.isfinite(losses[0]) and losses[0] > 0
