@@ -60,6 +60,18 @@ def test_vocabulary_comes_from_sentencepiece(tiny_gguf, tiny_model_dir):
     assert types[5:261] == [BYTE] * 256 and set(types[261:]) == {NORMAL}
     assert fields["tokenizer.ggml.model"].contents() == "llama"
     assert fields["tokenizer.ggml.add_bos_token"].contents() is True
+    # transformers (legacy=False) puts no extra "▁" after [INST]; llama.cpp would with the prefix on.
+    assert fields["tokenizer.ggml.add_space_prefix"].contents() is False
+
+
+def test_vocab_rebuilt_from_tokenizer_json_orders_merges_like_sentencepiece(tiny_model_dir):
+    from dantes_mlx.export.vocab import vocab_from_tokenizer_json
+
+    sp_vocab = load_vocab(tiny_model_dir)
+    rebuilt = vocab_from_tokenizer_json(tiny_model_dir / "tokenizer.json")
+    assert rebuilt.tokens == sp_vocab.tokens
+    merged = [i for i, t in enumerate(sp_vocab.types) if t == NORMAL and len(sp_vocab.tokens[i]) > 1]
+    assert sorted(merged, key=lambda i: -sp_vocab.scores[i]) == sorted(merged, key=lambda i: -rebuilt.scores[i])
 
 
 @pytest.mark.parametrize("text", FRENCH_TEXTS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from dantes_mlx.errors import ModelError
@@ -30,7 +30,6 @@ class Vocab:
     add_space_prefix: bool = True
     remove_extra_whitespaces: bool = False
     chat_template: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -118,7 +117,7 @@ def vocab_from_tokenizer_json(path: Path) -> Vocab:
     unk = model.get("unk_token") or "<unk>"
     if unk in model["vocab"]:
         types[model["vocab"][unk]] = UNKNOWN
-    return Vocab(tokens, scores, types, notes=["scores rebuilt from tokenizer.json merge ranks"])
+    return Vocab(tokens, scores, types)
 
 
 def _added_tokens(model_dir: Path) -> dict[int, tuple[str, bool]]:
@@ -232,5 +231,4 @@ def load_vocab(model_dir: str | Path, vocab_size: int | None = None) -> Vocab:
     # llama.cpp tokenize chat-templated text exactly as training did (the parity gate checks it).
     if _prefix_only_at_start(model_dir):
         vocab.add_space_prefix = False
-        vocab.notes.append("add_space_prefix off: the HF tokenizer prefixes only the text start")
     return vocab
