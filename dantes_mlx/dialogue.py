@@ -51,11 +51,11 @@ class Quote:
 
 
 _DASH = re.compile(r"(?:--|[—–―]|-(?=\s))[ \t\u00a0]*")
-_INNER_DASH = re.compile(r"(?<=[.!?…])[ \t\u00a0]+(?:--|[—–―])[ \t\u00a0]+(?=\S)")
-_COLON_DASH = re.compile(r":[ \t\u00a0]*(?:--|[—–―])[ \t\u00a0]*(?=\w)")
+_INNER_DASH = re.compile(r"(?<=[.!?…])\s+(?:--|[—–―])\s+(?=\S)")
+_COLON_DASH = re.compile(r":\s*(?:--|[—–―])\s*(?=\w)")
 _GUILLEMET = re.compile(r"[«»“”]")
 _SPACES = " \t\u00a0\u202f"
-_BREAK = re.compile(r"(?:,|;|!|\?|…|\.\.\.)[ \t\u00a0\u202f]+")
+_BREAK = re.compile(r"(?:,|;|!|\?|…|\.\.\.)\s+")  # inside a paragraph a newline is a wrap
 
 
 def read_text(path: str | Path) -> str:
@@ -75,10 +75,15 @@ def paragraphs(text: str) -> list[tuple[int, int]]:
     """(start, end) of each paragraph, trimmed. Paragraphs are blocks separated by blank lines when
     the text has them (hard-wrapped or one paragraph per line), else single lines; a line opening
     with a dialogue dash always starts a new paragraph."""
-    lines = [(m.start(), m.end()) for m in re.finditer(r"[^\n]*", text) if m.start() < len(text) or m.end() > m.start()]
+    lines, pos = [], 0
+    for line in text.split("\n"):
+        lines.append((pos, pos + len(line)))
+        pos += len(line) + 1
     blank = [not text[a:b].strip() for a, b in lines]
-    n_blank = sum(blank)
-    blank_layout = n_blank >= 0.1 * max(1, len(lines) - n_blank)
+    n_blank, n_text = sum(blank), len(lines) - sum(blank)
+    n_long = sum(b - a > 90 for a, b in lines)
+    hard_wrapped = n_long <= 0.02 * n_text  # Gutenberg's 70-column lines
+    blank_layout = n_blank > 0 and (hard_wrapped or n_blank >= 0.3 * n_text)
     out: list[list[int]] = []
     open_block = False
     for (a, b), is_blank in zip(lines, blank):
@@ -122,7 +127,7 @@ def _split_incises(text: str, start: int, body: int, end: int):
         if not found:
             pos = m.end()
             continue
-        seg_end = m.start() + (0 if text[m.start()] == ";" else len(m.group().rstrip(_SPACES)))
+        seg_end = m.start() + (0 if text[m.start()] == ";" else len(m.group().rstrip()))
         resume = found[1]
         if resume < end and text[resume] in ",;:.!?…":
             resume += 1
@@ -153,7 +158,7 @@ def _quote(text: str, start: int, body: int, end: int, marker: str, closing: boo
     return Quote(text[s:e], s, e, tuple(segments), marker, tuple(incises))
 
 
-_SENTENCE = re.compile(r".+?(?:[.!?…]+(?=[ \t\u00a0]+[«—–-]*[ \t\u00a0]*[A-ZÀ-Ý])|$)", re.S)
+_SENTENCE = re.compile(r".+?(?:[.!?…]+(?=\s+[«—–-]*\s*[A-ZÀ-Ý])|$)", re.S)
 
 
 def _drop_narration(text: str, segments, incises):
@@ -203,7 +208,7 @@ def _is_term(text: str, a: int, b: int) -> bool:
     """«» inside a sentence around a few words mark a term, a title or irony, not speech:
     'des personnes « arrivées »', 'un tas de choses « qui pourraient servir »'."""
     inner = text[a + 1:b - 1].strip(_SPACES + "\n")
-    before = text[max(0, a - 3):a].strip(_SPACES + "\n")
+    before = text[max(0, a - 3):a].strip()
     if not inner or before.endswith((":", ".", "!", "?", "…")) or not before:
         return False
     words = len(inner.split())
@@ -213,7 +218,7 @@ def _is_term(text: str, a: int, b: int) -> bool:
 
 def _after_incise(text: str, qend: int, para_end: int) -> tuple[int, int] | None:
     """An incise right after a closing guillemet: « Soit », dit-il."""
-    m = re.compile(r"[ \t\u00a0\u202f]*,?[ \t\u00a0\u202f]*").match(text, qend, para_end)
+    m = re.compile(r"\s*,?\s*").match(text, qend, para_end)
     pos = m.end() if m else qend
     if pos >= para_end or pos == qend:
         return None
@@ -272,12 +277,12 @@ class _Guillemets:
 
     def _add(self, start: int, end: int, para_end: int, closed: bool) -> None:
         text = self.text
-        if closed and _is_term(text, start, end):
+        after = _after_incise(text, end, para_end) if closed else None
+        if closed and not after and _is_term(text, start, end):
             return
         q = _quote(text, start, start + 1, end, text[start], closing=closed)
         if q is None:
             return
-        after = _after_incise(text, end, para_end) if closed else None
         if after:
             q = dataclasses.replace(q, incises=q.incises + (after,))
         self.quotes.append(q)

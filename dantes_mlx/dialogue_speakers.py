@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 import unicodedata
@@ -312,7 +313,7 @@ def _incise_end(source: str, pos: int, limit: int) -> int:
                 p += 1
                 continue
             return p
-        if c in ".!?…»:—–\n" or source.startswith("--", p):
+        if c in ".!?…»:—–" or source.startswith("--", p):
             return p
         p += 1
     return limit
@@ -424,7 +425,7 @@ def name_genders(source: str) -> dict[str, str]:
     whose subject is the name, and titles ("madame Rose", "M. Morrel")."""
     votes: dict[str, list[int]] = {}
     prev = None
-    for m in re.finditer(r"(?:[.!?…][ \t]+|\n[ \t]*)([A-ZÀ-Ý][\w'’-]*)", source):
+    for m in re.finditer(r"(?:[.!?…][ \t]+|\n[ \t]*)([A-ZÀ-Ý][\w'’-]*)", "\n" + source):
         first = m.group(1)
         if first in ("Il", "Elle") and prev:
             votes.setdefault(prev, [0, 0])[first == "Elle"] += 1
@@ -442,7 +443,8 @@ _WINDOW = 3000  # characters back in which a pronoun looks for its antecedent
 
 def _subjects(source: str, start: int, end: int, last: int = 3) -> list[Mention]:
     """Subjects of the last few sentences of a narrative stretch, in text order."""
-    spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(source, max(start, end - 600), end)][-last:]
+    spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(source, max(start, end - 600), end)
+             if re.search(r"\w", m.group())][-last:]
     found = (clause_subject(source, a, b) for a, b in spans)
     return [m for m in found if m is not None and not m.pronoun]
 
@@ -465,6 +467,24 @@ def _introducer(source: str, start: int, end: int) -> Mention | None:
     return m
 
 
+def _bare(name: str) -> str:
+    """Normalised name without its leading articles and titles: "le jeune homme" -> "jeune homme"."""
+    words = normalise_speaker(name).replace("'", "' ").split()
+    while len(words) > 1 and (words[0] in _DETS or words[0] in ("l'", "m", "mme", "mlle")):
+        words = words[1:]
+    return " ".join(words)
+
+
+def _person_like(m: Mention) -> bool:
+    """A mention that can only be a person: a pronoun, a name or a title ("Pécuchet", "M. Morrel")."""
+    words = m.text.replace("’", "'").split()
+    return m.pronoun or any(w[:1].isupper() and _low(w) not in _FUNCTION | _DETS for w in words) or \
+        any(_low(w) in _TITLES_M | _TITLES_F for w in words)
+
+
+RUN_GAP = 400
+
+
 class _Attributor:
     """Walks the quotations in order, keeping the recent named mentions and the current exchange."""
 
@@ -476,7 +496,6 @@ class _Attributor:
         self.run: list[Mention] = []
 
     def para_of(self, pos: int) -> int:
-        import bisect
         return max(0, bisect.bisect_right(self.starts, pos) - 1)
 
     def resolve(self, pron: Mention, prev: Mention | None) -> Mention | None:
@@ -485,11 +504,15 @@ class _Attributor:
         low = pron.text.lower().replace("’", "'")
         if low in ("je", "j'"):
             return pron
-        if low not in ("il", "elle", "ils", "elles", "celui-ci", "celle-ci", "celui-là", "celle-là"):
+        if low == "on":
             return None
+        if low not in ("il", "elle", "ils", "elles", "celui-ci", "celle-ci", "celui-là", "celle-là"):
+            return pron  # "l'un d'eux", "quelqu'un": the words themselves are the best name
         want = pron.gender
-        cands = [m for m in reversed(self.recent) if pron.start - m.end < _WINDOW
-                 and _gender(m, self.genders) in (None, want)]
+        near = [m for m in reversed(self.recent) if pron.start - m.end < _WINDOW]
+        # a mention of the right known gender beats a more recent one of unknown gender
+        cands = [m for m in near if _gender(m, self.genders) == want] or \
+            [m for m in near if _gender(m, self.genders) is None]
         if not cands:
             return None
         if prev is not None:
@@ -513,7 +536,7 @@ class _Attributor:
         if pi > 0 and gap_start <= self.paras[pi - 1][0]:
             pa, pb = self.paras[pi - 1]
             m = _introducer(src, pa, pb)
-            if m:
+            if m and (src[pa:pb].rstrip().endswith(":") or _person_like(m)):
                 return "previous", m
         return None, None
 
@@ -524,17 +547,19 @@ class _Attributor:
             gap_start = max([prev_end] + [b for _, b in (out[-1].incises if out else ())])
             gap = src[gap_start:q.start]
             adjacent = bool(out) and not gap.strip(" \t\u00a0\r\n")
-            if gap.strip() and len(gap) > 400:
+            if gap.strip() and len(gap) > RUN_GAP:
                 self.run = []
             if gap.strip():
                 self.recent.extend(_subjects(src, gap_start, q.start))
             cue, mention = self.cue(q, gap_start)
             speaker = mention
             if mention is not None and mention.pronoun:
-                speaker = self.resolve(mention, prev_speaker if adjacent or len(gap) < 400 else None)
+                speaker = self.resolve(mention, prev_speaker if adjacent else None)
             if cue is None and adjacent and prev_speaker is not None:
-                other = [m for m in reversed(self.run)
-                         if normalise_speaker(m.text) != normalise_speaker(prev_speaker.text)]
+                said = f" {normalise_speaker(q.text)} "
+                other = [m for m in reversed(self.run[-3:])
+                         if normalise_speaker(m.text) != normalise_speaker(prev_speaker.text)
+                         and f" {_bare(m.text)} " not in said]  # a name in the reply is the addressee
                 if other:
                     cue, speaker = "alternation", other[0]
             if speaker is not None and speaker.text.lower() not in ("je", "j'"):
