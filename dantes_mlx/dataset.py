@@ -177,7 +177,7 @@ def push_hf(splits: dict[str, list[dict]], repo: str, private: bool = True) -> s
 
 
 def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, persona: str | None = None,
-            tokenizer=None, token_note: str = "") -> PrepareReport:
+            tokenizer=None, token_note: str = "", batch_size: int | None = None) -> PrepareReport:
     """Read, clean, group, dedupe, split and write `{train,valid,test}.jsonl`, then validate the folder."""
     ratios = parse_split(cfg.split)
     if not inputs:
@@ -230,7 +230,8 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, p
         report.hf_dir = str(save_hf(splits, cfg.save_hf))
     if cfg.hub_repo:
         report.hub_repo = push_hf(splits, cfg.hub_repo, cfg.hub_private)
-    report.validation = validate_dir(out_dir, tokenizer, token_note, cfg.max_seq_length, cfg.near_dup_threshold)
+    report.validation = validate_dir(out_dir, tokenizer, token_note, cfg.max_seq_length, cfg.near_dup_threshold,
+                                     batch_size=batch_size)
     write_text_atomic(out_dir / "prepare_report.json", json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
     return report
 

@@ -335,8 +335,17 @@ def _apply_fix(files: dict[str, Path], rows: list[Row], broken: set[str], too_lo
     return {k: n for k, n in fixed.items() if n}
 
 
+def _check_batch_size(report: ValidationReport, files: dict[str, Path], batch_size: int) -> None:
+    for split, n in report.rows.items():
+        if n < batch_size:  # mlx-lm's iterate_batches raises ValueError on such a split
+            report.problems.append(Problem(str(files[split]), None, f"{n} row(s), fewer than the batch size "
+                                                                   f"{batch_size}: mlx-lm refuses to batch it",
+                                           "warning" if split == "test" else "error"))
+
+
 def validate_dir(folder: str | Path, tokenizer=None, token_note: str = "", max_seq_length: int = 2048,
-                 near_threshold: float = 0.9, fix: str | None = None) -> ValidationReport:
+                 near_threshold: float = 0.9, fix: str | None = None,
+                 batch_size: int | None = None) -> ValidationReport:
     """Validate train/valid/test.jsonl of a folder; `fix` ('truncate' or 'drop') rewrites over-long rows."""
     if fix is not None and fix not in FIX_MODES:
         raise InputError(f"unknown fix '{fix}'", fix=f"valid: {', '.join(FIX_MODES)}")
@@ -350,10 +359,12 @@ def validate_dir(folder: str | Path, tokenizer=None, token_note: str = "", max_s
         _check_tokens(report, rows, tokenizer, max_seq_length)
         if fix and report.too_long:
             fixed = _apply_fix(files, rows, broken, report.too_long, tokenizer, max_seq_length, fix)
-            report = validate_dir(folder, tokenizer, token_note, max_seq_length, near_threshold)
+            report = validate_dir(folder, tokenizer, token_note, max_seq_length, near_threshold, None, batch_size)
             report.fixed = fixed
             return report
     elif fix:
         report.problems.append(Problem(str(folder), None, f"--{fix} needs a tokenizer; nothing rewritten"))
+    if batch_size:
+        _check_batch_size(report, files, batch_size)
     report.problems += leak_problems([r for r in rows if r.fmt], near_threshold)
     return report

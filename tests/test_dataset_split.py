@@ -199,3 +199,28 @@ def test_group_consecutive_on_dantes_conversations(shared_data, tmp_path):
         assert len({line_split[n] for n in block}) == 1, topic
     # Boundaries read by hand: the line before and after these blocks is about another citation.
     assert line_group[4] != line_group[3] and line_group[103] != line_group[104] != line_group[107]
+
+
+@settings(max_examples=25, deadline=None)
+@given(citations=st.lists(st.integers(1, 4), min_size=3, max_size=25), seed=st.integers(0, 100),
+       split=st.sampled_from(["80/10/10", "60/20/20", "50/50"]), shuffle=st.booleans())
+def test_prepare_never_puts_a_source_id_in_two_splits(citations, seed, split, shuffle):
+    import tempfile
+
+    from dantes_mlx.validate import validate_dir
+
+    rows = [{"instruction": f"Question {k} sur la citation {c}, variante {c * 31 + k} ?",
+             "response": f"Réponse {k} : la citation {c} parle du destin numéro {c * 17 + k * 5}.",
+             "source_id": f"cit-{c}"} for c, n in enumerate(citations) for k in range(n)]
+    if shuffle:  # rows of one citation need not be adjacent
+        random.Random(seed).shuffle(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "pairs.jsonl"
+        source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        prepare([source], Path(tmp) / "out", PrepareConfig(split=split, seed=seed, near_dup_threshold=1.0))
+        where = defaultdict(set)
+        for name, out in read_split_rows(Path(tmp) / "out").items():
+            for row in out:
+                where[row["source_id"]].add(name)
+        assert len(where) == len(citations) and all(len(s) == 1 for s in where.values())
+        assert validate_dir(Path(tmp) / "out", near_threshold=1.0).errors == []

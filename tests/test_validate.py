@@ -43,8 +43,8 @@ def found(report, filename: str, line: int, text: str, severity: str = "error") 
 
 @pytest.fixture
 def clean_dir(tmp_path):
-    return write_dir(tmp_path / "ds", {"train": clean_rows("train", 8), "valid": clean_rows("valid", 2),
-                                       "test": clean_rows("test", 2)})
+    return write_dir(tmp_path / "ds", {"train": clean_rows("train", 8), "valid": clean_rows("valid", 4),
+                                       "test": clean_rows("test", 4)})
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,15 @@ def tiny_tokenizer(tiny_model_dir):
 
 def test_a_clean_folder_passes(clean_dir):
     report = validate_dir(clean_dir)
-    assert report.errors == [] and report.rows == {"train": 8, "valid": 2, "test": 2}
+    assert report.errors == [] and report.rows == {"train": 8, "valid": 4, "test": 4}
     assert "skipped" in report.token_note
+
+
+def test_splits_smaller_than_the_batch_size(clean_dir):
+    report = validate_dir(clean_dir, batch_size=6)
+    assert found(report, "valid.jsonl", None, "fewer than the batch size 6")
+    assert found(report, "test.jsonl", None, "fewer than the batch size 6", "warning")
+    assert not found(report, "train.jsonl", None, "batch size")
 
 
 def test_each_problem_is_found_with_file_and_line(tmp_path):

@@ -19,6 +19,12 @@ def _tokenizer(cfg: dict, flag: str | None, prepare_setting: str = ""):
     return load_tokenizer(flag if flag is not None else prepare_setting or section(TrainConfig, cfg).base_model)
 
 
+def _batch_size(cfg: dict) -> int:
+    from dantes_mlx.config import TrainConfig, section
+
+    return section(TrainConfig, cfg).batch_size
+
+
 def _default_dir(cfg: dict) -> Path:
     from dantes_mlx.config import ProjectConfig, section
 
@@ -58,7 +64,7 @@ def prepare(inputs, config_path, output, split, seed, fmt, system, group_key, gr
     files = list(inputs) or stage.default_inputs(section(ProjectConfig, cfg).data_dir)
     tok, note = _tokenizer(cfg, tokenizer, prep.tokenizer)
     report = stage.prepare(files, output or _default_dir(cfg), prep, section(CharacterConfig, cfg).persona,
-                           tok, note)
+                           tok, note, _batch_size(cfg))
     click.echo(report.summary())
     if report.validation is not None and report.validation.errors:
         raise click.ClickException(f"{len(report.validation.errors)} validation error(s) in {report.out_dir}")
@@ -82,7 +88,7 @@ def validate(folder, config_path, tokenizer, max_seq_length, fix):
     prep = section(PrepareConfig, cfg, {"max_seq_length": max_seq_length})
     tok, note = _tokenizer(cfg, tokenizer, prep.tokenizer)
     folder = Path(folder) if folder else _default_dir(cfg)
-    report = validate_dir(folder, tok, note, prep.max_seq_length, prep.near_dup_threshold, fix)
+    report = validate_dir(folder, tok, note, prep.max_seq_length, prep.near_dup_threshold, fix, _batch_size(cfg))
     click.echo(report.summary())
     if report.errors:
         raise DantesError(f"{len(report.errors)} error(s); see the list above", path=folder,
