@@ -176,47 +176,32 @@ def push_hf(splits: dict[str, list[dict]], repo: str, private: bool = True) -> s
     return repo
 
 
-def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, persona: str | None = None,
-            tokenizer=None, token_note: str = "", batch_size: int | None = None) -> PrepareReport:
-    """Read, clean, group, dedupe, split and write `{train,valid,test}.jsonl`, then validate the folder."""
-    ratios = parse_split(cfg.split)
-    if not inputs:
-        raise InputError("no input files", fix="pass files: dantes-mlx prepare PAIRS.jsonl -o DIR")
-    out_dir = Path(out_dir)
-    report = PrepareReport(str(out_dir))
-    per_file = _read_inputs([Path(p) for p in inputs], report)
-    keys = _group_keys(per_file, cfg, report)
-    examples = [ex for examples in per_file for ex in examples]
-    if not examples:
-        raise InputError("no valid rows left", path=inputs[0], fix="see the rows listed above")
+def _dedupe(examples: list[Example], keys: list, cfg: PrepareConfig, report: PrepareReport):
+    """Drop exact and near duplicates (the first occurrence stays) and record why."""
     drops = find_duplicates([example_text(ex) for ex in examples], cfg.near_dup_threshold) if cfg.dedupe else []
     report.duplicates = [(examples[d.index].where, d.reason, examples[d.kept].where) for d in drops]
     dropped = {d.index for d in drops}
-    examples = [ex for i, ex in enumerate(examples) if i not in dropped]
-    keys = [k for i, k in enumerate(keys) if i not in dropped]
-    groups = group_ids(keys)
-    report.groups = len(set(groups))
-    labelled = infer_labels(examples)
-    report.stratified = bool(cfg.stratify and labelled)
-    labels = [ex.label for ex in examples] if report.stratified else None
-    names = split_groups(groups, ratios, cfg.seed, labels)
+    return ([ex for i, ex in enumerate(examples) if i not in dropped],
+            [k for i, k in enumerate(keys) if i not in dropped])
+
+
+def _system_plan(examples: list[Example], cfg: PrepareConfig, persona: str | None, tokenizer,
+                 report: PrepareReport) -> tuple[str | None, bool]:
+    """(system prompt to add, whether to fold system prompts into the last question)."""
     system = persona if cfg.system_prompt and persona else None
     if system and cfg.format == "completions":
         report.notes.append("mlx-lm's completions rows have no system field: the persona was not added "
                             "(use --format chat to train with it)")
         system = None
-    inline = template_drops_system(tokenizer) and cfg.format != "completions"
+    inline = cfg.format != "completions" and template_drops_system(tokenizer)
     if inline and (system or any(ex.messages and ex.messages[0]["role"] == "system" for ex in examples)):
         report.notes.append("the tokenizer's chat template drops a system message from conversations that end "
                             "with the answer (Mistral v0.3 does): the system prompt was put in front of the "
                             "last question instead, as the template does at inference")
-    grouped = bool(cfg.group_key or cfg.group_consecutive)
-    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for ex, name, group in zip(examples, names, groups):
-        row = to_output_row(ex, cfg.format, system, tokenizer, inline)
-        if grouped:
-            row["group"] = f"g{group:05d}"
-        splits[name].append(row)
+    return system, inline
+
+
+def _write_splits(splits: dict[str, list[dict]], out_dir: Path, labelled: bool, report: PrepareReport) -> None:
     for split, rows in splits.items():
         path = out_dir / f"{split}.jsonl"
         if rows:
@@ -226,6 +211,35 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, p
         report.counts[split] = len(rows)
         if labelled:
             report.labels[split] = Counter(str(r.get("label")) for r in rows)
+
+
+def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, persona: str | None = None,
+            tokenizer=None, token_note: str = "", batch_size: int | None = None) -> PrepareReport:
+    """Read, clean, group, dedupe, split and write `{train,valid,test}.jsonl`, then validate the folder."""
+    ratios = parse_split(cfg.split)
+    if not inputs:
+        raise InputError("no input files", fix="pass files: dantes-mlx prepare PAIRS.jsonl -o DIR")
+    out_dir = Path(out_dir)
+    report = PrepareReport(str(out_dir))
+    per_file = _read_inputs([Path(p) for p in inputs], report)
+    keys = _group_keys(per_file, cfg, report)  # before dedupe: consecutive runs need the file's order
+    examples = [ex for examples in per_file for ex in examples]
+    if not examples:
+        raise InputError("no valid rows left", path=inputs[0], fix="see the rows listed above")
+    examples, keys = _dedupe(examples, keys, cfg, report)
+    groups = group_ids(keys)
+    report.groups = len(set(groups))
+    labelled = infer_labels(examples)
+    report.stratified = bool(cfg.stratify and labelled)
+    names = split_groups(groups, ratios, cfg.seed, [ex.label for ex in examples] if report.stratified else None)
+    system, inline = _system_plan(examples, cfg, persona, tokenizer, report)
+    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for ex, name, group in zip(examples, names, groups):
+        row = to_output_row(ex, cfg.format, system, tokenizer, inline)
+        if cfg.group_key or cfg.group_consecutive:
+            row["group"] = f"g{group:05d}"
+        splits[name].append(row)
+    _write_splits(splits, out_dir, labelled, report)
     if cfg.save_hf:
         report.hf_dir = str(save_hf(splits, cfg.save_hf))
     if cfg.hub_repo:

@@ -275,9 +275,11 @@ def _check_structure(report: ValidationReport, files: dict[str, Path]) -> tuple[
                 report.problems.append(Problem(row.path, row.line, f"{row.fmt} row in a file that starts as "
                                                                    f"{ref.fmt} ({ref.where}): mlx-lm reads every "
                                                                    "row with the first row's format"))
-            if "source_id" not in row.data and row.fmt:
-                report.problems.append(Problem(row.path, row.line, "no source_id: provenance unknown",
-                                               "warning"))
+        anonymous = [r for r in split_rows if r.fmt and "source_id" not in r.data]
+        if anonymous:
+            report.problems.append(Problem(anonymous[0].path, anonymous[0].line, (
+                f"{len(anonymous)} row(s) without source_id (this is the first): the leak check cannot follow "
+                "their provenance; `dantes-mlx prepare` adds it"), "warning"))
         rows += split_rows
     if "train" not in files:
         report.problems.append(Problem(str(next(iter(files.values())).parent), None, "no train.jsonl"))

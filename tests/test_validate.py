@@ -168,3 +168,10 @@ def test_cli_exit_status_and_messages(tmp_path, clean_dir):
     assert f"{bad / 'train.jsonl'}:3: error: invalid JSON" in result.output
     missing = runner.invoke(main, ["validate", str(tmp_path / "nowhere"), "--tokenizer", "none"])
     assert missing.exit_code == 1 and "dataset folder not found" in missing.output
+
+
+def test_rows_without_source_id_give_one_warning_per_file(tmp_path):
+    rows = [{"messages": r["messages"]} for r in clean_rows("train", 5)]
+    report = validate_dir(write_dir(tmp_path / "ds", {"train": rows}))
+    warnings = [p for p in report.problems if "without source_id" in p.message]
+    assert len(warnings) == 1 and warnings[0].line == 1 and "5 row(s)" in warnings[0].message
