@@ -184,6 +184,15 @@ class ExportConfig:
 
 @dataclass
 class EvalConfig:
+    out_dir: str = setting("export", "Folder the exported files go to.")
+    ollama_create: bool = setting(True, "Run `ollama create` when ollama is on PATH (else print the commands).")
+    ollama_parameters: dict = setting({"temperature": 0.7, "top_p": 0.9, "repeat_penalty": 1.1,
+                                       "num_ctx": 4096},
+                                      "Default sampling PARAMETERs written to the Modelfile (stop tokens are added).")
+    ollama_messages: list = setting([], "Example turns written as MESSAGE lines: [{role: user|assistant, "
+                                        "content: ...}].")
+    peft_base_model: str = setting("", "base_model_name_or_path in the PEFT adapter (empty: the base model), "
+                                       "e.g. mistralai/Mistral-7B-Instruct-v0.3 for an MLX 4-bit base.")
     """Evaluation."""
     probes: list = setting(["Qui es-tu ?", "Quelle est votre philosophie de la vie ?",
                             "Qu'est-ce que le fine-tuning ?", "Donne-moi des conseils pour être productif"],
