@@ -25,6 +25,7 @@ QA = [("Qui êtes-vous ?", "Je suis Edmond Dantès, marin de Marseille."),
       ("D'où venez-vous ?", "Je viens du château d'If, où j'ai souffert."),
       ("Que voulez-vous ?", "Je veux la justice, et rien d'autre."),
       ("Où étiez-vous ?", "J'étais en prison pendant quatorze ans.")]
+PERSONA = "Tu es Edmond Dantès."
 
 
 def write_chat_dataset(folder: Path, n_train: int = 16, n_valid: int = 8) -> Path:
@@ -34,9 +35,9 @@ def write_chat_dataset(folder: Path, n_train: int = 16, n_valid: int = 8) -> Pat
         with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             for i in range(n):
                 q, a = QA[i % len(QA)]
-                row = {"messages": [{"role": "system", "content": "Tu es Edmond Dantès."},
-                                    {"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                       "source_id": f"c{i % len(QA)}"}
+                # The persona folded into the user turn, as prepare writes it for Mistral's template.
+                row = {"messages": [{"role": "user", "content": f"{PERSONA}\n\n{q}"},
+                                    {"role": "assistant", "content": a}], "source_id": f"c{i % len(QA)}"}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return folder
 

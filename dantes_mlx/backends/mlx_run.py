@@ -99,6 +99,8 @@ class MLXRun:
         mask = self.cfg.mask_prompt and data.format != "text"
         if self.cfg.mask_prompt and not mask:
             self.say("note: text rows have no prompt to mask; training on every token")
+        if data.format == "chat":
+            self.warn_dropped_system(tokenizer, data.train[0]["messages"])
         spec = types.SimpleNamespace(mask_prompt=mask)
         train = CacheDataset(create_dataset(data.train, tokenizer, spec))
         valid = None
@@ -108,6 +110,14 @@ class MLXRun:
             self.say(f"note: valid.jsonl has {len(data.valid)} rows (< batch_size={self.cfg.batch_size}); "
                   "no validation loss this run")
         return train, valid, mask
+
+    def warn_dropped_system(self, tokenizer, messages: list[dict]) -> None:
+        """Mistral v0.3's template drops the system message of a conversation ending with the answer."""
+        if not messages or messages[0].get("role") != "system":
+            return
+        if messages[0].get("content", "") not in tokenizer.apply_chat_template(messages, tokenize=False):
+            self.say("warning: this chat template drops the system message from training rows (Mistral v0.3's "
+                     "does), so the persona in it is not learnt; `dantes-mlx prepare` folds it into the user turn")
 
     def optimizer(self, updates: int):
         """The optimizer with mlx-lm's schedule; on resume its saved state (moments and step count)."""

@@ -1,0 +1,162 @@
+"""CLI generation: MLX (base + adapter) or GGUF (llama.cpp) engines behind one interface, and the chat loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
+
+from dantes_mlx.errors import InputError, ModelError
+
+HELP = "commands: /reset (forget the conversation), /system TEXT (new system prompt), /exit"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A chat model that streams: what `chat`, `ask` and the eval stage generate with."""
+
+    name: str
+
+    def stream(self, messages: list[dict], *, temp: float = 0.0, top_p: float = 1.0,
+               max_tokens: int = 256, seed: int | None = None) -> Iterator[str]:
+        """Text pieces of the assistant's reply, as they are generated."""
+        ...
+
+    def generate(self, messages: list[dict], **sampling) -> str:
+        """The whole reply."""
+        ...
+
+
+def adapter_base(adapter_path: str | Path) -> str:
+    """The base model an mlx-lm adapter was trained on (adapter_config.json's `model`)."""
+    path = Path(adapter_path) / "adapter_config.json"
+    if not path.is_file():
+        raise InputError("no adapter_config.json: not an mlx-lm adapter folder", path=adapter_path,
+                         fix="pass the folder `dantes-mlx train` wrote (--adapter-path)")
+    try:
+        model = json.loads(path.read_text(encoding="utf-8")).get("model")
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno, fix="train again") from exc
+    if not model:
+        raise InputError("adapter_config.json does not name its base model", path=path,
+                         fix="pass --model BASE")
+    return model
+
+
+class MLXEngine:
+    """mlx-lm: the base model (HF id or folder) with an optional adapter, sampled by mlx_lm.sample_utils."""
+
+    def __init__(self, model: str, adapter_path: str | Path | None = None):
+        from mlx_lm import load
+
+        from dantes_mlx.train import resolve_model
+
+        self.name = f"mlx:{model}" + (f"+{adapter_path}" if adapter_path else "")
+        path = resolve_model(model)
+        try:
+            self.model, self.tokenizer = load(str(path), adapter_path=str(adapter_path) if adapter_path else None)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ModelError(f"mlx-lm cannot load it: {exc}", path=adapter_path or path,
+                             fix="check that the adapter was trained on this base model") from exc
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of the conversation in the model's chat template, ready for the reply."""
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+
+    def stream(self, messages, *, temp=0.0, top_p=1.0, max_tokens=256, seed=None):
+        import mlx.core as mx
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        if seed is not None:
+            mx.random.seed(seed)
+        sampler = make_sampler(temp=temp, top_p=top_p if top_p < 1.0 else 0.0)
+        for response in stream_generate(self.model, self.tokenizer, self.prompt_ids(messages),
+                                        max_tokens=max_tokens, sampler=sampler):
+            if response.text:
+                yield response.text
+
+    def generate(self, messages, **sampling) -> str:
+        return "".join(self.stream(messages, **sampling))
+
+
+class LlamaCppEngine:
+    """llama.cpp through llama-cpp-python: a GGUF, optionally with a GGUF LoRA adapter."""
+
+    def __init__(self, gguf: str | Path, lora: str | Path | None = None, n_ctx: int = 4096,
+                 n_threads: int = 0, n_gpu_layers: int = -1):
+        from dantes_mlx.errors import require
+
+        llama_cpp = require("llama_cpp", "chatting with a GGUF", "llama-cpp-python")
+        for path in (gguf, lora):
+            if path and not Path(path).is_file():
+                raise InputError("GGUF file not found", path=path, fix="run `dantes-mlx export` or check the path")
+        self.name = f"gguf:{Path(gguf).name}" + (f"+{Path(lora).name}" if lora else "")
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(gguf), lora_path=str(lora) if lora else None, n_ctx=n_ctx,
+                                       n_threads=n_threads or None, n_gpu_layers=n_gpu_layers, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"llama.cpp cannot load it: {exc}", path=gguf,
+                             fix="re-export the GGUF with `dantes-mlx export`") from exc
+
+    def stream(self, messages, *, temp=0.0, top_p=1.0, max_tokens=256, seed=None):
+        chunks = self.llm.create_chat_completion(messages=messages, stream=True, temperature=temp, top_p=top_p,
+                                                 max_tokens=max_tokens, seed=seed)
+        for chunk in chunks:
+            piece = chunk["choices"][0]["delta"].get("content")
+            if piece:
+                yield piece
+
+    def generate(self, messages, **sampling) -> str:
+        return "".join(self.stream(messages, **sampling))
+
+
+def load_engine(model: str | None = None, adapter_path: str | Path | None = None,
+                gguf: str | Path | None = None, lora: str | Path | None = None, **llama_kwargs) -> Engine:
+    """A GGUF engine when `gguf` is given, else MLX: `model` (default: the adapter's base) + adapter."""
+    if gguf:
+        return LlamaCppEngine(gguf, lora, **llama_kwargs)
+    if lora:
+        raise InputError("--lora is a GGUF LoRA adapter and needs --gguf", path="--lora",
+                         fix="add --gguf BASE.gguf, or use --adapter-path for the MLX adapter")
+    if adapter_path and not model:
+        model = adapter_base(adapter_path)
+    if not model:
+        raise InputError("no model to chat with", path="--model", fix="pass --model, --adapter-path or --gguf")
+    return MLXEngine(model, adapter_path)
+
+
+def build_messages(system: str | None, history: list[dict], user: str) -> list[dict]:
+    """system (if any) + past turns + the new user turn."""
+    head = [{"role": "system", "content": system}] if system else []
+    return head + history + [{"role": "user", "content": user}]
+
+
+def chat_loop(engine: Engine, lines: Iterable[str], write: Callable[[str], None], system: str | None = None,
+              prompt: str = "> ", **sampling) -> list[dict]:
+    """Read user lines, stream replies, keep the history; /reset, /system TEXT, /exit. Returns the history."""
+    history: list[dict] = []
+    write(prompt)
+    for raw in lines:
+        line = raw.strip()
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            history.clear()
+            write("(conversation reset)\n")
+        elif line == "/system" or line.startswith("/system "):
+            system = line[len("/system"):].strip() or None
+            history.clear()
+            write(f"(system prompt {'set' if system else 'removed'}; conversation reset)\n")
+        elif line.startswith("/"):
+            write(f"unknown command {line.split()[0]}; {HELP}\n")
+        elif line:
+            pieces = []
+            for piece in engine.stream(build_messages(system, history, line), **sampling):
+                pieces.append(piece)
+                write(piece)
+            write("\n")
+            history += [{"role": "user", "content": line}, {"role": "assistant", "content": "".join(pieces).strip()}]
+        write(prompt)
+    write("\n")
+    return history

@@ -1,0 +1,126 @@
+"""chat / ask: the chat loop with a fake engine, then real generation on the tiny model (MLX and GGUF).
+
+In-process, no network. Run: /work/venv/bin/python -m pytest tests/test_chat.py -q
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dantes_mlx.chat import build_messages, chat_loop, load_engine
+from dantes_mlx.cli import main
+from dantes_mlx.errors import InputError
+
+PERSONA = "Tu es Edmond Dantès."
+ANSWER = "Je suis Edmond Dantès, marin de Marseille."
+QA = [("Qui êtes-vous ?", ANSWER), ("D'où venez-vous ?", "Je viens du château d'If, où j'ai souffert.")]
+
+
+class EchoEngine:
+    """Streams back a description of what it was sent, word by word, and records every call."""
+
+    name = "echo"
+
+    def __init__(self):
+        self.calls = []
+
+    def stream(self, messages, **sampling):
+        self.calls.append((messages, sampling))
+        roles = "/".join(m["role"] for m in messages)
+        for word in f"{roles} {messages[-1]['content']}".split():
+            yield word + " "
+
+    def generate(self, messages, **sampling):
+        return "".join(self.stream(messages, **sampling))
+
+
+def test_chat_loop_history_reset_system_exit():
+    engine, out = EchoEngine(), []
+    lines = ["Bonjour", "Et ensuite ?", "/reset", "Encore", "/system Sois bref.", "Qui ?", "/bogus",
+             "/exit", "never read"]
+    history = chat_loop(engine, iter(lines), out.append, system=PERSONA, temp=0.0, max_tokens=8)
+    sent = [messages for messages, _ in engine.calls]
+    assert [m["role"] for m in sent[1]] == ["system", "user", "assistant", "user"]  # history kept
+    assert [m["role"] for m in sent[2]] == ["system", "user"]                      # /reset forgot it
+    assert sent[3][0] == {"role": "system", "content": "Sois bref."}               # /system replaced it
+    assert len(sent) == 4 and engine.calls[0][1] == {"temp": 0.0, "max_tokens": 8}
+    assert history == [{"role": "user", "content": "Qui ?"}, {"role": "assistant", "content": "system/user Qui ?"}]
+    text = "".join(out)
+    assert "(conversation reset)" in text and "unknown command /bogus" in text
+    assert build_messages(None, [], "x") == [{"role": "user", "content": "x"}]
+
+
+def test_engine_options_errors(tmp_path):
+    with pytest.raises(InputError, match="needs --gguf"):
+        load_engine(model="m", lora=tmp_path / "x.gguf")
+    with pytest.raises(InputError, match="adapter_config.json"):
+        load_engine(adapter_path=tmp_path)
+    result = CliRunner().invoke(main, ["ask", "Bonjour", "--gguf", str(tmp_path / "missing.gguf")])
+    assert result.exit_code == 1 and "not found" in result.output
+
+
+# ---------------------------------------------------------------- real models
+@pytest.fixture(scope="module")
+def adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA that memorised two answers (persona folded into the user turn, as prepare writes it)."""
+    from dantes_mlx.config import TrainConfig
+    from dantes_mlx.train import train
+
+    data = tmp_path_factory.mktemp("chatdata")
+    with open(data / "train.jsonl", "w", encoding="utf-8") as fh:
+        for i in range(8):
+            q, a = QA[i % 2]
+            fh.write(json.dumps({"messages": [{"role": "user", "content": f"{PERSONA}\n\n{q}"},
+                                              {"role": "assistant", "content": a}]}, ensure_ascii=False) + "\n")
+    out = tmp_path_factory.mktemp("chatlora") / "adapters"
+    cfg = TrainConfig(backend="mlx", base_model=str(tiny_model_dir), num_layers=-1, iters=25, learning_rate=2e-3,
+                      batch_size=4, warmup_steps=0, dropout=0.0, lr_schedule="constant", steps_per_report=25,
+                      save_every=25, target_modules=["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"])
+    train(cfg, data, out)
+    return out
+
+
+def _ask(*args):
+    result = CliRunner().invoke(main, ["ask", *args, "--temp", "0", "--max-tokens", "24", "--system", PERSONA])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_ask_with_adapter_answers_what_it_learnt(adapter, tiny_model_dir):
+    tuned = _ask("Qui êtes-vous ?", "--adapter-path", str(adapter))
+    assert ANSWER in tuned
+    assert tuned == _ask("Qui êtes-vous ?", "--adapter-path", str(adapter))  # greedy: deterministic
+    base = _ask("Qui êtes-vous ?", "--model", str(tiny_model_dir), "--base-only")
+    assert ANSWER not in base and base.strip()
+
+
+@pytest.mark.slow
+def test_chat_repl_on_tiny_model(adapter):
+    lines = f"Qui êtes-vous ?\n/system {PERSONA}\nQui êtes-vous ?\n/reset\nD'où venez-vous ?\n/exit\n"
+    result = CliRunner().invoke(main, ["chat", "--adapter-path", str(adapter), "--temp", "0", "--max-tokens", "24",
+                                       "--no-system"], input=lines)
+    assert result.exit_code == 0, result.output
+    replies = [line for line in result.stdout.split("> ") if line.strip() and not line.startswith("(")]
+    assert ANSWER not in replies[0]           # no persona yet: not the learnt prompt
+    assert ANSWER in replies[1]               # /system set the persona the adapter learnt with
+    assert "château d'If" in replies[2]       # after /reset, still the persona
+    assert "(conversation reset)" in result.output
+
+
+@pytest.mark.slow
+def test_ask_through_gguf(tiny_gguf, tiny_model_dir):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from dantes_mlx.chat import LlamaCppEngine, MLXEngine
+
+    first = _ask("Qui êtes-vous ?", "--gguf", str(tiny_gguf))
+    assert first.strip() and first == _ask("Qui êtes-vous ?", "--gguf", str(tiny_gguf))
+    # Same greedy continuation from llama.cpp (f16 GGUF) as from MLX on the same base, for a few tokens.
+    messages = build_messages(PERSONA, [], "Qui êtes-vous ?")
+    gguf_text = LlamaCppEngine(tiny_gguf, n_ctx=512).generate(messages, temp=0.0, max_tokens=6)
+    mlx_text = MLXEngine(str(tiny_model_dir)).generate(messages, temp=0.0, max_tokens=6)
+    assert gguf_text.strip()[:8] == mlx_text.strip()[:8]
