@@ -118,7 +118,8 @@ def test_labels_are_inferred_from_short_completions(tmp_path):
     rows = [json.loads(line) for line in (FIXTURES / "email_routing.jsonl").read_text("utf-8").splitlines()]
     source.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["completion"]},
                                          ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    report = prepare([source], tmp_path / "out", PrepareConfig(split="60/20/20", format="completions"), "Tu es Dantès.")
+    report = prepare([source], tmp_path / "out", PrepareConfig(split="60/20/20", format="completions"),
+                     "Tu es Dantès.")
     assert report.stratified and sum(report.labels["valid"].values()) == report.counts["valid"]
     assert report.notes and "persona was not added" in report.notes[0]
 

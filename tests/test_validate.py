@@ -75,10 +75,11 @@ def test_each_problem_is_found_with_file_and_line(tmp_path):
                              {"role": "assistant", "content": "Trois"}], "source_id": "t3"}
     train[4] = chat("Une question sans réponse ?", "   ", "t4")
     train[5] = chat("Comment avez-vous survécu à quatorze années au château d'If ?",
-                    "J'ai compté les jours sur la pierre humide, écouté la mer contre les rochers, appris de l'abbé "
-                    "Faria les langues, la chimie et l'histoire, et nourri chaque nuit l'espoir d'une justice que "
-                    "Dieu seul pouvait me rendre ; la patience fut ma prière, la vengeance mon étoile, et le trésor "
-                    "de Monte-Cristo la clef qui ouvrit enfin la porte de ma prison vers le monde des vivants.", "t5")
+                    "J'ai compté les jours sur la pierre humide, écouté la mer contre les rochers, appris "
+                    "de l'abbé Faria les langues, la chimie et l'histoire, et nourri chaque nuit l'espoir "
+                    "d'une justice que Dieu seul pouvait me rendre ; la patience fut ma prière, la vengeance "
+                    "mon étoile, et le trésor de Monte-Cristo la clef qui ouvrit enfin la porte de ma prison "
+                    "vers le monde des vivants.", "t5")
     valid = clean_rows("valid", 3)
     valid[2] = dict(train[0], source_id="valid-2")  # the same (question, answer) as train line 1
     test = clean_rows("test", 3)
