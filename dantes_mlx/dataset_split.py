@@ -252,7 +252,8 @@ def _assign(units: list[tuple[int, int]], targets: list[float], done: list[float
     """Greedy: each unit (id, size) goes to the split furthest below its target (ties: overall deficit)."""
     out = {}
     for unit, size in units:
-        best = max(range(len(targets)), key=lambda s: (targets[s] - done[s], total_targets[s] - totals[s], -s))
+        open_splits = [s for s in range(len(targets)) if total_targets[s] > 0]  # a 0% split gets nothing
+        best = max(open_splits, key=lambda s: (targets[s] - done[s], total_targets[s] - totals[s], -s))
         out[unit] = best
         done[best] += size
         totals[best] += size

@@ -82,6 +82,7 @@ def test_a_source_id_never_lands_in_two_splits(sizes, seed, split):
     counts = Counter(names)
     for name, ratio in zip(("train", "valid", "test"), parse_split(split)):
         assert abs(counts[name] - ratio * len(groups)) < max(sizes) + 1
+        assert ratio > 0 or counts[name] == 0
 
 
 @settings(max_examples=60, deadline=None)
