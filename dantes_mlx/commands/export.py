@@ -44,3 +44,41 @@ def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quanti
     if json_out:
         write_text_atomic(json_out, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
         click.echo(f"report -> {json_out}")
+
+
+@click.command("export")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Settings file (default: dantes.yaml if present).")
+@click.option("--adapter-path", default=None,
+              help="Adapter folder, mlx-lm or PEFT format (default: project.adapters_dir).")
+@click.option("--base-model", default=None,
+              help="Base model folder or HF repo id (default: the one recorded in the adapter, else train.base_model).")
+@click.option("-o", "--output", "out_dir", default=None, help="Output folder (default: export.out_dir).")
+@click.option("--quantization", default=None, help="Fused GGUF type: f16, q8_0, q4_k_m, q5_k_m... (default: export.quantization).")
+@click.option("--name", default=None, help="Ollama model name (default: export.ollama_name).")
+@click.option("--ollama-base", default=None,
+              help="Ollama library model used as FROM in Modelfile.adapter ('' : our base f16 GGUF).")
+@click.option("--parity/--no-parity", default=None, help="Run the parity gate (default: export.parity).")
+@click.option("--ollama-create/--no-ollama-create", default=None,
+              help="Run `ollama create` when ollama is on PATH (default: export.ollama_create).")
+def export(config_path, adapter_path, base_model, out_dir, quantization, name, ollama_base, parity,
+           ollama_create):
+    """Export PEFT adapter, GGUF LoRA, fused GGUF and Modelfile; fail when parity fails."""
+    from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig, TrainConfig, load_yaml, section
+    from dantes_mlx.export import export_all
+    from dantes_mlx.export.peft import recorded_base_model
+
+    config = load_yaml(config_path)
+    cfg = section(ExportConfig, config, {"out_dir": out_dir, "quantization": quantization, "ollama_name": name,
+                                         "ollama_base": ollama_base, "parity": parity,
+                                         "ollama_create": ollama_create})
+    project = section(ProjectConfig, config)
+    adapter_path = adapter_path or project.adapters_dir
+    base_model = base_model or recorded_base_model(adapter_path) or section(TrainConfig, config).base_model
+    result = export_all(base_model, adapter_path, cfg.out_dir, quantization=cfg.quantization,
+                        name=cfg.ollama_name, persona=section(CharacterConfig, config).persona,
+                        messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
+                        ollama_base=cfg.ollama_base, books=project.books, parity=cfg.parity,
+                        ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model,
+                        log=lambda msg: click.echo(msg, err=True))
+    click.echo(result.summary())

@@ -1,1 +1,234 @@
-"""Export targets: our GGUF writer and llama.cpp quantization (gguf.py), and the parity gate (parity.py)."""
+"""Export stage: PEFT adapter, GGUF LoRA, fused GGUF and Ollama Modelfile, checked by the parity gate.
+
+Modules: peft.py (adapter formats), fuse.py (merge), gguf.py (our GGUF writer, quantize),
+gguf_lora.py (llama.cpp LoRA), modelfile.py (Ollama), parity.py (the gate). `export_all` runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from dantes_mlx.export.parity import ParityReport, Reference
+
+EXPORT_MANIFEST = "export.json"
+BASE_GGUF = "base-f16.gguf"
+
+
+@dataclass
+class ExportResult:
+    """What `export_all` wrote, the parity reports, and what happened with Ollama."""
+
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    reports: dict[str, "ParityReport"] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    ollama: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.reports.values())
+
+    def to_dict(self) -> dict:
+        return {"out_dir": str(self.out_dir), "files": {k: str(v) for k, v in self.files.items()},
+                "parity": {k: _finite(r.to_dict()) for k, r in self.reports.items()},
+                "passed": self.passed, "notes": self.notes, "ollama": self.ollama}
+
+    def summary(self) -> str:
+        """Lines for the terminal: files, parity verdicts, notes, the Ollama step."""
+        lines = [f"export -> {self.out_dir}"]
+        lines += [f"  {key:<16} {path}" for key, path in self.files.items()]
+        for label, report in self.reports.items():
+            lines.append(f"[{label}] " + report.summary())
+        lines += [f"note: {note}" for note in self.notes]
+        if self.ollama:
+            lines.append(self.ollama)
+        return "\n".join(lines)
+
+
+def _finite(value):
+    """JSON-safe copy: infinite/NaN figures (a file llama.cpp refused) become null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parity_gate(reference: "Reference", checks: Sequence[tuple[str, Path, Path | None, str]],
+                prompts: Sequence) -> dict[str, "ParityReport"]:
+    """Run check_parity for each (label, gguf, lora, quantization); a file llama.cpp refuses to load
+    (e.g. LoRA matrices not transposed) is a failed check, not a crash."""
+    from dantes_mlx.errors import ModelError, ParityError
+    from dantes_mlx.export.parity import ParityReport, check_parity, thresholds_for
+
+    reports = {}
+    for label, gguf_path, lora_path, quantization in checks:
+        try:
+            reports[label] = check_parity(reference, gguf_path, lora_path, prompts=prompts,
+                                          quantization=quantization, enforce=False)
+        except (ModelError, ParityError) as exc:
+            inf = float("inf")
+            reports[label] = ParityReport(quantization, str(gguf_path), str(lora_path) if lora_path else None,
+                                          thresholds_for(quantization), [], False, 0.0, 0.0, inf, inf, False,
+                                          [f"llama.cpp could not run it: {exc.detail}"])
+    return reports
+
+
+def gate_verdict(reports: Mapping[str, "ParityReport"], manifest: Path) -> None:
+    """Raise ParityError with every failed check's figures when one fails."""
+    from dantes_mlx.errors import ParityError
+
+    failed = {label: r for label, r in reports.items() if not r.passed}
+    if failed:
+        detail = "\n".join(f"[{label}] {r.summary()}" for label, r in failed.items())
+        raise ParityError(f"the exported files do not predict like the trained model:\n{detail}", path=manifest,
+                          fix="do not ship them (nothing was registered with Ollama); if only the quantized "
+                              "file fails, try --quantization q5_k_m or q8_0")
+
+
+def _adapter_targets(adapter, base_dir: Path, base_name: str, out: Path, result: ExportResult,
+                     peft_base_model: str, n_layers: int) -> Path:
+    """Write the PEFT adapter (and, for a PEFT input, an mlx-lm copy for the reference); return the
+    adapter folder the MLX reference loads."""
+    from dantes_mlx.export.peft import CONFIG, PEFT_WEIGHTS, write_mlx_adapter, write_peft_adapter
+
+    if adapter.kind == "full":
+        result.notes.append("full fine-tune: no PEFT or GGUF LoRA adapter (only the fused GGUF)")
+        return adapter.path
+    peft_dir = out / "peft"
+    if adapter.source == "peft":
+        peft_dir.mkdir(parents=True, exist_ok=True)
+        for name in (PEFT_WEIGHTS, CONFIG):
+            shutil.copyfile(adapter.path / name, peft_dir / name)
+        reference_dir = write_mlx_adapter(adapter, out / "mlx-adapter", n_layers, base_name)
+        result.files["mlx_adapter"] = reference_dir
+    else:
+        write_peft_adapter(adapter, peft_dir, peft_base_model or base_name)
+        reference_dir = adapter.path
+    result.files["peft"] = peft_dir
+    return reference_dir
+
+
+def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, result: ExportResult,
+           want_base: bool, log: Callable[[str], None]) -> None:
+    """Fused f16 GGUF, its quantized copy, the GGUF LoRA and (when wanted) the base f16 GGUF."""
+    from dantes_mlx.export.fuse import fuse_adapter
+    from dantes_mlx.export.gguf import load_weights, quantize, write_gguf
+    from dantes_mlx.export.gguf_lora import write_gguf_lora
+
+    if adapter.kind == "lora":
+        log("writing the GGUF LoRA adapter")
+        result.files["gguf_lora"] = write_gguf_lora(adapter, base_dir, out / f"{name}-lora-f16.gguf",
+                                                    name=f"{name} LoRA")
+    elif adapter.kind == "dora":
+        result.notes.append("DoRA: llama.cpp LoRA files cannot hold DoRA magnitudes; use the fused GGUF")
+    log("fusing the adapter into the base weights")
+    fused = fuse_adapter(load_weights(base_dir), adapter)
+    log("writing the fused f16 GGUF")
+    result.files["fused_f16"] = write_gguf(base_dir, out / f"{name}-f16.gguf", weights=fused, name=name)
+    del fused
+    if quantization != "f16":
+        log(f"quantizing to {quantization} with llama.cpp")
+        result.files["fused"] = quantize(result.files["fused_f16"], out / f"{name}-{quantization}.gguf",
+                                         quantization)
+    else:
+        result.files["fused"] = result.files["fused_f16"]
+    if "gguf_lora" in result.files and want_base:
+        log("writing the base f16 GGUF (for llama.cpp --lora and the parity gate)")
+        result.files["base_f16"] = write_gguf(base_dir, out / BASE_GGUF)
+
+
+def _modelfiles(out: Path, name: str, result: ExportResult, *, system, parameters, messages,
+                license_text: str, ollama_base: str) -> None:
+    from dantes_mlx.export.modelfile import build_modelfile
+    from dantes_mlx.store import write_text_atomic
+
+    common = dict(system=system, parameters=parameters, messages=messages, license_text=license_text)
+    fused = result.files["fused"].name
+    header = f"Ollama Modelfile written by `dantes-mlx export`.\nollama create {name} -f Modelfile"
+    write_text_atomic(out / "Modelfile", build_modelfile(f"./{fused}", header=header, **common))
+    result.files["modelfile"] = out / "Modelfile"
+    if "gguf_lora" in result.files:
+        base = ollama_base or f"./{BASE_GGUF}"
+        header = (f"Adapter-only route: {base} + the GGUF LoRA, written by `dantes-mlx export`.\n"
+                  f"ollama create {name}-adapter -f Modelfile.adapter")
+        text = build_modelfile(base, adapter=f"./{result.files['gguf_lora'].name}", header=header, **common)
+        write_text_atomic(out / "Modelfile.adapter", text)
+        result.files["modelfile_adapter"] = out / "Modelfile.adapter"
+
+
+def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: str | Path = "export", *,
+               quantization: str = "q4_k_m", name: str = "dantes", persona: str | None = None,
+               messages: Iterable[Mapping] = (), parameters: Mapping | None = None, ollama_base: str = "",
+               books: Iterable[str] = (), parity: bool = True, prompts: Sequence | None = None,
+               ollama_create: bool = False, peft_base_model: str = "",
+               log: Callable[[str], None] = _stderr) -> ExportResult:
+    """Export an adapter (mlx-lm or PEFT) to the four targets, gate them, then write the Modelfiles.
+
+    `base_model`: folder or HF repo id (None: the one recorded in the adapter). `ollama_base`: library
+    model for Modelfile.adapter's FROM (empty: our base f16 GGUF). Raises ParityError, with the
+    figures, when a GGUF does not predict like MLX base + adapter; then no Modelfile is written.
+    """
+    from dantes_mlx.errors import ConfigError
+    from dantes_mlx.export.gguf import QUANT_TYPES, read_config
+    from dantes_mlx.export.modelfile import create_commands, default_license
+    from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
+    from dantes_mlx.export.parity import MLXReference, default_prompts, thresholds_for
+    from dantes_mlx.export.peft import check_adapter, load_adapter
+    from dantes_mlx.store import write_text_atomic
+    from dantes_mlx.train import resolve_model
+
+    quantization = quantization.lower()
+    if quantization not in QUANT_TYPES:
+        raise ConfigError(f"unknown quantization {quantization!r}", fix=f"use one of {', '.join(QUANT_TYPES)}")
+    thresholds_for(quantization)
+    adapter = load_adapter(adapter_dir)
+    base_name = str(base_model or adapter.base_model or "")
+    if not base_name:
+        raise ConfigError("no base model given and none recorded in the adapter", path=adapter.path,
+                          fix="pass --base-model (the model the adapter was trained on)")
+    base_dir = resolve_model(base_name)
+    config = read_config(base_dir)
+    check_adapter(adapter, config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = ExportResult(out)
+    reference_adapter = _adapter_targets(adapter, base_dir, base_name, out, result, peft_base_model,
+                                         config["num_hidden_layers"])
+    _ggufs(adapter, base_dir, out, name, quantization, result, parity or not ollama_base, log)
+    manifest = out / EXPORT_MANIFEST
+    if parity:
+        log("parity gate: MLX base + adapter against each GGUF in llama.cpp")
+        checks = [("fused f16", result.files["fused_f16"], None, "f16")]
+        if quantization != "f16":
+            checks.append((f"fused {quantization}", result.files["fused"], None, quantization))
+        if "gguf_lora" in result.files:
+            checks.append(("base f16 + GGUF LoRA", result.files["base_f16"], result.files["gguf_lora"], "f16"))
+        reference = MLXReference(base_dir, reference_adapter)
+        result.reports = parity_gate(reference, checks, prompts or default_prompts(persona))
+        write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        gate_verdict(result.reports, manifest)
+    else:
+        result.notes.append("parity gate skipped (--no-parity): nothing proves these files match the model")
+    _modelfiles(out, name, result, system=persona, parameters=parameters, messages=messages,
+                license_text=default_license(base_name, books), ollama_base=ollama_base)
+    if ollama_create:
+        _, result.ollama = run_ollama_create(name, result.files["modelfile"])
+    else:
+        steps = "\n".join("  " + shlex.join(c) for c in create_commands(name, result.files["modelfile"].resolve()))
+        result.ollama = "to register it with Ollama, run:\n" + steps
+    result.files["manifest"] = manifest
+    write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    return result

@@ -121,6 +121,15 @@ def load_adapter(adapter_dir: str | Path) -> Adapter:
                      fix="point --adapter-path at the folder `dantes-mlx train` wrote (default: adapters/)")
 
 
+def recorded_base_model(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter folder says it was trained on (mlx-lm `model`, PEFT `base_model_name_or_path`)."""
+    path = Path(adapter_dir) / CONFIG
+    if not path.is_file():
+        return None
+    config = _read_json(path)
+    return config.get("model") or config.get("base_model_name_or_path") or None
+
+
 def load_mlx_adapter(folder: Path) -> Adapter:
     """mlx-lm's adapter folder (what `dantes-mlx train` and `mlx_lm.lora` write)."""
     config = _read_json(folder / CONFIG)

@@ -1,0 +1,316 @@
+"""The Ollama Modelfile: writing it (Mistral v0.3 template, stops, persona, licence), parsing it, `ollama create`.
+
+`parse_modelfile` follows Ollama's own grammar (parser/parser.go) and its parameter checks
+(api.FormatParams), so the tests can prove that every line we write is one Ollama accepts.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from dantes_mlx.errors import ConfigError, InputError, ModelError
+
+# Ollama's library template for Mistral v0.3 (tools included), with one change: an assistant turn
+# starts with a space, as in Mistral's own chat template (`[/INST] answer</s>`), which is what the
+# model saw in training. The system prompt goes before the LAST user message, as Mistral does.
+MISTRAL_TEMPLATE = """{{- if .Messages }}
+{{- range $index, $_ := .Messages }}
+{{- if eq .Role "user" }}
+{{- if and (eq (len (slice $.Messages $index)) 1) $.Tools }}[AVAILABLE_TOOLS] {{ $.Tools }}[/AVAILABLE_TOOLS]
+{{- end }}[INST] {{ if and $.System (eq (len (slice $.Messages $index)) 1) }}{{ $.System }}
+
+{{ end }}{{ .Content }}[/INST]
+{{- else if eq .Role "assistant" }}
+{{- if .Content }} {{ .Content }}
+{{- else if .ToolCalls }}[TOOL_CALLS] [
+{{- range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
+{{- end }}]
+{{- end }}</s>
+{{- else if eq .Role "tool" }}[TOOL_RESULTS] {"content": {{ .Content }}} [/TOOL_RESULTS]
+{{- end }}
+{{- end }}
+{{- else }}[INST] {{ if .System }}{{ .System }}
+
+{{ end }}{{ .Prompt }}[/INST]
+{{- end }}{{ .Response }}
+{{- if .Response }}</s>
+{{- end }}"""
+STOP_TOKENS = ("[INST]", "[/INST]", "</s>")
+
+MISTRAL_LICENSE = (
+    "Base model: Mistral-7B-Instruct-v0.3 by Mistral AI, released under the Apache License,\n"
+    "Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0). The fine-tuned weights are a\n"
+    "derivative of it and are distributed under the same licence.")
+BOOK_NOTICE = ("Training text: {books} (https://www.gutenberg.org), in the public domain;\n"
+               "the question/answer pairs generated from it add no rights.")
+EXAMPLE_HEADER = ("Example Modelfile written by `dantes-mlx export` (Mistral-7B-Instruct-v0.3 + the Dantès\n"
+                  "adapter, q4_k_m). `dantes-mlx export -o export` writes the real one next to the GGUF in\n"
+                  "export/; from the repository root this one works too:\n"
+                  "  ollama create dantes -f Modelfile && ollama run dantes\n"
+                  "Regenerate it with: python -m dantes_mlx.export.modelfile > Modelfile")
+
+COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser",
+            "parameter", "message", "requires")
+ROLES = ("system", "user", "assistant")
+# Ollama's api.Options (json name -> Go kind); deprecated ones are accepted with a warning.
+PARAMETER_TYPES = {
+    "num_keep": int, "seed": int, "num_predict": int, "top_k": int, "top_p": float, "min_p": float,
+    "typical_p": float, "repeat_last_n": int, "temperature": float, "repeat_penalty": float,
+    "presence_penalty": float, "frequency_penalty": float, "stop": list, "num_ctx": int,
+    "num_batch": int, "num_gpu": int, "main_gpu": int, "use_mmap": bool, "num_thread": int,
+}
+DEPRECATED_PARAMETERS = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only",
+                         "use_mlock", "mirostat", "mirostat_tau", "mirostat_eta")
+_INSTRUCTIONS = (set(COMMANDS) - {"from", "parameter"}) | {"model"}
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*(:[A-Za-z0-9._-]+)?$")
+
+
+@dataclass
+class Command:
+    """One Modelfile instruction as Ollama reads it (name 'model' for FROM; MESSAGE args 'role: text')."""
+
+    name: str
+    args: str
+    line: int = 0
+
+
+# ---------------------------------------------------------------- writing
+def _printable(value: str, what: str) -> str:
+    """Ollama drops non-printable characters: other Unicode spaces become ' ', controls are refused."""
+    out = []
+    for ch in value:
+        if ch in "\n\t" or ch.isprintable():
+            out.append(ch)
+        elif unicodedata.category(ch) == "Zs":  # e.g. the no-break spaces of French typography
+            out.append(" ")
+        elif ch != "\r":
+            raise ConfigError(f"{what} holds the control character U+{ord(ch):04X}, which Ollama drops",
+                              fix=f"remove it from the {what}")
+    return "".join(out)
+
+
+def quote(value: str, what: str, *, always: bool = False) -> str:
+    """A Modelfile value Ollama reads back unchanged: bare when safe, else in triple quotes."""
+    value = _printable(value, what)
+    if '"""' in value:
+        raise ConfigError(f'{what} contains """, which cannot be quoted in a Modelfile',
+                          fix=f'rewrite the {what} without three double quotes in a row')
+    needs = always or not value or "\n" in value or value != value.strip() or value.startswith('"')
+    return f'"""{value}"""' if needs else value
+
+
+def _parameter_value(name: str, value) -> str:
+    kind = PARAMETER_TYPES.get(name)
+    if kind is None:
+        raise ConfigError(f"unknown Ollama parameter {name!r}", fix=f"use one of {', '.join(PARAMETER_TYPES)}")
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int and (isinstance(value, bool) or not float(value).is_integer()):
+        raise ConfigError(f"Ollama parameter {name} must be an integer, not {value!r}", fix="use an integer")
+    return str(int(value)) if kind is int else quote(str(value), f"parameter {name}")
+
+
+def build_modelfile(source: str, *, adapter: str | None = None, system: str | None = None,
+                    parameters: Mapping | None = None, messages: Iterable[Mapping] = (),
+                    license_text: str | None = None, template: str = MISTRAL_TEMPLATE,
+                    stop: Iterable[str] = STOP_TOKENS, header: str | None = None) -> str:
+    """The Modelfile text: FROM (GGUF path or library model), ADAPTER, TEMPLATE, stops, sampling, SYSTEM,
+    MESSAGE examples, LICENSE. Checked by `parse_modelfile` before it is returned."""
+    lines = [f"# {row}".rstrip() for row in (header or "").splitlines()]
+    lines.append(f"FROM {quote(source, 'FROM path')}")
+    if adapter:
+        lines.append(f"ADAPTER {quote(adapter, 'ADAPTER path')}")
+    lines.append(f"TEMPLATE {quote(template, 'template', always=True)}")
+    lines += [f"PARAMETER stop {quote(token, 'stop token')}" for token in stop]
+    for name, value in (parameters or {}).items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        lines += [f"PARAMETER {name} {_parameter_value(name, v)}" for v in values]
+    if system:
+        lines.append(f"SYSTEM {quote(system, 'system prompt (character.persona)', always=True)}")
+    for message in messages:
+        role = message.get("role")
+        if role not in ROLES:
+            raise ConfigError(f"MESSAGE role {role!r} is not one Ollama accepts", fix=f"use one of {', '.join(ROLES)}")
+        lines.append(f"MESSAGE {role} {quote(str(message.get('content', '')), 'message', always=True)}")
+    if license_text:
+        lines.append(f"LICENSE {quote(license_text, 'licence', always=True)}")
+    text = "\n".join(lines) + "\n"
+    parse_modelfile(text)
+    return text
+
+
+def default_license(base_model: str, books: Iterable[str] = ()) -> str:
+    """LICENSE text: Apache 2.0 for a Mistral base, the base's own licence otherwise; the book is public domain."""
+    ids = [f"#{b}" for b in books]
+    names = f"Project Gutenberg ebook{'s' if len(ids) > 1 else ''} {', '.join(ids)}" if ids else "a Project Gutenberg book"
+    if "mistral" in str(base_model).lower():
+        base = MISTRAL_LICENSE
+    else:
+        base = f"Base model: {base_model}; see its own licence, which the fine-tuned weights inherit."
+    return base + "\n" + BOOK_NOTICE.format(books=names)
+
+
+def example_modelfile() -> str:
+    """The repository's example Modelfile: the default config's Mistral export (see the root `Modelfile`)."""
+    from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig
+
+    export, project = ExportConfig(), ProjectConfig()
+    return build_modelfile(f"./{export.out_dir}/{export.ollama_name}-{export.quantization}.gguf",
+                           system=CharacterConfig().persona, parameters=export.ollama_parameters,
+                           messages=export.ollama_messages,
+                           license_text=default_license("mistralai/Mistral-7B-Instruct-v0.3", project.books),
+                           header=EXAMPLE_HEADER)
+
+
+# ---------------------------------------------------------------- parsing (Ollama's grammar)
+def _unquote(value: str) -> tuple[str, bool]:
+    if value.startswith('"""'):
+        return (value[3:-3], True) if len(value) >= 6 and value.endswith('"""') else ("", False)
+    if value.startswith('"'):
+        return (value[1:-1], True) if len(value) >= 2 and value.endswith('"') else ("", False)
+    return value, True
+
+
+def _step(ch: str, state: str) -> tuple[str, str, str | None]:
+    """(next state, rune kept, error) for one character, as Ollama's parseRuneForState."""
+    space, newline = ch in " \t", ch in "\r\n"
+    if state == "nil":
+        return ("comment", "", None) if ch == "#" else ("nil", "", None) if space or newline else ("name", ch, None)
+    if state == "name":
+        return ("name", ch, None) if ch.isascii() and ch.isalpha() else ("value", "", None) if space else \
+            ("nil", "", "command must be one of " + ", ".join(f'"{c}"' for c in COMMANDS))
+    if state == "value":
+        return ("nil", ch, None) if space or newline else ("value", ch, None)
+    if state in ("parameter", "message"):
+        ok = ch.isascii() and (ch.isalpha() or (state == "parameter" and (ch.isdigit() or ch == "_")))
+        what = "PARAMETER needs a name, then a value" if state == "parameter" else \
+            "MESSAGE needs a role (system, user, assistant), then a value"
+        return (state, ch, None) if ok else ("value", "", None) if space else ("nil", "", what)
+    return ("nil", "", None) if newline else ("comment", "", None)  # comment
+
+
+def parse_modelfile(text: str, path: str | Path | None = None, *, check_values: bool = True) -> list[Command]:
+    """Parse a Modelfile the way `ollama create` does; InputError (file:line) on what Ollama refuses.
+
+    With `check_values`, also the checks Ollama runs when it builds the request: parameter names and
+    types, MESSAGE roles, a FROM line.
+    """
+    where = path or "Modelfile"
+    commands: list[Command] = []
+    state, buf, line, start, name, role = "nil", [], 1, 1, "", ""
+    for ch in text.lstrip("\ufeff"):
+        if ch in "\r\n":
+            line += 1
+        nxt, kept, error = _step(ch, state)
+        if error:
+            raise InputError(error, path=where, line=line, fix="see https://docs.ollama.com/modelfile")
+        if nxt != state:
+            word = "".join(buf)
+            if state == "name":
+                low = word.lower()
+                if low not in COMMANDS:
+                    raise InputError(f"unknown instruction {word!r}", path=where, line=line,
+                                     fix=f"use one of {', '.join(c.upper() for c in COMMANDS)}")
+                name, start = ("model" if low == "from" else low), line
+                nxt = {"parameter": "parameter", "message": "message"}.get(low, nxt)
+            elif state == "parameter":
+                name = word
+            elif state == "message":
+                if word not in ROLES:
+                    raise InputError(f"MESSAGE role {word!r} is not one of {', '.join(ROLES)}", path=where,
+                                     line=line, fix="write MESSAGE user ... or MESSAGE assistant ...")
+                role = word
+            elif state == "value":
+                value, ok = _unquote(word.strip())
+                if not ok or ch in " \t":
+                    buf.append(ch)
+                    continue
+                commands.append(Command(name, f"{role}: {value}" if role else value, start))
+                role = ""
+            buf, state = [], nxt
+        if kept and kept.isprintable():
+            buf.append(kept)
+    if state == "value":
+        value, ok = _unquote("".join(buf).strip())
+        if not ok:
+            raise InputError("unterminated quoted value at the end of the file", path=where, line=start,
+                             fix='close the value with " or """')
+        commands.append(Command(name, f"{role}: {value}" if role else value, start))
+    elif state not in ("nil", "comment"):
+        raise InputError("instruction without a value at the end of the file", path=where, line=line,
+                         fix="give the last instruction its value")
+    if check_values:
+        _check_commands(commands, where)
+    return commands
+
+
+def _check_parameter(command: Command, where) -> None:
+    kind = PARAMETER_TYPES.get(command.name)
+    if kind is None:
+        if command.name in DEPRECATED_PARAMETERS:
+            return  # Ollama prints a warning and ignores it
+        raise InputError(f"unknown parameter '{command.name}'", path=where, line=command.line,
+                         fix=f"use one of {', '.join(PARAMETER_TYPES)}")
+    value = command.args
+    valid = {int: re.fullmatch(r"[+-]?\d+", value), bool: value in ("1", "t", "T", "TRUE", "true", "True",
+                                                                   "0", "f", "F", "FALSE", "false", "False"),
+             list: True, float: re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|Inf|NaN)", value)}
+    if not valid[kind]:
+        raise InputError(f"invalid {kind.__name__} value {value!r} for parameter {command.name}", path=where,
+                         line=command.line, fix=f"write a {kind.__name__}")
+
+
+def _check_commands(commands: list[Command], where) -> None:
+    if not any(c.name == "model" for c in commands):
+        raise InputError("no FROM line", path=where, fix="start the Modelfile with FROM <gguf path or model>")
+    for command in commands:
+        if command.name not in _INSTRUCTIONS:
+            _check_parameter(command, where)
+
+
+def instructions(commands: list[Command]) -> dict[str, list[str]]:
+    """Parsed commands grouped by name (FROM is 'model'; PARAMETERs by their own name)."""
+    out: dict[str, list[str]] = {}
+    for command in commands:
+        out.setdefault(command.name, []).append(command.args)
+    return out
+
+
+# ---------------------------------------------------------------- ollama create
+def create_commands(name: str, modelfile: str | Path) -> list[list[str]]:
+    """The commands a user runs by hand: `ollama create NAME -f Modelfile`, then `ollama run NAME`."""
+    return [["ollama", "create", name, "-f", str(modelfile)], ["ollama", "run", name]]
+
+
+def ollama_create(name: str, modelfile: str | Path, *, timeout: float = 3600) -> tuple[bool, str]:
+    """Run `ollama create NAME -f MODELFILE` (argument list, no shell) when ollama is on PATH.
+
+    Returns (created, message); the message holds the exact commands to run when ollama is absent.
+    """
+    if not _MODEL_NAME.match(name):
+        raise ConfigError(f"{name!r} is not a valid Ollama model name",
+                          fix="use letters, digits, '.', '_', '-' (e.g. dantes or dantes:q4_k_m)")
+    modelfile = Path(modelfile).resolve()
+    exe = shutil.which("ollama")
+    if exe is None:
+        steps = "\n".join("  " + shlex.join(cmd) for cmd in create_commands(name, modelfile))
+        return False, ("ollama is not on PATH; install it (https://ollama.com/download), then run:\n" + steps)
+    proc = subprocess.run([exe, "create", name, "-f", str(modelfile)], cwd=modelfile.parent,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise ModelError(f"`ollama create {name}` failed (exit {proc.returncode}): "
+                         f"{(proc.stderr or proc.stdout).strip()[-2000:]}", path=modelfile,
+                         fix="is the Ollama server running (`ollama serve`)? Then rerun: "
+                             + shlex.join(create_commands(name, modelfile)[0]))
+    return True, f"ollama model '{name}' created; try: ollama run {name}"
+
+
+if __name__ == "__main__":
+    print(example_modelfile(), end="")
