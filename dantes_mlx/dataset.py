@@ -194,7 +194,12 @@ def _system_plan(examples: list[Example], cfg: PrepareConfig, persona: str | Non
                             "(use --format chat to train with it)")
         system = None
     inline = cfg.format != "completions" and template_drops_system(tokenizer)
-    if inline and (system or any(ex.messages and ex.messages[0]["role"] == "system" for ex in examples)):
+    has_system = bool(system) or any(ex.messages and ex.messages[0]["role"] == "system" for ex in examples)
+    if tokenizer is None and has_system and cfg.format == "chat":
+        report.notes.append("no tokenizer: could not check that the chat template keeps system messages in "
+                            "training rows (Mistral v0.3's drops them, and mlx-lm's prompt masking then hides "
+                            "the whole answer); give --tokenizer so prepare can fold them into the question")
+    if inline and has_system:
         report.notes.append("the tokenizer's chat template drops a system message from conversations that end "
                             "with the answer (Mistral v0.3 does): the system prompt was put in front of the "
                             "last question instead, as the template does at inference")

@@ -296,8 +296,9 @@ def _check_tokens(report: ValidationReport, rows: list[Row], tokenizer, max_seq_
     if with_system is not None and template_drops_system(tokenizer):
         report.problems.append(Problem(with_system.path, with_system.line, (
             "the tokenizer's chat template drops the system message of rows that end with the answer "
-            "(Mistral v0.3 does), so training never sees it; `dantes-mlx prepare --tokenizer ...` folds it "
-            "into the last question instead"), "warning"))
+            "(Mistral v0.3 does): training never sees it, and mlx-lm's prompt masking, which renders the "
+            "prompt with it, then masks part or all of the answer; `dantes-mlx prepare --tokenizer ...` folds "
+            "it into the last question instead"), "warning"))
     for row in rows:
         if row.fmt is None or row_problems(row):
             continue

@@ -82,6 +82,7 @@ def test_prepare_reports_drops_and_no_source_id_spans_splits(tmp_path):
         [("46", "exact duplicate"), ("47", "exact duplicate")]
     assert report.invalid == [(f"{source}:48", "empty assistant content at message 1")]
     assert "dedupe: dropped 2 row(s) (2 exact duplicate)" in report.summary()
+    assert any("could not check that the chat template keeps system messages" in n for n in report.notes)
     where: dict[str, set] = {}
     for split in ("train", "valid", "test"):
         for row in read_rows(tmp_path / "out" / f"{split}.jsonl"):
