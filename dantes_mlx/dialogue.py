@@ -11,13 +11,132 @@ import dataclasses
 import re
 from pathlib import Path
 
-from dantes_mlx.dialogue_speakers import (SECOND_PERSON, attribute, is_character, looks_narrative,
-                                          match_incise, normalise_speaker)
+from dantes_mlx.dialogue_speakers import (DETS, INVERTED, PRESENT_FORMS, SPEECH_FORMS, attribute,
+                                          is_character, is_verb_like, normalise_speaker, subject_after_verb,
+                                          subject_verb_pairs, tokens)
 from dantes_mlx.errors import InputError
 
 __all__ = ["Quote", "find_quotations", "character_quotes", "mentions_character", "all_speakers_rows",
            "normalise_speaker", "is_character", "paragraphs", "read_text"]
 
+
+# --- incises: where the narrator interrupts a reply, and where the reply gives way to narration
+
+_INCISE = re.compile(
+    r"(?P<cl>(?:(?:lui|leur|me|m['’]|te|t['’]|nous|vous|se|s['’])\s*)*)"
+    r"(?P<verb>[^\W\d_]+(?:-t)?-(?:il|elle|ils|elles|on|je)\b|[^\W\d_A-ZÀ-Ý]+)")
+
+
+def match_incise(source: str, pos: int, limit: int) -> tuple[int, int] | None:
+    """If an incise starts at pos (after the reply's comma, "!" or "?"), its (start, end):
+    from the verb up to the punctuation that gives the floor back to the speaker."""
+    m = _INCISE.match(source, pos, limit)
+    if not m:
+        return None
+    verb = m.group("verb").replace("’", "'")
+    inv = INVERTED.match(verb)
+    if inv:
+        if not (inv.group("verb").lower() in _INVERTED_OK or _after_ok(source, m.end(), limit)):
+            return None
+    elif verb.lower() not in SPEECH_FORMS:
+        return None
+    else:
+        toks = tokens(source[m.end():min(limit, m.end() + 100)], m.end())
+        found = subject_after_verb(toks, 0)
+        if found is None:
+            return None
+        if verb.lower() in PRESENT_FORMS:  # "demande le journal" may be an imperative: want "demande Jean."
+            nxt = found[1]
+            if nxt < len(toks) and toks[nxt][0] not in ",;.!?…»:":
+                return None
+    return m.start(), _incise_end(source, m.end(), limit)
+
+
+_INVERTED_OK = {f.split("-")[0] for f in SPEECH_FORMS} | {"fit", "fis", "reprit", "ajouta", "pensa",
+                                                          "fait", "dit", "demanda", "continua"}
+
+
+def _after_ok(source: str, pos: int, limit: int) -> bool:
+    """An unknown verb with an inverted pronoun is an incise when punctuation or a manner phrase follows."""
+    rest = source[pos:min(limit, pos + 12)]
+    return bool(re.match(r"\s*(?:[,.;:!?…»]|$|en\s|avec\s|d['’]un|tout\s|à\s)", rest))
+
+
+_PARTICIPLE = (r"(?:et\s+|tout\s+|ne\s+|n['’])?(?:en\s+)?[^\W\d_]{3,}ant\b"
+               r"(?<!pourtant)(?<!cependant)(?<!maintenant)(?<!avant)(?<!durant)(?<!autant)(?<!quant)")
+_PAST = r"[^\W\d_]+(?:ait|aient|èrent|irent|urent|inrent|a|it|ut|int)\b"
+_CLITIC_RE = r"(?:(?:ne|n['’]|se|s['’]|lui|leur|me|m['’]|te|t['’]|le|la|les|l['’]|en|y)\s*)*"
+# Narration resuming after an incise's comma: "dit-il, et allant...", "dit l'aveugle qui voulait..."
+_CONTINUE = re.compile(r"\s*(?:" + _PARTICIPLE + r"|(?:et\s+)?(?:qui|dont)\s+" + _CLITIC_RE + _PAST +
+                       r"|(?:et\s+)?dont\s|non\s+sans\s|(?:quand|lorsqu['’]|lorsque|tandis\s+que|pendant\s+que|"
+                       r"comme)\s*(?:il|elle|ils|elles|on)\s+" + _CLITIC_RE + _PAST + r")", re.I)
+# Passé simple forms that cannot be presents; with the 3rd-person plural endings and -a (not -ra,
+# the future), they mark the narrator's voice: dialogue in French novels uses the passé composé.
+_PASSE_SIMPLE = r"""fit prit mit sourit répondit reprit rendit fut eut dut put parut mourut courut vint tint
+revint devint sortit partit sentit entendit descendit attendit perdit suivit ouvrit assit conduisit
+aperçut reçut crut lut""".split()
+_NARRATIVE_VERB = re.compile(
+    r"\b(?:[^\W\d_]{3,}(?:èrent|irent|urent|inrent)|(?:il|elle|on|qui)\s+" + _CLITIC_RE +
+    r"(?:(?!va\b|[^\W\d_]*ra\b|voilà\b|cela\b)[^\W\d_]{2,}a|" + "|".join(_PASSE_SIMPLE) + r"))\b", re.I)
+_PERSON = re.compile(r"\b(?:je|tu|vous|nous|mon|ma|mes|ton|ta|tes|votre|vos|notre|nos|moi|toi|me|te)\b|"
+                     r"\b[jmt]['’]", re.I)
+_SECOND_PERSON = re.compile(r"\b(?:tu|vous|ton|ta|tes|votre|vos|toi|te)\b|\bt['’]", re.I)
+_IMPERFECT = re.compile(r"\b[^\W\d_]{2,}(?<![rf])(?:ait|aient)\b", re.I)
+
+
+def looks_narrative(sentence: str, after_incise: bool = False) -> bool:
+    """Whether a sentence inside a dash paragraph is the narrator's, not the speaker's: no 1st/2nd
+    person, "?" or "!", and a 3rd-person passé simple ("il tomba", "ils dirent"); right after an
+    incise ("..., répliqua Bouvard. Ceux de Pécuchet étaient...") an imperfect is enough."""
+    if re.search(r"[?!]", sentence) or _PERSON.search(sentence):
+        return False
+    if _NARRATIVE_VERB.search(sentence) or after_incise and _IMPERFECT.search(sentence):
+        return True
+    pairs = subject_verb_pairs(sentence, tokens(sentence))
+    subject = pairs[0][0] if pairs else None
+    if subject is None or subject.pronoun:
+        return False
+    rest = re.match(r"\s*,?\s*" + _CLITIC_RE + r"([^\W\d_]+)", sentence[subject.end:])
+    return bool(rest) and re.fullmatch(r"[^\W\d_]{2,}(?:a|èrent|irent|urent)|" + "|".join(_PASSE_SIMPLE),
+                                       rest.group(1)) is not None and not rest.group(1).endswith("ra")
+
+
+def _apposition(chunk: str, source: str, after: int) -> bool:
+    """", le chanteur le plus célèbre de la troupe." after an incise's subject: a verbless noun
+    phrase closing the sentence describes the speaker."""
+    toks = tokens(chunk)
+    return (after < len(source) and source[after] == "." and bool(toks) and str.lower(toks[0][0]) in DETS
+            and not any(is_verb_like(t) for t, _, _ in toks))
+
+
+def _incise_end(source: str, pos: int, limit: int) -> int:
+    """End of an incise: the first , ; . ! ? … or », unless narration goes on after the comma
+    (a participle, a relative clause...): then up to the first chunk in the 1st/2nd person."""
+    p, continued = pos, False
+    while p < limit:
+        c = source[p]
+        if c in ",;":
+            chunk = re.match(r"[^,;.!?…»:]*", source[p + 1:limit]).group()
+            opener = _CONTINUE.match(chunk) or _apposition(chunk, source, p + 1 + len(chunk))
+            if chunk.strip() and (opener and not _SECOND_PERSON.search(chunk)
+                                  or continued and not _PERSON.search(chunk)):
+                continued = True
+                p += 1
+                continue
+            return p
+        if c == "." and _ABBREVIATION.search(source, max(0, p - 5), p + 1):
+            p += 1
+            continue
+        if c in ".!?…»:—–" or source.startswith("--", p):
+            return p
+        p += 1
+    return limit
+
+
+_ABBREVIATION = re.compile(r"(?<!\w)(?:[A-ZÀ-Ý]|MM|Mme|Mlle|Mgr|Dr|St|Ste)\.$")
+
+
+# --- quotations
 
 @dataclasses.dataclass(frozen=True)
 class Quote:
@@ -75,34 +194,30 @@ def paragraphs(text: str) -> list[tuple[int, int]]:
     """(start, end) of each paragraph, trimmed. Paragraphs are blocks separated by blank lines when
     the text has them (hard-wrapped or one paragraph per line), else single lines; a line opening
     with a dialogue dash always starts a new paragraph."""
-    lines, pos = [], 0
+    lines, pos = [], 0  # (start, end) of each line's text, without its edge whitespace
     for line in text.split("\n"):
-        lines.append((pos, pos + len(line)))
+        stripped = line.strip()
+        if stripped:
+            lead = len(line) - len(line.lstrip())
+            lines.append((pos + lead, pos + lead + len(stripped)))
+        else:
+            lines.append(None)
         pos += len(line) + 1
-    blank = [not text[a:b].strip() for a, b in lines]
-    n_blank, n_text = sum(blank), len(lines) - sum(blank)
-    n_long = sum(b - a > 90 for a, b in lines)
+    n_text = sum(x is not None for x in lines)
+    n_blank = len(lines) - n_text
+    n_long = sum(x is not None and x[1] - x[0] > 90 for x in lines)
     hard_wrapped = n_long <= 0.02 * n_text  # Gutenberg's 70-column lines
     blank_layout = n_blank > 0 and (hard_wrapped or n_blank >= 0.3 * n_text)
-    out: list[list[int]] = []
+    result: list[tuple[int, int]] = []
     open_block = False
-    for (a, b), is_blank in zip(lines, blank):
-        if is_blank:
+    for line in lines:
+        if line is None:
             open_block = False
-            continue
-        starts_reply = _DASH.match(text, a + len(text[a:b]) - len(text[a:b].lstrip())) is not None
-        if blank_layout and open_block and not starts_reply:
-            out[-1][1] = b
+        elif blank_layout and open_block and not _DASH.match(text, line[0]):
+            result[-1] = (result[-1][0], line[1])
         else:
-            out.append([a, b])
-        open_block = True
-    result = []
-    for a, b in out:
-        seg = text[a:b]
-        a2 = a + len(seg) - len(seg.lstrip())
-        b2 = a + len(seg.rstrip())
-        if b2 > a2:
-            result.append((a2, b2))
+            result.append(line)
+            open_block = True
     return result
 
 
@@ -229,7 +344,7 @@ def _after_incise(text: str, qend: int, para_end: int) -> tuple[int, int] | None
 def _addressed(text: str, start: int, end: int) -> bool:
     """Whether a quotation over several paragraphs speaks to someone (tu, vous) in its first one."""
     first = text[start:text.find("\n", start, end) if "\n" in text[start:end] else end]
-    return SECOND_PERSON.search(first) is not None
+    return _SECOND_PERSON.search(first) is not None
 
 
 def _introduced(text: str, start: int) -> bool:

@@ -37,12 +37,12 @@ def _er_forms(stem: str) -> list[str]:
 
 
 SPEECH_FORMS = frozenset(f for s in _ER_STEMS for f in _er_forms(s)) | frozenset(_IRREGULAR)
-_PRESENT = frozenset(f for s in _ER_STEMS for f in (s + "e", s + "ent")) | {"répond", "reprend", "interrompt"}
+PRESENT_FORMS = frozenset(f for s in _ER_STEMS for f in (s + "e", s + "ent")) | {"répond", "reprend", "interrompt"}
 
 PRONOUNS = {"il": "m", "ils": "m", "elle": "f", "elles": "f", "je": "1", "j'": "1", "on": None,
             "celui-ci": "m", "celle-ci": "f", "celui-là": "m", "celle-là": "f", "nous": "1",
             "tu": None, "vous": None, "lui": "m", "moi": "1"}
-_CLITICS = {"lui", "leur", "me", "m'", "te", "t'", "nous", "vous", "se", "s'", "en", "y", "le",
+CLITICS = {"lui", "leur", "me", "m'", "te", "t'", "nous", "vous", "se", "s'", "en", "y", "le",
             "la", "les", "l'", "ne", "n'"}
 _DETS_M = {"le", "un", "ce", "cet", "mon", "ton", "du", "au"}
 _DETS_F = {"la", "une", "cette", "ma", "ta"}
@@ -51,7 +51,7 @@ _TITLES_M = {"monsieur", "m.", "mm.", "messieurs", "maître", "oncle", "père", 
              "sir", "don", "monseigneur", "abbé", "comte", "baron", "marquis", "duc", "prince", "roi"}
 _TITLES_F = {"madame", "mme", "mlle", "mademoiselle", "tante", "mère", "sœur", "dame", "lady", "dona",
              "mesdames", "comtesse", "baronne", "marquise", "duchesse", "princesse", "reine"}
-_DETS = _DETS_M | _DETS_F | {"l'", "les", "des", "ces", "mes", "tes", "ses", "son", "sa", "notre",
+DETS = _DETS_M | _DETS_F | {"l'", "les", "des", "ces", "mes", "tes", "ses", "son", "sa", "notre",
                              "nos", "votre", "vos", "leur", "leurs", "chaque", "quelques", "deux",
                              "trois", "plusieurs", "aucun", "aucune", "tous", "toutes", "tout",
                              "toute", "celui", "celle", "ceux"}
@@ -75,7 +75,7 @@ dessous tous plus moins très près lors puis depuis mais jamais assis surpris �
 précis ravi aussi voici celui lui ami amis cela déjà voilà là""".split())
 
 _TOKEN = re.compile(r"[^\W\d_]+['’](?=\w)|\w+(?:[-.]\w+)*\.?(?<=M\.)|\w+(?:-\w+)*|[^\w\s]")
-_INVERTED = re.compile(r"^(?P<verb>[^\W\d_]+?)(?:-t)?-(?P<pron>il|elle|ils|elles|on|je)$", re.I)
+INVERTED = re.compile(r"^(?P<verb>[^\W\d_]+?)(?:-t)?-(?P<pron>il|elle|ils|elles|on|je)$", re.I)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,18 +90,18 @@ class Mention:
 
 def tokens(s: str, base: int = 0) -> list[tuple[str, int, int]]:
     """Words, elided articles and punctuation of s with offsets shifted by base."""
-    return [(m.group().replace("’", "'"), base + m.start(), base + m.end()) for m in _TOKEN.finditer(s)]
+    s = s.replace("’", "'")  # same length: offsets hold
+    return [(m.group(), base + m.start(), base + m.end()) for m in _TOKEN.finditer(s)]
 
 
-def _low(t: str) -> str:
-    return t.lower()
+_low = str.lower
 
 
 def _is_cap(t: str) -> bool:
     return t[:1].isupper() and _low(t) not in _FUNCTION and t[:1].isalpha()
 
 
-def _verb_like(t: str) -> bool:
+def is_verb_like(t: str) -> bool:
     low = _low(t)
     if not low[:1].isalpha() or t[:1].isupper():
         return False
@@ -119,7 +119,7 @@ def noun_phrase(toks, i: int, subject: bool = False, partitive: bool = False) ->
         return Mention(toks[i][0], toks[i][1], toks[i][2], PRONOUNS.get(low), True), i + 1
     if low in ("l'", "quelqu'") and i + 1 < n and _low(toks[i + 1][0]) in ("un", "une", "autre"):
         k = i + 2
-        if k < n and toks[k][0][:1].isalpha() and _low(toks[k][0]) not in {"d'", "de", "des"} | _CLITICS:
+        if k < n and toks[k][0][:1].isalpha() and _low(toks[k][0]) not in {"d'", "de", "des"} | CLITICS:
             pass  # "l'autre monsieur": a noun phrase, read below
         else:
             if k + 1 < n and _low(toks[k][0]) in ("d'", "de") and _low(toks[k + 1][0]) in ("eux", "elles", "entre"):
@@ -127,9 +127,9 @@ def noun_phrase(toks, i: int, subject: bool = False, partitive: bool = False) ->
             gender = {"un": "m", "une": "f"}.get(_low(toks[i + 1][0])) if low == "l'" else None
             return Mention("", toks[i][1], toks[k - 1][2], gender, True), k
     j, gender = (i + 1 if partitive else i), None
-    if low in ("tous", "toutes") and i + 1 < n and _low(toks[i + 1][0]) in _DETS:
+    if low in ("tous", "toutes") and i + 1 < n and _low(toks[i + 1][0]) in DETS:
         j += 1
-    while j < n and _low(toks[j][0]) in _DETS:
+    while j < n and _low(toks[j][0]) in DETS:
         d = _low(toks[j][0])
         gender = gender or ("m" if d in _DETS_M else "f" if d in _DETS_F else None)
         j += 1
@@ -144,12 +144,12 @@ def noun_phrase(toks, i: int, subject: bool = False, partitive: bool = False) ->
         if k > j and lw in ("de", "d'", "du") and k + 1 < n and _is_cap(toks[k + 1][0]):
             k += 2
             continue
-        if not t[:1].isalpha() or k > j and (lw in _NP_STOP or lw in _CLITICS or lw in _DETS):
+        if not t[:1].isalpha() or k > j and (lw in _NP_STOP or lw in CLITICS or lw in DETS):
             break
         if t[:1].isupper() or k == j:
             k += 1
             continue
-        if subject and _verb_like(t) or lw.endswith("ant") and len(lw) > 4 or lw in SPEECH_FORMS:
+        if subject and is_verb_like(t) or lw.endswith("ant") and len(lw) > 4 or lw in SPEECH_FORMS:
             break
         if lw in ("de", "d'", "des", "du") or lowers >= (1 if subject else 2):
             break
@@ -162,8 +162,11 @@ _SUBJECT_PRONOUNS = {"il", "elle", "ils", "elles", "je", "j'", "on", "celui-ci",
                      "celle-là", "ceux-ci", "celles-ci", "chacun", "chacune"}
 
 
+_NP_OPENERS = DETS | _TITLES_M | _TITLES_F | _SUBJECT_PRONOUNS | {"l'", "quelqu'", "tous", "toutes"}
+
+
 def _with_text(m: Mention, source: str) -> Mention:
-    return dataclasses.replace(m, text=source[m.start:m.end])
+    return Mention(source[m.start:m.end], m.start, m.end, m.gender, m.pronoun)
 
 
 _PP = {"à", "au", "avec", "d'", "en", "tout", "sans", "sur", "dans"}
@@ -197,126 +200,17 @@ def incise_speaker(source: str, start: int, end: int) -> Mention | None:
     """The speaker named in an incise such as "dit-il" or "répondit le jeune homme"."""
     toks = tokens(source[start:end], start)
     i = 0
-    while i < len(toks) and (_low(toks[i][0]) in _CLITICS or not toks[i][0][:1].isalpha()):
+    while i < len(toks) and (_low(toks[i][0]) in CLITICS or not toks[i][0][:1].isalpha()):
         i += 1
     if i >= len(toks):
         return None
-    inv = _INVERTED.match(toks[i][0])
+    inv = INVERTED.match(toks[i][0])
     if inv:
         pron = _low(inv.group("pron"))
         s = toks[i][2] - len(inv.group("pron"))
         return Mention(source[s:toks[i][2]], s, toks[i][2], PRONOUNS.get(pron), True)
     found = subject_after_verb(toks, i + 1)
     return _with_text(found[0], source) if found else None
-
-
-_INCISE = re.compile(
-    r"(?P<cl>(?:(?:lui|leur|me|m['’]|te|t['’]|nous|vous|se|s['’])\s*)*)"
-    r"(?P<verb>[^\W\d_]+(?:-t)?-(?:il|elle|ils|elles|on|je)\b|[^\W\d_A-ZÀ-Ý]+)")
-
-
-def match_incise(source: str, pos: int, limit: int) -> tuple[int, int] | None:
-    """If an incise starts at pos (after the reply's comma, "!" or "?"), its (start, end):
-    from the verb up to the punctuation that gives the floor back to the speaker."""
-    m = _INCISE.match(source, pos, limit)
-    if not m:
-        return None
-    verb = m.group("verb").replace("’", "'")
-    inv = _INVERTED.match(verb)
-    if inv:
-        if not (inv.group("verb").lower() in _INVERTED_OK or _after_ok(source, m.end(), limit)):
-            return None
-    elif verb.lower() not in SPEECH_FORMS:
-        return None
-    else:
-        toks = tokens(source[m.end():min(limit, m.end() + 100)], m.end())
-        found = subject_after_verb(toks, 0)
-        if found is None:
-            return None
-        if verb.lower() in _PRESENT:  # "demande le journal" may be an imperative: want "demande Jean."
-            nxt = found[1]
-            if nxt < len(toks) and toks[nxt][0] not in ",;.!?…»:":
-                return None
-    return m.start(), _incise_end(source, m.end(), limit)
-
-
-_INVERTED_OK = {f.split("-")[0] for f in SPEECH_FORMS} | {"fit", "fis", "reprit", "ajouta", "pensa",
-                                                          "fait", "dit", "demanda", "continua"}
-
-
-def _after_ok(source: str, pos: int, limit: int) -> bool:
-    """An unknown verb with an inverted pronoun is an incise when punctuation or a manner phrase follows."""
-    rest = source[pos:min(limit, pos + 12)]
-    return bool(re.match(r"\s*(?:[,.;:!?…»]|$|en\s|avec\s|d['’]un|tout\s|à\s)", rest))
-
-
-_PARTICIPLE = r"(?:et\s+|tout\s+|ne\s+|n['’])?(?:en\s+)?[^\W\d_]{3,}ant\b(?<!pourtant)(?<!cependant)(?<!maintenant)(?<!avant)(?<!durant)(?<!autant)(?<!quant)"
-_PAST = r"[^\W\d_]+(?:ait|aient|èrent|irent|urent|inrent|a|it|ut|int)\b"
-_CLITIC_RE = r"(?:(?:ne|n['’]|se|s['’]|lui|leur|me|m['’]|te|t['’]|le|la|les|l['’]|en|y)\s*)*"
-# Narration resuming after an incise's comma: "dit-il, et allant...", "dit l'aveugle qui voulait..."
-_CONTINUE = re.compile(r"\s*(?:" + _PARTICIPLE + r"|(?:et\s+)?(?:qui|dont)\s+" + _CLITIC_RE + _PAST +
-                       r"|(?:et\s+)?dont\s|non\s+sans\s|(?:quand|lorsqu['’]|lorsque|tandis\s+que|pendant\s+que|"
-                       r"comme)\s*(?:il|elle|ils|elles|on)\s+" + _CLITIC_RE + _PAST + r")", re.I)
-# Passé simple forms that cannot be presents; with the 3rd-person plural endings and -a (not -ra,
-# the future), they mark the narrator's voice: dialogue in French novels uses the passé composé.
-_PASSE_SIMPLE = r"""fit prit mit sourit répondit reprit rendit fut eut dut put parut mourut courut vint tint
-revint devint sortit partit sentit entendit descendit attendit perdit suivit ouvrit assit conduisit
-aperçut reçut crut lut""".split()
-_NARRATIVE_VERB = re.compile(
-    r"\b(?:[^\W\d_]{3,}(?:èrent|irent|urent|inrent)|(?:il|elle|on|qui)\s+" + _CLITIC_RE +
-    r"(?:(?!va\b|[^\W\d_]*ra\b|voilà\b|cela\b)[^\W\d_]{2,}a|" + "|".join(_PASSE_SIMPLE) + r"))\b", re.I)
-_PERSON = re.compile(r"\b(?:je|tu|vous|nous|mon|ma|mes|ton|ta|tes|votre|vos|notre|nos|moi|toi|me|te)\b|"
-                     r"\b[jmt]['’]", re.I)
-
-
-SECOND_PERSON = re.compile(r"\b(?:tu|vous|ton|ta|tes|votre|vos|toi|te)\b|\bt['’]", re.I)
-_IMPERFECT = re.compile(r"\b[^\W\d_]{2,}(?<![rf])(?:ait|aient)\b", re.I)
-
-
-def looks_narrative(sentence: str, after_incise: bool = False) -> bool:
-    """Whether a sentence inside a dash paragraph is the narrator's, not the speaker's: no 1st/2nd
-    person, "?" or "!", and a 3rd-person passé simple ("il tomba", "ils dirent"); right after an
-    incise ("..., répliqua Bouvard. Ceux de Pécuchet étaient...") an imperfect is enough."""
-    if re.search(r"[?!]", sentence) or _PERSON.search(sentence):
-        return False
-    if _NARRATIVE_VERB.search(sentence) or after_incise and _IMPERFECT.search(sentence):
-        return True
-    pairs = _subject_verb_pairs(sentence, tokens(sentence))
-    subject = pairs[0][0] if pairs else None
-    if subject is None or subject.pronoun:
-        return False
-    rest = re.match(r"\s*,?\s*" + _CLITIC_RE + r"([^\W\d_]+)", sentence[subject.end:])
-    return bool(rest) and re.fullmatch(r"[^\W\d_]{2,}(?:a|èrent|irent|urent)|" + "|".join(_PASSE_SIMPLE),
-                                       rest.group(1)) is not None and not rest.group(1).endswith("ra")
-
-
-def _apposition(chunk: str, source: str, after: int) -> bool:
-    """", le chanteur le plus célèbre de la troupe." after an incise's subject: a verbless noun
-    phrase closing the sentence describes the speaker."""
-    toks = tokens(chunk)
-    return (after < len(source) and source[after] == "." and bool(toks) and _low(toks[0][0]) in _DETS
-            and not any(_verb_like(t) for t, _, _ in toks))
-
-
-def _incise_end(source: str, pos: int, limit: int) -> int:
-    """End of an incise: the first , ; . ! ? … or », unless narration goes on after the comma
-    (a participle, a relative clause...): then up to the first chunk in the 1st/2nd person."""
-    p, continued = pos, False
-    while p < limit:
-        c = source[p]
-        if c in ",;":
-            chunk = re.match(r"[^,;.!?…»:]*", source[p + 1:limit]).group()
-            opener = _CONTINUE.match(chunk) or _apposition(chunk, source, p + 1 + len(chunk))
-            if chunk.strip() and (opener and not SECOND_PERSON.search(chunk)
-                                  or continued and not _PERSON.search(chunk)):
-                continued = True
-                p += 1
-                continue
-            return p
-        if c in ".!?…»:—–" or source.startswith("--", p):
-            return p
-        p += 1
-    return limit
 
 
 _SENT_END = re.compile(r"[.!?…]+[»\s]*(?=[«—–\-]*\s*[A-ZÀ-Ý])|[;:]")
@@ -338,7 +232,7 @@ dimanche lundi mardi mercredi jeudi vendredi samedi""".split())
 
 
 def _skip_clitics(toks, k: int) -> int:
-    while k < len(toks) and _low(toks[k][0]) in _CLITICS:
+    while k < len(toks) and _low(toks[k][0]) in CLITICS:
         k += 1
     return k
 
@@ -351,16 +245,18 @@ def _skip_inserts(toks, j: int) -> int:
         if k is None:
             return j
         nxt = _skip_clitics(toks, k + 1)
-        if nxt < len(toks) and _verb_like(toks[nxt][0]):
+        if nxt < len(toks) and is_verb_like(toks[nxt][0]):
             return k + 1
     return j
 
 
-def _subject_verb_pairs(source: str, toks) -> list[tuple[Mention, bool]]:
+def subject_verb_pairs(source: str, toks) -> list[tuple[Mention, bool]]:
     """(subject, its verb is a speech verb) for each noun phrase or pronoun followed, past
     comma-delimited inserts, "qui" and clitics, by a verb: "La fille, exaspérée, lui cria"."""
     pairs = []
-    for i in range(len(toks)):
+    for i, (word, _, _) in enumerate(toks):
+        if not (word[:1].isupper() or _low(word) in _NP_OPENERS):
+            continue
         found = noun_phrase(toks, i, subject=True)
         if not found:
             continue
@@ -371,9 +267,9 @@ def _subject_verb_pairs(source: str, toks) -> list[tuple[Mention, bool]]:
             j = _skip_inserts(toks, j)
         if j < len(toks) and _low(toks[j][0]) == "qui":
             j += 1
-        while j < len(toks) and _low(toks[j][0]) in _CLITICS:
+        while j < len(toks) and _low(toks[j][0]) in CLITICS:
             j += 1
-        if j < len(toks) and _verb_like(toks[j][0]):
+        if j < len(toks) and is_verb_like(toks[j][0]):
             pairs.append((_with_text(mention, source), _low(toks[j][0]) in SPEECH_FORMS))
     return pairs
 
@@ -381,7 +277,7 @@ def _subject_verb_pairs(source: str, toks) -> list[tuple[Mention, bool]]:
 def clause_subject(source: str, start: int, end: int) -> Mention | None:
     """The subject of the narrative clause that introduces a reply: the one of a speech verb if
     any ("Leurs mains étaient jointes, quand Bouvard dit :"), else the last one before the end."""
-    pairs = _subject_verb_pairs(source, tokens(source[start:end], start))
+    pairs = subject_verb_pairs(source, tokens(source[start:end], start))
     speech = [m for m, is_speech in pairs if is_speech]
     return speech[-1] if speech else pairs[-1][0] if pairs else None
 
@@ -403,7 +299,7 @@ def _alias_patterns(name: str, aliases: tuple[str, ...]) -> tuple[tuple[str, boo
     for a in (name, *aliases):
         n = normalise_speaker(a)
         if n:
-            proper = a.strip()[:1].isupper() and n.split()[0] not in _DETS
+            proper = a.strip()[:1].isupper() and n.split()[0] not in DETS
             out.append((n, proper))
     return tuple(out)
 
@@ -442,11 +338,13 @@ _WINDOW = 3000  # characters back in which a pronoun looks for its antecedent
 
 
 def _subjects(source: str, start: int, end: int, last: int = 3) -> list[Mention]:
-    """Subjects of the last few sentences of a narrative stretch, in text order."""
-    spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(source, max(start, end - 600), end)
+    """Named subjects of the last few sentences of a narrative stretch, in text order."""
+    spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(source, max(start, end - 1500), end)
              if re.search(r"\w", m.group())][-last:]
-    found = (clause_subject(source, a, b) for a, b in spans)
-    return [m for m in found if m is not None and not m.pronoun]
+    if not spans:
+        return []
+    a, b = spans[0][0], spans[-1][1]
+    return [m for m, _ in subject_verb_pairs(source, tokens(source[a:b], a)) if not m.pronoun]
 
 
 def _gender(m: Mention, genders: dict[str, str]) -> str | None:
@@ -470,7 +368,7 @@ def _introducer(source: str, start: int, end: int) -> Mention | None:
 def _bare(name: str) -> str:
     """Normalised name without its leading articles and titles: "le jeune homme" -> "jeune homme"."""
     words = normalise_speaker(name).replace("'", "' ").split()
-    while len(words) > 1 and (words[0] in _DETS or words[0] in ("l'", "m", "mme", "mlle")):
+    while len(words) > 1 and (words[0] in DETS or words[0] in ("l'", "m", "mme", "mlle")):
         words = words[1:]
     return " ".join(words)
 
@@ -478,7 +376,7 @@ def _bare(name: str) -> str:
 def _person_like(m: Mention) -> bool:
     """A mention that can only be a person: a pronoun, a name or a title ("Pécuchet", "M. Morrel")."""
     words = m.text.replace("’", "'").split()
-    return m.pronoun or any(w[:1].isupper() and _low(w) not in _FUNCTION | _DETS for w in words) or \
+    return m.pronoun or any(w[:1].isupper() and _low(w) not in _FUNCTION | DETS for w in words) or \
         any(_low(w) in _TITLES_M | _TITLES_F for w in words)
 
 
@@ -492,11 +390,21 @@ class _Attributor:
         self.source, self.paras = source, paras
         self.starts = [a for a, _ in paras]
         self.genders = name_genders(source)
-        self.recent: list[Mention] = []
+        self.recent: list[Mention | tuple[int, int]] = []  # mentions, and narration read lazily
         self.run: list[Mention] = []
 
     def para_of(self, pos: int) -> int:
         return max(0, bisect.bisect_right(self.starts, pos) - 1)
+
+    def _expand_recent(self) -> list[Mention]:
+        """The last mentions, reading the subjects of the narration stretches only when needed."""
+        tail = self.recent[-30:]
+        if any(isinstance(x, tuple) for x in tail):
+            expanded = []
+            for x in tail:
+                expanded.extend(_subjects(self.source, *x) if isinstance(x, tuple) else [x])
+            self.recent[-30:] = expanded
+        return self.recent[-30:]
 
     def resolve(self, pron: Mention, prev: Mention | None) -> Mention | None:
         """Antecedent of il/elle: the latest compatible named mention, preferring, inside an
@@ -509,16 +417,17 @@ class _Attributor:
         if low not in ("il", "elle", "ils", "elles", "celui-ci", "celle-ci", "celui-là", "celle-là"):
             return pron  # "l'un d'eux", "quelqu'un": the words themselves are the best name
         want = pron.gender
-        near = [m for m in reversed(self.recent) if pron.start - m.end < _WINDOW]
+        near = [m for m in reversed(self._expand_recent()) if 0 <= pron.start - m.end < _WINDOW]
+        genders = [_gender(m, self.genders) for m in near]
         # a mention of the right known gender beats a more recent one of unknown gender
-        cands = [m for m in near if _gender(m, self.genders) == want] or \
-            [m for m in near if _gender(m, self.genders) is None]
+        cands = [m for m, g in zip(near, genders) if g == want] or \
+            [m for m, g in zip(near, genders) if g is None]
         if not cands:
             return None
-        if prev is not None:
-            others = [m for m in cands if normalise_speaker(m.text) != normalise_speaker(prev.text)
-                      and any(normalise_speaker(m.text) == normalise_speaker(r.text) for r in self.run)]
-            if others and normalise_speaker(cands[0].text) == normalise_speaker(prev.text):
+        if prev is not None and normalise_speaker(cands[0].text) == normalise_speaker(prev.text):
+            in_run = {normalise_speaker(r.text) for r in self.run} - {normalise_speaker(prev.text)}
+            others = [m for m in cands if normalise_speaker(m.text) in in_run]
+            if others:
                 return others[0]
         return cands[0]
 
@@ -550,7 +459,7 @@ class _Attributor:
             if gap.strip() and len(gap) > RUN_GAP:
                 self.run = []
             if gap.strip():
-                self.recent.extend(_subjects(src, gap_start, q.start))
+                self.recent.append((gap_start, q.start))
             cue, mention = self.cue(q, gap_start)
             speaker = mention
             if mention is not None and mention.pronoun:
