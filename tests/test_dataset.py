@@ -158,6 +158,12 @@ def test_round_trip_through_mlx_lm_loader_and_one_training_step(tmp_path, tiny_m
     assert type(train_set).__name__ == "ChatDataset" and (len(train_set), len(valid_set), len(test_set)) == (27, 9, 9)
     tokens, offset = train_set.process(train_set[0])
     assert 0 < offset < len(tokens) and tokens[-1] == tokenizer.eos_token_id
+    # Why the persona is folded: left as a system message, Mistral's template drops it from the full row
+    # but keeps it in the prompt mlx-lm masks, so the mask covers the whole answer (nothing to learn).
+    unfolded = {"messages": [{"role": "system", "content": DANTES_PERSONA},
+                             {"role": "user", "content": "Qui êtes-vous ?"}, first["messages"][-1]]}
+    raw_tokens, raw_offset = mlx_datasets.ChatDataset([unfolded], tokenizer, mask_prompt=True).process(unfolded)
+    assert raw_offset >= len(raw_tokens)
     # The other two output formats load through the same code path.
     for fmt, kind in (("completions", "CompletionsDataset"), ("text", "TextDataset")):
         prepare([pairs_file(tmp_path / "pairs.jsonl")], tmp_path / fmt, PrepareConfig(format=fmt, system_prompt=False),
