@@ -105,8 +105,10 @@ def _apposition(chunk: str, source: str, after: int) -> bool:
     """", le chanteur le plus célèbre de la troupe." after an incise's subject: a verbless noun
     phrase closing the sentence describes the speaker."""
     toks = tokens(chunk)
-    return (after < len(source) and source[after] == "." and bool(toks) and str.lower(toks[0][0]) in DETS
-            and not any(is_verb_like(t) for t, _, _ in toks))
+    return (after < len(source) and source[after] == "." and 0 < len(toks) <= 10
+            and str.lower(toks[0][0]) in DETS
+            and not any(is_verb_like(t) for t, _, _ in toks)
+            and not re.search(r"\b[sn]['’]|\w(?:ent|ons|ez)\b", chunk))  # no present tense either
 
 
 def _incise_end(source: str, pos: int, limit: int) -> int:
@@ -169,7 +171,7 @@ class Quote:
         return re.sub(r"\s*[»”]$", "", joined).strip()
 
 
-_DASH = re.compile(r"(?:--|[—–―]|-(?=\s))[ \t\u00a0]*")
+_DASH = re.compile(r"(?:--|[—–―]|-(?=\s))[^\S\n]*")
 _INNER_DASH = re.compile(r"(?<=[.!?…])\s+(?:--|[—–―])\s+(?=\S)")
 _COLON_DASH = re.compile(r":\s*(?:--|[—–―])\s*(?=\w)")
 _GUILLEMET = re.compile(r"[«»“”]")

@@ -102,10 +102,12 @@ def _is_cap(t: str) -> bool:
 
 
 def is_verb_like(t: str) -> bool:
+    """A lowercase word that may be a finite verb of narration (speech verb, or a past/present ending)."""
     low = _low(t)
     if not low[:1].isalpha() or t[:1].isupper():
         return False
-    return low in SPEECH_FORMS or (low not in _NOT_VERBS and bool(_VERB_END.search(low)))
+    return low in SPEECH_FORMS or low in ("a", "va", "est", "fut", "eut") or (
+        len(low) > 2 and low not in _NOT_VERBS and bool(_VERB_END.search(low)))
 
 
 def noun_phrase(toks, i: int, subject: bool = False, partitive: bool = False) -> tuple[Mention, int] | None:
