@@ -18,11 +18,17 @@ and without leading articles, it equals the gold entity or one contains the othe
 ("le comte" vs "le comte de Farlsberg"). `acc` is over the named quotations we detected; `acc_all`
 counts the undetected ones as wrong. Our pronoun resolution is never scored (pronoun golds excluded).
 
+"anyF1" / "b_any" (ours / baseline) count any overlap as a match: at that loose level the bare
+regex already reaches ~0.96; the IoU >= 0.5 F1 is the one that rewards cutting incises out and
+stopping where the narration resumes.
+
 Baseline (the peer): a bare regex taking every line that opens with a dash (—, –, --) and every
 «...», naming no speaker.
 
-Held-out check: the rules were tuned looking only at the 6 TUNE texts; the 3 HELD_OUT texts were
-looked at last, after the rules were frozen, and are reported separately.
+Held-out check: the rules were tuned looking only at the errors of the 6 TUNE texts; the 3
+HELD_OUT texts were looked at last. (The very first run, before any tuning, printed their totals:
+F1 0.943, acc 0.689; at freeze: F1 0.960, acc 0.760.) One change tried after seeing held-out
+errors (two subject rules) lowered the overall accuracy and was reverted: the rules are the frozen ones.
 
 The last line is `score: X`, X = our overall detection F1 (lenient, micro-averaged over the 9 texts).
 """
@@ -89,15 +95,16 @@ def _words(text: str, spans) -> tuple[str, ...]:
     return tuple(w.lower() for a, b in spans for w in re.findall(r"\w+", text[a:b]))
 
 
-def match(text: str, pred, gold) -> list[tuple[int, int]]:
-    """One-to-one (pred index, gold index) pairs whose overlap is >= half their union."""
+def match(text: str, pred, gold, min_iou: float = 0.5) -> list[tuple[int, int]]:
+    """One-to-one (pred index, gold index) pairs whose overlap is >= min_iou of their union
+    (min_iou=0: any overlap at all)."""
     gsets = [_chars(text, g) for g in gold]
     pairs = []
     for i, p in enumerate(pred):
         ps = _chars(text, p)
         for j, gs in enumerate(gsets):
             inter = len(ps & gs)
-            if inter and inter / len(ps | gs) >= 0.5:
+            if inter and inter / len(ps | gs) >= min_iou:
                 pairs.append((inter / len(ps | gs), i, j))
     used_p, used_g, out = set(), set(), []
     for _, i, j in sorted(pairs, reverse=True):
@@ -150,8 +157,9 @@ def evaluate_text(txt: Path) -> dict:
     correct = sum(same_speaker(quotes[by_gold[j]].speaker, gold[j].speaker) for j in detected)
     base = baseline(text)
     return {"gold": len(gold), "pred": len(pred), "tp": len(pairs), "strict": strict,
-            "named": len(named), "named_found": len(detected), "correct": correct,
-            "base_pred": len(base), "base_tp": len(match(text, base, gspans)), "seconds": seconds}
+            "any": len(match(text, pred, gspans, 0.0)), "named": len(named), "named_found": len(detected),
+            "correct": correct, "base_pred": len(base), "base_tp": len(match(text, base, gspans)),
+            "base_any": len(match(text, base, gspans, 0.0)), "seconds": seconds}
 
 
 def evaluate(data_dir: Path = DEFAULT_DIR) -> dict[str, dict]:
@@ -166,14 +174,18 @@ def summary(rows: list[dict]) -> dict:
     _, _, sf1 = prf(tot["strict"], tot["pred"], tot["gold"])
     p, r, f1 = prf(tot["tp"], tot["pred"], tot["gold"])
     _, _, bf1 = prf(tot["base_tp"], tot["base_pred"], tot["gold"])
+    _, _, af1 = prf(tot["any"], tot["pred"], tot["gold"])
+    _, _, baf1 = prf(tot["base_any"], tot["base_pred"], tot["gold"])
     acc = tot["correct"] / tot["named_found"] if tot["named_found"] else 0.0
     acc_all = tot["correct"] / tot["named"] if tot["named"] else 0.0
-    return {**tot, "P": p, "R": r, "F1": f1, "strict_F1": sf1, "base_F1": bf1, "acc": acc, "acc_all": acc_all}
+    return {**tot, "P": p, "R": r, "F1": f1, "strict_F1": sf1, "base_F1": bf1, "any_F1": af1,
+            "base_any_F1": baf1, "acc": acc, "acc_all": acc_all}
 
 
 def _line(name: str, s: dict) -> str:
     return (f"{name[:28]:28} {s['gold']:5} {s['pred']:5} {s['P']:6.3f} {s['R']:6.3f} {s['F1']:6.3f} "
-            f"{s['strict_F1']:7.3f} {s['base_F1']:7.3f} {s['named']:6} {s['acc']:6.3f} {s['acc_all']:7.3f}")
+            f"{s['strict_F1']:7.3f} {s['base_F1']:7.3f} {s['any_F1']:6.3f} {s['base_any_F1']:6.3f} "
+            f"{s['named']:6} {s['acc']:6.3f} {s['acc_all']:7.3f}")
 
 
 def main(argv: list[str]) -> None:
@@ -181,8 +193,8 @@ def main(argv: list[str]) -> None:
     if not data_dir.is_dir():
         sys.exit(f"{data_dir}: not found; pass the fr-litbank-dev folder as the first argument")
     results = evaluate(data_dir)
-    print(f"{'text':28} {'gold':>5} {'pred':>5} {'P':>6} {'R':>6} {'F1':>6} {'strictF1':>7} "
-          f"{'baseF1':>7} {'named':>6} {'acc':>6} {'acc_all':>7}")
+    print(f"{'text':28} {'gold':>5} {'pred':>5} {'P':>6} {'R':>6} {'F1':>6} {'strict':>7} "
+          f"{'baseF1':>7} {'anyF1':>6} {'b_any':>6} {'named':>6} {'acc':>6} {'acc_all':>7}")
     groups = [("tune", [n for n in TUNE if n in results]), ("held-out", [n for n in HELD_OUT if n in results]),
               ("other", [n for n in results if n not in TUNE + HELD_OUT])]
     for label, names in groups:

@@ -215,9 +215,10 @@ def test_fr_litbank_detection_beats_the_regex_and_attribution_holds():
     bench = _bench()
     overall = bench.summary(list(bench.evaluate(LITBANK).values()))
     assert overall["gold"] == 620
-    assert overall["F1"] > overall["base_F1"] + 0.05
-    assert overall["F1"] >= 0.90       # measured 0.93
-    assert overall["acc"] >= 0.80      # measured 0.85 on named-speaker quotations
+    assert overall["F1"] >= overall["base_F1"] + 0.10  # measured 0.939 vs 0.821 (overlap >= 50% of union)
+    assert overall["any_F1"] >= overall["base_any_F1"] - 0.01  # measured 0.962 vs 0.961 (any overlap)
+    assert overall["F1"] >= 0.92                        # measured 0.939
+    assert overall["acc"] >= 0.82                       # measured 0.847 on named-speaker quotations
 
 
 @pytest.mark.skipif(not LITBANK.is_dir(), reason=f"shared data absent: {LITBANK}")
