@@ -38,6 +38,8 @@ class ProjectConfig:
     data_dir: str = setting("data", "Pipeline working folder: raw/, clean/, citations/, pairs/, dataset/.")
     adapters_dir: str = setting("adapters", "Training output folder.")
     reports_dir: str = setting("reports", "Evaluation reports folder.")
+    gutenberg_url: str = setting("https://www.gutenberg.org",
+                                 "Project Gutenberg site (or a mirror with the same layout) that fetch uses.")
 
 
 @dataclass
@@ -79,6 +81,8 @@ class CleanConfig:
     """Gutenberg clean-up."""
     keep_italics: bool = setting(True, "Keep _italics_ markers (False strips the underscores).")
     encoding: str = setting("", "Force the input encoding (e.g. latin-1); empty: UTF-8 with detection.")
+    max_line_chars: int = setting(1_000_000, "Longest input line accepted; a longer one means the file is "
+                                             "not line-structured text.")
 
 
 @dataclass

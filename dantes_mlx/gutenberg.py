@@ -1,0 +1,492 @@
+"""Project Gutenberg clean-up: pure str -> str functions, with file reading and writing at the edges."""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dantes_mlx.errors import ConfigError, InputError
+from dantes_mlx.gutenberg_fetch import fetch_books  # noqa: F401  (fetch lives in its own module)
+from dantes_mlx.store import write_text_atomic
+
+# A reply starts with one of --, —, –, - or «; "-" also covers "--".
+DIALOGUE_STARTS = ("-", "—", "–", "«")
+REPLY_CHARS = "-—–«"
+
+START_RE = re.compile(r"^[ \t]*\*{3}[ \t]*START OF (?:THE |THIS )?PROJECT GUTENBERG", re.I | re.M)
+END_RE = re.compile(r"^[ \t]*\*{3}[ \t]*END OF (?:THE |THIS )?PROJECT GUTENBERG", re.I | re.M)
+END_LINE_RE = re.compile(r"^[ \t]*End of (?:the |this )?Project Gutenberg", re.I | re.M)
+CREDITS_RE = re.compile(r"^\s*(?:Produced by|Produced from|This (?:e-?text|e-?book|file) was (?:produced|prepared)"
+                        r"|E-?text prepared by|Transcribed by|Digiti[sz]ed by)", re.I)
+HEADER_FIELDS = {"title": r"^Title:\s*(.+)", "author": r"^Author:\s*(.+)", "language": r"^Language:\s*(.+)",
+                 "declared_encoding": r"^Character set encoding:\s*(.+)", "ebook_id": r"\[E-?Book #(\d+)\]"}
+ROMAN = r"(?=[IVXLCDM])M{0,4}(?:CM|CD|D?C{0,3})(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})"
+CHAPTER_WORD_RE = re.compile(r"^(?:CHAPITRE|CHAPTER|Chapitre|Chapter)\s+(?P<num>[^\s.:—–-]+)\.?"
+                             r"(?:\s*(?:--|[.:—–-])?\s*(?P<name>\S.*))?$")
+ROMAN_HEADING_RE = re.compile(rf"^(?P<num>{ROMAN})\.?(?:(?:\.|\s*(?:--|[:—–-]))\s*(?P<name>\S.*))?$")
+NUMBER_WORDS = set("premier première unique un deux trois quatre cinq six sept huit neuf dix onze douze treize "
+                   "quatorze quinze seize vingt one two three four five six seven eight nine ten eleven twelve "
+                   "thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty".split())
+ITALICS_RE = re.compile(r"(?<![\w_])_(?=[^\s_])(.+?)(?<=[^\s_])_(?![\w_])")
+WORD_RE = re.compile(r"\w+(?:-\w+)*")
+WORD_START_RE, WORD_END_RE = re.compile(r"[^\W\d_]+"), re.compile(r"[^\W\d_]+$")
+TOC_GAP_CHARS = 300  # a heading followed by another within this many characters is a table-of-contents entry
+
+
+@dataclass
+class CleanResult:
+    """The clean text (one paragraph per line, blank line between) and what the cleaner learned."""
+    text: str
+    chapters: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+# -- pure functions ----------------------------------------------------------------------------------
+def normalize_newlines(text: str) -> str:
+    """Drop a byte-order mark; turn CRLF and lone CR line ends into LF."""
+    return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def header_fields(lines: list[str]) -> dict:
+    """Title, author, language, declared encoding and ebook id found in a Gutenberg header."""
+    out = {}
+    for line in lines:
+        for key, pattern in HEADER_FIELDS.items():
+            match = key not in out and re.search(pattern, line)
+            if match:
+                out[key] = match.group(1).strip()
+    return out
+
+
+def _marker_line(pattern: re.Pattern, text: str, pos: int = 0, needle: str = "") -> int | None:
+    """0-based index of the first line from char `pos` on that the pattern matches (at its start).
+
+    With a needle the text is scanned by str.find, far faster than a MULTILINE regex over a whole book.
+    """
+    if not needle:
+        match = pattern.search(text, pos)
+        return text.count("\n", 0, match.start()) if match else None
+    while (hit := text.find(needle, pos)) >= 0:
+        line_start = text.rfind("\n", 0, hit) + 1
+        if pattern.match(text, line_start):
+            return text.count("\n", 0, line_start)
+        pos = hit + len(needle)
+    return None
+
+
+def locate_body(text: str, lines: list[str]) -> tuple[int, int, dict, list[str]]:
+    """[start, end) line range of the book between the licence header and footer, metadata and warnings."""
+    start = _marker_line(START_RE, text, 0, "***")
+    after = 0 if start is None else len("\n".join(lines[:start + 1]))
+    end = _marker_line(END_RE, text, after, "***")
+    if end is None:  # some files only have the "End of the Project Gutenberg EBook" line
+        end = _marker_line(END_LINE_RE, text, after)
+    meta = header_fields(lines[:start]) if start is not None else {}
+    meta.update(start_marker_line=None if start is None else start + 1,
+                end_marker_line=None if end is None else end + 1)
+    warnings = []
+    if start is None and end is None:
+        warnings.append("no Project Gutenberg START/END markers: cleaned as plain text")
+    elif start is None:
+        warnings.append("no Project Gutenberg START marker: kept everything before the END marker")
+    elif end is None:
+        warnings.append("no Project Gutenberg END marker: kept everything after the START marker")
+    first, last = (0 if start is None else start + 1), (len(lines) if end is None else end)
+    if start is not None:
+        first, meta["credits"] = skip_credits(lines, first, last)
+    while last > first and not lines[last - 1].strip():
+        last -= 1
+    last = _drop_end_line(lines, first, last)
+    return first, last, meta, warnings
+
+
+def skip_credits(lines: list[str], first: int, last: int) -> tuple[int, list[str]]:
+    """Skip the "Produced by ..." paragraph(s) that open the body; return the new start and what was cut."""
+    credits = []
+    while True:
+        i = first
+        while i < last and not lines[i].strip():
+            i += 1
+        if i >= last or not CREDITS_RE.match(lines[i]):
+            return first, credits
+        j = i
+        while j < last and lines[j].strip():
+            j += 1
+        credits.append(" ".join(line.strip() for line in lines[i:j]))
+        first = j
+
+
+def _drop_end_line(lines: list[str], first: int, last: int) -> int:
+    """Cut a closing "End of the Project Gutenberg EBook of ..." paragraph."""
+    i = last
+    while i > first and lines[i - 1].strip():
+        i -= 1
+    return i if i < last and END_LINE_RE.match(lines[i]) else last
+
+
+@dataclass
+class Block:
+    """A run of non-blank lines; the flags let the common case skip per-line work."""
+    start: int  # 0-based index of its first line in the file
+    lines: list  # right-stripped, tabs turned into spaces
+    plain: bool = True  # no indented line and no line-end hyphen: the paragraph is " ".join(lines)
+    replies: bool = False  # a line after the first may open a dialogue reply
+
+
+def text_blocks(lines: list[str], first: int, last: int) -> list[Block]:
+    """The runs of non-blank lines between `first` and `last`."""
+    blocks, block = [], None
+    for i in range(first, last):
+        line = lines[i].rstrip()
+        if not line:
+            block = None
+            continue
+        if "\t" in line:
+            line = line.replace("\t", " ")
+        if block is None:
+            block = Block(i, [line])
+            blocks.append(block)
+        else:
+            block.lines.append(line)
+            block.replies = block.replies or line[0] in REPLY_CHARS or line[0] == " "
+        if line[0] == " " or line[-1] == "-":
+            block.plain = False
+    return blocks
+
+
+def _first_token_len(line: str) -> int:
+    line = line.lstrip()  # text_blocks already turned tabs into spaces
+    end = line.find(" ")
+    return len(line) if end < 0 else end
+
+
+def wrap_width(blocks: list[Block]) -> int | None:
+    """The column the text was hard-wrapped at, or None when lines are already whole paragraphs."""
+    sample = blocks[::max(1, len(blocks) // 200)]  # an even sample is plenty
+    lengths = sorted(len(line) for block in sample for line in block.lines[:-1])
+    if not lengths:
+        return None
+    p99 = lengths[int(0.99 * (len(lengths) - 1))]
+    width = lengths[bisect.bisect_right(lengths, p99 + 5) - 1]  # the longest line, ignoring rare outliers
+    breaks = [(a, b) for block in sample for a, b in zip(block.lines, block.lines[1:])]
+    # Greedy wrapping breaks a line only when the next word would not have fitted; and nobody hard-wraps
+    # at more than ~100 columns, so long typical lines are whole paragraphs.
+    wrapped = sum(len(a) + 1 + _first_token_len(b) > width for a, b in breaks)
+    if wrapped < 0.5 * len(breaks) or lengths[len(lengths) // 2] > 100:
+        return None
+    return width
+
+
+def is_reply(line: str) -> bool:
+    """Does this (stripped) line open a dialogue reply (and is not a "-----" rule)?"""
+    return line.startswith(DIALOGUE_STARTS) and line.strip("-—–* ") != ""
+
+
+def split_replies(lines: list[str], width: int) -> list[list[str]]:
+    """Cut wrapped lines before each reply whose marker would have fitted on the line above."""
+    cuts = [i for i in range(1, len(lines)) if is_reply(lines[i].lstrip())
+            and len(lines[i - 1]) + 1 + _first_token_len(lines[i]) <= width]
+    bounds = [0, *cuts, len(lines)]
+    return [lines[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def hyphen_candidates(blocks: list[Block]) -> set[tuple[str, str]]:
+    """(word start, word end) pairs split by a hyphen at a line end, e.g. ("peut", "être")."""
+    pairs = set()
+    for block in blocks:
+        if block.plain:
+            continue
+        for a, b in zip(block.lines, block.lines[1:]):
+            if a.endswith("-") and not a.endswith("--") and a[-2:-1].isalpha():
+                head, tail = WORD_END_RE.search(a[:-1]), WORD_START_RE.match(b.lstrip())
+                if head and tail and tail.group()[0].islower():
+                    pairs.add((head.group(), tail.group()))
+    return pairs
+
+
+def soft_hyphens(pairs: set[tuple[str, str]], text: str) -> set[tuple[str, str]]:
+    """Pairs whose hyphen is typographic: the joined word occurs in the text and the hyphenated one does not.
+
+    Gutenberg wrappers break lines only at spaces and at real hyphens, so "peut-\\nêtre" keeps its hyphen;
+    only the text's own evidence ("singulière" elsewhere, never "singu-lière") removes one.
+    """
+    if len(pairs) <= 16:  # a few words: look each one up; many: build the book's vocabulary once
+        def occurs(word):
+            return _occurs(word, text) or (word != word.lower() and _occurs(word.lower(), text))
+    else:
+        vocab = set()
+        for token in set(text.lower().split()):
+            for word in (token,) if token.isalpha() else WORD_RE.findall(token):
+                vocab.add(word)
+                if "-" in word:
+                    parts = word.split("-")
+                    vocab.update(f"{x}-{y}" for x, y in zip(parts, parts[1:]))
+
+        def occurs(word):
+            return word.lower() in vocab
+    return {(h, t) for h, t in pairs if occurs(h + t) and not occurs(f"{h}-{t}")}
+
+
+def _occurs(word: str, text: str) -> bool:
+    """Does `word` occur in `text` as a whole word (or a whole part of a hyphenated word)?"""
+    start = text.find(word)
+    while start >= 0:
+        end = start + len(word)
+        if not (start and text[start - 1].isalnum()) and not (end < len(text) and text[end].isalnum()):
+            return True
+        start = text.find(word, start + 1)
+    return False
+
+
+def join_lines(lines: list[str], soft: set[tuple[str, str]] = frozenset()) -> str:
+    """One paragraph from its wrapped lines; a hyphen at a line end joins the word halves."""
+    out = lines[0].strip()
+    for line in lines[1:]:
+        line = line.strip()
+        stem = out.rstrip("-")
+        if len(stem) == len(out) or (stem and stem[-1] == " "):
+            out += " " + line  # no dash, or a free-standing one ("mot -", "mot --"): the wrap was at a space
+        else:  # a dash glued to what precedes: the wrap was at the dash, so no space
+            head = WORD_END_RE.search(out, max(0, len(out) - 80), len(out) - 1)
+            tail = WORD_START_RE.match(line)
+            soft_break = head and tail and len(stem) == len(out) - 1 and (head.group(), tail.group()) in soft
+            out = (out[:-1] if soft_break else out) + line
+    return out
+
+
+def strip_italics(text: str) -> str:
+    """Remove the _underscores_ Gutenberg puts around italics (leaves "C___" and "___" alone)."""
+    return ITALICS_RE.sub(r"\1", text)
+
+
+def parse_heading(paragraph: str) -> tuple[str, str] | None:
+    """(number, name) when a paragraph is a chapter heading ("I", "CHAPITRE II", "XXXVII. Le ...")."""
+    if len(paragraph) > 90 or not paragraph[:1].isupper():
+        return None
+    match = CHAPTER_WORD_RE.match(paragraph)
+    if match:
+        num = match.group("num")
+        ok = (re.fullmatch(ROMAN, num) or num.isdigit() or num.lower() in NUMBER_WORDS
+              or num.lower().endswith(("ième", "ieme")))
+        return (num, match.group("name") or "") if ok else None
+    match = ROMAN_HEADING_RE.match(paragraph)
+    name = match and match.group("name") or ""
+    # "M. Morrel", "L. Bonaparte": a lone C, D, L or M before a name is an initial, not a number.
+    if match and len(name.split()) <= 14 and not (name and match.group("num") in ("C", "D", "L", "M")):
+        return match.group("num"), name
+    return None
+
+
+def find_chapters(paragraphs: list[str], starts: list[int], source_lines: list[int]) -> list[dict]:
+    """Chapter headings with their clean-text line (1-based), char offset and raw-file line (1-based)."""
+    found = []
+    for i, para in enumerate(paragraphs):
+        if len(para) <= 90 and para[:1].isupper():
+            heading = parse_heading(para)
+            if heading:
+                found.append((i, heading))
+    chapters = []
+    for k, (i, (number, name)) in enumerate(found):
+        next_start = starts[found[k + 1][0]] if k + 1 < len(found) else None
+        if next_start is not None and next_start - starts[i] - len(paragraphs[i]) < TOC_GAP_CHARS:
+            continue  # table-of-contents entry
+        heading, title = paragraphs[i], paragraphs[i]
+        if not name and i + 1 < len(paragraphs):
+            following = paragraphs[i + 1]
+            # An all-capitals line, or Gutenberg's "Marseille.--L'arrivée." style, names the chapter.
+            short = len(following) <= 80 and not is_reply(following)
+            if short and ("--" in following or not any(c.islower() for c in following)):
+                name, title = following, f"{heading.rstrip('.')}. {following}"
+        chapters.append({"index": len(chapters), "heading": heading, "number": number, "name": name,
+                         "title": title, "start": starts[i], "line": 2 * i + 1, "source_line": source_lines[i]})
+    return chapters
+
+
+def book_stats(paragraphs: list[str], chapters: list[dict], text: str) -> dict:
+    """Paragraphs, dialogue paragraphs, chapters, words and characters of a clean text."""
+    return {"paragraphs": len(paragraphs), "dialogue_paragraphs": sum(map(is_reply, paragraphs)),
+            "chapters": len(chapters), "words": len(text.split()), "chars": len(text)}
+
+
+def clean_text(raw: str, keep_italics: bool = True) -> CleanResult:
+    """Gutenberg plain text -> one paragraph per line, a blank line between, plus chapters and stats."""
+    text = normalize_newlines(raw)
+    lines = text.split("\n")
+    first, last, meta, warnings = locate_body(text, lines)
+    blocks = text_blocks(lines, first, last)
+    width = wrap_width(blocks)
+    soft = soft_hyphens(hyphen_candidates(blocks), text) if width else set()
+    paragraphs, source_lines = [], []
+    for block in blocks:
+        if width is None or block.replies:
+            groups = [[line] for line in block.lines] if width is None else split_replies(block.lines, width)
+        else:
+            groups = [block.lines]
+        offset = block.start + 1
+        for group in groups:
+            paragraphs.append(" ".join(group) if block.plain else join_lines(group, soft))
+            source_lines.append(offset)
+            offset += len(group)
+    if not keep_italics:
+        paragraphs = [strip_italics(p) if "_" in p else p for p in paragraphs]
+    starts, pos = [], 0
+    for para in paragraphs:
+        starts.append(pos)
+        pos += len(para) + 2
+    text = "\n\n".join(paragraphs) + "\n" if paragraphs else ""
+    chapters = find_chapters(paragraphs, starts, source_lines)
+    meta.update(wrap_width=width, soft_hyphens_removed=len(soft), keep_italics=keep_italics)
+    return CleanResult(text, chapters, book_stats(paragraphs, chapters, text), warnings, meta)
+
+
+# -- reading files -----------------------------------------------------------------------------------
+BINARY_MAGIC = {b"PK\x03\x04": "a ZIP archive (an EPUB or a zipped text?)", b"\x1f\x8b": "a gzip archive",
+                b"%PDF": "a PDF document", b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image"}
+CONTROL_BYTES = bytes(range(0, 9)) + bytes(range(14, 32)) + b"\x7f"
+
+
+def read_book(path: str | Path, encoding: str = "", max_line_chars: int = 1_000_000) -> tuple[str, dict]:
+    """The text of a book file and how it was read; bad files raise InputError naming the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path=path,
+                         fix="check the path, or download a book with `dantes-mlx fetch ID`")
+    if path.is_dir():
+        raise InputError("is a directory, not a text file", path=path,
+                         fix=f"pass the .txt files inside it (e.g. {path}/*.txt), or run `dantes-mlx clean` "
+                             "without arguments to clean every book in data/raw/")
+    data = path.read_bytes()
+    if not data:
+        raise InputError("file is empty", path=path,
+                         fix="download it again (`dantes-mlx fetch ID --force`) or check the path")
+    _check_binary(path, data, encoding)
+    text, used = _decode(path, data, encoding)
+    text = normalize_newlines(text)
+    if not text.strip():
+        raise InputError("file holds only whitespace", path=path, fix="check that this is the book's text")
+    lengths = list(map(len, text.split("\n")))
+    longest = max(lengths)
+    if longest > max_line_chars:
+        line = lengths.index(longest) + 1
+        raise InputError(f"this line is {longest:,} characters long (limit {max_line_chars:,}): this is not "
+                         "line-structured text (a book has at least one line break per paragraph)",
+                         path=path, line=line,
+                         fix="split the text into paragraphs, one per line; if such long paragraphs are "
+                             "real, raise the limit with --max-line-chars (clean.max_line_chars)")
+    info = {"encoding": used, "bom": data.startswith(codecs.BOM_UTF8),
+            "line_endings": "crlf" if b"\r\n" in data[:1 << 16] else ("cr" if b"\n" not in data else "lf"),
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return text, info
+
+
+def _check_binary(path: Path, data: bytes, encoding: str) -> None:
+    wide = encoding.lower().replace("-", "").replace("_", "").startswith(("utf16", "utf32"))
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not wide:
+        raise InputError("this is UTF-16 text (it starts with a UTF-16 byte-order mark)", path=path,
+                         fix="re-run with `--encoding utf-16`")
+    kind = next((name for magic, name in BINARY_MAGIC.items() if data.startswith(magic)), None)
+    sample = data[:1 << 20]
+    controls = len(sample) - len(sample.translate(None, CONTROL_BYTES))
+    if kind or (not wide and (b"\0" in data or controls > 0.01 * len(sample))):
+        raise InputError(f"binary file ({kind or 'control bytes, not text'}), not a plain-text ebook", path=path,
+                         fix="use the ebook's 'Plain Text UTF-8' file: `dantes-mlx fetch ID` downloads it"
+                             + ("; unzip the archive first" if kind and "archive" in kind else ""))
+
+
+def _decode(path: Path, data: bytes, encoding: str) -> tuple[str, str]:
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ConfigError(f"unknown encoding '{encoding}'", fix="use e.g. utf-8, latin-1 or cp1252") from None
+        try:
+            return data.decode(encoding), encoding
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise InputError(f"not valid {encoding}: byte 0x{data[exc.start]:02X} cannot be decoded",
+                             path=path, line=line, fix="try another --encoding (utf-8, latin-1, cp1252)") from None
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"not UTF-8: byte 0x{data[exc.start]:02X} cannot be decoded; {_guess_encoding(data)}",
+                         path=path, line=line, fix=f"re-run with `--encoding {_suggested_codec(data)}` "
+                                                   "(or set `encoding` under `clean:` in dantes.yaml)") from None
+
+
+def _suggested_codec(data: bytes) -> str:
+    # Bytes 0x80-0x9F are control codes in Latin-1 but curly quotes and dashes in Windows-1252.
+    return "cp1252" if re.search(rb"[\x80-\x9f]", data) else "latin-1"
+
+
+def _guess_encoding(data: bytes) -> str:
+    high = len(data) - len(data.translate(None, bytes(range(128, 256))))
+    utf8 = sum(len(m) for m in re.findall(rb"[\xc2-\xf4][\x80-\xbf]{1,3}", data))
+    if utf8 > high / 2:
+        return "the file is mostly UTF-8 with some broken bytes (mixed encodings?)"
+    declared = re.search(rb"Character set encoding:\s*([\w-]+)", data[:20000])
+    said = f" (its header says {declared.group(1).decode('ascii')})" if declared else ""
+    name = "Windows-1252 (cp1252)" if _suggested_codec(data) == "cp1252" else "Latin-1 (ISO-8859-1)"
+    return f"it looks like {name}{said}"
+
+
+# -- cleaning files ----------------------------------------------------------------------------------
+def sidecar_path(clean_path: str | Path) -> Path:
+    """Where the metadata JSON of a clean text lives: `<stem>.json` next to it."""
+    return Path(clean_path).with_suffix(".json")
+
+
+def clean_file(src: str | Path, dst: str | Path, config) -> CleanResult:
+    """Clean one book file into `dst` plus its sidecar JSON (chapters, source, encoding, stats); atomic."""
+    src, dst = Path(src), Path(dst)
+    raw, info = read_book(src, config.encoding, config.max_line_chars)
+    result = clean_text(raw, keep_italics=config.keep_italics)
+    if not result.text:
+        raise InputError("no text left after removing the Project Gutenberg header and footer", path=src,
+                         fix="check that the book's text lies between the *** START and *** END markers")
+    sidecar = {"source": str(src), **info, **result.meta, "stats": result.stats,
+               "warnings": result.warnings, "chapters": result.chapters}
+    write_text_atomic(dst, result.text)
+    write_text_atomic(sidecar_path(dst), json.dumps(sidecar, ensure_ascii=False, indent=1) + "\n")
+    return result
+
+
+def plan_outputs(inputs: list[Path], output: Path | None, clean_dir: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: `output` is a file for one input, a folder for several (default clean_dir)."""
+    as_dir = output is None or len(inputs) > 1 or output.is_dir() or str(output).endswith(("/", os.sep))
+    folder = clean_dir if output is None else output
+    pairs = [(src, folder / src.with_suffix(".txt").name if as_dir else output) for src in inputs]
+    seen = {}
+    for src, dst in pairs:
+        if dst.suffix == ".json":
+            raise InputError("the output must not end in .json (that name is kept for the sidecar)", path=dst,
+                             fix="name the output .txt")
+        if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+            raise InputError("the output would overwrite the input", path=src, fix="choose another -o OUTPUT")
+        if dst in seen:
+            raise InputError(f"{seen[dst]} and {src} would both be written to {dst}", path=dst,
+                             fix="clean them one at a time with -o OUTPUT")
+        seen[dst] = src
+    return pairs
+
+
+def clean_books(inputs, output, raw_dir: str | Path, clean_dir: str | Path, config) -> list[tuple]:
+    """Clean the given files (default: every .txt in raw_dir); (input, output, CleanResult) for each."""
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raw_dir = Path(raw_dir)
+        inputs = sorted(raw_dir.glob("*.txt")) if raw_dir.is_dir() else []
+        if not inputs:
+            raise InputError("no .txt books to clean", path=raw_dir,
+                             fix="run `dantes-mlx fetch 17989` (or `dantes-mlx fetch --file PATH`) first, "
+                                 "or name files: `dantes-mlx clean INPUT... -o OUTPUT`")
+    plan = plan_outputs(inputs, Path(output) if output else None, Path(clean_dir))
+    return [(src, dst, clean_file(src, dst, config)) for src, dst in plan]
