@@ -218,6 +218,16 @@ def test_file_without_markers_is_cleaned_with_a_warning(tmp_path):
     assert (tmp_path / "out.txt").read_text(encoding="utf-8") == "Un texte sans marqueurs.\n\n--Vraiment?\n"
 
 
+def test_other_encodings_and_an_empty_body(tmp_path):
+    (tmp_path / "win.txt").write_bytes("C\u2019est l\u2019été.".encode("cp1252"))
+    check_error(run("clean", tmp_path / "win.txt"), "win.txt:1:", "Windows-1252", "--encoding cp1252")
+    (tmp_path / "wide.txt").write_bytes("Bonjour.".encode("utf-16"))
+    check_error(run("clean", tmp_path / "wide.txt"), "wide.txt", "UTF-16", "--encoding utf-16")
+    assert run("clean", tmp_path / "wide.txt", "--encoding", "utf-16", "-o", tmp_path / "w.txt").exit_code == 0
+    (tmp_path / "hollow.txt").write_text(HEADER + FOOTER, encoding="utf-8")
+    check_error(run("clean", tmp_path / "hollow.txt"), "hollow.txt", "no text left", "START and *** END")
+
+
 def test_fifty_megabyte_single_line_is_refused_quickly(tmp_path):
     (tmp_path / "huge.txt").write_bytes(b"mot " * (50 * 2**20 // 4))
     check_error(run("clean", tmp_path / "huge.txt"), "huge.txt:1:", "characters long", "--max-line-chars")
@@ -303,3 +313,13 @@ def test_fetch_offline_names_the_url_and_the_way_out(tmp_path):
 def test_fetch_rejects_bad_ids_and_missing_files(tmp_path):
     check_error(run("fetch", "monte-cristo", "--raw-dir", tmp_path), "'monte-cristo'", "ebooks/17989")
     check_error(run("fetch", "--file", tmp_path / "nope.txt", "--raw-dir", tmp_path), "nope.txt", "--file")
+
+
+def test_fetch_without_ids_takes_the_books_of_dantes_yaml(server, tmp_path, monkeypatch):
+    url, handler = server
+    handler.pages["/cache/epub/99905/pg99905.txt"] = b"Un livre.\n"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dantes.yaml").write_text(f"project:\n  books: [99905]\n  gutenberg_url: {url}\n", encoding="utf-8")
+    result = run("fetch")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data/raw/99905.txt").read_bytes() == b"Un livre.\n"
