@@ -6,12 +6,12 @@ offsets into a file, read it with `read_text` (UTF-8, newlines kept as they are 
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import re
+from functools import lru_cache
 from pathlib import Path
 
-from dantes_mlx.dialogue_speakers import (DETS, INVERTED, PRESENT_FORMS, SPEECH_FORMS, attribute,
+from dantes_mlx.dialogue_speakers import (DETS, INVERTED, PRESENT_FORMS, SPEECH_FORMS, attribute, fold,
                                           is_character, is_verb_like, normalise_speaker, subject_after_verb,
                                           subject_verb_pairs, tokens)
 from dantes_mlx.errors import InputError
@@ -173,7 +173,7 @@ class Quote:
 
 _DASH = re.compile(r"(?:--|[—–―]|-(?=\s))[^\S\n]*")
 _INNER_DASH = re.compile(r"(?<=[.!?…])\s+(?:--|[—–―])\s+(?=\S)")
-_COLON_DASH = re.compile(r":\s*(?:--|[—–―])\s*(?=\w)")
+_COLON_DASH = re.compile(r":\s*(?P<dash>--|[—–―])\s*(?=\w)")  # "il reprit : — Non."
 _GUILLEMET = re.compile(r"[«»“”]")
 _SPACES = " \t\u00a0\u202f"
 _BREAK = re.compile(r"(?:,|;|!|\?|…|\.\.\.)\s+")  # inside a paragraph a newline is a wrap
@@ -354,8 +354,6 @@ def _introduced(text: str, start: int) -> bool:
     return text[max(0, start - 40):start].rstrip(_SPACES + "\r\n").endswith(":")
 
 
-
-
 class _Guillemets:
     """Scanner for «...» quotations: nesting, and quotes continued over paragraphs that open with «.
     A quotation over several paragraphs, or never closed, that no colon announces is a frame
@@ -420,7 +418,7 @@ def detect_quotations(text: str, paras: list[tuple[int, int]] | None = None) -> 
         found = scanner.quotes[before:]
         quotes.extend(found)
         for m in _COLON_DASH.finditer(text, a, b):
-            d = m.start() + 1 + len(text[m.start() + 1:m.end()]) - len(text[m.start() + 1:m.end()].lstrip())
+            d = m.start("dash")
             if not any(q.start <= d < q.end for q in found):
                 quotes.extend(_dash_replies(text, d, b))
     quotes.sort(key=lambda q: q.start)
@@ -438,16 +436,19 @@ def character_quotes(text: str, name: str, aliases=()) -> list[Quote]:
     return [q for q in find_quotations(text) if is_character(q.speaker, name, aliases)]
 
 
-def _alias_regex(name: str, aliases: tuple[str, ...]) -> re.Pattern:
-    forms = sorted({normalise_speaker(a) for a in (name, *aliases) if normalise_speaker(a)}, key=len, reverse=True)
+@lru_cache(maxsize=64)
+def _alias_regex(name: str, aliases: tuple[str, ...]) -> re.Pattern | None:
+    forms = sorted({normalise_speaker(a) for a in (name, *aliases)} - {""}, key=len, reverse=True)
+    if not forms:
+        return None
     return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(f) for f in forms) + r")(?!\w)")
 
 
 def mentions_character(text: str, name: str, aliases=()) -> bool:
-    """Whether text names the character or an alias (case, accents, hyphens and apostrophes ignored)."""
-    if not (name or aliases):
-        return False
-    return _alias_regex(name, tuple(aliases)).search(normalise_speaker(text)) is not None
+    """Whether text names the character or an alias (case, accents, hyphens and apostrophes ignored):
+    the pre-filter that lets the LLM method skip chunks."""
+    pattern = _alias_regex(name, tuple(aliases))
+    return pattern is not None and pattern.search(fold(text)) is not None
 
 
 def all_speakers_rows(text: str) -> list[dict]:
@@ -460,7 +461,3 @@ def all_speakers_rows(text: str) -> list[dict]:
                      "mention": q.mention, "cue": q.cue})
     return rows
 
-
-def paragraph_index(paras: list[tuple[int, int]], pos: int) -> int:
-    """Index of the paragraph holding pos (the last one starting at or before it)."""
-    return max(0, bisect.bisect_right([a for a, _ in paras], pos) - 1)

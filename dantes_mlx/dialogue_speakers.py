@@ -11,21 +11,20 @@ from functools import lru_cache
 # Speech verbs as infinitive stems (without the -er/-ir/-re ending) for regular -er verbs, plus the
 # irregular and -ir/-re verbs spelled out. Used for incises with a noun subject ("répondit le
 # postillon"); incises with an inverted pronoun ("dit-il", "pensa-t-elle") need no lexicon.
-_ER_STEMS = """ajout appel approuv articul avou balbuti bavard bégay bougonn bredouill cri chantonn
-chuchot command conclu confess confi consol constat continu déclam déclar demand dict éclat
-écri exclam expliqu gémi glouss gouaill grogn grommel gronde hasard hurl impor implor indiqu
-informa insinu insist interpell interrog invit jur lanc marmonn marmott maugré murmur not
-object observ ordonn pens persifl piaill plaid plaisant pleurnich poursuiv prononç proclam
-propos protest questionn racont rappel râl récit réclam recommenc rectifi réitér remarqu
-répét répliqu rétorqu ricann riposte rugiss sanglot siffl soupir souffl suggér suppli
-song tonn trépign dit-on annonç affirm assur commenç coup concéd précis balbuti hurl""".split()
-_IRREGULAR = """dit dis disait disaient dirent disais dit-on fit fis faisait faisaient firent
-reprit repris reprenait reprenaient reprirent reprend répondit répondis répondait répondaient
-répondirent répond interrompit interrompis interrompait interrompt poursuivit poursuivait poursuit
-conclut conclus concluait repartit repartis repartait s'enquit enquit gémit gémissait rugit
-glapit vagit mugit sourit souriait rit riait écrivit écrivait écrit écrivis lut lisait admit
-admettait consentit promit promettait convint convenait avertit avertissait gronda grondait
-bondit frémit pâlit rougit geignit plaignit fit-il s'écria écria écriait écrie s'exclama""".split()
+_ER_STEMS = """acquiesc affirm ajout annonc appel approuv articul assur avou balbuti bavard bégay
+bougonn bredouill chantonn chuchot command commenc concéd confess confi conseill consol constat
+continu coup cri déclam déclar demand dict éclat écri exclam expliqu glouss gouaill grogn grommel
+grond hasard hurl implor indiqu inform insinu insist interpell interrog invit jur lanc marmonn
+marmott maugré murmur not object observ ordonn pens persifl piaill plaid plaisant pleurnich précis
+proclam prononc propos protest questionn racont rappel râl récit réclam recommenc rectifi réitér
+remarqu répét répliqu rétorqu ricann ripost sanglot siffl song soupir souffl suggér suppli tonn
+trépign""".split()
+_IRREGULAR = """dit dis disait disaient dirent disais fit fis faisait faisaient firent reprit repris
+reprenait reprenaient reprirent reprend répondit répondis répondait répondaient répondirent répond
+interrompit interrompis interrompait interrompt poursuivit poursuivait poursuit conclut conclus
+concluait repartit repartis repartait enquit gémit gémissait rugit glapit mugit sourit souriait rit
+riait écrivit écrivait écrit écrivis lut lisait admit admettait consentit promit promettait convint
+convenait avertit avertissait bondit frémit pâlit rougit geignit plaignit""".split()
 
 
 def _er_forms(stem: str) -> list[str]:
@@ -287,6 +286,11 @@ def clause_subject(source: str, start: int, end: int) -> Mention | None:
 @lru_cache(maxsize=65536)
 def normalise_speaker(name: str) -> str:
     """Case-, accent-, apostrophe- and hyphen-insensitive form of a name ("Monte-Cristo" -> "monte cristo")."""
+    return fold(name)
+
+
+def fold(name: str) -> str:
+    """normalise_speaker without the cache, for long texts."""
     s = unicodedata.normalize("NFKD", name.replace("’", "'").replace("œ", "oe").replace("Œ", "Oe"))
     s = "".join(c for c in s if not unicodedata.combining(c)).lower()
     s = re.sub(r"[-_]", " ", s)
