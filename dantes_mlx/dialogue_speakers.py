@@ -386,7 +386,7 @@ def _person_like(m: Mention) -> bool:
         any(_low(w) in _TITLES_M | _TITLES_F for w in words)
 
 
-RUN_GAP = 400
+RUN_GAP = 400  # characters of narration that end an exchange
 
 
 class _Attributor:
@@ -400,6 +400,7 @@ class _Attributor:
         self.run: list[Mention] = []
 
     def para_of(self, pos: int) -> int:
+        """Index of the paragraph holding pos."""
         return max(0, bisect.bisect_right(self.starts, pos) - 1)
 
     def _expand_recent(self) -> list[Mention]:
@@ -438,6 +439,8 @@ class _Attributor:
         return cands[0]
 
     def cue(self, q, gap_start: int) -> tuple[str | None, Mention | None]:
+        """How the text names who speaks q: an incise, the narration just before it in its
+        paragraph, or the narrative paragraph before the reply (a name, a title or a colon)."""
         src = self.source
         for a, b in q.incises:
             m = incise_speaker(src, a, b)
@@ -456,6 +459,7 @@ class _Attributor:
         return None, None
 
     def __call__(self, quotes):
+        """The quotations, in order, with their speakers; uncued replies in an exchange alternate."""
         src, out = self.source, []
         prev_end, prev_speaker = 0, None
         for q in quotes:
