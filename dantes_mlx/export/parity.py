@@ -123,6 +123,12 @@ class GGUFRunner:
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"llama.cpp could not load it: {exc}", path=lora_path or gguf_path,
                              fix="re-export it; the file may be truncated or from another model") from exc
+        # llama-cpp-python misses a refused adapter (its NULL pointer is not None) and then crashes on eval.
+        if lora_path is not None and not getattr(self.llm, "_lora_adapter", True):
+            self.llm.close()
+            raise ModelError("llama.cpp could not load the LoRA adapter (tensor shapes do not fit the base: "
+                             "A/B not transposed, or an adapter for another model)", path=lora_path,
+                             fix="re-export the adapter with `dantes-mlx export` for this base model")
 
     @property
     def n_vocab(self) -> int:
