@@ -33,7 +33,7 @@ CITATION_SCHEMA = {
     "required": ["citations"],
 }
 # Row keys in the order they are written, so reruns give byte-identical files.
-ROW_KEYS = ("book", "chapter", "start", "end", "chunk", "method", "model", "prompt_version", "kind",
+ROW_KEYS = ("id", "book", "chapter", "start", "end", "chunk", "method", "model", "prompt_version", "kind",
             "grounding", "grounding_method", "character", "contexte", "citation", "model_citation", "also_in")
 
 
@@ -250,9 +250,9 @@ def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source,
 
 def make_row(book: Book, chunk: Chunk, start: int, end: int, source: Source, kind: str, score: float,
              how: str, contexte: str, model_text: str | None = None) -> dict:
-    """One citation with its provenance; `citation` is the source text at [start, end)."""
+    """One citation with its provenance; `citation` is the source text at [start, end), `id` is stable."""
     citation = book.text[start:end]
-    row = {"book": book.id, "chapter": book.chapter_at(start), "start": start, "end": end,
+    row = {"id": f"{book.id}:{start}-{end}", "book": book.id, "chapter": book.chapter_at(start), "start": start, "end": end,
            "chunk": chunk.id, "chunk_index": chunk.index, "method": source.method, "model": source.model,
            "prompt_version": source.prompt_version, "kind": kind, "grounding": score,
            "grounding_method": how, "character": source.character, "contexte": contexte,
@@ -423,7 +423,7 @@ def extract_rules(books: list[Book], character: "CharacterConfig", cfg: "Extract
         summary.chunks += len(chunks)
         starts = [c.start for c in chunks]
         for quote in dialogue.character_quotes(book.text, character.name, list(character.aliases)):
-            start, end = int(quote["start"]), int(quote["end"])
+            start, end = quote.start, quote.end
             chunk = chunks[max(0, bisect.bisect_right(starts, start) - 1)]
             rows.append(make_row(book, chunk, start, end, source, "parole", 100.0, "rules",
                                  _context_before(book.text, start)))

@@ -196,6 +196,34 @@ def test_store_makes_a_rerun_free_and_ctrl_c_reports_progress(tmp_path):
     assert len(llm.calls) == 1 and summary.cached == 2 and summary.kept == 12
 
 
+def test_http_clients_get_concurrent_calls_and_failed_chunks_are_retried(tmp_path):
+    from dantes_mlx.llm import batch
+
+    class ConcurrentFake(FakeLLM):
+        """Like OpenAICompatClient: exposes iter_chat(requests, concurrency, return_exceptions)."""
+        seen: list = []
+
+        def iter_chat(self, requests, concurrency=None, return_exceptions=False):
+            self.seen.append(concurrency)
+            return batch.iter_chat(self, requests, concurrency, return_exceptions)
+
+    def flaky(messages):
+        if "numéro 4 " in messages[-1]["content"]:
+            raise ConnectionError("server went away")
+        return quotes_in(messages)
+
+    book = Book("b", numbered_text(12))
+    cfg = ExtractConfig(chunk_lines=4, overlap=0, prefilter=False)
+    llm = ConcurrentFake(default=flaky)
+    summary = extract_llm([book], DANTES, cfg, tmp_path / "c.jsonl", llm, concurrency=4, progress=False)
+    assert llm.seen == [4] and len(llm.calls) == 3
+    assert (summary.called, summary.failed, summary.kept) == (2, 1, 8)
+    assert "server went away" in (tmp_path / "c.errors.jsonl").read_text(encoding="utf-8")
+    again = ConcurrentFake(default=quotes_in)
+    summary = extract_llm([book], DANTES, cfg, tmp_path / "c.jsonl", again, concurrency=4, progress=False)
+    assert len(again.calls) == 1 and (summary.cached, summary.kept) == (2, 12)
+
+
 def test_prefilter_skips_chunks_without_the_character(tmp_path):
     pytest.importorskip("dantes_mlx.dialogue", reason="the dialogue module (rules) is not in the tree yet")
     text = numbered_text(4) + "\n" + numbered_text(4, who="Caderousse").replace("numéro", "n°") + "\n" + numbered_text(4)

@@ -35,6 +35,9 @@ def _print_summary(s) -> None:
         click.echo(f"tokens this run: prompt {n['prompt_tokens']}, evaluated {n['evaluated_tokens']}, "
                    f"generated {n['completion_tokens']} (reasoning {n['reasoning_tokens']}); all chunks: "
                    f"evaluated {t['evaluated_tokens']}, generated {t['completion_tokens']}")
+        if s.chunks and s.skipped == s.chunks:
+            click.echo("the pre-filter found the character in no chunk: check --character/--alias "
+                       "(character.name/aliases), or pass --no-prefilter")
         if s.failed:
             click.echo("some chunks failed (see the .errors.jsonl file); run the same command again to retry them")
     click.echo(f"time: {s.seconds:.1f} s")
