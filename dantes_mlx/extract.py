@@ -223,10 +223,15 @@ class Source:
     character: str
 
 
-def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source,
-                 min_grounding: float) -> tuple[list[dict], list[dict]]:
-    """Rows grounded in the chunk's span and rejects (with reason and score) for one stored reply."""
+def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source, min_grounding: float,
+                 finish_reason: str = "") -> tuple[list[dict], list[dict]]:
+    """Rows grounded in the chunk's span and rejects (with reason and score) for one stored reply.
+
+    A reply cut by max_tokens is rejected as `truncated` (its complete citations are still kept).
+    """
     items, error = parse_reply(reply)
+    if error and finish_reason == "length":
+        error = "truncated"
     rejects = [] if error is None else [{"reason": error, "raw": reply[:2000]}]
     rows, taken, norm = [], set(), None
     for item in items:
@@ -326,33 +331,51 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
     """LLM extraction: one stored reply per chunk, then citations rebuilt from the store in book order.
 
     `schema` may narrow CITATION_SCHEMA (e.g. maxLength for a small model); it is part of the store key.
+    HTTP clients (those with `iter_chat`) get `concurrency` requests in flight; llama.cpp runs one at a time.
     """
-    from dantes_mlx.llm import batch
     from dantes_mlx.store import Store
 
     started, out = time.monotonic(), Path(out)
     sampling = dict(sampling or {"temperature": cfg.temperature})
     prompt = load_prompt(cfg.prompt_file, character.language)
-    source = Source("llm", client.model_id, prompt.version, character.name)
     store_path, errors_path, rejects_path = side_paths(out)
     store = Store(store_path, rejects_path=errors_path)
     summary = ExtractSummary("llm", str(out))
-    work: list[tuple[Book, Chunk, str | None]] = []
+    work = []  # (book, chunk, store key or None when the pre-filter skips the chunk)
     for book in books:
         for chunk in chunk_book(book, cfg.chunk_lines, cfg.overlap):
-            summary.chunks += 1
-            if cfg.prefilter and not prefilter_keeps(chunk, character.name, list(character.aliases)):
-                summary.skipped += 1
-                work.append((book, chunk, None))
-                continue
-            work.append((book, chunk, chunk_key(prompt, client.model_id, chunk, character, sampling, schema)))
-    pending = [(c, k) for _, c, k in work if k is not None and k not in store]
-    summary.cached = sum(1 for _, _, k in work if k is not None and k in store)
-    requests = [{"messages": prompt.messages(character.name, list(character.aliases), c.text),
-                 "json_schema": schema, **sampling} for c, _ in pending]
+            keep = not cfg.prefilter or prefilter_keeps(chunk, character.name, list(character.aliases))
+            work.append((book, chunk, chunk_key(prompt, client.model_id, chunk, character, sampling, schema)
+                         if keep else None))
+    summary.chunks = len(work)
+    summary.skipped = sum(1 for *_, key in work if key is None)
+    pending = [(chunk, key) for _, chunk, key in work if key is not None and key not in store]
+    summary.cached = summary.chunks - summary.skipped - len(pending)
+    requests = [{"messages": prompt.messages(character.name, list(character.aliases), chunk.text),
+                 "json_schema": schema, **sampling} for chunk, _ in pending]
+    _call(client, requests, pending, store, summary, concurrency, progress)
+    source = Source("llm", client.model_id, prompt.version, character.name)
+    rows, rejects = [], []
+    for book, chunk, key in work:
+        value = store.get(key) if key else None
+        if value is not None:
+            summary.tokens.update({k: v for k, v in value.items() if k.endswith("_tokens")})
+            got, bad = ground_reply(book, chunk, value["text"], source, cfg.min_grounding,
+                                    value.get("finish_reason", ""))
+            rows += got
+            rejects += bad
+    _finish(summary, rows, rejects, out, rejects_path, started)
+    return summary
+
+
+def _call(client, requests: list[dict], pending: list, store, summary: ExtractSummary, concurrency: int,
+          progress: bool) -> None:
+    """Send the requests, storing each reply (or its error) as it arrives; Ctrl-C keeps what is stored."""
+    from dantes_mlx.llm import batch
+
     calls = (client.iter_chat(requests, concurrency, return_exceptions=True) if hasattr(client, "iter_chat")
              else batch.iter_chat(client, requests, 1, return_exceptions=True))
-    bar = _progress(len(pending), summary.cached, progress)
+    bar = _progress(len(requests), summary.cached, progress)
     try:
         for index, result in calls:
             chunk, key = pending[index]
@@ -366,27 +389,16 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
                 summary.new_tokens.update({k: v for k, v in value.items() if k.endswith("_tokens")})
             bar.update(1)
     except KeyboardInterrupt:
+        raise ExtractInterrupted(summary.cached + summary.called, summary.chunks - summary.skipped,
+                                 store.path) from None
+    finally:
         bar.close()
-        done = summary.cached + summary.called
-        raise ExtractInterrupted(done, summary.chunks - summary.skipped, store_path) from None
-    bar.close()
-    rows, rejects = [], []
-    for book, chunk, key in work:
-        value = store.get(key) if key else None
-        if value is None:
-            continue
-        summary.tokens.update({k: v for k, v in value.items() if k.endswith("_tokens")})
-        got, bad = ground_reply(book, chunk, value["text"], source, cfg.min_grounding)
-        rows += got
-        rejects += bad
-    _finish(summary, rows, rejects, out, rejects_path, started)
-    return summary
 
 
 def _stored_reply(chunk: Chunk, result) -> dict:
     return {"chunk": chunk.id, "text": result.text, "prompt_tokens": result.prompt_tokens,
             "evaluated_tokens": result.evaluated_tokens, "completion_tokens": result.completion_tokens,
-            "reasoning_tokens": result.reasoning_tokens}
+            "reasoning_tokens": result.reasoning_tokens, "finish_reason": getattr(result, "finish_reason", "")}
 
 
 def _progress(total: int, cached: int, enabled: bool):

@@ -111,6 +111,10 @@ def test_parse_reply_salvages_complete_objects_of_a_truncated_reply():
     items, error = parse_reply('{"citations": [{"contexte": "a", "citation": "--Oui.", "kind": "parole"}, '
                                '{"contexte": "b", "citation": "--No')
     assert error == "invalid_json" and [i["citation"] for i in items] == ["--Oui."]
+    book = Book("b", "— Oui.\n")
+    cut = '{"citations": [{"contexte": "a", "citation": "--Oui.", "kind": "parole"}, {"contexte": "b", "cit'
+    kept, rejects = ground_reply(book, chunk_book(book)[0], cut, Source("llm", "m", "v", "X"), 85.0, "length")
+    assert [r["citation"] for r in kept] == ["— Oui."] and [r["reason"] for r in rejects] == ["truncated"]
 
 
 # -- grounding -------------------------------------------------------------------------------------
@@ -341,3 +345,24 @@ def test_end_to_end_on_the_tiny_gguf(request, tmp_path):
     assert summary.rejected["low_grounding"] >= 2 and summary.kept == 0  # random text is not in the book
     assert all(0 <= r["score"] < 85 and r["citation"] for r in rejects if r["reason"] == "low_grounding")
     assert summary.tokens["evaluated_tokens"] < summary.tokens["prompt_tokens"]  # the instructions were reused
+
+
+def test_cli_ctrl_c_says_how_many_chunks_are_done_and_how_to_resume(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import dantes_mlx.llm.base as base
+    from dantes_mlx.cli import main
+
+    def interrupt_second(messages, calls=[]):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return quotes_in(messages)
+
+    monkeypatch.setattr(base, "make_client", lambda cfg: fake_from_function(interrupt_second))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "book.txt").write_text(numbered_text(8), encoding="utf-8")
+    result = CliRunner().invoke(main, ["extract", "--input", "book.txt", "--model", "any.gguf", "--no-prefilter",
+                                       "--chunk-lines", "4", "--overlap", "0", "-o", "c.jsonl", "--quiet"])
+    assert result.exit_code == 130
+    assert "interrupted: 1/2 chunks done" in result.output and "resume with: dantes-mlx" in result.output
