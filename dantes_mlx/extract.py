@@ -427,6 +427,9 @@ def extract_rules(books: list[Book], character: "CharacterConfig", cfg: "Extract
     from dantes_mlx import dialogue
 
     started, out = time.monotonic(), Path(out)
+    if character.language != "fr":
+        print(f"warning: the dialogue rules are written for French; language is '{character.language}'",
+              file=sys.stderr)
     source = Source("rules", "", RULES_VERSION, character.name)
     summary = ExtractSummary("rules", str(out))
     rows = []
