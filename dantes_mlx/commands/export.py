@@ -17,7 +17,7 @@ import click
               help="GGUF LoRA adapter applied on top of --gguf by llama.cpp.")
 @click.option("--model", default=None, help="Reference MLX/HF model folder or repo (default: train.base_model).")
 @click.option("--adapter", default=None,
-              help="Reference adapter folder (default: project.adapters_dir when it holds adapters.safetensors).")
+              help="Reference adapter folder, mlx-lm or PEFT (default: project.adapters_dir when it holds one).")
 @click.option("--no-adapter", is_flag=True, help="Compare with the base model alone.")
 @click.option("--quantization", default=None, help="Threshold set, e.g. f16 or q4_k_m (default: read from the GGUF).")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
@@ -36,7 +36,8 @@ def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quanti
     model = model or section(TrainConfig, config).base_model
     if adapter is None and not no_adapter:
         default = Path(section(ProjectConfig, config).adapters_dir)
-        adapter = str(default) if (default / "adapters.safetensors").is_file() else None
+        trained = any((default / f).is_file() for f in ("adapters.safetensors", "adapter_model.safetensors"))
+        adapter = str(default) if trained else None
     report = run_parity(model, gguf_path, adapter=None if no_adapter else adapter, lora_path=lora_path,
                         quantization=quantization, prompts_file=prompts_file,
                         system=section(CharacterConfig, config).persona, enforce=not report_only)

@@ -7,6 +7,7 @@ mean KL divergence between the two next-token distributions stays under a per-qu
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -101,6 +102,51 @@ class MLXReference:
 
         self.model = None
         mx.clear_cache()
+
+
+# Plugins register a Reference class here under their backend's name (e.g. `unsloth`), constructed as
+# Cls(model_dir, adapter_dir); adapters that backend trained are then compared in its own framework.
+REFERENCE_GROUP = "dantes_mlx.references"
+
+
+def trained_by(adapter_dir: str | Path | None) -> str | None:
+    """The training backend recorded in an adapter folder's train_config.yaml (derived.backend), if any."""
+    import yaml
+
+    path = Path(adapter_dir) / "train_config.yaml" if adapter_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return None
+    return (data.get("derived") or {}).get("backend") if isinstance(data, dict) else None
+
+
+def make_reference(model: str | Path, adapter: str | Path | None = None,
+                   mlx_adapter: str | Path | None = None) -> Reference:
+    """The reference model for `adapter`: the plugin Reference of the backend that trained it when that
+    plugin is installed, else MLX (on `mlx_adapter`, an mlx-lm copy, when given; a PEFT adapter is
+    converted on the fly)."""
+    import importlib.metadata
+
+    backend = trained_by(adapter)
+    for ep in importlib.metadata.entry_points(group=REFERENCE_GROUP):
+        if backend and ep.name == backend:
+            return ep.load()(model, adapter)
+    if mlx_adapter is None and adapter is not None and not (Path(adapter) / "adapters.safetensors").is_file():
+        import tempfile
+
+        from dantes_mlx.export.peft import load_adapter, write_mlx_adapter
+        from dantes_mlx.train import resolve_model
+
+        peft = load_adapter(adapter)
+        config = json.loads((resolve_model(str(model)) / "config.json").read_text(encoding="utf-8"))
+        with tempfile.TemporaryDirectory() as tmp:  # mlx_lm.load reads it at once
+            reference = MLXReference(model, write_mlx_adapter(peft, tmp, config["num_hidden_layers"]))
+        reference.name = f"{model} + {adapter}"
+        return reference
+    return MLXReference(model, mlx_adapter or adapter)
 
 
 class GGUFRunner:
@@ -361,7 +407,7 @@ def run_parity(model: str | Path, gguf_path: str | Path, *, adapter: str | Path 
                lora_path: str | Path | None = None, quantization: str | None = None,
                prompts_file: str | Path | None = None, system: str | None = None,
                enforce: bool = True) -> ParityReport:
-    """The `dantes-mlx parity` stage: MLX model (+ adapter) against a GGUF (+ GGUF LoRA)."""
+    """The `dantes-mlx parity` stage: the trained model (+ adapter) against a GGUF (+ GGUF LoRA)."""
     prompts = load_prompts(prompts_file) if prompts_file else default_prompts(system)
-    return check_parity(MLXReference(model, adapter), gguf_path, lora_path, prompts=prompts,
+    return check_parity(make_reference(model, adapter), gguf_path, lora_path, prompts=prompts,
                         quantization=quantization, enforce=enforce, release_reference=True)
