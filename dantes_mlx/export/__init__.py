@@ -66,6 +66,31 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class CachedReference:
+    """A Reference whose logits are computed once and shared by every check, so the trained model is
+    freed before llama.cpp loads the first GGUF (a 7B reference and a 7B GGUF never share memory)."""
+
+    def __init__(self, reference: "Reference"):
+        self.reference, self._logits = reference, {}
+        self.name = getattr(reference, "name", "the trained model")
+
+    def render(self, messages):
+        return self.reference.render(messages)
+
+    def encode(self, text: str) -> list[int]:
+        return self.reference.encode(text)
+
+    def logits(self, token_ids: list[int]):
+        key = tuple(token_ids)
+        if key not in self._logits:
+            self._logits[key] = self.reference.logits(token_ids)
+        return self._logits[key]
+
+    def release(self) -> None:
+        if hasattr(self.reference, "release"):
+            self.reference.release()
+
+
 def parity_gate(reference: "Reference", checks: Sequence[tuple[str, Path, Path | None, str]],
                 prompts: Sequence) -> dict[str, "ParityReport"]:
     """Run check_parity for each (label, gguf, lora, quantization); a file llama.cpp refuses to load
@@ -77,7 +102,8 @@ def parity_gate(reference: "Reference", checks: Sequence[tuple[str, Path, Path |
     for label, gguf_path, lora_path, quantization in checks:
         try:
             reports[label] = check_parity(reference, gguf_path, lora_path, prompts=prompts,
-                                          quantization=quantization, enforce=False)
+                                          quantization=quantization, enforce=False,
+                                          release_reference=isinstance(reference, CachedReference))
         except (ModelError, ParityError) as exc:
             inf = float("inf")
             reports[label] = ParityReport(quantization, str(gguf_path), str(lora_path) if lora_path else None,
@@ -98,27 +124,23 @@ def gate_verdict(reports: Mapping[str, "ParityReport"], manifest: Path) -> None:
                               "file fails, try --quantization q5_k_m or q8_0")
 
 
-def _adapter_targets(adapter, base_dir: Path, base_name: str, out: Path, result: ExportResult,
-                     peft_base_model: str, n_layers: int) -> Path:
-    """Write the PEFT adapter (and, for a PEFT input, an mlx-lm copy for the reference); return the
-    adapter folder the MLX reference loads."""
+def _adapter_targets(adapter, base_name: str, out: Path, result: ExportResult, peft_base_model: str,
+                     n_layers: int) -> None:
+    """Write the PEFT adapter (and, for a PEFT input, an mlx-lm copy the MLX reference loads)."""
     from dantes_mlx.export.peft import CONFIG, PEFT_WEIGHTS, write_mlx_adapter, write_peft_adapter
 
     if adapter.kind == "full":
         result.notes.append("full fine-tune: no PEFT or GGUF LoRA adapter (only the fused GGUF)")
-        return adapter.path
+        return
     peft_dir = out / "peft"
     if adapter.source == "peft":
         peft_dir.mkdir(parents=True, exist_ok=True)
         for name in (PEFT_WEIGHTS, CONFIG):
             shutil.copyfile(adapter.path / name, peft_dir / name)
-        reference_dir = write_mlx_adapter(adapter, out / "mlx-adapter", n_layers, base_name)
-        result.files["mlx_adapter"] = reference_dir
+        result.files["mlx_adapter"] = write_mlx_adapter(adapter, out / "mlx-adapter", n_layers, base_name)
     else:
         write_peft_adapter(adapter, peft_dir, peft_base_model or base_name)
-        reference_dir = adapter.path
     result.files["peft"] = peft_dir
-    return reference_dir
 
 
 def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, result: ExportResult,
@@ -185,7 +207,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     from dantes_mlx.export.gguf import QUANT_TYPES, read_config
     from dantes_mlx.export.modelfile import create_commands, default_license
     from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
-    from dantes_mlx.export.parity import MLXReference, default_prompts, thresholds_for
+    from dantes_mlx.export.parity import default_prompts, make_reference, thresholds_for
     from dantes_mlx.export.peft import check_adapter, load_adapter
     from dantes_mlx.store import write_text_atomic
     from dantes_mlx.train import resolve_model
@@ -205,18 +227,21 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = ExportResult(out)
-    reference_adapter = _adapter_targets(adapter, base_dir, base_name, out, result, peft_base_model,
-                                         config["num_hidden_layers"])
+    _adapter_targets(adapter, base_name, out, result, peft_base_model, config["num_hidden_layers"])
+    if adapter.kind != "full" and config.get("quantization") and not peft_base_model:
+        result.notes.append(f"the PEFT adapter names {base_name} (an MLX quantized model) as its base; set "
+                            "export.peft_base_model to the original repo (e.g. mistralai/Mistral-7B-Instruct-v0.3)")
     _ggufs(adapter, base_dir, out, name, quantization, result, parity or not ollama_base, log)
     manifest = out / EXPORT_MANIFEST
     if parity:
-        log("parity gate: MLX base + adapter against each GGUF in llama.cpp")
         checks = [("fused f16", result.files["fused_f16"], None, "f16")]
         if quantization != "f16":
             checks.append((f"fused {quantization}", result.files["fused"], None, quantization))
         if "gguf_lora" in result.files:
             checks.append(("base f16 + GGUF LoRA", result.files["base_f16"], result.files["gguf_lora"], "f16"))
-        reference = MLXReference(base_dir, reference_adapter)
+        # A plugin's own reference for the adapters it trained; logits shared by all checks.
+        reference = CachedReference(make_reference(base_dir, adapter.path, result.files.get("mlx_adapter")))
+        log(f"parity gate: {reference.name} against each GGUF in llama.cpp")
         result.reports = parity_gate(reference, checks, prompts or default_prompts(persona))
         write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
         gate_verdict(result.reports, manifest)
