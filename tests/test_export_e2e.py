@@ -167,3 +167,23 @@ def test_no_parity_no_ollama(trained, tiny_model_dir, tmp_path):
     assert not (tmp_path / "out/base-f16.gguf").exists()
     adapter = instructions(parse_modelfile((tmp_path / "out/Modelfile.adapter").read_text()))
     assert adapter["model"] == ["mistral:7b-instruct-v0.3-fp16"]  # export.ollama_base, the library model
+
+
+def test_full_finetune_exports_fused_only(tiny_model_dir, tmp_path):
+    """fine_tune_type full: the saved tensors replace the base ones; no LoRA targets to write."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    tuned = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32)
+             for k, v in base.items() if k.startswith("model.layers.1.")}
+    folder = tmp_path / "full"
+    folder.mkdir()
+    save_file(tuned, str(folder / "adapters.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"model": str(tiny_model_dir), "fine_tune_type": "full",
+                                                             "num_layers": 1}))
+    result = export_all(None, folder, tmp_path / "out", quantization="f16", log=lambda m: None)
+    assert result.passed and list(result.reports) == ["fused f16"] and result.reports["fused f16"].top1 == 1.0
+    assert "peft" not in result.files and "gguf_lora" not in result.files
+    assert any("full fine-tune" in n for n in result.notes)
