@@ -66,6 +66,7 @@ def mlx_dora(tiny_model_dir, tmp_path_factory) -> Path:
                             keys=ATTENTION)
 
 
+@pytest.mark.slow
 def test_mlx_to_peft_names_transposes_and_alpha(mlx_lora, tiny_model_dir, tmp_path):
     raw = load_file(str(mlx_lora / "adapters.safetensors"))
     adapter = load_adapter(mlx_lora)
@@ -87,6 +88,7 @@ def test_mlx_to_peft_names_transposes_and_alpha(mlx_lora, tiny_model_dir, tmp_pa
     assert config["base_model_name_or_path"] == "mistralai/Mistral-7B-Instruct-v0.3"
 
 
+@pytest.mark.slow
 def test_peft_delta_equals_mlx_delta(mlx_lora, tmp_path):
     """What PEFT applies (lora_alpha / r * B A) is what mlx-lm applies (scale * (A_mlx B_mlx)^T)."""
     raw = load_file(str(mlx_lora / "adapters.safetensors"))
@@ -101,6 +103,7 @@ def test_peft_delta_equals_mlx_delta(mlx_lora, tmp_path):
     assert np.abs(mlx_delta).max() > 1e-3  # a real, nonzero adapter
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["mlx_lora", "mlx_dora"])
 def test_round_trip_mlx_peft_mlx(fixture, request, tiny_model_dir, tmp_path):
     folder = request.getfixturevalue(fixture)
@@ -127,6 +130,7 @@ def test_round_trip_mlx_peft_mlx(fixture, request, tiny_model_dir, tmp_path):
         np.testing.assert_array_equal(before[key], after[key])
 
 
+@pytest.mark.slow
 def test_dora_magnitudes_use_peft_names(mlx_dora, tmp_path):
     out = write_peft_adapter(load_adapter(mlx_dora), tmp_path / "peft")
     tensors = load_file(str(out / "adapter_model.safetensors"))
@@ -163,6 +167,7 @@ def test_peft_scales_rslora_and_patterns(tmp_path):
     assert [m.scale for m in load_adapter(folder).modules] == [pytest.approx(16 / 8 ** 0.5), pytest.approx(16 / 2)]
 
 
+@pytest.mark.slow
 def test_mixed_ranks_and_scales_load_in_mlx_lm(tiny_model_dir, tmp_path):
     """PEFT layers with their own rank/scale become one mlx-lm rank/scale without changing W + s B A."""
     import mlx_lm
@@ -182,6 +187,7 @@ def test_mixed_ranks_and_scales_load_in_mlx_lm(tiny_model_dir, tmp_path):
         np.testing.assert_allclose(delta, m.scale * m.b @ m.a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_check_adapter_refuses_transposed_or_foreign_adapters(mlx_lora, tiny_model_dir):
     config = model_config(tiny_model_dir)
     adapter = load_adapter(mlx_lora)
@@ -196,6 +202,7 @@ def test_check_adapter_refuses_transposed_or_foreign_adapters(mlx_lora, tiny_mod
         check_adapter(adapter, {**config, "num_hidden_layers": 1})
 
 
+@pytest.mark.slow
 def test_load_adapter_errors_say_what_to_do(tmp_path, mlx_lora):
     with pytest.raises(ModelError, match="no adapter here") as failure:
         load_adapter(tmp_path)
@@ -215,6 +222,7 @@ def test_load_adapter_errors_say_what_to_do(tmp_path, mlx_lora):
     assert recorded_base_model(mlx_lora) and recorded_base_model(tmp_path / "nothing") is None
 
 
+@pytest.mark.slow
 def test_real_peft_loads_the_adapter(mlx_lora, tiny_model_dir, tmp_path):
     """With torch + peft installed (the CUDA plugin's environment), PEFT applies our adapter like MLX does."""
     torch = pytest.importorskip("torch", reason="torch is not in the core venv; the CUDA plugin's tests cover it")
