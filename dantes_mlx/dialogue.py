@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dantes_mlx.dialogue_speakers import (DETS, INVERTED, PRESENT_FORMS, SPEECH_FORMS, attribute, fold,
                                           is_character, is_verb_like, normalise_speaker, subject_after_verb,
-                                          subject_verb_pairs, tokens)
+                                          subject_verbs, tokens)
 from dantes_mlx.errors import InputError
 
 __all__ = ["Quote", "find_quotations", "character_quotes", "mentions_character", "all_speakers_rows",
@@ -62,12 +62,17 @@ def _after_ok(source: str, pos: int, limit: int) -> bool:
     return bool(re.match(r"\s*(?:[,.;:!?…»]|$|en\s|avec\s|d['’]un|tout\s|à\s)", rest))
 
 
-_PARTICIPLE = (r"(?:et\s+|tout\s+|ne\s+|n['’])?(?:en\s+)?[^\W\d_]{3,}ant\b"
+_CLITIC_RE = r"(?:(?:ne|n['’]|se|s['’]|lui|leur|me|m['’]|te|t['’]|le|la|les|l['’]|en|y)\s*)*"
+# "en souriant", "et en se regardant", "tout en lui tendant la main"
+_PARTICIPLE = (r"(?:et\s+|tout\s+|ne\s+|n['’])?(?:en\s+)?" + _CLITIC_RE + r"[^\W\d_]{3,}ant\b"
                r"(?<!pourtant)(?<!cependant)(?<!maintenant)(?<!avant)(?<!durant)(?<!autant)(?<!quant)")
 _PAST = r"[^\W\d_]+(?:ait|aient|èrent|irent|urent|inrent|a|it|ut|int)\b"
-_CLITIC_RE = r"(?:(?:ne|n['’]|se|s['’]|lui|leur|me|m['’]|te|t['’]|le|la|les|l['’]|en|y)\s*)*"
 # Narration resuming after an incise's comma: "dit-il, et allant...", "dit l'aveugle qui voulait..."
-_CONTINUE = re.compile(r"\s*(?:" + _PARTICIPLE + r"|(?:et\s+)?(?:qui|dont)\s+" + _CLITIC_RE + _PAST +
+# a past participle and its complement describing the speaker: "dit la vieille, appuyée sur sa fille,"
+_PAST_PARTICIPLE = (r"(?:tout\s+)?[^\W\d_]{2,}(?:é|ée|és|ées|i|ie|is|u|ue|us)\s+"
+                    r"(?:sur|vers|par|contre|dans|sous|entre|avec|à|au|aux|de|d['’]|du|des)\s")
+_CONTINUE = re.compile(r"\s*(?:" + _PARTICIPLE + "|" + _PAST_PARTICIPLE +
+                       r"|(?:et\s+)?(?:qui|dont)\s+" + _CLITIC_RE + _PAST +
                        r"|(?:et\s+)?dont\s|non\s+sans\s|(?:quand|lorsqu['’]|lorsque|tandis\s+que|pendant\s+que|"
                        r"comme)\s*(?:il|elle|ils|elles|on)\s+" + _CLITIC_RE + _PAST + r")", re.I)
 # Passé simple forms that cannot be presents; with the 3rd-person plural endings and -a (not -ra,
@@ -90,15 +95,19 @@ def looks_narrative(sentence: str, after_incise: bool = False) -> bool:
     incise ("..., répliqua Bouvard. Ceux de Pécuchet étaient...") an imperfect is enough."""
     if re.search(r"[?!]", sentence) or _PERSON.search(sentence):
         return False
-    if _NARRATIVE_VERB.search(sentence) or after_incise and _IMPERFECT.search(sentence):
+    return after_incise and _IMPERFECT.search(sentence) is not None or simple_past(sentence)
+
+
+def simple_past(sentence: str) -> bool:
+    """Whether a sentence has a 3rd-person passé simple: "il tomba", "ils dirent", and after a
+    named subject "Sarrasine, le nez dans son manteau, courut au rendez-vous"."""
+    if _NARRATIVE_VERB.search(sentence):
         return True
-    pairs = subject_verb_pairs(sentence, tokens(sentence))
-    subject = pairs[0][0] if pairs else None
-    if subject is None or subject.pronoun:
-        return False
-    rest = re.match(r"\s*,?\s*" + _CLITIC_RE + r"([^\W\d_]+)", sentence[subject.end:])
-    return bool(rest) and re.fullmatch(r"[^\W\d_]{2,}(?:a|èrent|irent|urent)|" + "|".join(_PASSE_SIMPLE),
-                                       rest.group(1)) is not None and not rest.group(1).endswith("ra")
+    return any(not subject.pronoun and _SIMPLE_PAST.fullmatch(verb) is not None and not verb.endswith("ra")
+               for subject, verb in subject_verbs(sentence, tokens(sentence)))
+
+
+_SIMPLE_PAST = re.compile(r"[^\W\d_]{2,}(?:a|èrent|irent|urent)|" + "|".join(_PASSE_SIMPLE))
 
 
 def _apposition(chunk: str, source: str, after: int) -> bool:
@@ -120,8 +129,9 @@ def _incise_end(source: str, pos: int, limit: int) -> int:
         if c in ",;":
             chunk = re.match(r"[^,;.!?…»:]*", source[p + 1:limit]).group()
             opener = _CONTINUE.match(chunk) or _apposition(chunk, source, p + 1 + len(chunk))
+            stop = source[p + 1 + len(chunk):p + 2 + len(chunk)]
             if chunk.strip() and (opener and not _SECOND_PERSON.search(chunk)
-                                  or continued and not _PERSON.search(chunk)):
+                                  or continued and not _PERSON.search(chunk) and stop not in ("!", "?")):
                 continued = True
                 p += 1
                 continue
@@ -284,6 +294,8 @@ def _drop_narration(text: str, segments, incises):
     first = True
     for n, (a, b) in enumerate(segments):
         for k, m in enumerate(_SENTENCE.finditer(text, a, b)):
+            if first and simple_past(m.group()):
+                return segments, incises  # the speaker tells a story in the passé simple himself
             if not first and looks_narrative(m.group(), after_incise=k == 0):
                 cut = _trim(text, a, m.start())
                 kept = segments[:n] + ([cut] if re.search(r"\w", text[cut[0]:cut[1]]) else [])
@@ -357,19 +369,24 @@ def _introduced(text: str, start: int) -> bool:
 class _Guillemets:
     """Scanner for «...» quotations: nesting, and quotes continued over paragraphs that open with «.
     A quotation over several paragraphs, or never closed, that no colon announces is a frame
-    (a story told inside the story, a diary, a letter): dropped, the speech inside it is kept."""
+    (a story told inside the story, a diary, a letter): dropped, the speech inside it is kept.
+    French typography writes one » where a nested quotation and its outer one end together: when
+    a paragraph leaves a quotation open after a nested one closed, both closed there."""
 
     def __init__(self, text: str):
         self.text, self.quotes = text, []
-        self.start, self.depth, self.nested, self.multi = None, 0, [], False
+        self.start, self.depth, self.nested, self.multi, self.entry = None, 0, [], False, False
+        self.merge: tuple[int, int] | None = None  # first nested » of this paragraph's quotation
 
-    def scan(self, a: int, b: int, next_opens: bool, next_dash: bool = False) -> None:
+    def scan(self, a: int, b: int, next_opens: bool, next_dash: bool = False, entry: bool = False) -> None:
+        """One paragraph; entry: it follows a date heading, so a « opening it is a diary entry."""
         text = self.text
         for m in _GUILLEMET.finditer(text, a, b):
             c, p = m.group(), m.start()
             if c in "«“":
                 if self.depth == 0:
-                    self.start, self.depth, self.multi = p, 1, False
+                    self.start, self.depth, self.multi, self.entry = p, 1, False, entry and p == a
+                    self.merge = None
                 elif p == a:
                     self.multi = True
                 else:
@@ -380,13 +397,24 @@ class _Guillemets:
                 inner = self.nested.pop()
                 if self.depth == 1 and _introduced(text, inner):
                     self._add(inner, p + 1, b, closed=True)
+                if self.depth == 1 and self.merge is None and not self.multi:
+                    self.merge = (p, len(self.quotes))
             elif self.depth == 1:
                 self.depth = 0
-                if not self.multi or _introduced(text, self.start) or _addressed(text, self.start, p):
+                if not self.entry and (not self.multi or _introduced(text, self.start)
+                                       or _addressed(text, self.start, p)):
                     self._add(self.start, p + 1, b, closed=True)
+        if self.depth == 1 and self.merge and not next_opens and self.start >= a:
+            close, kept = self.merge
+            del self.quotes[kept:]
+            self.depth, self.nested, self.merge = 0, [], None
+            if not self.entry:
+                self._add(self.start, close + 1, b, closed=True)
+            self.scan(close + 1, b, next_opens, next_dash)
+            return
         if self.depth and not next_opens:
             # « opens a dialogue whose next replies come with dashes: keep the first reply
-            if not self.multi and (next_dash or _introduced(text, self.start)):
+            if not self.multi and not self.entry and (next_dash or _introduced(text, self.start)):
                 self._add(self.start, b, b, closed=False)
             self.depth, self.nested = 0, []
 
@@ -395,6 +423,10 @@ class _Guillemets:
         after = _after_incise(text, end, para_end) if closed else None
         if closed and not after and _is_term(text, start, end):
             return
+        if not closed:  # a « paragraph never closed that turns to narration continues a told story
+            segments, incises = _split_incises(text, start, start + 1, end)
+            if _drop_narration(text, segments, incises)[0] != segments:
+                return
         q = _quote(text, start, start + 1, end, text[start], closing=closed)
         if q is None:
             return
@@ -403,18 +435,27 @@ class _Guillemets:
         self.quotes.append(q)
 
 
+_MONTHS = "janvier février mars avril mai juin juillet août septembre octobre novembre décembre".split()
+# "Mardi, 22 novembre.", "Paris, 4 décembre 1803." alone on a line: the heading of a diary entry or letter
+_DATE_HEADING = re.compile(r"(?:[A-ZÀ-Ý][\w'’-]*(?:\s+[\w'’-]+){0,3},\s+)?(?:(?:lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche),?\s+)?(?:le\s+)?"
+                           r"\d{1,2}(?:er)?\s+(?:" + "|".join(_MONTHS) + r")(?:\s+\d{4})?\s*[.:]?", re.I)
+
+
 def detect_quotations(text: str, paras: list[tuple[int, int]] | None = None) -> list[Quote]:
     """Direct-speech quotations in text order, without speakers."""
     paras = paragraphs(text) if paras is None else paras
     scanner = _Guillemets(text)
     quotes: list[Quote] = []
+    entry = False  # inside a diary: a date heading, then paragraphs that open with «
     for i, (a, b) in enumerate(paras):
         next_opens = i + 1 < len(paras) and text[paras[i + 1][0]] in "«»“"
+        entry = text[a] in "«“" and (entry or i > 0 and _DATE_HEADING.fullmatch(text, *paras[i - 1]) is not None)
         if scanner.depth == 0 and _DASH.match(text, a, b):
             quotes.extend(_dash_replies(text, a, b))
             continue
         before = len(scanner.quotes)
-        scanner.scan(a, b, next_opens, i + 1 < len(paras) and _DASH.match(text, *paras[i + 1]) is not None)
+        scanner.scan(a, b, next_opens, i + 1 < len(paras) and _DASH.match(text, *paras[i + 1]) is not None,
+                     entry)
         found = scanner.quotes[before:]
         quotes.extend(found)
         for m in _COLON_DASH.finditer(text, a, b):

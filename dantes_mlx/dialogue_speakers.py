@@ -254,9 +254,39 @@ def _skip_inserts(toks, j: int) -> int:
 def subject_verb_pairs(source: str, toks) -> list[tuple[Mention, bool]]:
     """(subject, its verb is a speech verb) for each noun phrase or pronoun followed, past
     comma-delimited inserts, "qui" and clitics, by a verb: "La fille, exaspérée, lui cria"."""
-    pairs = []
+    return [(m, _low(verb) in SPEECH_FORMS or _low(verb) in SPEECH_PARTICIPLES)
+            for m, verb in subject_verbs(source, toks)]
+
+
+# "il entendit sa maîtresse disant à voix basse :": a noun phrase and a speech participle
+SPEECH_PARTICIPLES = frozenset(s + "ant" for s in _ER_STEMS) | {
+    "disant", "répondant", "reprenant", "interrompant", "poursuivant", "concluant", "repartant", "s'écriant"}
+_COMPLEMENT_PREPS = {"par", "de", "d'", "du", "des", "à", "au", "aux", "avec", "dans", "sur", "pour", "contre"}
+_PARTICIPLE_END = re.compile(r"[^\W\d_]{2,}(?:é|ée|és|ées|i|ie|is|ies|u|ue|us|ues|it|ite|ert|erte|eint|einte)$")
+
+
+def _past_complement(toks, mention: Mention, i: int, j: int) -> tuple[Mention, int] | None:
+    """"mon père agacé par mon insistance finit par...": a noun phrase ending in a past participle
+    followed by its complement; returns the subject without the participle and the index of the verb."""
+    if j - i < 2 or j + 1 >= len(toks) or _low(toks[j][0]) not in _COMPLEMENT_PREPS:
+        return None
+    part = toks[j - 1]
+    if not _PARTICIPLE_END.search(_low(part[0])) or is_verb_like(part[0]):
+        return None
+    inner = noun_phrase(toks, j + 1, subject=True)
+    if inner is None or inner[0].pronoun:
+        return None
+    k = _skip_clitics(toks, inner[1])
+    if k < len(toks) and is_verb_like(toks[k][0]):
+        return Mention("", mention.start, toks[j - 2][2], mention.gender), k
+    return None
+
+
+def subject_verbs(source: str, toks) -> list[tuple[Mention, str]]:
+    """(subject, its verb) pairs, as subject_verb_pairs finds them."""
+    pairs, inside = [], 0  # inside: end of a complement already read as part of a subject
     for i, (word, _, _) in enumerate(toks):
-        if not (word[:1].isupper() or _low(word) in _NP_OPENERS):
+        if i < inside or not (word[:1].isupper() or _low(word) in _NP_OPENERS):
             continue
         found = noun_phrase(toks, i, subject=True)
         if not found:
@@ -266,13 +296,35 @@ def subject_verb_pairs(source: str, toks) -> list[tuple[Mention, bool]]:
             continue
         if j < len(toks) and toks[j][0] == "," and not mention.pronoun:
             j = _skip_inserts(toks, j)
-        if j < len(toks) and _low(toks[j][0]) == "qui":
-            j += 1
-        while j < len(toks) and _low(toks[j][0]) in CLITICS:
-            j += 1
+        if not mention.pronoun and j < len(toks) and (
+                skipped := _past_complement(toks, mention, i, j)) is not None:
+            mention, j = skipped
+            inside = j
+        if j < len(toks) and _low(toks[j][0]) in SPEECH_PARTICIPLES and not mention.pronoun:
+            pairs.append((_with_text(mention, source), toks[j][0]))
+            continue
+        relative = j < len(toks) and _low(toks[j][0]) == "qui"
+        j = _skip_clitics(toks, j + relative)
         if j < len(toks) and is_verb_like(toks[j][0]):
-            pairs.append((_with_text(mention, source), _low(toks[j][0]) in SPEECH_FORMS))
+            main = _main_speech_verb(toks, j + 1) if relative and not mention.pronoun else None
+            if main is not None:  # "Le vieux qui fumait sa pipe répondit :"
+                pairs.append((_with_text(mention, source), toks[main][0]))
+                inside = main + 1
+                continue
+            pairs.append((_with_text(mention, source), toks[j][0]))
     return pairs
+
+
+def _main_speech_verb(toks, k: int) -> int | None:
+    """After a subject's relative clause ("qui fumait sa pipe"), the index of the speech verb that
+    follows its complement within a few words, if any."""
+    for x in range(k, min(len(toks), k + 8)):
+        low = _low(toks[x][0])
+        if not toks[x][0][:1].isalpha() or low in ("qui", "que", "qu'", "et", "mais"):
+            return None
+        if low in SPEECH_FORMS:
+            return x
+    return None
 
 
 def clause_subject(source: str, start: int, end: int) -> Mention | None:

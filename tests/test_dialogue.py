@@ -140,6 +140,70 @@ def test_paragraphs_of_a_hard_wrapped_crlf_text():
     assert_offsets(text, [first, second])
 
 
+def test_gerund_with_a_pronoun_continues_the_incise():
+    text = "— Et à quoi cela me servirait-il ; dit Pauline, et en se regardant au miroir d'un air sombre.\n"
+    [q] = find_quotations(text)
+    assert spoken(text, q) == ["— Et à quoi cela me servirait-il"]
+    assert q.speaker == "Pauline"
+
+
+def test_participle_describing_the_speaker_is_narration_and_an_exclamation_is_speech_again():
+    text = ("— Eh bien ! dit la vieille femme en se levant, appuyée sur sa fille, qui est donc là ?\n\n"
+            "— Ils sont pauvres ! s'écria le docteur, bondissant hors de son fauteuil, ils sont pauvres !\n")
+    first, second = find_quotations(text)
+    assert spoken(text, first) == ["— Eh bien !", "qui est donc là ?"]
+    assert spoken(text, second) == ["— Ils sont pauvres !", "ils sont pauvres !"]
+
+
+def test_narration_with_a_named_subject_in_the_passe_simple_ends_the_reply():
+    text = ("— Je viens ce soir. Marie, le nez dans son manteau, courut à la porte.\n\n"
+            "— Dites-lui que je pars. Le valet sortit.\n")
+    first, second = find_quotations(text)
+    assert spoken(text, first) == ["— Je viens ce soir."]
+    assert spoken(text, second) == ["— Dites-lui que je pars."]
+
+
+def test_a_speaker_telling_a_story_in_the_passe_simple_keeps_the_floor():
+    text = ("— Madame, le cardinal se rendit maître de la statue et la fit exécuter en marbre. "
+            "C'est là qu'en 1791 la famille la retrouva, et pria Vien de la copier.\n")
+    [q] = find_quotations(text)
+    assert q.text.endswith("de la copier.")
+
+
+def test_diary_entries_under_a_date_heading_are_written_not_spoken():
+    text = ("Elle tenait son journal.\n\nMardi, 22 novembre.\n\n« William va mieux ; le commandant lui a "
+            "répété : « Courage, Signora. » Nous avons prié. »\n\n« Le soir, nous avons chanté. »\n\n"
+            "Le lendemain, il dit : « Je suis guéri. »\n")
+    said = [q.speech(text) for q in find_quotations(text)]
+    assert said == ["Courage, Signora.", "Je suis guéri."]
+
+
+def test_one_closing_guillemet_ends_a_nested_and_its_outer_quotation():
+    text = ("Il expliquait : « Quand Médor a vu le râle, il s'est dit : « Attends, mon gaillard. » "
+            "Alors il s'est mis à quêter. Il s'est dit : « Pincé ! » et s'est tapi.\n\nOn rit.\n")
+    said = [q.speech(text) for q in find_quotations(text)]
+    assert said == ["Quand Médor a vu le râle, il s'est dit : « Attends, mon gaillard.",
+                    "Attends, mon gaillard.", "Pincé !"]
+
+
+def test_an_unclosed_guillemet_paragraph_that_turns_to_narration_is_a_told_story():
+    text = ("— Zambinella !\n\n« Il entre et s'assied au parterre, près de la scène. La toile se leva.\n\n"
+            "— Et alors ?\n\n« Bonjour, mon ami.\n\n— Bonjour.\n")
+    said = [q.speech(text) for q in find_quotations(text)]
+    assert said == ["Zambinella !", "Et alors ?", "Bonjour, mon ami.", "Bonjour."]
+
+
+@pytest.mark.parametrize("before, speaker", [
+    ("Il entendit sa maîtresse disant à voix basse :", "sa maîtresse"),
+    ("Mon père agacé par mon insistance finit par répondre :", "Mon père"),
+    ("Le vieux qui fumait sa pipe répondit :", "Le vieux"),
+])
+def test_subject_before_a_participle_complement_or_a_relative_clause(before, speaker):
+    text = f"Nous marchions.\n\n{before}\n\n— Tais-toi donc.\n"
+    [q] = find_quotations(text)
+    assert (q.speaker, q.cue) == (speaker, "previous")
+
+
 def test_mentions_character_ignores_case_accents_hyphens_and_apostrophes():
     name, aliases = DANTES
     for chunk in ["Le comte de Monte Cristo salua.", "DANTES rit.", "l’abbé Busoni entra",
