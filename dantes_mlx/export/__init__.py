@@ -200,7 +200,8 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     """Export an adapter (mlx-lm or PEFT) to the four targets, gate them, then write the Modelfiles.
 
     `base_model`: folder or HF repo id (None: the one recorded in the adapter). `ollama_base`: library
-    model for Modelfile.adapter's FROM (empty: our base f16 GGUF). Raises ParityError, with the
+    model for Modelfile.adapter's FROM (empty: our base f16 GGUF). `parameters`: Modelfile sampling
+    PARAMETERs (None: export.ollama_parameters' defaults). Raises ParityError, with the
     figures, when a GGUF does not predict like MLX base + adapter; then no Modelfile is written.
     """
     from dantes_mlx.errors import ConfigError
@@ -247,6 +248,10 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
         gate_verdict(result.reports, manifest)
     else:
         result.notes.append("parity gate skipped (--no-parity): nothing proves these files match the model")
+    if parameters is None:  # the defaults of export.ollama_parameters; {} writes none
+        from dantes_mlx.config import ExportConfig
+
+        parameters = ExportConfig().ollama_parameters
     _modelfiles(out, name, result, system=persona, parameters=parameters, messages=messages,
                 license_text=default_license(base_name, books), ollama_base=ollama_base)
     if ollama_create:
