@@ -386,9 +386,14 @@ def evaluate_project(config: dict, overrides: dict, *, extra_probes: list[str] =
         str(Path(project.data_dir) / "citations" / "citations.jsonl")
     client = None
     if cfg.judge:
+        from dantes_mlx.errors import ConfigError
         from dantes_mlx.llm.base import make_client
 
-        client = make_client(section(LLMConfig, config, {"model": judge_model, "url": judge_url}))
+        llm = section(LLMConfig, config, {"model": judge_model, "url": judge_url})
+        if not (llm.model or llm.url):
+            raise ConfigError("--judge needs a judge LLM", path="dantes.yaml [llm]",
+                              fix="set llm.model (GGUF) or llm.url (server), or pass --judge-model / --judge-url")
+        client = make_client(llm)
     reports = Path(project.reports_dir)
     out = Path(out_dir) if out_dir else reports / f"eval-{date.today().isoformat()}"
     result = evaluate(cfg, character, base_model=base_model, data_dir=data_dir or Path(project.data_dir) / "dataset",

