@@ -254,13 +254,17 @@ def _skip_inserts(toks, j: int) -> int:
 def subject_verb_pairs(source: str, toks) -> list[tuple[Mention, bool]]:
     """(subject, its verb is a speech verb) for each noun phrase or pronoun followed, past
     comma-delimited inserts, "qui" and clitics, by a verb: "La fille, exaspérée, lui cria"."""
-    return [(m, _low(verb) in SPEECH_FORMS or _low(verb) in SPEECH_PARTICIPLES)
+    return [(m, _low(verb) in SPEECH_FORMS or _low(verb) in SPEECH_PARTICIPLES or _low(verb) in SPEECH_PARTICIPLES_PAST)
             for m, verb in subject_verbs(source, toks)]
 
 
 # "il entendit sa maîtresse disant à voix basse :": a noun phrase and a speech participle
 SPEECH_PARTICIPLES = frozenset(s + "ant" for s in _ER_STEMS) | {
     "disant", "répondant", "reprenant", "interrompant", "poursuivant", "concluant", "repartant", "s'écriant"}
+# compound tenses: "Paul a répondu :", "ma mère m'avait dit :"
+_AUXILIARIES = {"a", "ai", "as", "avait", "avais", "eut", "ont", "avaient", "aura", "est", "était", "fut"}
+SPEECH_PARTICIPLES_PAST = frozenset(s + "é" for s in _ER_STEMS) | {
+    "dit", "répondu", "repris", "interrompu", "poursuivi", "conclu", "écrit", "reparti", "écrié", "écriée"}
 _COMPLEMENT_PREPS = {"par", "de", "d'", "du", "des", "à", "au", "aux", "avec", "dans", "sur", "pour", "contre"}
 _PARTICIPLE_END = re.compile(r"[^\W\d_]{2,}(?:é|ée|és|ées|i|ie|is|ies|u|ue|us|ues|it|ite|ert|erte|eint|einte)$")
 
@@ -292,6 +296,7 @@ def subject_verbs(source: str, toks) -> list[tuple[Mention, str]]:
         if not found:
             continue
         mention, j = found
+        inside = j  # "Ma mère répondit": not "mère répondit" again
         if _low(source[mention.start:mention.end].split()[-1]) in _TIME_NOUNS:
             continue
         if j < len(toks) and toks[j][0] == "," and not mention.pronoun:
@@ -305,6 +310,11 @@ def subject_verbs(source: str, toks) -> list[tuple[Mention, str]]:
             continue
         relative = j < len(toks) and _low(toks[j][0]) == "qui"
         j = _skip_clitics(toks, j + relative)
+        if j + 1 < len(toks) and _low(toks[j][0]) in _AUXILIARIES:
+            k = _skip_adverbs(toks, j + 1)
+            if k < len(toks) and _low(toks[k][0]) in SPEECH_PARTICIPLES_PAST:  # "Élisabeth a écrit :"
+                pairs.append((_with_text(mention, source), toks[k][0]))
+                continue
         if j < len(toks) and is_verb_like(toks[j][0]):
             main = _main_speech_verb(toks, j + 1) if relative and not mention.pronoun else None
             if main is not None:  # "Le vieux qui fumait sa pipe répondit :"
