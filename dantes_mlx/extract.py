@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dantes_mlx.errors import ConfigError, InputError
-from dantes_mlx.grounding import NormalizedText, dedupe, locate
+from dantes_mlx.grounding import (NormalizedText, Spoken, dedupe, join_spoken, locate, narration_end,
+                                  spoken_parts)
 
 if TYPE_CHECKING:
     from dantes_mlx.config import CharacterConfig, ExtractConfig
@@ -33,7 +34,7 @@ CITATION_SCHEMA = {
     "required": ["citations"],
 }
 # Row keys in the order they are written, so reruns give byte-identical files.
-ROW_KEYS = ("id", "book", "chapter", "start", "end", "chunk", "method", "model", "prompt_version", "kind",
+ROW_KEYS = ("id", "book", "chapter", "start", "end", "segments", "chunk", "method", "model", "prompt_version", "kind",
             "grounding", "grounding_method", "character", "contexte", "citation", "model_citation", "also_in")
 
 
@@ -228,39 +229,89 @@ def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source, min_groun
     """Rows grounded in the chunk's span and rejects (with reason and score) for one stored reply.
 
     A reply cut by max_tokens is rejected as `truncated` (its complete citations are still kept).
+    The row's `citation` is the character's words only: the narrator's incises inside the grounded
+    span are cut out, whether the model copied them (as the prompt asks) or left them out.
     """
     items, error = parse_reply(reply)
     if error and finish_reason == "length":
         error = "truncated"
     rejects = [] if error is None else [{"reason": error, "raw": reply[:2000]}]
-    rows, taken, norm = [], set(), None
+    rows, taken, norm, speech, quotes = [], set(), None, None, []
     for item in items:
         cited = item.get("citation")
         if not isinstance(cited, str) or not cited.strip():
             rejects.append({"reason": "empty_citation", "item": item})
             continue
-        norm = norm or NormalizedText(book.text, chunk.start, chunk.end)
-        g = locate(cited, book.text, chunk.start, chunk.end, taken, norm)
+        if norm is None:
+            quotes = chunk_quotes(chunk)
+            norm = NormalizedText(book.text, chunk.start, chunk.end)
+            incises = chunk_incises(book.text, chunk, quotes)
+            speech = NormalizedText(book.text, chunk.start, chunk.end, incises) if incises else None
+        g = locate(cited, book.text, chunk.start, chunk.end, taken, norm, speech)
         if g.score < min_grounding:
             rejects.append({"reason": "low_grounding", "score": g.score, "citation": cited,
                             "best_match": book.text[g.start:g.end][:1000], "start": g.start, "end": g.end})
             continue
         taken.add(g.start)
         rows.append(make_row(book, chunk, g.start, g.end, source, normalize_kind(item.get("kind")),
-                             g.score, g.how, str(item.get("contexte") or ""), model_text=cited))
+                             g.score, g.how, str(item.get("contexte") or ""), model_text=cited,
+                             spoken=spoken_segments(book.text, g.start, g.end, quotes)))
     for r in rejects:
         r.update(book=book.id, chunk=chunk.id)
     return rows, rejects
 
 
+def chunk_quotes(chunk: Chunk) -> list[Spoken]:
+    """The rules' quotations of a chunk (segments and incises), in offsets of the book."""
+    from dantes_mlx import dialogue
+
+    at = chunk.start
+    return [Spoken(q.start + at, q.end + at, tuple((a + at, b + at) for a, b in q.segments),
+                   tuple((a + at, b + at) for a, b in q.incises)) for q in dialogue.detect_quotations(chunk.text)]
+
+
+def chunk_incises(text: str, chunk: Chunk, quotes: list[Spoken]) -> list[tuple[int, int]]:
+    """Every incise of a chunk: those of its quotations and those of unmarked text ("…, pensa-t-il, …")."""
+    from dantes_mlx.dialogue import _split_incises
+
+    found, pos = [], chunk.start
+    for q in [*quotes, Spoken(chunk.end, chunk.end, ())]:
+        if q.start > pos:
+            found += _split_incises(text, pos, pos, q.start)[1]
+        found += q.incises
+        pos = max(pos, q.end, *(b for _, b in q.incises))
+    return found
+
+
+def spoken_segments(text: str, start: int, end: int, quotes: list[Spoken]) -> tuple[list, int]:
+    """(segments of the character's words in text[start:end], where the narration after them ends).
+
+    The segments of the rules' quotations overlapping the span; a span outside every quotation (a
+    thought, a letter) is cut at incises only ("…, pensa-t-il, …").
+    """
+    parts = spoken_parts(text, start, end, quotes)
+    incises = [i for q in quotes for i in q.incises]
+    if parts is None:
+        from dantes_mlx.dialogue import _split_incises
+
+        parts, incises = _split_incises(text, start, start, end)
+        parts = parts or [(start, end)]
+    return parts, narration_end(parts, incises, end)
+
+
 def make_row(book: Book, chunk: Chunk, start: int, end: int, source: Source, kind: str, score: float,
-             how: str, contexte: str, model_text: str | None = None) -> dict:
-    """One citation with its provenance; `citation` is the source text at [start, end), `id` is stable."""
-    citation = book.text[start:end]
-    row = {"id": f"{book.id}:{start}-{end}", "book": book.id, "chapter": book.chapter_at(start), "start": start, "end": end,
-           "chunk": chunk.id, "chunk_index": chunk.index, "method": source.method, "model": source.model,
-           "prompt_version": source.prompt_version, "kind": kind, "grounding": score,
-           "grounding_method": how, "character": source.character, "contexte": contexte,
+             how: str, contexte: str, model_text: str | None = None, spoken: tuple | None = None) -> dict:
+    """One citation with its provenance; `id` is stable.
+
+    `start`/`end` are the whole span in the source; `segments` the [start, end] offsets of the
+    character's words inside it and `citation` those words joined (see grounding.join_spoken).
+    """
+    segments, tail = spoken or ([(start, end)], end)
+    citation = join_spoken(book.text, segments, tail)
+    row = {"id": f"{book.id}:{start}-{end}", "book": book.id, "chapter": book.chapter_at(start), "start": start,
+           "end": end, "segments": [list(s) for s in segments], "chunk": chunk.id, "chunk_index": chunk.index,
+           "method": source.method, "model": source.model, "prompt_version": source.prompt_version, "kind": kind,
+           "grounding": score, "grounding_method": how, "character": source.character, "contexte": contexte,
            "citation": citation}
     if model_text is not None and model_text.strip() != citation:
         row["model_citation"] = model_text.strip()
@@ -440,8 +491,9 @@ def extract_rules(books: list[Book], character: "CharacterConfig", cfg: "Extract
         for quote in dialogue.character_quotes(book.text, character.name, list(character.aliases)):
             start, end = quote.start, quote.end
             chunk = chunks[max(0, bisect.bisect_right(starts, start) - 1)]
+            spoken = (list(quote.segments), narration_end(quote.segments, quote.incises, end))
             rows.append(make_row(book, chunk, start, end, source, "parole", 100.0, "rules",
-                                 _context_before(book.text, start)))
+                                 _context_before(book.text, start), spoken=spoken))
     _finish(summary, rows, [], out, side_paths(out)[2], started)
     return summary
 

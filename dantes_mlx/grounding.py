@@ -1,9 +1,11 @@
-"""Locate extracted citations in the source text (exact, normalised, fuzzy), score them, merge duplicates."""
+"""Locate extracted citations in the source text (exact, normalised, fuzzy), keep the spoken words, merge duplicates."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Characters that open or close a reply around its words: dialogue dashes, quotes, guillemets.
 _OPENERS = set("-—–―‒«»\"“”„'‘’ \u00a0\u202f\t")
@@ -17,26 +19,47 @@ class Grounding:
     start: int
     end: int
     score: float
-    how: str  # exact | normalized | fuzzy | none
+    how: str  # exact | normalized | speech | fuzzy | none
+
+
+class Spoken(NamedTuple):
+    """A quotation as the dialogue rules cut it: its span, the spoken segments and the narrator's incises."""
+    start: int
+    end: int
+    segments: tuple
+    incises: tuple = ()
 
 
 class NormalizedText:
-    """A case- and punctuation-folded copy of text[lo:hi] that maps every character back to its offset."""
+    """A case- and punctuation-folded copy of text[lo:hi] that maps every character back to its offset.
 
-    def __init__(self, text: str, lo: int = 0, hi: int | None = None):
+    `skip` lists (start, end) spans left out (read as one space), e.g. the narrator's incises, so a
+    citation whose author dropped "répondit Dantès" is still found, its span running over the incise.
+    """
+
+    def __init__(self, text: str, lo: int = 0, hi: int | None = None, skip=()):
         hi = len(text) if hi is None else hi
         chars: list[str] = []
         index: list[int] = []
-        for pos in range(lo, hi):
-            folded = fold_char(text[pos])
-            if folded == " ":
+        jumps = {a: b for a, b in sorted(skip) if lo <= a < b}
+        pos = lo
+        while pos < hi:
+            if pos in jumps:
                 if chars and chars[-1] != " ":
                     chars.append(" ")
                     index.append(pos)
+                pos = max(pos + 1, jumps[pos])
+                continue
+            folded = fold_char(text[pos])
+            pos += 1
+            if folded == " ":
+                if chars and chars[-1] != " ":
+                    chars.append(" ")
+                    index.append(pos - 1)
                 continue
             for ch in folded:
                 chars.append(ch)
-                index.append(pos)
+                index.append(pos - 1)
         self.text = "".join(chars)
         self.index = index
 
@@ -93,14 +116,15 @@ def _snap_to_words(text: str, start: int, end: int, lo: int, hi: int) -> tuple[i
 
 
 def locate(citation: str, text: str, lo: int = 0, hi: int | None = None,
-           taken: set[int] | frozenset = frozenset(), norm: NormalizedText | None = None) -> Grounding:
+           taken: set[int] | frozenset = frozenset(), norm: NormalizedText | None = None,
+           speech: NormalizedText | None = None) -> Grounding:
     """Find `citation` in text[lo:hi]: exact, then normalised, then fuzzy (rapidfuzz partial ratio).
 
     `taken` holds start offsets already given to other citations of the same chunk, so a reply
     repeated in the text ("--Oui.") is matched to its next occurrence rather than twice to the first.
+    `speech` is the same span without the narrator's incises (NormalizedText's `skip`): a citation
+    that left an incise out is found there (how "speech"), its span running over the incise.
     """
-    from rapidfuzz import fuzz
-
     hi = len(text) if hi is None else hi
     needle = citation.strip()
     if not needle:
@@ -116,15 +140,27 @@ def locate(citation: str, text: str, lo: int = 0, hi: int | None = None,
         return Grounding(lo, lo, 0.0, "none")
     lead, trail = not needle[0].isalnum(), not needle[-1].isalnum()
     found = None
-    for npos in _occurrences(norm.text, nneedle):
-        start, end = _extend(text, *norm.span(npos, npos + len(nneedle)), lo, hi, lead, trail)
-        found = found or (start, end)
-        if start not in taken:
-            return Grounding(start, end, 100.0, "normalized")
+    for folded, how in ((norm, "normalized"), (speech, "speech")):
+        for npos in _occurrences(folded.text, nneedle) if folded is not None else ():
+            start, end = _extend(text, *folded.span(npos, npos + len(nneedle)), lo, hi, lead, trail)
+            found = found or (start, end, how)
+            if start not in taken:
+                return Grounding(start, end, 100.0, how)
     if exact:  # every occurrence is taken: the model repeated itself; let dedupe merge it
         return Grounding(exact[0], exact[0] + len(needle), 100.0, "exact")
     if found:
-        return Grounding(found[0], found[1], 100.0, "normalized")
+        return Grounding(found[0], found[1], 100.0, found[2])
+    best = _fuzzy(nneedle, text, norm, lo, hi, lead, trail)
+    if speech is not None and speech.text != norm.text:
+        other = _fuzzy(nneedle, text, speech, lo, hi, lead, trail)
+        best = other if other.score > best.score else best
+    return best
+
+
+def _fuzzy(nneedle: str, text: str, norm: NormalizedText, lo: int, hi: int, lead: bool, trail: bool) -> Grounding:
+    """The best partial-ratio window of a folded text, widened to whole words and the reply's marks."""
+    from rapidfuzz import fuzz
+
     if not norm.text:
         return Grounding(lo, lo, 0.0, "none")
     if len(nneedle) > len(norm.text):
@@ -136,6 +172,57 @@ def locate(citation: str, text: str, lo: int = 0, hi: int | None = None,
     start, end = _snap_to_words(text, start, end, lo, hi)
     start, end = _extend(text, start, end, lo, hi, lead, trail)
     return Grounding(start, end, round(al.score, 1), "fuzzy")
+
+
+# -- the character's words only ---------------------------------------------------------------------
+def _trim(text: str, a: int, b: int) -> tuple[int, int]:
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    while a < b and text[a].isspace():
+        a += 1
+    return a, b
+
+
+def spoken_parts(text: str, start: int, end: int, quotes) -> list[tuple[int, int]] | None:
+    """The spoken segments inside text[start:end] of the rules' quotations (Spoken) overlapping it.
+
+    Everything else in the span is narration (incises, "répondit Dantès", the story resuming after
+    the reply). None when no quotation overlaps the span (a thought or a letter without marks).
+    """
+    inside = [q for q in quotes if q.start < end and start < q.end]
+    if not inside:
+        return None
+    parts = []
+    for q in inside:
+        for a, b in q.segments:
+            a, b = _trim(text, max(a, start), min(b, end))
+            if b > a and re.search(r"\w", text[a:b]):
+                parts.append((a, b))
+    return parts or None
+
+
+def narration_end(segments, incises, end: int) -> int:
+    """Where the narration right after the last segment ends: the span's end, or an incise's end."""
+    last = segments[-1][1]
+    return max([end] + [b for a, b in incises if last <= a <= last + 2])
+
+
+def join_spoken(text: str, segments, tail: int | None = None) -> str:
+    """The segments joined by a space, each with its own marks ("--", «).
+
+    A comma left before an incise that ended the sentence takes the incise's final mark back:
+    "--Oui, monsieur, | répondit Dantès. |" gives "--Oui, monsieur." (tail: where the narration after
+    the last segment ends).
+    """
+    parts = []
+    for i, (a, b) in enumerate(segments):
+        part = text[a:b].strip()
+        nxt = segments[i + 1][0] if i + 1 < len(segments) else max(b, tail or b)
+        final = re.search(r"[.!?…]+$", text[b:nxt].strip().rstrip("»”\"'’ \u00a0\u202f"))
+        if final and part.endswith((",", ";")):
+            part = part[:-1].rstrip() + final.group()
+        parts.append(part)
+    return " ".join(p for p in parts if p)
 
 
 def _same_quote(a: dict, b: dict) -> bool:

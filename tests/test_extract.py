@@ -138,10 +138,75 @@ def test_grounding_rejects_an_invented_citation_with_its_score():
         {"contexte": "faux", "citation": "--Je serai bientôt capitaine du Pharaon et j'épouserai Mercédès.",
          "kind": "parole"}]})
     kept, rejects = ground_reply(book, chunk, reply, Source("llm", "m", "v", "Dantès"), 85.0)
-    assert [r["citation"] for r in kept] == ["— Et le chargement ? demanda l'armateur."]
+    assert [r["citation"] for r in kept] == ["— Et le chargement ?"]  # the incise after it is narration
+    assert SCENE[kept[0]["start"]:kept[0]["end"]] == "— Et le chargement ? demanda l'armateur."
     assert kept[0]["model_citation"] == "--Et le chargement? demanda l'armateur."
     assert len(rejects) == 1 and rejects[0]["reason"] == "low_grounding"
     assert 0 <= rejects[0]["score"] < 85 and rejects[0]["chunk"] == chunk.id
+
+
+MORREL = """Le Pharaon entra dans le port.
+
+--Un grand malheur, monsieur Morrel, répondit Dantès. Nous avons perdu notre brave capitaine Leclère.
+
+--Et le chargement? demanda vivement l'armateur.
+
+Tout est perdu, pensa-t-il, tout est fini.
+"""
+MORREL_WORDS = "--Un grand malheur, monsieur Morrel. Nous avons perdu notre brave capitaine Leclère."
+
+
+def test_rules_citation_is_the_characters_words_not_the_incise(tmp_path):
+    from dantes_mlx.pair_filters import narration_pattern
+
+    extract_rules([Book("b", MORREL)], DANTES, ExtractConfig(), tmp_path / "c.jsonl", progress=False)
+    (row,) = rows(tmp_path / "c.jsonl")
+    assert row["citation"] == MORREL_WORDS  # "Morrel," took back the period the incise ended on
+    assert MORREL[row["start"]:row["end"]] == MORREL.split("\n")[2]  # start/end: the whole reply
+    assert [MORREL[a:b] for a, b in row["segments"]] == ["--Un grand malheur, monsieur Morrel,",
+                                                         "Nous avons perdu notre brave capitaine Leclère."]
+    assert narration_pattern(("Edmond Dantès", "Dantès")).search(row["citation"]) is None
+
+
+def test_llm_citation_with_or_without_the_incise_gives_the_same_words():
+    book = Book("b", MORREL)
+    chunk = chunk_book(book)[0]
+    whole = MORREL.split("\n")[2]
+    cited = [whole,  # as the prompt asks: the reply with its incise
+             "--Un grand malheur, monsieur Morrel. Nous avons perdu notre brave capitaine Leclère.",  # incise left out
+             "— Un grand malheur, monsieur Morrel ; nous avons perdu notre brave capitaine Leclère !",
+             "--Et le chargement? demanda vivement l'armateur.",  # a trailing incise
+             "Tout est perdu, pensa-t-il, tout est fini.", "Tout est perdu, tout est fini."]  # unmarked thought
+    found = []
+    for text in cited:
+        reply = json.dumps({"citations": [{"contexte": "c", "citation": text, "kind": "parole"}]})
+        kept, rejects = ground_reply(book, chunk, reply, Source("llm", "m", "v", "Dantès"), 85.0)
+        assert rejects == [] and len(kept) == 1, text
+        found.append(kept[0])
+    assert [r["grounding_method"] for r in found] == ["exact", "speech", "speech", "exact", "exact", "speech"]
+    assert [r["citation"] for r in found[:3]] == [MORREL_WORDS] * 3  # the source's words and marks
+    for row in found[:3]:
+        assert MORREL[row["start"]:row["end"]] == whole and len(row["segments"]) == 2
+    assert found[0]["model_citation"] == whole and "model_citation" not in found[1]  # kept when it differs
+    assert found[3]["citation"] == "--Et le chargement?"
+    assert found[4]["citation"] == found[5]["citation"] == "Tout est perdu, tout est fini."
+    assert MORREL[found[5]["start"]:found[5]["end"]] == cited[4]  # the span runs over the incise
+    # A citation that is not in the text stays rejected, incises cut out or not.
+    reply = json.dumps({"citations": [{"contexte": "c", "kind": "parole",
+                                       "citation": "--Un grand malheur, monsieur Morrel, le navire a coulé corps et biens."}]})
+    kept, rejects = ground_reply(book, chunk, reply, Source("llm", "m", "v", "Dantès"), 85.0)
+    assert kept == [] and rejects[0]["reason"] == "low_grounding"
+
+
+def test_join_spoken_gives_the_sentence_its_mark_back():
+    from dantes_mlx.grounding import join_spoken
+
+    text = "« Oui, dit-il, je viens. » --Non, monsieur, répondit-elle. Jamais! --Soit, fit-il"
+    assert join_spoken(text, [(0, 6), (15, 26)]) == "« Oui, je viens. »"
+    assert join_spoken(text, [(27, 43), (59, 66)]) == "--Non, monsieur. Jamais!"
+    assert join_spoken(text, [(27, 43)], tail=58) == "--Non, monsieur."  # the incise after the reply
+    assert join_spoken(text, [(27, 43)]) == "--Non, monsieur,"  # no narration given after it
+    assert join_spoken(text, [(67, 74)], tail=len(text)) == "--Soit,"  # no final mark to take back
 
 
 # -- the stage with a fake LLM ---------------------------------------------------------------------
@@ -152,7 +217,7 @@ def test_overlap_duplicates_are_merged(tmp_path):
     summary = extract_llm([book], DANTES, cfg, tmp_path / "c.jsonl", llm, progress=False)
     out = rows(tmp_path / "c.jsonl")
     assert len(llm.calls) == 3 and summary.merged == 2
-    assert [r["citation"] for r in out] == [f"— Voici la réplique numéro {i} ! dit Dantès." for i in (0, 3, 6)]
+    assert [r["citation"] for r in out] == [f"— Voici la réplique numéro {i} !" for i in (0, 3, 6)]
     assert out[1]["chunk"] == "b#0000" and out[1]["also_in"] == ["b#0001"]
     assert out[2]["also_in"] == ["b#0002"]
     assert llm.calls[0]["json_schema"] == CITATION_SCHEMA
@@ -168,7 +233,10 @@ def test_every_citation_carries_provenance(tmp_path):
     assert row == {**row, "book": "17989", "chapter": "I. Marseille", "chunk": "17989#0000", "method": "llm",
                    "model": "fake-7b", "prompt_version": "extract_fr_v1", "kind": "parole",
                    "grounding": 100.0, "character": "Edmond Dantès", "contexte": "c"}
-    assert SCENE[row["start"]:row["end"]] == row["citation"]
+    assert row["citation"] == "— Un grand malheur, monsieur Morrel ! un grand malheur, pour moi surtout."
+    assert SCENE[row["start"]:row["end"]] == SCENE.split("\n")[2]  # the whole reply, incise included
+    assert [SCENE[a:b] for a, b in row["segments"]] == ["— Un grand malheur, monsieur Morrel !",
+                                                        "un grand malheur, pour moi surtout."]
     assert summary.kept == 3 and summary.tokens["prompt_tokens"] > 0
 
 
@@ -246,7 +314,8 @@ def test_rules_method_rows_have_the_same_shape(tmp_path):
     assert summary.kept == len(out) >= 1
     for row in out:
         assert row["method"] == "rules" and row["chunk"] == "b#0000"
-        assert SCENE[row["start"]:row["end"]] == row["citation"]
+        assert " ".join(SCENE[a:b] for a, b in row["segments"]).startswith(row["citation"][:-1])
+        assert row["start"] == row["segments"][0][0] and row["end"] == row["segments"][-1][1]
     assert "Et le chargement" not in " ".join(r["citation"] for r in out)  # the shipowner's line
 
 
