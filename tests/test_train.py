@@ -231,12 +231,14 @@ def test_train_command_with_epochs(tiny_model_dir, dataset, tmp_path):
         "train", "--data", str(dataset), "--adapter-path", str(out), "--backend", "mlx",
         "--base-model", str(tiny_model_dir), "--num-layers", "-1", "--epochs", "1", "--batch-size", "8",
         "--target-modules", "self_attn.q_proj,self_attn.v_proj", "--steps-per-report", "1",
-        "--val-batches", "1", "--quantize-base", "8", "--no-mask-prompt"])
+        "--val-batches", "1", "--quantize-base", "8", "--no-mask-prompt", "--grad-checkpoint",
+        "--grad-accumulation", "2", "--save-every", "2", "--lr-schedule", "linear", "--warmup-steps", "1"])
     assert result.exit_code == 0, result.output
     assert "2 steps" in result.output  # 16 rows / batch 8 = 2 steps per epoch
     adapter_cfg = json.loads((out / "adapter_config.json").read_text())
     assert adapter_cfg["lora_parameters"]["keys"] == ["self_attn.q_proj", "self_attn.v_proj"]
     assert adapter_cfg["mask_prompt"] is False and adapter_cfg["quantize_base"] == 8
+    assert adapter_cfg["grad_accumulation_steps"] == 2 and adapter_cfg["grad_checkpoint"] is True
 
 
 # ---------------------------------------------------------------- distributed (mlx.launch, ring, localhost)

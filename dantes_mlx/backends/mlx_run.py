@@ -255,6 +255,8 @@ class MLXRun:
             adapter_file=str(adapter_dir / "adapters.safetensors"), grad_checkpoint=cfg.grad_checkpoint,
             grad_accumulation_steps=cfg.grad_accumulation)
         callback = self.callback()
+        # mlx-lm's grad_checkpoint patches the block class itself; undo it so later models are untouched.
+        block, block_call = type(model.layers[0]), type(model.layers[0]).__call__
         try:
             with tqdm_progress(self.start):
                 trainer.train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=valid_set,
@@ -262,6 +264,8 @@ class MLXRun:
                               training_callback=callback)
         except KeyboardInterrupt:
             raise interrupted(self.last_saved, adapter_dir) from None
+        finally:
+            block.__call__ = block_call
         if self.rank == 0:
             final = adapter_dir / checkpoint_name(iters)
             if not final.is_file():
