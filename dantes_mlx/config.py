@@ -61,6 +61,9 @@ class LLMConfig:
     server_model: str = setting("", "Model name sent to the server (e.g. 'qwen2.5:14b' for Ollama).")
     api_key_env: str = setting("OPENAI_API_KEY", "Environment variable holding the server's API key, if any.")
     n_ctx: int = setting(8192, "Context window for llama.cpp.")
+    n_batch: int = setting(2048, "Prompt tokens llama.cpp takes per decode call (capped at n_ctx).")
+    n_ubatch: int = setting(512, "Prompt tokens llama.cpp computes at once (capped at n_batch); 2048 evaluates "
+                                 "long prompts faster on a GPU/Metal, its compute buffers take more memory.")
     n_threads: int = setting(0, "CPU threads for llama.cpp (0: llama.cpp's default).")
     n_gpu_layers: int = setting(-1, "Layers offloaded to the GPU/Metal (-1: all).")
     concurrency: int = setting(4, "Parallel requests to an HTTP server.")

@@ -554,3 +554,26 @@ def test_llamacpp_from_config_and_errors(tiny_gguf, tmp_path):
     broken.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ModelError, match="could not load"):
         LlamaCppClient(str(broken), n_ctx=64)
+
+
+@pytest.mark.slow
+def test_llamacpp_batch_sizes_from_config_and_counted_across_batches(tiny_gguf):
+    LlamaCppClient = llamacpp_client_class()
+    cfg = LLMConfig(model=str(tiny_gguf), n_ctx=1024, n_threads=1, n_gpu_layers=0, n_batch=64, n_ubatch=16)
+    client = make_client(cfg)
+    try:
+        assert (client.n_batch, client.n_ubatch) == (64, 16)
+        assert client._llm.context_params.n_batch == 64
+        long = client.chat(user("Le navire entra dans le port de Marseille. " * 30), max_tokens=2)
+        assert long.prompt_tokens > 3 * 64  # decoded in several batches, counted as one prompt
+        assert long.evaluated_tokens == long.prompt_tokens
+    finally:
+        client.close()
+    assert LLMConfig().n_batch == 2048 and LLMConfig().n_ubatch == 512
+    small = LlamaCppClient(str(tiny_gguf), n_ctx=256, n_threads=1, n_gpu_layers=0)
+    try:
+        assert (small.n_batch, small.n_ubatch) == (256, 256)  # both capped at the context
+    finally:
+        small.close()
+    with pytest.raises(ConfigError, match="n_batch"):
+        LlamaCppClient(str(tiny_gguf), n_ctx=256, n_ubatch=0)

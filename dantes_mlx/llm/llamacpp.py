@@ -117,7 +117,7 @@ class LlamaCppClient:
     """A GGUF model run in process by llama-cpp-python; thread-safe (calls are serialised by a lock)."""
 
     def __init__(self, model: str, *, n_ctx: int = 8192, n_threads: int = 0, n_gpu_layers: int = -1,
-                 seed: int = 0, temperature: float = 0.7, max_tokens: int = 2048,
+                 n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0, temperature: float = 0.7, max_tokens: int = 2048,
                  reasoning_effort: str = "low", reasoning_budget: int = 512, chat_template: str = "",
                  cache_dir: str | Path | None = None, verbose: bool = False):
         self._lib = require("llama_cpp", "running a GGUF model in process", "llama-cpp-python")
@@ -125,14 +125,19 @@ class LlamaCppClient:
         self.model_id = self.path.name if Path(model).expanduser().is_file() else model
         self.defaults = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
         self.reasoning_effort, self.reasoning_budget = reasoning_effort, max(1, reasoning_budget)
+        if n_batch < 1 or n_ubatch < 1:
+            raise ConfigError(f"n_batch={n_batch}, n_ubatch={n_ubatch}: both must be at least 1",
+                              path="dantes.yaml [llm]", fix="e.g. n_batch: 2048, n_ubatch: 512")
         try:
             self._llm = self._lib.Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or None,
-                                        n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose)
+                                        n_gpu_layers=n_gpu_layers, n_batch=n_batch, n_ubatch=n_ubatch,
+                                        seed=seed, verbose=verbose)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"llama.cpp could not load the model: {exc}", path=self.path,
                              fix="check that the GGUF is complete (re-download it) and that llama-cpp-python "
                                  "is recent enough for its architecture") from None
         self.n_ctx = self._llm.n_ctx()
+        self.n_batch, self.n_ubatch = self._llm.n_batch, self._llm.context_params.n_ubatch
         self._template = _read_template(chat_template) or self._llm.metadata.get("tokenizer.chat_template", "")
         self._formatter = self._make_formatter(self._template)
         self.style = reasoning_style(self._template)
@@ -144,7 +149,7 @@ class LlamaCppClient:
     @classmethod
     def from_config(cls, cfg: "LLMConfig") -> "LlamaCppClient":
         return cls(cfg.model, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
-                   seed=cfg.seed, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                   n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch, seed=cfg.seed, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
                    reasoning_effort=cfg.reasoning_effort, reasoning_budget=cfg.reasoning_budget,
                    chat_template=cfg.chat_template)
 
