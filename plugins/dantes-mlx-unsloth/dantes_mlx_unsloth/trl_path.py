@@ -29,10 +29,9 @@ def sft_config(cfg, out_dir: Path, iters: int, device: str, unsloth: bool):
         save_steps=max(cfg.save_every // ga, 1), save_total_limit=2, eval_strategy="no", seed=cfg.seed,
         data_seed=cfg.seed, max_length=cfg.max_seq_length, packing=False, remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, dataloader_drop_last=True, report_to="none",
-        bf16=bf16, fp16=device == "cuda" and not bf16,
+        bf16=bf16, fp16=device == "cuda" and not bf16, use_cpu=device not in ("cuda", "mps"),
         # Unsloth checkpoints through get_peft_model(use_gradient_checkpointing=...); the Trainer must not too.
-        gradient_checkpointing=cfg.grad_checkpoint and not unsloth,
-        use_cpu=device not in ("cuda", "mps"))
+        **({"gradient_checkpointing": True} if cfg.grad_checkpoint and not unsloth else {}))
 
 
 def metrics_callback(cfg, metrics, collator: Collator, valid: list[Example], iters: int, prior_tokens: int,

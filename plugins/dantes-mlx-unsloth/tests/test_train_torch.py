@@ -1,0 +1,144 @@
+"""Training the tiny model on the CPU with the plugin: loss falls, PEFT adapter + metrics + plot, resume, formats.
+
+In-process, no network, no GPU (the built-in torch loop; the TRL path when trl is installed).
+Run: pytest plugins/dantes-mlx-unsloth/tests/test_train_torch.py -q
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from conftest import tiny_settings, write_dataset
+
+from dantes_mlx.cli import main
+from dantes_mlx.train import MetricsLog, train
+from dantes_mlx_unsloth.run import PATH_ENV
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_model_dir, chat_data, tmp_path_factory):
+    """`dantes-mlx train --backend unsloth` through the CLI: 12 steps of the built-in loop on chat data."""
+    out = tmp_path_factory.mktemp("run") / "adapters"
+    args = ["train", "--backend", "unsloth", "--data", str(chat_data), "--adapter-path", str(out),
+            "--base-model", str(tiny_model_dir), "--num-layers", "-1", "--iters", "12", "--learning-rate", "2e-3",
+            "--warmup-steps", "0", "--dropout", "0", "--steps-per-report", "4", "--steps-per-eval", "6",
+            "--save-every", "6", "--val-batches", "2", "--lr-schedule", "constant", "--max-seq-length", "128",
+            "--rank", "4", "--scale", "4.0"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PATH_ENV, "loop")
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_cli_trains_and_the_loss_falls(cli_run):
+    out, output = cli_run
+    assert "backend unsloth: transformers + peft + the built-in torch loop on cpu" in output
+    assert "backend unsloth, 12 steps" in output
+    rows = MetricsLog(out / "metrics.jsonl").rows()
+    train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    val_losses = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert [r["step"] for r in rows if "train_loss" in r] == [4, 8, 12]
+    assert train_losses[-1] < train_losses[0] - 1.0, train_losses
+    assert val_losses[-1] < val_losses[0], val_losses
+    assert all(r["tokens_per_sec"] > 0 and r["trained_tokens"] > 0 for r in rows if "train_loss" in r)
+
+
+def test_outputs_are_a_peft_adapter_with_our_metrics_plot_and_config(cli_run, tiny_model_dir):
+    out, _ = cli_run
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "adapters.safetensors").exists() and not (out / "README.md").exists()
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 16
+    assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert config["base_model_name_or_path"] == str(tiny_model_dir)
+    resolved = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert resolved["derived"]["backend"] == "unsloth" and resolved["derived"]["path"] == "loop"
+    assert resolved["derived"]["mask_prompt"] is True and resolved["train"]["rank"] == 4
+    assert (out / "chat_template.jinja").read_text().startswith("{%- if messages[0]['role'] == 'system'")
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["step"] == 12 and (out / state["checkpoint"]).is_file()
+
+
+def test_adapter_loads_in_real_peft_and_applies_alpha_over_r(cli_run, tiny_model_dir):
+    """PeftModel.from_pretrained on the tiny model equals base weights + (alpha / r) * B @ A, by hand."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out, _ = cli_run
+    ids = torch.tensor([[1, 3, 50, 60, 70, 4, 80]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits
+    peft_model = PeftModel.from_pretrained(base, str(out)).eval()
+    with torch.no_grad():
+        peft_logits = peft_model(input_ids=ids).logits
+    assert (peft_logits - base_logits).abs().max() > 1e-3  # the trained adapter changes predictions
+
+    manual = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    params = dict(manual.named_parameters())
+    for key, a in weights.items():
+        if ".lora_A." in key:
+            b = weights[key.replace(".lora_A.", ".lora_B.")]
+            name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+            with torch.no_grad():
+                params[name] += (16 / 4) * b @ a
+    with torch.no_grad():
+        manual_logits = manual(input_ids=ids).logits
+    assert torch.allclose(manual_logits, peft_logits, atol=1e-4)
+
+
+def test_resume_continues_the_same_run(tiny_model_dir, chat_data, tmp_path, monkeypatch):
+    """6 steps then --resume to 10 gives the adapter of a straight 10-step run (same batches, optimizer)."""
+    from safetensors.numpy import load_file
+
+    monkeypatch.setenv(PATH_ENV, "loop")
+    cfg = dict(iters=10, save_every=2, steps_per_report=2, steps_per_eval=100, rank=2)
+    straight = train(tiny_settings(tiny_model_dir, **cfg), chat_data, tmp_path / "straight")
+    train(tiny_settings(tiny_model_dir, **{**cfg, "iters": 6}), chat_data, tmp_path / "resumed")
+    resumed = train(tiny_settings(tiny_model_dir, **cfg), chat_data, tmp_path / "resumed", resume=True)
+    assert resumed.steps == straight.steps == 10
+    a = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5)
+    steps = [r["step"] for r in MetricsLog(tmp_path / "resumed" / "metrics.jsonl").rows() if "train_loss" in r]
+    assert steps == [2, 4, 6, 8, 10]
+
+
+@pytest.mark.parametrize("fmt", ["completions", "text"])
+def test_other_formats_train(tiny_model_dir, tmp_path, fmt, monkeypatch):
+    monkeypatch.setenv(PATH_ENV, "loop")
+    data = write_dataset(tmp_path / fmt, fmt, n_train=8, n_valid=4)
+    result = train(tiny_settings(tiny_model_dir, iters=4, steps_per_report=2, num_layers=1,
+                                 target_modules=["mlp.down_proj"]), data, tmp_path / "adapters")
+    config = json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())
+    assert result.steps == 4 and config["target_modules"] == ["down_proj"] and config["layers_to_transform"] == [1]
+    resolved = yaml.safe_load((tmp_path / "adapters" / "train_config.yaml").read_text())
+    assert resolved["derived"]["data_format"] == fmt and resolved["derived"]["mask_prompt"] is (fmt != "text")
+
+
+def test_trl_path_trains_with_the_same_metrics(tiny_model_dir, chat_data, tmp_path, monkeypatch):
+    pytest.importorskip("trl", reason="trl is an optional extra (pip install 'dantes-mlx-unsloth[trl]')")
+    monkeypatch.setenv(PATH_ENV, "trl")
+    result = train(tiny_settings(tiny_model_dir, iters=12, grad_accumulation=2, save_every=6), chat_data,
+                   tmp_path / "adapters")
+    rows = MetricsLog(tmp_path / "adapters" / "metrics.jsonl").rows()
+    train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert [r["step"] for r in rows if "train_loss" in r] == [4, 8, 12]
+    assert train_losses[-1] < train_losses[0] and result.val_loss is not None
+    assert (tmp_path / "adapters" / "adapter_model.safetensors").is_file()
+    resolved = yaml.safe_load((tmp_path / "adapters" / "train_config.yaml").read_text())
+    assert resolved["derived"]["path"] == "trl"
+    assert Path(tmp_path / "adapters" / "loss.png").is_file()
