@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dantes_mlx.config import (CharacterConfig, CleanConfig, ExportConfig, ExtractConfig, GenerateConfig,
+from dantes_mlx.config import (CharacterConfig, CleanConfig, ExtractConfig, GenerateConfig,
                                LLMConfig, PrepareConfig, ProjectConfig, TrainConfig, section)
 from dantes_mlx.errors import ConfigError
 from dantes_mlx.store import write_text_atomic
@@ -216,13 +216,9 @@ def run(config: dict, start: str | None = None, stop: str | None = None,
             log("resuming from the last checkpoint" if resume else "training from scratch")
             log(summary(train(train_cfg, layout.dataset, adapters, resume=resume)))
         elif name == "export":
-            from dantes_mlx.export import export_all
+            from dantes_mlx.export import export_project
 
-            exp = section(ExportConfig, config)
-            result = export_all(train_cfg.base_model, adapters, "export", quantization=exp.quantization,
-                                name=exp.ollama_name, persona=character.persona, ollama_base=exp.ollama_base,
-                                books=project.books, parity=exp.parity, ollama_create=True, log=log)
-            log(result.summary())
+            log(export_project(config, adapter_path=adapters, log=log).summary())
         elif name == "eval":
             from dantes_mlx.evaluate import evaluate_project
             from dantes_mlx.report import text_summary

@@ -65,21 +65,11 @@ def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quanti
 def export(config_path, adapter_path, base_model, out_dir, quantization, name, ollama_base, parity,
            ollama_create):
     """Export PEFT adapter, GGUF LoRA, fused GGUF and Modelfile; fail when parity fails."""
-    from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig, TrainConfig, load_yaml, section
-    from dantes_mlx.export import export_all
-    from dantes_mlx.export.peft import recorded_base_model
+    from dantes_mlx.config import load_yaml
+    from dantes_mlx.export import export_project
 
-    config = load_yaml(config_path)
-    cfg = section(ExportConfig, config, {"out_dir": out_dir, "quantization": quantization, "ollama_name": name,
-                                         "ollama_base": ollama_base, "parity": parity,
-                                         "ollama_create": ollama_create})
-    project = section(ProjectConfig, config)
-    adapter_path = adapter_path or project.adapters_dir
-    base_model = base_model or recorded_base_model(adapter_path) or section(TrainConfig, config).base_model
-    result = export_all(base_model, adapter_path, cfg.out_dir, quantization=cfg.quantization,
-                        name=cfg.ollama_name, persona=section(CharacterConfig, config).persona,
-                        messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
-                        ollama_base=cfg.ollama_base, books=project.books, parity=cfg.parity,
-                        ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model,
-                        log=lambda msg: click.echo(msg, err=True))
+    overrides = {"out_dir": out_dir, "quantization": quantization, "ollama_name": name,
+                 "ollama_base": ollama_base, "parity": parity, "ollama_create": ollama_create}
+    result = export_project(load_yaml(config_path), overrides, adapter_path=adapter_path, base_model=base_model,
+                            log=lambda msg: click.echo(msg, err=True))
     click.echo(result.summary())

@@ -262,3 +262,20 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     result.files["manifest"] = manifest
     write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return result
+
+
+def export_project(config: dict, overrides: dict | None = None, *, adapter_path: str | Path | None = None,
+                   base_model: str | None = None, log: Callable[[str], None] = _stderr) -> ExportResult:
+    """`export` with settings from dantes.yaml (< overrides) and the project's default paths."""
+    from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig, TrainConfig, section
+    from dantes_mlx.export.peft import recorded_base_model
+
+    cfg = section(ExportConfig, config, overrides)
+    project = section(ProjectConfig, config)
+    adapter_path = adapter_path or project.adapters_dir
+    base_model = base_model or recorded_base_model(adapter_path) or section(TrainConfig, config).base_model
+    return export_all(base_model, adapter_path, cfg.out_dir, quantization=cfg.quantization,
+                      name=cfg.ollama_name, persona=section(CharacterConfig, config).persona,
+                      messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
+                      ollama_base=cfg.ollama_base, books=project.books, parity=cfg.parity,
+                      ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model, log=log)
