@@ -77,7 +77,7 @@ def batch_order(n_batches: int, seed: int):
 class Collator:
     """Rows -> right-padded input_ids, attention_mask and labels (-100 on prompt and padding).
 
-    Also counts the tokens it hands to training (what tokens/s reports).
+    Also counts the trained tokens it hands out (those the loss sees, as mlx-lm counts them for tokens/s).
     """
 
     def __init__(self, pad_id: int, max_seq_length: int):
@@ -98,7 +98,7 @@ class Collator:
             n = len(seq)
             ids[i, :n], mask[i, :n] = seq, 1
             labels[i, min(row.offset, n):n] = seq[min(row.offset, n):]
-            self.tokens += n
+            self.tokens += max(n - max(row.offset, 1), 0)  # the first token is never a target
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

@@ -118,27 +118,31 @@ class TorchLoop:
 
         cfg, model = self.cfg, self.model
         model.train()
-        window, tic, window_tokens = [], time.perf_counter(), self.collator.tokens
+        # Throughput counts step time only (not batching, validation or saving), as mlx-lm's trainer does.
+        window, step_time, window_tokens = [], 0.0, self.collator.tokens
         batches = self.batches(start)
         with tqdm(total=iters, initial=start, desc="train", unit="step", file=sys.stderr,
                   dynamic_ncols=True) as bar:
             for step in range(start + 1, iters + 1):
                 if step == start + 1 or step % cfg.steps_per_eval == 0 or step == iters:
                     self.validate(step)  # before the step, as mlx-lm's trainer does
-                loss, _ = batch_loss(model, next(batches))
+                batch = next(batches)
+                tic = time.perf_counter()
+                loss, _ = batch_loss(model, batch)
                 (loss / cfg.grad_accumulation).backward()
                 if step % cfg.grad_accumulation == 0:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 window.append(float(loss.detach()))
+                step_time += time.perf_counter() - tic
                 bar.update(1)
                 if step % cfg.steps_per_report == 0 or step == iters:
-                    elapsed = time.perf_counter() - tic
-                    self.report(step, window, elapsed, self.collator.tokens - window_tokens, prior_tokens, scheduler)
+                    self.report(step, window, step_time, self.collator.tokens - window_tokens, prior_tokens,
+                                scheduler)
                     bar.set_postfix(loss=f"{self.last_train['train_loss']:.3f}",
                                     tok_s=f"{self.last_train['tokens_per_sec']:.0f}")
-                    window, tic, window_tokens = [], time.perf_counter(), self.collator.tokens
+                    window, step_time, window_tokens = [], 0.0, self.collator.tokens
                 if self.checkpoint and (step % cfg.save_every == 0 or step == iters):
                     self.checkpoint(step, optimizer, scheduler)
 

@@ -57,6 +57,7 @@ def metrics_callback(cfg, metrics, collator: Collator, valid: list[Example], ite
             self.last_val = {"step": step, "val_loss": round(loss, 5),
                              "val_time": round(time.perf_counter() - tic, 3)}
             metrics.append(self.last_val)
+            self.tic += time.perf_counter() - tic  # validation time is not training throughput
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self.validate(model, state.global_step * ga + 1)
