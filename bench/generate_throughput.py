@@ -1,19 +1,37 @@
-"""Extraction cost on fr-litbank: LLM calls, prompt tokens evaluated, tokens generated, ours vs the original's.
+"""LLM cost of both LLM stages on fr-litbank, ours vs the original project's: calls, prompt tokens evaluated, generated.
 
-Both approaches run in one process on the same tiny random GGUF (llama-cpp-python, in process), over
-the same texts cut into the same 100-paragraph chunks, with the same instruction words:
+Everything runs in one process on the same tiny random GGUF (llama-cpp-python, in process), over the
+same texts and, for each text, the same chosen speaker: its most frequent *named* gold speaker
+(.ann Source relations). Both approaches use the same instruction words; only the layout differs.
 
-- original: every chunk sent, the chunk in the middle of the instructions (task line, chunk, then
-  names, rules and output format), no JSON schema; chunks do not overlap.
-- ours: `dantes_mlx.extract.extract_llm` itself: instructions first and the chunk last (llama.cpp
-  re-evaluates only what follows the shared prefix), JSON schema, 10-paragraph overlap, and the
-  rule pre-filter that skips chunks where the chosen speaker is neither named nor quoted.
+Extraction (citations of the chosen speaker):
+- original: every 100-paragraph chunk sent, the chunk in the middle of the instructions (task line,
+  chunk, then names, rules and output format), no JSON schema, chunks without overlap.
+- ours: `dantes_mlx.extract.extract_llm` with its defaults: instructions first and the chunk last
+  (llama.cpp re-evaluates only what follows the shared prefix), JSON schema, 10-paragraph overlap,
+  and the rule pre-filter that skips chunks where the speaker is neither named nor quoted.
+Generation (3 instruction/response pairs per citation), from the same citations: the chosen
+speaker's gold quotations (incises cut out, as extract writes them), with the narration before them
+as context:
+- original: one prompt per citation, the citation in the middle of the instructions, no schema, the
+  3 pairs asked as JSON objects written one after the other (as in reference/raw_generation_outputs).
+- ours: `dantes_mlx.generate.generate_pairs`: fixed instructions first, the citation last, JSON schema.
 
-The speaker of each text is its most frequent *named* gold speaker (.ann Source relations); the
-bench checks that the pre-filter drops no chunk holding one of that speaker's gold quotations.
-Generated tokens are printed, not compared: a random model's answers say nothing about a real one's.
+Prompt tokens "evaluated" are those llama.cpp actually decoded after reusing the previous prompt's
+prefix, as LlamaCppClient measures them. Generated tokens come from a random model: printed, not
+compared.
 
-Run: python bench/generate_throughput.py   (about a minute or two on 2 CPU cores)
+Finer pre-filter (ExtractConfig.focus_window): inside kept chunks, send only the paragraphs within
+N of one where the rules see the speaker (named, quoted, or in an exchange with them). The recall
+table checks, per N and text, that no gold quotation of the chosen speaker is left out. Caveat
+found by reading the texts: fr-litbank has no coreference, so "gold quotations of the speaker" are
+only those whose Source mention is the name itself, which sit next to the name by construction. The
+last column counts gold quotations attributed to a bare pronoun that the windows leave out: at
+N=3 about 4 in 10, and they include at least two of Laurence's in Pauline ("l'étrangère",
+"ajouta-t-elle", before she is named) that the chunk pre-filter alone keeps. So the option stays off
+by default; `--focus-window N` adds its LLM run to the extraction table.
+
+Run: python bench/generate_throughput.py   (under a minute on 2 idle CPU cores, about three when busy)
 """
 
 from __future__ import annotations
@@ -22,6 +40,7 @@ import argparse
 import os
 import sys
 import tempfile
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,12 +50,15 @@ sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "fr-litbank-dev"
 NOT_NAMES = {"il", "elle", "ils", "elles", "je", "tu", "on", "nous", "vous", "le", "la", "les", "l'", "l’",
              "un", "une", "des", "mon", "ma", "mes", "son", "sa", "ses", "ce", "cette", "celui", "celle"}
+PRONOUNS = {"il", "elle", "ils", "elles", "je", "j'", "tu", "on", "nous", "vous"}
+STUDY = (0, 1, 2, 3, 5)
 
 
+# -- gold ---------------------------------------------------------------------------------------------
 def read_gold(ann: Path) -> tuple[dict, list[tuple[str, str]]]:
     """Text-bound annotations {id: (kind, spans, text)} and Source relations (entity id, quote id)."""
     spans, sources = {}, []
-    for lineno, line in enumerate(ann.read_text(encoding="utf-8").splitlines(), 1):
+    for line in ann.read_text(encoding="utf-8").splitlines():
         parts = line.split("\t")
         if parts[0].startswith("T") and len(parts) >= 3:
             kind, _, offsets = parts[1].partition(" ")
@@ -53,24 +75,198 @@ def is_name(mention: str) -> bool:
         and not words[0].lower().startswith(("l'", "d'"))
 
 
-def chosen_speaker(spans: dict, sources: list) -> tuple[str, list[tuple[int, int]]]:
-    """The most frequent named speaker and the (start, end) of each of their gold quotations."""
+def chosen_speaker(spans: dict, sources: list) -> tuple[str, list[list[tuple[int, int]]]]:
+    """The most frequent named speaker and the spans (incises cut out) of each of their gold quotations."""
     counts = Counter(spans[e][2] for e, _ in sources if is_name(spans[e][2]))
     name = counts.most_common(1)[0][0]
-    quotes = [spans[q][1] for e, q in sources if spans[e][2] == name]
-    return name, [(s[0][0], s[-1][1]) for s in quotes]
+    return name, [spans[q][1] for e, q in sources if spans[e][2] == name]
 
 
-def split_instructions(instructions: str) -> tuple[str, str]:
-    """(task line, the rest: names, rules, output format) of our instructions, without the 'Extrait :' label."""
-    task, rest = instructions.split("\n\n", 1)
-    return task, rest.rstrip().removesuffix("Extrait :").rstrip()
+def pronoun_quotes(spans: dict, sources: list) -> list[tuple[int, int]]:
+    """(start, end) of the gold quotations whose Source mention is a bare pronoun (anyone's)."""
+    return [(spans[q][1][0][0], spans[q][1][-1][1]) for e, q in sources
+            if spans[e][2].lower().replace("’", "'") in PRONOUNS]
 
 
-def original_messages(instructions: str, chunk: str) -> list[dict]:
+class Text:
+    """One fr-litbank text, its chosen speaker, their gold quotations and the pronoun-attributed ones."""
+
+    def __init__(self, path: Path):
+        from dantes_mlx.extract import Book
+
+        self.book = Book(path.stem, path.read_text(encoding="utf-8"))
+        spans, sources = read_gold(path.with_suffix(".ann"))
+        self.name, self.quotes = chosen_speaker(spans, sources)
+        self.bounds = [(q[0][0], q[-1][1]) for q in self.quotes]
+        self.pronoun = pronoun_quotes(spans, sources)
+
+
+# -- what the extraction LLM reads ----------------------------------------------------------------------
+def recall_study(texts: list[Text], chunk_lines: int, overlap: int) -> dict:
+    """{N: {text id: (kept chunks, chunks, gold kept, gold lost, chars sent, pronoun quotes kept, lost)}}.
+
+    N = None is the chunk pre-filter alone; N >= 0 adds focus windows of N paragraphs.
+    """
+    from dantes_mlx.extract import chunk_book
+    from dantes_mlx.extract_focus import focus_paragraphs, paragraph_offsets, prefilter_keeps, window_runs
+
+    study: dict = {}
+    for text in texts:
+        chunks = chunk_book(text.book, chunk_lines, overlap)
+        kept = [(c, prefilter_keeps(c.text, text.name, [])) for c in chunks]
+        seen = {c.id: (paragraph_offsets(c.text), focus_paragraphs(c.text, text.name, [])) for c, k in kept if k}
+        for n in (None, *STUDY):
+            sent = []  # absolute (start, end) spans the LLM reads
+            for c, k in kept:
+                if k:
+                    paras, hits = seen[c.id]
+                    runs = [(0, len(c.text))] if n is None else window_runs(paras, hits, n)
+                    sent += [(c.start + a, c.start + b) for a, b in runs]
+            inside = lambda s, e: any(a <= s and e <= b for a, b in sent)
+            gold = sum(inside(s, e) for s, e in text.bounds)
+            in_kept = [(s, e) for s, e in text.pronoun if any(k and c.start <= s and e <= c.end for c, k in kept)]
+            pron = sum(inside(s, e) for s, e in in_kept)
+            study.setdefault(n, {})[text.book.id] = (sum(k for _, k in kept), len(chunks), gold,
+                                                     len(text.bounds) - gold, sum(b - a for a, b in sent),
+                                                     pron, len(in_kept) - pron)
+    return study
+
+
+def print_recall(study: dict, texts: list[Text]) -> None:
+    print("\nWhat extraction sends, and the chosen speaker's gold quotations it leaves out (no LLM)")
+    print(f"{'':36} {'':16} {'':>6} {'':>4} {'':>4} {'gold quotations left out':^{9 * len(study)}}")
+    print(f"{'text':36} {'speaker':16} {'chunks':>6} {'kept':>4} {'gold':>4} "
+          + " ".join(f"{'chunks' if n is None else f'N={n}':>8}" for n in study))
+    for text in texts:
+        row = [study[n][text.book.id] for n in study]
+        print(f"{text.book.id[:36]:36} {text.name[:16]:16} {row[0][1]:>6} {row[0][0]:>4} {len(text.bounds):>4} "
+              + " ".join(f"{r[3]:>8}" for r in row))
+    print(f"\n{'what is sent':26} {'gold left out':>13} {'text sent':>10}   "
+          "pronoun-attributed gold quotations left out")
+    base = sum(r[4] for r in study[None].values())
+    for n, rows in study.items():
+        label = "kept chunks (pre-filter)" if n is None else f"+ focus_window={n}"
+        lost, sent = sum(r[3] for r in rows.values()), sum(r[4] for r in rows.values())
+        pron, pron_lost = sum(r[5] for r in rows.values()), sum(r[6] for r in rows.values())
+        print(f"{label:26} {lost:>13} {sent / base:>10.0%}   {pron_lost:>3} of {pron + pron_lost} in kept chunks"
+              + ("   FAIL" if lost else ""))
+    print("(fr-litbank has no coreference: a gold quotation whose Source is a bare pronoun may be the chosen "
+          "speaker's;\n reading Pauline finds two of Laurence's among those every focus window above leaves out)")
+
+
+# -- prompts of the original project ----------------------------------------------------------------------
+def original_extraction(instructions: str, chunk: str) -> list[dict]:
     """The original layout: task line, the chunk, then the rest of the same instructions (no schema)."""
-    task, rest = split_instructions(instructions)
+    task, rest = instructions.split("\n\n", 1)
+    rest = rest.rstrip().removesuffix("Extrait :").rstrip()
     return [{"role": "user", "content": f"{task}\n\nExtrait :\n{chunk}\n\n{rest}"}]
+
+
+def original_generation(messages: list[dict], k: int) -> list[dict]:
+    """The original layout: task line, the citation, then the rest, k JSON objects one after the other."""
+    task, rest = messages[0]["content"].split("\n\n", 1)
+    rest = rest[:rest.index("Réponds uniquement")] + (
+        f'Réponds uniquement par {k} objets JSON {{"instruction": "...", "response": "..."}} écrits à la '
+        "suite, sans aucun texte autour.")
+    return [{"role": "user", "content": f"{task}\n\n{messages[1]['content']}\n\n{rest}"}]
+
+
+def gutenberg_layout(text: str) -> str:
+    """Paragraphs hard-wrapped at 70 columns with blank lines between them, as in a Gutenberg file."""
+    return "\n\n".join(textwrap.fill(p, 70) for p in text.split("\n") if p.strip()) + "\n"
+
+
+def citations_of(text: Text) -> list[dict]:
+    """The chosen speaker's gold quotations as citation rows (what extract writes, what generate reads)."""
+    from dantes_mlx.extract import context_before
+    from dantes_mlx.grounding import join_spoken
+
+    rows = []
+    for spans in text.quotes:
+        start, end = spans[0][0], spans[-1][1]
+        rows.append({"source_id": f"{text.book.id}:{start}-{end}", "citation": join_spoken(text.book.text, spans),
+                     "contexte": context_before(text.book.text, start), "provenance": {}})
+    return rows
+
+
+def persona(text: Text) -> str:
+    return (f"Tu es {text.name}, personnage de « {text.book.id.replace('_', ' ')} ». Tu parles le français "
+            "soutenu du livre et tu vouvoies ton interlocuteur.")
+
+
+# -- runs -----------------------------------------------------------------------------------------------------
+class Cost:
+    """What one approach of one stage cost."""
+
+    def __init__(self, label: str):
+        self.label, self.items, self.calls, self.tokens, self.seconds = label, 0, 0, Counter(), 0.0
+
+    def add(self, prompt: int, evaluated: int, generated: int, calls: int = 1) -> None:
+        self.calls += calls
+        self.tokens.update(prompt=prompt, evaluated=evaluated, generated=generated)
+
+
+def run_original_extraction(client, texts, prompt, chunk_lines, sampling, layout) -> Cost:
+    from dantes_mlx.extract import Book, chunk_book
+
+    cost, t0 = Cost("original"), time.monotonic()
+    for text in texts:
+        book = text.book if layout == "paragraphs" else Book(text.book.id, gutenberg_layout(text.book.text))
+        for chunk in chunk_book(book, chunk_lines, 0):
+            r = client.chat(original_extraction(prompt.instructions(text.name, []), chunk.text), **sampling)
+            cost.items += 1
+            cost.add(r.prompt_tokens, r.evaluated_tokens, r.completion_tokens)
+    cost.seconds = time.monotonic() - t0
+    return cost
+
+
+def run_our_extraction(client, texts, cfg, sampling, tmp: Path, label: str) -> Cost:
+    from dantes_mlx.config import CharacterConfig
+    from dantes_mlx.extract import extract_llm
+
+    cost, t0 = Cost(label), time.monotonic()
+    for text in texts:
+        who = CharacterConfig(name=text.name, aliases=[], language="fr")
+        s = extract_llm([text.book], who, cfg, tmp / label / f"{text.book.id}.jsonl", client, sampling=sampling,
+                        progress=False)
+        cost.items += s.chunks
+        n = s.new_tokens
+        cost.add(n["prompt_tokens"], n["evaluated_tokens"], n["completion_tokens"], s.called + s.failed)
+    cost.seconds = time.monotonic() - t0
+    return cost
+
+
+def run_original_generation(client, texts, sampling, k: int) -> Cost:
+    from dantes_mlx.config import CharacterConfig
+    from dantes_mlx.generate import load_prompt
+
+    prompt, cost, t0 = load_prompt("generate", "fr"), Cost("original"), time.monotonic()
+    for text in texts:
+        who = CharacterConfig(name=text.name, aliases=[], language="fr", persona=persona(text))
+        for row in citations_of(text):
+            ours = prompt.messages(name=who.name, persona=who.persona, k=k, contexte=row["contexte"] or "(aucun)",
+                                   citation=row["citation"])
+            r = client.chat(original_generation(ours, k), **sampling)
+            cost.items += 1
+            cost.add(r.prompt_tokens, r.evaluated_tokens, r.completion_tokens)
+    cost.seconds = time.monotonic() - t0
+    return cost
+
+
+def run_our_generation(client, texts, sampling, k: int, tmp: Path) -> Cost:
+    from dantes_mlx.config import CharacterConfig, GenerateConfig
+    from dantes_mlx.generate import generate_pairs
+
+    cost, t0 = Cost("ours"), time.monotonic()
+    for text in texts:
+        who = CharacterConfig(name=text.name, aliases=[], language="fr", persona=persona(text))
+        rows = citations_of(text)
+        s = generate_pairs(rows, client, tmp / "pairs" / f"{text.book.id}.jsonl", GenerateConfig(pairs_per_citation=k),
+                           who, sampling=sampling, progress=False).stats
+        cost.items += len(rows)
+        cost.add(s.prompt_tokens, s.evaluated_tokens, s.completion_tokens, s.calls + s.failed)
+    cost.seconds = time.monotonic() - t0
+    return cost
 
 
 def build_model(workdir: Path, corpus: str) -> Path:
@@ -86,100 +282,89 @@ def build_model(workdir: Path, corpus: str) -> Path:
     return write_gguf(folder, workdir / "tiny-f16.gguf", outtype="f16")
 
 
+def print_costs(title: str, costs: list[Cost], unit: str) -> None:
+    print(f"\n{title}")
+    print(f"{'approach':16} {unit:>9} {'calls':>6} {'prompt tok':>11} {'evaluated':>10} {'generated':>10} "
+          f"{'time s':>7}")
+    for c in costs:
+        print(f"{c.label:16} {c.items:>9} {c.calls:>6} {c.tokens['prompt']:>11} {c.tokens['evaluated']:>10} "
+              f"{c.tokens['generated']:>10} {c.seconds:>7.1f}")
+    if len(costs) >= 2:
+        print(f"evaluated prompt tokens, original / ours: "
+              f"{costs[0].tokens['evaluated'] / max(1, costs[1].tokens['evaluated']):.2f}")
+
+
 def main() -> None:
+    from dantes_mlx.config import ExtractConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA, help="fr-litbank folder (NAME.txt + NAME.ann)")
     parser.add_argument("--chunk-lines", type=int, default=100)
     parser.add_argument("--overlap", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=3, help="pairs asked per citation")
     parser.add_argument("--max-tokens", type=int, default=24, help="tokens generated per call (kept small)")
+    parser.add_argument("--focus-window", type=int, default=ExtractConfig().focus_window,
+                        help="also run ours with this focus window (0: the default run only)")
+    parser.add_argument("--original-layout", choices=["paragraphs", "gutenberg"], default="paragraphs",
+                        help="what the original's '100 lines' are: paragraphs (conservative) or 70-column "
+                             "lines as in the Gutenberg file it read (smaller chunks, more calls)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"{args.data}: fr-litbank dev folder not found (clone the shared data next to the repo)")
 
-    from dantes_mlx.config import CharacterConfig, ExtractConfig
-    from dantes_mlx.extract import Book, chunk_book, extract_llm, load_prompt, prefilter_keeps
+    from dantes_mlx.extract import load_prompt
     from dantes_mlx.llm.llamacpp import LlamaCppClient
 
-    texts = sorted(args.data.glob("*.txt"))
-    books, speakers, prefilter_rows = [], {}, []
-    for path in texts:
-        book = Book(path.stem, path.read_text(encoding="utf-8"))
-        name, quotes = chosen_speaker(*read_gold(path.with_suffix(".ann")))
-        chunks = chunk_book(book, args.chunk_lines, args.overlap)
-        kept = [prefilter_keeps(c, name, []) for c in chunks]
-        # A quotation is safe when a kept chunk holds it whole (overlap regions belong to two chunks).
-        sent = [(s, e) for s, e in quotes if any(k and c.start <= s and e <= c.end for c, k in zip(chunks, kept))]
-        books.append(book)
-        speakers[book.id] = name
-        prefilter_rows.append((book.id, name, len(chunks), sum(kept), len(quotes), len(sent), len(quotes) - len(sent)))
+    texts = [Text(path) for path in sorted(args.data.glob("*.txt"))]
+    study = recall_study(texts, args.chunk_lines, args.overlap)
+    print_recall(study, texts)
 
     prompt = load_prompt()
     sampling = {"temperature": 0.0, "max_tokens": args.max_tokens, "seed": 0}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.monotonic()
-        gguf = build_model(tmp, "\n".join(b.text for b in books))
-        print(f"tiny GGUF built in {time.monotonic() - t0:.1f} s: {gguf.name}", file=sys.stderr)
-        original_chunks = [(b, c) for b in books for c in chunk_book(b, args.chunk_lines, 0)]
-        every = original_chunks + [(b, c) for b in books for c in chunk_book(b, args.chunk_lines, args.overlap)]
-        probe = LlamaCppClient(str(gguf), n_ctx=512, n_threads=args.threads)
+        gguf = build_model(tmp, "\n".join(t.book.text for t in texts))
+        print(f"\ntiny GGUF built in {time.monotonic() - t0:.1f} s: {gguf.name}", file=sys.stderr)
+        n_ctx = 24576  # the longest 110-paragraph chunk is about 17k tokens with this vocabulary
 
-        def count(text: str) -> int:
-            return len(probe._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        def client() -> LlamaCppClient:  # a fresh model per run: no prefix carried from another approach
+            return LlamaCppClient(str(gguf), n_ctx=n_ctx, n_threads=args.threads, verbose=False)
 
-        longest = max(count(probe.render(original_messages(prompt.instructions(speakers[b.id], []), c.text)))
-                      for b, c in every)
-        example = prompt.instructions(speakers[books[0].id], [])
-        instruction_tokens = (count(example), count(split_instructions(example)[1]))
-        probe.close()
-        n_ctx = longest + args.max_tokens + 64
+        extraction, generation = [], []
+        for stage, run in ((extraction, lambda c: run_original_extraction(c, texts, prompt, args.chunk_lines,
+                                                                           sampling, args.original_layout)),
+                           (extraction, lambda c: run_our_extraction(c, texts, ExtractConfig(
+                               chunk_lines=args.chunk_lines, overlap=args.overlap), sampling, tmp, "ours")),
+                           (generation, lambda c: run_original_generation(c, texts, sampling, args.pairs)),
+                           (generation, lambda c: run_our_generation(c, texts, sampling, args.pairs, tmp))):
+            llm = client()
+            stage.append(run(llm))
+            llm.close()
+        if args.focus_window > 0:
+            llm = client()
+            cfg = ExtractConfig(chunk_lines=args.chunk_lines, overlap=args.overlap, focus_window=args.focus_window)
+            extraction.append(run_our_extraction(llm, texts, cfg, sampling, tmp, f"ours+focus{args.focus_window}"))
+            llm.close()
 
-        stats = {}
-        client = LlamaCppClient(str(gguf), n_ctx=n_ctx, n_threads=args.threads)
-        t0, calls, total = time.monotonic(), 0, Counter()
-        for book, chunk in original_chunks:
-            instructions = prompt.instructions(speakers[book.id], [])
-            result = client.chat(original_messages(instructions, chunk.text), **sampling)
-            calls += 1
-            total.update(prompt=result.prompt_tokens, evaluated=result.evaluated_tokens,
-                         generated=result.completion_tokens)
-        stats["original"] = (len(original_chunks), calls, total, time.monotonic() - t0)
-        client.close()
-
-        client = LlamaCppClient(str(gguf), n_ctx=n_ctx, n_threads=args.threads)
-        t0, calls, total, chunks = time.monotonic(), 0, Counter(), 0
-        cfg = ExtractConfig(chunk_lines=args.chunk_lines, overlap=args.overlap, prefilter=True, temperature=0.0)
-        for book in books:
-            who = CharacterConfig(name=speakers[book.id], aliases=[], language="fr")
-            s = extract_llm([book], who, cfg, tmp / "ours" / f"{book.id}.jsonl", client, sampling=sampling,
-                            progress=False)
-            chunks += s.chunks
-            calls += s.called + s.failed
-            total.update(prompt=s.new_tokens["prompt_tokens"], evaluated=s.new_tokens["evaluated_tokens"],
-                         generated=s.new_tokens["completion_tokens"])
-        stats["ours"] = (chunks, calls, total, time.monotonic() - t0)
-        client.close()
-
-    print("\nPre-filter on the chosen speaker (gold quotations from the .ann Source relations)")
-    print(f"{'text':40} {'speaker':16} {'chunks':>6} {'kept':>5} {'gold q.':>7} {'in a kept chunk':>15} {'lost':>5}")
-    for row in prefilter_rows:
-        print(f"{row[0]:40} {row[1]:16} {row[2]:>6} {row[3]:>5} {row[4]:>7} {row[5]:>15} {row[6]:>5}")
-    lost = sum(r[6] for r in prefilter_rows)
-    print(f"gold quotations of the chosen speakers that no kept chunk holds: {lost}"
-          + (" (OK)" if lost == 0 else " (FAIL)"))
-
-    print(f"\nLLM cost, same tiny GGUF, {len(books)} texts, {args.chunk_lines}-paragraph chunks, "
-          f"max_tokens={args.max_tokens}")
-    print(f"{'approach':9} {'chunks':>6} {'calls':>6} {'prompt tok':>11} {'evaluated':>10} {'generated':>10} {'time s':>7}")
-    for label, (chunks, calls, total, seconds) in stats.items():
-        print(f"{label:9} {chunks:>6} {calls:>6} {total['prompt']:>11} {total['evaluated']:>10} "
-              f"{total['generated']:>10} {seconds:>7.1f}")
-    print(f"instructions: {instruction_tokens[0]} tokens; ours evaluates them once (shared prefix), the original "
-          f"re-evaluates the {instruction_tokens[1]} that follow the chunk on every call")
-    ratio = stats["original"][2]["evaluated"] / max(1, stats["ours"][2]["evaluated"])
+    layout = "100 paragraphs" if args.original_layout == "paragraphs" else "100 lines of 70 columns"
+    print_costs(f"Extraction: {len(texts)} texts, original chunks of {layout}, ours {args.chunk_lines} paragraphs "
+                f"+ {args.overlap} overlap, max_tokens={args.max_tokens}", extraction, "chunks")
+    print_costs(f"Generation: {sum(len(t.quotes) for t in texts)} gold citations, {args.pairs} pairs asked per "
+                f"citation, max_tokens={args.max_tokens}", generation, "citations")
+    combined = [Cost(label) for label in ("original", "ours")]
+    for total, parts in zip(combined, zip(extraction, generation)):
+        for part in parts:
+            total.items += part.items
+            total.calls += part.calls
+            total.tokens.update(part.tokens)
+            total.seconds += part.seconds
+    print_costs("Both stages", combined, "items")
     print("(generated tokens come from a random model and are not compared)")
-    print(f"ratio: {ratio:.2f} = prompt tokens llama.cpp evaluated, original approach / ours (goal >= 2)")
+    ratio = combined[0].tokens["evaluated"] / max(1, combined[1].tokens["evaluated"])
+    print(f"ratio: {ratio:.2f} = prompt tokens llama.cpp evaluated over extraction + generation, original approach / "
+          f"ours with default settings (goal >= 2)")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,9 @@ class ExtractConfig:
     overlap: int = setting(10, "Lines shared by consecutive chunks.")
     prompt_file: str = setting("", "File overriding the versioned extraction prompt.")
     prefilter: bool = setting(True, "Skip chunks where the rules find neither the name nor an alias.")
+    focus_window: int = setting(0, "With the pre-filter: send only the paragraphs within this many of one "
+                                   "where the rules see the character (named, quoted, or in an exchange "
+                                   "with them); 0: send whole chunks.")
     min_grounding: float = setting(85.0, "Minimum fuzzy match score (0-100) of a citation in the source.")
     temperature: float = setting(0.0, "Sampling temperature of the extraction calls (0: the most literal).")
     output: str = setting("", "Citations file; empty: <data_dir>/citations/citations.jsonl.")

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dantes_mlx.errors import ConfigError, InputError
-from dantes_mlx.grounding import (NormalizedText, Spoken, dedupe, join_spoken, locate, narration_end,
-                                  spoken_parts)
+from dantes_mlx.grounding import (NormalizedText, dedupe, incises_in_span, join_spoken, locate, narration_end,
+                                  quotes_in_span, spoken_segments)
 
 if TYPE_CHECKING:
     from dantes_mlx.config import CharacterConfig, ExtractConfig
@@ -55,7 +55,11 @@ class Book:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Consecutive paragraphs of a book: id, 1-based line range, character offsets, chapter, text."""
+    """Consecutive paragraphs of a book: id, 1-based line range, character offsets, chapter, text.
+
+    `focus`, when set, is what the LLM reads instead of `text`: the windows around the character
+    (see extract_focus); citations are still grounded in the whole chunk.
+    """
     id: str
     book: str
     index: int
@@ -65,6 +69,12 @@ class Chunk:
     end: int
     chapter: str | None
     text: str
+    focus: str = ""
+
+    @property
+    def prompt_text(self) -> str:
+        """The text sent to the LLM."""
+        return self.focus or self.text
 
 
 def load_book(path: str | Path, book_id: str | None = None) -> Book:
@@ -243,9 +253,9 @@ def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source, min_groun
             rejects.append({"reason": "empty_citation", "item": item})
             continue
         if norm is None:
-            quotes = chunk_quotes(chunk)
+            quotes = quotes_in_span(book.text, chunk.start, chunk.end)
             norm = NormalizedText(book.text, chunk.start, chunk.end)
-            incises = chunk_incises(book.text, chunk, quotes)
+            incises = incises_in_span(book.text, chunk.start, chunk.end, quotes)
             speech = NormalizedText(book.text, chunk.start, chunk.end, incises) if incises else None
         g = locate(cited, book.text, chunk.start, chunk.end, taken, norm, speech)
         if g.score < min_grounding:
@@ -259,44 +269,6 @@ def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source, min_groun
     for r in rejects:
         r.update(book=book.id, chunk=chunk.id)
     return rows, rejects
-
-
-def chunk_quotes(chunk: Chunk) -> list[Spoken]:
-    """The rules' quotations of a chunk (segments and incises), in offsets of the book."""
-    from dantes_mlx import dialogue
-
-    at = chunk.start
-    return [Spoken(q.start + at, q.end + at, tuple((a + at, b + at) for a, b in q.segments),
-                   tuple((a + at, b + at) for a, b in q.incises)) for q in dialogue.detect_quotations(chunk.text)]
-
-
-def chunk_incises(text: str, chunk: Chunk, quotes: list[Spoken]) -> list[tuple[int, int]]:
-    """Every incise of a chunk: those of its quotations and those of unmarked text ("…, pensa-t-il, …")."""
-    from dantes_mlx.dialogue import _split_incises
-
-    found, pos = [], chunk.start
-    for q in [*quotes, Spoken(chunk.end, chunk.end, ())]:
-        if q.start > pos:
-            found += _split_incises(text, pos, pos, q.start)[1]
-        found += q.incises
-        pos = max(pos, q.end, *(b for _, b in q.incises))
-    return found
-
-
-def spoken_segments(text: str, start: int, end: int, quotes: list[Spoken]) -> tuple[list, int]:
-    """(segments of the character's words in text[start:end], where the narration after them ends).
-
-    The segments of the rules' quotations overlapping the span; a span outside every quotation (a
-    thought, a letter) is cut at incises only ("…, pensa-t-il, …").
-    """
-    parts = spoken_parts(text, start, end, quotes)
-    incises = [i for q in quotes for i in q.incises]
-    if parts is None:
-        from dantes_mlx.dialogue import _split_incises
-
-        parts, incises = _split_incises(text, start, start, end)
-        parts = parts or [(start, end)]
-    return parts, narration_end(parts, incises, end)
 
 
 def make_row(book: Book, chunk: Chunk, start: int, end: int, source: Source, kind: str, score: float,
@@ -356,12 +328,20 @@ def side_paths(out: Path) -> tuple[Path, Path, Path]:
             out.with_name(out.stem + ".rejects.jsonl"))
 
 
-def prefilter_keeps(chunk: Chunk, name: str, aliases: list[str]) -> bool:
-    """Whether the rules see the character in a chunk: a mention, or a quote attributed to them."""
-    from dantes_mlx import dialogue
+def chunks_to_send(book: Book, character: "CharacterConfig", cfg: "ExtractConfig") -> list[tuple[Chunk, bool]]:
+    """(chunk, whether the LLM reads it) for a book: the pre-filter, then focus windows inside kept chunks."""
+    from dataclasses import replace
 
-    return bool(dialogue.mentions_character(chunk.text, name, aliases)
-                or dialogue.character_quotes(chunk.text, name, aliases))
+    from dantes_mlx.extract_focus import focus_text, prefilter_keeps
+
+    name, aliases = character.name, list(character.aliases)
+    out = []
+    for chunk in chunk_book(book, cfg.chunk_lines, cfg.overlap):
+        keep = not cfg.prefilter or prefilter_keeps(chunk.text, name, aliases)
+        if keep and cfg.prefilter and cfg.focus_window > 0:
+            chunk = replace(chunk, focus=focus_text(chunk.text, name, aliases, cfg.focus_window))
+        out.append((chunk, keep))
+    return out
 
 
 def chunk_key(prompt: Prompt, model_id: str, chunk: Chunk, character: "CharacterConfig", sampling: dict,
@@ -369,7 +349,7 @@ def chunk_key(prompt: Prompt, model_id: str, chunk: Chunk, character: "Character
     """Store key of one chunk: prompt version, model, chunk text, names, sampling (and a non-default schema)."""
     from dantes_mlx.store import item_key
 
-    item = {"text": chunk.text, "name": character.name, "aliases": list(character.aliases),
+    item = {"text": chunk.prompt_text, "name": character.name, "aliases": list(character.aliases),
             "sampling": {k: sampling[k] for k in sorted(sampling)}}
     if schema != CITATION_SCHEMA:
         item["schema"] = schema
@@ -393,16 +373,18 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
     store = Store(store_path, rejects_path=errors_path)
     summary = ExtractSummary("llm", str(out))
     work = []  # (book, chunk, store key or None when the pre-filter skips the chunk)
+    if cfg.focus_window < 0:
+        raise ConfigError(f"focus_window={cfg.focus_window}: need 0 (off) or more paragraphs",
+                          path="dantes.yaml [extract]", fix="e.g. focus_window: 0")
     for book in books:
-        for chunk in chunk_book(book, cfg.chunk_lines, cfg.overlap):
-            keep = not cfg.prefilter or prefilter_keeps(chunk, character.name, list(character.aliases))
+        for chunk, keep in chunks_to_send(book, character, cfg):
             work.append((book, chunk, chunk_key(prompt, client.model_id, chunk, character, sampling, schema)
                          if keep else None))
     summary.chunks = len(work)
     summary.skipped = sum(1 for *_, key in work if key is None)
     pending = [(chunk, key) for _, chunk, key in work if key is not None and key not in store]
     summary.cached = summary.chunks - summary.skipped - len(pending)
-    requests = [{"messages": prompt.messages(character.name, list(character.aliases), chunk.text),
+    requests = [{"messages": prompt.messages(character.name, list(character.aliases), chunk.prompt_text),
                  "json_schema": schema, **sampling} for chunk, _ in pending]
     _call(client, requests, pending, store, summary, concurrency, progress)
     source = Source("llm", client.model_id, prompt.version, character.name)
@@ -493,12 +475,12 @@ def extract_rules(books: list[Book], character: "CharacterConfig", cfg: "Extract
             chunk = chunks[max(0, bisect.bisect_right(starts, start) - 1)]
             spoken = (list(quote.segments), narration_end(quote.segments, quote.incises, end))
             rows.append(make_row(book, chunk, start, end, source, "parole", 100.0, "rules",
-                                 _context_before(book.text, start), spoken=spoken))
+                                 context_before(book.text, start), spoken=spoken))
     _finish(summary, rows, [], out, side_paths(out)[2], started)
     return summary
 
 
-def _context_before(text: str, start: int, limit: int = 200) -> str:
+def context_before(text: str, start: int, limit: int = 200) -> str:
     """The narration just before a quote (its previous paragraph, cut to `limit` characters)."""
     head = text[max(0, start - 2000):start].rstrip()
     paragraph = head.rsplit("\n", 1)[-1].strip() if head else ""

@@ -201,6 +201,43 @@ def spoken_parts(text: str, start: int, end: int, quotes) -> list[tuple[int, int
     return parts or None
 
 
+def quotes_in_span(text: str, lo: int, hi: int) -> list[Spoken]:
+    """The rules' quotations of text[lo:hi] (segments and incises), in offsets of `text`."""
+    from dantes_mlx import dialogue
+
+    return [Spoken(q.start + lo, q.end + lo, tuple((a + lo, b + lo) for a, b in q.segments),
+                   tuple((a + lo, b + lo) for a, b in q.incises)) for q in dialogue.detect_quotations(text[lo:hi])]
+
+
+def incises_in_span(text: str, lo: int, hi: int, quotes: list[Spoken]) -> list[tuple[int, int]]:
+    """Every incise of text[lo:hi]: those of its quotations and those of unmarked text ("…, pensa-t-il, …")."""
+    from dantes_mlx.dialogue import _split_incises
+
+    found, pos = [], lo
+    for q in [*quotes, Spoken(hi, hi, ())]:
+        if q.start > pos:
+            found += _split_incises(text, pos, pos, q.start)[1]
+        found += q.incises
+        pos = max(pos, q.end, *(b for _, b in q.incises))
+    return found
+
+
+def spoken_segments(text: str, start: int, end: int, quotes: list[Spoken]) -> tuple[list, int]:
+    """(segments of the character's words in text[start:end], where the narration after them ends).
+
+    The segments of the rules' quotations overlapping the span; a span outside every quotation (a
+    thought, a letter) is cut at incises only ("…, pensa-t-il, …").
+    """
+    parts = spoken_parts(text, start, end, quotes)
+    incises = [i for q in quotes for i in q.incises]
+    if parts is None:
+        from dantes_mlx.dialogue import _split_incises
+
+        parts, incises = _split_incises(text, start, start, end)
+        parts = parts or [(start, end)]
+    return parts, narration_end(parts, incises, end)
+
+
 def narration_end(segments, incises, end: int) -> int:
     """Where the narration right after the last segment ends: the span's end, or an incise's end."""
     last = segments[-1][1]

@@ -192,8 +192,8 @@ def test_llm_citation_with_or_without_the_incise_gives_the_same_words():
     assert found[4]["citation"] == found[5]["citation"] == "Tout est perdu, tout est fini."
     assert MORREL[found[5]["start"]:found[5]["end"]] == cited[4]  # the span runs over the incise
     # A citation that is not in the text stays rejected, incises cut out or not.
-    reply = json.dumps({"citations": [{"contexte": "c", "kind": "parole",
-                                       "citation": "--Un grand malheur, monsieur Morrel, le navire a coulé corps et biens."}]})
+    invented = "--Un grand malheur, monsieur Morrel, le navire a coulé corps et biens."
+    reply = json.dumps({"citations": [{"contexte": "c", "kind": "parole", "citation": invented}]})
     kept, rejects = ground_reply(book, chunk, reply, Source("llm", "m", "v", "Dantès"), 85.0)
     assert kept == [] and rejects[0]["reason"] == "low_grounding"
 
@@ -305,6 +305,54 @@ def test_prefilter_skips_chunks_without_the_character(tmp_path):
                           progress=False)
     assert summary.chunks == 3 and summary.skipped == 1 and len(llm.calls) == 2
     assert all("Caderousse" not in call["messages"][-1]["content"] for call in llm.calls)
+
+
+def focus_book() -> Book:
+    """Narration, an exchange opened by Dantès' name (two replies unattributed), other people, Dantès again."""
+    paras = ([f"La mer était calme au matin numéro {i}." for i in range(6)]
+             + ["Dantès entra dans le bureau de l'armateur.", "— Bonjour, monsieur Morrel.",
+                "— Bonjour, Edmond. Quelles nouvelles ?", "— Le capitaine Leclère est mort.", "— Quel malheur !"]
+             + [f"Le vent tourna au soir numéro {i}." for i in range(6)]
+             + ["Caderousse parlait avec Danglars.", "— Il sera capitaine, dit Danglars.",
+                "— Tant mieux pour lui, répondit Caderousse.", "Le navire dormait.", "Le port dormait.",
+                "Dantès revint chez son père.", "La nuit tomba."])
+    return Book("b", "\n\n".join(paras) + "\n")
+
+
+def test_focus_paragraphs_follow_the_exchange_the_character_is_in():
+    from dantes_mlx.extract_focus import FOCUS_GAP, focus_paragraphs, focus_text
+
+    text = focus_book().text
+    seen = focus_paragraphs(text, "Edmond Dantès", ["Dantès", "Edmond"])
+    assert [i for i, hit in enumerate(seen) if hit] == [6, 7, 8, 9, 10, 22]  # the unattributed replies too
+    sent = focus_text(text, "Edmond Dantès", ["Dantès", "Edmond"], 1)
+    assert sent.split(FOCUS_GAP) == [text[text.index("La mer était calme au matin numéro 5"):
+                                          text.index("\n", text.index("au soir numéro 0"))],
+                                     text[text.index("Le port dormait"):].rstrip()]
+    assert focus_text(text, "Edmond Dantès", ["Dantès"], 30) == ""  # every paragraph: the chunk as it is
+
+
+def test_focus_window_sends_less_and_grounds_in_the_whole_chunk(tmp_path):
+    book = focus_book()
+    focused = fake_from_function(quotes_in)
+    summary = extract_llm([book], DANTES, ExtractConfig(focus_window=1), tmp_path / "f.jsonl", focused,
+                          progress=False)
+    (sent,) = [call["messages"][-1]["content"] for call in focused.calls]
+    assert "numéro 2" not in sent and "Caderousse" not in sent and "[…]" in sent
+    assert "— Quel malheur !" in sent and len(sent) < 0.6 * len(book.text)
+    out = rows(tmp_path / "f.jsonl")
+    assert summary.kept == len(out) == 4
+    assert all(book.text[r["start"]:r["end"]] == r["citation"] and r["chunk"] == "b#0000" for r in out)
+    whole = fake_from_function(quotes_in)
+    extract_llm([book], DANTES, ExtractConfig(focus_window=1, prefilter=False), tmp_path / "w.jsonl", whole,
+                progress=False)
+    assert whole.calls[0]["messages"][-1]["content"] == book.text.rstrip("\n")  # focus needs the pre-filter
+    # The focused text is the store key: the default run asks the LLM again rather than reuse it.
+    again = fake_from_function(quotes_in)
+    extract_llm([book], DANTES, ExtractConfig(), tmp_path / "f.jsonl", again, progress=False)
+    assert len(again.calls) == 1 and "Caderousse" in again.calls[0]["messages"][-1]["content"]
+    with pytest.raises(ConfigError, match="focus_window"):
+        extract_llm([book], DANTES, ExtractConfig(focus_window=-1), tmp_path / "x.jsonl", again, progress=False)
 
 
 def test_rules_method_rows_have_the_same_shape(tmp_path):
@@ -435,3 +483,19 @@ def test_cli_ctrl_c_says_how_many_chunks_are_done_and_how_to_resume(tmp_path, mo
                                        "--chunk-lines", "4", "--overlap", "0", "-o", "c.jsonl", "--quiet"])
     assert result.exit_code == 130
     assert "interrupted: 1/2 chunks done" in result.output and "resume with: dantes-mlx" in result.output
+
+
+def test_cli_focus_window_option_reaches_the_stage(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import dantes_mlx.llm.base as base
+    from dantes_mlx.cli import main
+
+    llm = fake_from_function(quotes_in)
+    monkeypatch.setattr(base, "make_client", lambda cfg: llm)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "book.txt").write_text(focus_book().text, encoding="utf-8")
+    result = CliRunner().invoke(main, ["extract", "--input", "book.txt", "--model", "any.gguf", "--focus-window", "1",
+                                       "-o", "c.jsonl", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "[…]" in llm.calls[0]["messages"][-1]["content"] and "kept 4 citations" in result.output

@@ -57,6 +57,8 @@ def _print_summary(s) -> None:
 @click.option("--overlap", type=int, default=None, help="Paragraphs shared by consecutive chunks (default 10).")
 @click.option("--prompt-file", default=None, help="File overriding the versioned extraction prompt.")
 @click.option("--prefilter/--no-prefilter", default=None, help="Skip chunks where the rules never see the character.")
+@click.option("--focus-window", type=int, default=None,
+              help="With the pre-filter, send only paragraphs within N of the character (default 0: whole chunks).")
 @click.option("--min-grounding", type=float, default=None, help="Minimum grounding score 0-100 (default 85).")
 @click.option("--model", default=None, help="Generator GGUF path or HF_REPO:FILE.gguf (llm.model).")
 @click.option("--url", default=None, help="OpenAI-compatible server base URL (llm.url).")
@@ -65,7 +67,7 @@ def _print_summary(s) -> None:
 @click.option("-o", "--output", default=None, help="Output JSONL (default: <data_dir>/citations/citations.jsonl).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(config_path, input_file, character, aliases, language, method, chunk_lines, overlap, prompt_file,
-            prefilter, min_grounding, model, url, all_speakers, output, quiet):
+            prefilter, focus_window, min_grounding, model, url, all_speakers, output, quiet):
     """Extract what a character says, thinks or writes, with provenance and grounding.
 
     Resumable: finished chunks are stored next to the output; run the same command again after
@@ -87,7 +89,7 @@ def extract(config_path, input_file, character, aliases, language, method, chunk
     person = section(CharacterConfig, cfg, {"name": character, "aliases": alias_list, "language": language})
     llm = section(LLMConfig, cfg, {"model": model, "url": url})
     ext = section(ExtractConfig, cfg, {"method": method, "chunk_lines": chunk_lines, "overlap": overlap,
-                                       "prompt_file": prompt_file, "prefilter": prefilter,
+                                       "prompt_file": prompt_file, "prefilter": prefilter, "focus_window": focus_window,
                                        "min_grounding": min_grounding})
     out = Path(output or ext.output or Path(project.data_dir) / "citations" / "citations.jsonl")
     chosen = ext.method
