@@ -30,8 +30,8 @@ def sft_config(cfg, out_dir: Path, iters: int, device: str, unsloth: bool):
         data_seed=cfg.seed, max_length=cfg.max_seq_length, packing=False, remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, dataloader_drop_last=True, report_to="none",
         bf16=bf16, fp16=device == "cuda" and not bf16, use_cpu=device not in ("cuda", "mps"),
-        # Unsloth checkpoints through get_peft_model(use_gradient_checkpointing=...); the Trainer must not too.
-        **({"gradient_checkpointing": True} if cfg.grad_checkpoint and not unsloth else {}))
+        # Explicit: TRL's default is True. Unsloth checkpoints through get_peft_model(use_gradient_checkpointing=...).
+        gradient_checkpointing=cfg.grad_checkpoint and not unsloth)
 
 
 def metrics_callback(cfg, metrics, collator: Collator, valid: list[Example], iters: int, prior_tokens: int,
@@ -46,8 +46,15 @@ def metrics_callback(cfg, metrics, collator: Collator, valid: list[Example], ite
         last_val: dict = {}
 
         def __init__(self):
-            self.tic, self.tokens = time.perf_counter(), collator.tokens
-            self.logged_step = 0
+            self.tic, self.tokens, self.window_tokens, self.logged_step = time.perf_counter(), 0, 0, 0
+
+        def count(self, module, args, kwargs):
+            """Forward pre-hook: trained tokens of each training forward (exact, unlike counting what the
+            data loader prefetches; validation runs in eval mode and is not counted)."""
+            labels = kwargs.get("labels")
+            if module.training and labels is not None:
+                n = int((labels[:, 1:] != -100).sum())
+                self.tokens, self.window_tokens = self.tokens + n, self.window_tokens + n
 
         def validate(self, model, step: int) -> None:
             if len(valid) < cfg.batch_size:
@@ -60,7 +67,9 @@ def metrics_callback(cfg, metrics, collator: Collator, valid: list[Example], ite
             self.tic += time.perf_counter() - tic  # validation time is not training throughput
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            self.validate(model, state.global_step * ga + 1)
+            model.register_forward_pre_hook(self.count, with_kwargs=True)
+            self.logged_step = state.global_step * ga
+            self.validate(model, self.logged_step + 1)
             self.tic = time.perf_counter()
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -77,11 +86,11 @@ def metrics_callback(cfg, metrics, collator: Collator, valid: list[Example], ite
             self.last_train = {
                 "step": step, "train_loss": round(float(logs["loss"]), 5),
                 "lr": float(logs.get("learning_rate", 0.0)),
-                "tokens_per_sec": round((collator.tokens - self.tokens) / elapsed, 1),
-                "iters_per_sec": round(window / elapsed, 3), "trained_tokens": int(prior_tokens + collator.tokens),
+                "tokens_per_sec": round(self.window_tokens / elapsed, 1),
+                "iters_per_sec": round(window / elapsed, 3), "trained_tokens": int(prior_tokens + self.tokens),
                 "peak_memory_gb": round(peak_memory_gb(device), 4)}
             metrics.append(self.last_train)
-            self.tic, self.tokens, self.logged_step = time.perf_counter(), collator.tokens, step
+            self.tic, self.window_tokens, self.logged_step = time.perf_counter(), 0, step
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             self.validate(model, state.global_step * ga)

@@ -138,6 +138,8 @@ def test_trl_path_trains_with_the_same_metrics(tiny_model_dir, chat_data, tmp_pa
     train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
     assert [r["step"] for r in rows if "train_loss" in r] == [4, 8, 12]
     assert train_losses[-1] < train_losses[0] and result.val_loss is not None
+    trained = [r["trained_tokens"] for r in rows if "train_loss" in r]
+    assert 0 < trained[0] < trained[1] < trained[2]  # counted per training forward, not per prefetch
     assert (tmp_path / "adapters" / "adapter_model.safetensors").is_file()
     resolved = yaml.safe_load((tmp_path / "adapters" / "train_config.yaml").read_text())
     assert resolved["derived"]["path"] == "trl"
