@@ -68,20 +68,13 @@ class EvalResult:
 # ---------------------------------------------------------------- inputs
 def read_test_rows(data_dir: str | Path) -> tuple[list[dict], str]:
     """test.jsonl rows and their mlx-lm format (chat, completions or text)."""
-    from dantes_mlx.train import row_format
+    from dantes_mlx.train import read_split
 
     path = Path(data_dir) / "test.jsonl"
     if not path.is_file():
         raise InputError("no test.jsonl in the dataset folder", path=data_dir,
                          fix="run `dantes-mlx prepare` with a test split (e.g. --split 80/10/10) or pass --data DIR")
-    rows, fmt = [], None
-    for line, row in read_jsonl(path):
-        this = row_format(row, path, line)
-        if fmt is not None and this != fmt:
-            raise InputError(f"{this} row in a {fmt} test set", path=path, line=line,
-                             fix="use one format for every row (see `dantes-mlx validate`)")
-        fmt = this
-        rows.append(row)
+    rows, fmt = read_split(path)
     if not rows:
         raise InputError("test.jsonl is empty", path=path, fix="prepare the dataset with a test split")
     return rows, fmt

@@ -96,6 +96,19 @@ def row_format(row: dict, path: Path, line: int) -> str:
                      "nor text ({'text'})", path=path, line=line, fix="rebuild it with `dantes-mlx prepare`")
 
 
+def read_split(path: Path, fmt: str | None = None) -> tuple[list[dict], str | None]:
+    """Rows of one split file (none when absent), all in one mlx-lm format (`fmt`, when already known)."""
+    rows = []
+    for line, row in (read_jsonl(path) if path.is_file() else ()):
+        this = row_format(row, path, line)
+        if fmt is not None and this != fmt:
+            raise InputError(f"{this} row in a {fmt} dataset", path=path, line=line,
+                             fix="use one format for every row (see `dantes-mlx validate`)")
+        fmt = this
+        rows.append(row)
+    return rows, fmt
+
+
 def load_dataset(data_dir: str | Path) -> DatasetInfo:
     """train.jsonl (required) and valid.jsonl (optional) rows, all in one mlx-lm format."""
     data_dir = Path(data_dir)
@@ -105,15 +118,7 @@ def load_dataset(data_dir: str | Path) -> DatasetInfo:
                          fix="run `dantes-mlx prepare` or pass --data DIR holding train/valid/test.jsonl")
     splits, fmt = {}, None
     for name in ("train", "valid"):
-        path, rows = data_dir / f"{name}.jsonl", []
-        for line, row in (read_jsonl(path) if path.is_file() else ()):
-            this = row_format(row, path, line)
-            if fmt is not None and this != fmt:
-                raise InputError(f"{this} row in a {fmt} dataset", path=path, line=line,
-                                 fix="use one format for every row (see `dantes-mlx validate`)")
-            fmt = this
-            rows.append(row)
-        splits[name] = rows
+        splits[name], fmt = read_split(data_dir / f"{name}.jsonl", fmt)
     if not splits["train"]:
         raise InputError("train.jsonl is empty", path=train_path, fix="run `dantes-mlx prepare` again")
     return DatasetInfo(fmt, splits["train"], splits["valid"])

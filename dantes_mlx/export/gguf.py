@@ -218,6 +218,11 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, *, outtype: str = "f
             array = permute_qk(array, n_kv)
         data, raw_dtype = _encode(array, outtype)
         writer.add_tensor(gguf_tensor_name(hf_name), data, raw_dtype=raw_dtype)
+    return finish_gguf(writer, tmp, out_path)
+
+
+def finish_gguf(writer, tmp: Path, out_path: Path) -> Path:
+    """Write a filled GGUFWriter to `tmp`, then move it over `out_path` (never a half-written file)."""
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

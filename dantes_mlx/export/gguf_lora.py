@@ -9,13 +9,12 @@ RoPE layout, the B of q_proj/k_proj (whose rows are those same output features) 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from dantes_mlx.errors import ConfigError, ModelError
-from dantes_mlx.export.gguf import gguf_tensor_name, permute_qk, read_config
+from dantes_mlx.export.gguf import finish_gguf, gguf_tensor_name, permute_qk, read_config
 from dantes_mlx.export.peft import Adapter, check_adapter, lora_alpha
 
 LORA_OUTTYPES = ("f32", "f16")
@@ -69,11 +68,4 @@ def write_gguf_lora(adapter: Adapter, base_model_dir: str | Path, out_path: str 
     dtype = np.float16 if outtype == "f16" else np.float32
     for tensor_name, array in tensors.items():
         writer.add_tensor(tensor_name, np.ascontiguousarray(array, dtype=dtype))
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out_path)
-    return out_path
+    return finish_gguf(writer, tmp, out_path)
