@@ -11,9 +11,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from dantes_mlx.dialogue_speakers import (DETS, INVERTED, PRESENT_FORMS, SPEECH_FORMS, attribute, fold,
-                                          is_character, is_verb_like, normalise_speaker, subject_after_verb,
-                                          subject_verbs, tokens)
+from dantes_mlx.dialogue_lexicon import DETS, INVERTED, PRESENT_FORMS, SPEECH_FORMS
+from dantes_mlx.dialogue_speakers import (attribute, fold, is_character, is_verb_like, normalise_speaker,
+                                          subject_after_verb, subject_verbs, tokens)
 from dantes_mlx.errors import InputError
 
 __all__ = ["Quote", "find_quotations", "character_quotes", "mentions_character", "all_speakers_rows",
@@ -233,7 +233,8 @@ def paragraphs(text: str) -> list[tuple[int, int]]:
     return result
 
 
-def _trim(text: str, a: int, b: int) -> tuple[int, int]:
+def trim_span(text: str, a: int, b: int) -> tuple[int, int]:
+    """The span [a, b) without leading and trailing whitespace."""
     while b > a and text[b - 1].isspace():
         b -= 1
     while a < b and text[a].isspace():
@@ -241,7 +242,7 @@ def _trim(text: str, a: int, b: int) -> tuple[int, int]:
     return a, b
 
 
-def _split_incises(text: str, start: int, body: int, end: int):
+def split_incises(text: str, start: int, body: int, end: int):
     """Cut the narrator's incises out of a reply running from start (its marker) to end; body is
     where the words begin. Returns (segments, incises) as fr-litbank cuts them: "— Oui," | " dit-il, "."""
     segments, incises = [], []
@@ -269,12 +270,12 @@ def _split_incises(text: str, start: int, body: int, end: int):
             break
     if cur < end:
         segments.append((start if not segments else cur, end))
-    segments = [_trim(text, a, b) for a, b in segments]
+    segments = [trim_span(text, a, b) for a, b in segments]
     return [s for s in segments if re.search(r"\w", text[s[0]:s[1]])], incises
 
 
 def _quote(text: str, start: int, body: int, end: int, marker: str, closing: bool) -> Quote | None:
-    segments, incises = _split_incises(text, start, body, end)
+    segments, incises = split_incises(text, start, body, end)
     if not closing:
         segments, incises = _drop_narration(text, segments, incises)
     if not segments:
@@ -297,7 +298,7 @@ def _drop_narration(text: str, segments, incises):
             if first and simple_past(m.group()):
                 return segments, incises  # the speaker tells a story in the passé simple himself
             if not first and looks_narrative(m.group(), after_incise=k == 0):
-                cut = _trim(text, a, m.start())
+                cut = trim_span(text, a, m.start())
                 kept = segments[:n] + ([cut] if re.search(r"\w", text[cut[0]:cut[1]]) else [])
                 return kept, [i for i in incises if kept and i[0] < kept[-1][1] + 2]
             first = False
@@ -323,7 +324,7 @@ def _dash_replies(text: str, start: int, end: int) -> list[Quote]:
     cuts = [start] + [m.end() - len(m.group().lstrip()) for m in _INNER_DASH.finditer(text, start, end)] + [end]
     out = []
     for a, b in zip(cuts, cuts[1:]):
-        a, b = _trim(text, a, _closing_guillemet(text, a, b))
+        a, b = trim_span(text, a, _closing_guillemet(text, a, b))
         m = _DASH.match(text, a, b)
         if not m:
             continue
@@ -424,7 +425,7 @@ class _Guillemets:
         if closed and not after and _is_term(text, start, end):
             return
         if not closed:  # a « paragraph never closed that turns to narration continues a told story
-            segments, incises = _split_incises(text, start, start + 1, end)
+            segments, incises = split_incises(text, start, start + 1, end)
             if _drop_narration(text, segments, incises)[0] != segments:
                 return
         q = _quote(text, start, start + 1, end, text[start], closing=closed)

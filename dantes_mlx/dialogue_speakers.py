@@ -1,4 +1,4 @@
-"""French speaker attribution for direct speech: speech-verb lexicon, incises, subjects, names."""
+"""French speaker attribution for direct speech: incises, subjects, pronouns, names, turn-taking."""
 
 from __future__ import annotations
 
@@ -8,73 +8,10 @@ import re
 import unicodedata
 from functools import lru_cache
 
-# Speech verbs as infinitive stems (without the -er/-ir/-re ending) for regular -er verbs, plus the
-# irregular and -ir/-re verbs spelled out. Used for incises with a noun subject ("répondit le
-# postillon"); incises with an inverted pronoun ("dit-il", "pensa-t-elle") need no lexicon.
-_ER_STEMS = """acquiesc affirm ajout annonc appel approuv articul assur avou balbuti bavard bégay
-bougonn bredouill chantonn chuchot command commenc concéd confess confi conseill consol constat
-continu coup cri déclam déclar demand dict éclat écri exclam expliqu glouss gouaill grogn grommel
-grond hasard hurl implor indiqu inform insinu insist interpell interrog invit jur lanc marmonn
-marmott maugré murmur not object observ ordonn pens persifl piaill plaid plaisant pleurnich précis
-proclam prononc propos protest questionn racont rappel râl récit réclam recommenc rectifi réitér
-remarqu répét répliqu rétorqu ricann ripost sanglot siffl song soupir souffl suggér suppli tonn
-trépign""".split()
-_IRREGULAR = """dit dis disait disaient dirent disais fit fis faisait faisaient firent reprit repris
-reprenait reprenaient reprirent reprend répondit répondis répondait répondaient répondirent répond
-interrompit interrompis interrompait interrompt poursuivit poursuivait poursuit conclut conclus
-concluait repartit repartis repartait enquit gémit gémissait rugit glapit mugit sourit souriait rit
-riait écrivit écrivait écrit écrivis lut lisait admit admettait consentit promit promettait convint
-convenait avertit avertissait bondit frémit pâlit rougit geignit plaignit""".split()
+from dantes_mlx.dialogue_lexicon import (ADVERBS, CLITICS, DETS, DETS_F, DETS_M, ER_STEMS, FUNCTION, INVERTED,
+                                         NOT_VERBS, NP_STOP, PRONOUNS, SPEECH_FORMS, TITLES_F, TITLES_M, TOKEN,
+                                         VERB_END)
 
-
-def _er_forms(stem: str) -> list[str]:
-    """Conjugated narrative forms of an -er verb (3rd/1st person, past and present)."""
-    soft = stem[:-1] + "ç" if stem.endswith("c") else stem
-    ge = stem + "e" if stem.endswith("g") else soft
-    return [ge + "a", stem + "ait", stem + "aient", stem + "e", stem + "ent", stem + "èrent",
-            ge + "ai", stem + "ais", ge + "ait", ge + "aient"]
-
-
-SPEECH_FORMS = frozenset(f for s in _ER_STEMS for f in _er_forms(s)) | frozenset(_IRREGULAR)
-PRESENT_FORMS = frozenset(f for s in _ER_STEMS for f in (s + "e", s + "ent")) | {"répond", "reprend", "interrompt"}
-
-PRONOUNS = {"il": "m", "ils": "m", "elle": "f", "elles": "f", "je": "1", "j'": "1", "on": None,
-            "celui-ci": "m", "celle-ci": "f", "celui-là": "m", "celle-là": "f", "nous": "1",
-            "tu": None, "vous": None, "lui": "m", "moi": "1"}
-CLITICS = {"lui", "leur", "me", "m'", "te", "t'", "nous", "vous", "se", "s'", "en", "y", "le",
-            "la", "les", "l'", "ne", "n'"}
-_DETS_M = {"le", "un", "ce", "cet", "mon", "ton", "du", "au"}
-_DETS_F = {"la", "une", "cette", "ma", "ta"}
-# Titles are the head of their noun phrase ("monsieur", "M. Morrel") but tell the gender.
-_TITLES_M = {"monsieur", "m.", "mm.", "messieurs", "maître", "oncle", "père", "frère", "sieur", "lord",
-             "sir", "don", "monseigneur", "abbé", "comte", "baron", "marquis", "duc", "prince", "roi"}
-_TITLES_F = {"madame", "mme", "mlle", "mademoiselle", "tante", "mère", "sœur", "dame", "lady", "dona",
-             "mesdames", "comtesse", "baronne", "marquise", "duchesse", "princesse", "reine"}
-DETS = _DETS_M | _DETS_F | {"l'", "les", "des", "ces", "mes", "tes", "ses", "son", "sa", "notre",
-                             "nos", "votre", "vos", "leur", "leurs", "chaque", "quelques", "deux",
-                             "trois", "plusieurs", "aucun", "aucune", "tous", "toutes", "tout",
-                             "toute", "celui", "celle", "ceux"}
-# Capitalised words that start sentences but never name anyone.
-_FUNCTION = set("""mais et ou donc or ni car alors puis ensuite enfin soudain tout toute tous
-toutes quand lorsque comme si cependant pourtant aussitôt bientôt déjà ainsi après avant dès
-depuis pendant voici voilà oui non ah oh eh hé hélas ô au aux à a en dans sur sous pour par
-avec sans chez vers pourquoi comment où que qui quoi quel quelle c' ce cela ça ceci il elle
-ils elles je j' nous vous tu on là ici d' de du des un une le la les l' y dieu seigneur
-puisque parce ensemble encore jamais toujours demain hier""".split())
-_ADVERBS = set("""enfin alors encore aussitôt ensuite puis tout bas haut doucement bien déjà
-toujours ainsi soudain donc même aussi lentement vivement froidement gravement tristement
-simplement tranquillement brusquement naïvement timidement""".split())
-_NP_STOP = set("""en avec à au aux dans sur sous pour par qui que qu' dont sans vers chez
-comme lorsque quand et ou mais ne n' se s' lui leur y""".split())
-_VERB_END = re.compile(r"(?:a|ait|aient|it|irent|èrent|ut|urent|int|inrent|est|sont|va|vont|"
-                       r"ai|is|us)$")
-_NOT_VERBS = set("""petit petits lit esprit nuit bruit fruit droit produit habit appétit récit
-profit huit subit écrit gris marquis permis commis avis pays fils corps temps jus dessus
-dessous tous plus moins très près lors puis depuis mais jamais assis surpris épris exquis
-précis ravi aussi voici celui lui ami amis cela déjà voilà là""".split())
-
-_TOKEN = re.compile(r"[^\W\d_]+['’](?=\w)|\w+(?:[-.]\w+)*\.?(?<=M\.)|\w+(?:-\w+)*|[^\w\s]")
-INVERTED = re.compile(r"^(?P<verb>[^\W\d_]+?)(?:-t)?-(?P<pron>il|elle|ils|elles|on|je)$", re.I)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,14 +27,14 @@ class Mention:
 def tokens(s: str, base: int = 0) -> list[tuple[str, int, int]]:
     """Words, elided articles and punctuation of s with offsets shifted by base."""
     s = s.replace("’", "'")  # same length: offsets hold
-    return [(m.group(), base + m.start(), base + m.end()) for m in _TOKEN.finditer(s)]
+    return [(m.group(), base + m.start(), base + m.end()) for m in TOKEN.finditer(s)]
 
 
 _low = str.lower
 
 
 def _is_cap(t: str) -> bool:
-    return t[:1].isupper() and _low(t) not in _FUNCTION and t[:1].isalpha()
+    return t[:1].isupper() and _low(t) not in FUNCTION and t[:1].isalpha()
 
 
 def is_verb_like(t: str) -> bool:
@@ -106,7 +43,7 @@ def is_verb_like(t: str) -> bool:
     if not low[:1].isalpha() or t[:1].isupper():
         return False
     return low in SPEECH_FORMS or low in ("a", "va", "est", "fut", "eut") or (
-        len(low) > 2 and low not in _NOT_VERBS and bool(_VERB_END.search(low)))
+        len(low) > 2 and low not in NOT_VERBS and bool(VERB_END.search(low)))
 
 
 def noun_phrase(toks, i: int, subject: bool = False, partitive: bool = False) -> tuple[Mention, int] | None:
@@ -132,20 +69,20 @@ def noun_phrase(toks, i: int, subject: bool = False, partitive: bool = False) ->
         j += 1
     while j < n and _low(toks[j][0]) in DETS:
         d = _low(toks[j][0])
-        gender = gender or ("m" if d in _DETS_M else "f" if d in _DETS_F else None)
+        gender = gender or ("m" if d in DETS_M else "f" if d in DETS_F else None)
         j += 1
     if j >= n or not toks[j][0][:1].isalpha() or j == i and not (
-            _is_cap(toks[i][0]) or partitive or low in _TITLES_M | _TITLES_F):
+            _is_cap(toks[i][0]) or partitive or low in TITLES_M | TITLES_F):
         return None
     head = _low(toks[j][0])
-    gender = gender or ("m" if head in _TITLES_M else "f" if head in _TITLES_F else None)
+    gender = gender or ("m" if head in TITLES_M else "f" if head in TITLES_F else None)
     k, lowers = j, 0
     while k < n:
         t, lw = toks[k][0], _low(toks[k][0])
         if k > j and lw in ("de", "d'", "du") and k + 1 < n and _is_cap(toks[k + 1][0]):
             k += 2
             continue
-        if not t[:1].isalpha() or k > j and (lw in _NP_STOP or lw in CLITICS or lw in DETS):
+        if not t[:1].isalpha() or k > j and (lw in NP_STOP or lw in CLITICS or lw in DETS):
             break
         if t[:1].isupper() or k == j:
             k += 1
@@ -163,7 +100,7 @@ _SUBJECT_PRONOUNS = {"il", "elle", "ils", "elles", "je", "j'", "on", "celui-ci",
                      "celle-là", "ceux-ci", "celles-ci", "chacun", "chacune"}
 
 
-_NP_OPENERS = DETS | _TITLES_M | _TITLES_F | _SUBJECT_PRONOUNS | {"l'", "quelqu'", "tous", "toutes"}
+_NP_OPENERS = DETS | TITLES_M | TITLES_F | _SUBJECT_PRONOUNS | {"l'", "quelqu'", "tous", "toutes"}
 
 
 def _with_text(m: Mention, source: str) -> Mention:
@@ -174,7 +111,7 @@ _PP = {"à", "au", "avec", "d'", "en", "tout", "sans", "sur", "dans"}
 
 
 def _skip_adverbs(toks, k: int) -> int:
-    while k < len(toks) and (_low(toks[k][0]) in _ADVERBS or toks[k][0].endswith("ment")):
+    while k < len(toks) and (_low(toks[k][0]) in ADVERBS or toks[k][0].endswith("ment")):
         k += 1
     return k
 
@@ -259,11 +196,11 @@ def subject_verb_pairs(source: str, toks) -> list[tuple[Mention, bool]]:
 
 
 # "il entendit sa maîtresse disant à voix basse :": a noun phrase and a speech participle
-SPEECH_PARTICIPLES = frozenset(s + "ant" for s in _ER_STEMS) | {
+SPEECH_PARTICIPLES = frozenset(s + "ant" for s in ER_STEMS) | {
     "disant", "répondant", "reprenant", "interrompant", "poursuivant", "concluant", "repartant", "s'écriant"}
 # compound tenses: "Paul a répondu :", "ma mère m'avait dit :"
 _AUXILIARIES = {"a", "ai", "as", "avait", "avais", "eut", "ont", "avaient", "aura", "est", "était", "fut"}
-SPEECH_PARTICIPLES_PAST = frozenset(s + "é" for s in _ER_STEMS) | {
+SPEECH_PARTICIPLES_PAST = frozenset(s + "é" for s in ER_STEMS) | {
     "dit", "répondu", "repris", "interrompu", "poursuivi", "conclu", "écrit", "reparti", "écrié", "écriée"}
 _COMPLEMENT_PREPS = {"par", "de", "d'", "du", "des", "à", "au", "aux", "avec", "dans", "sur", "pour", "contre"}
 _PARTICIPLE_END = re.compile(r"[^\W\d_]{2,}(?:é|ée|és|ées|i|ie|is|ies|u|ue|us|ues|it|ite|ert|erte|eint|einte)$")
@@ -393,7 +330,7 @@ def name_genders(source: str) -> dict[str, str]:
         first = m.group(1)
         if first in ("Il", "Elle") and prev:
             votes.setdefault(prev, [0, 0])[first == "Elle"] += 1
-        prev = None if _low(first) in _FUNCTION else normalise_speaker(first)
+        prev = None if _low(first) in FUNCTION else normalise_speaker(first)
     for m in re.finditer(r"\b(M\.|monsieur|Monsieur|madame|Madame|Mme|mademoiselle|Mademoiselle|Mlle)"
                          r"\s+(?:de\s+)?([A-ZÀ-Ý][\w-]+)", source):
         fem = m.group(1).lower() not in ("m.", "monsieur")
@@ -444,8 +381,8 @@ def _bare(name: str) -> str:
 def _person_like(m: Mention) -> bool:
     """A mention that can only be a person: a pronoun, a name or a title ("Pécuchet", "M. Morrel")."""
     words = m.text.replace("’", "'").split()
-    return m.pronoun or any(w[:1].isupper() and _low(w) not in _FUNCTION | DETS for w in words) or \
-        any(_low(w) in _TITLES_M | _TITLES_F for w in words)
+    return m.pronoun or any(w[:1].isupper() and _low(w) not in FUNCTION | DETS for w in words) or \
+        any(_low(w) in TITLES_M | TITLES_F for w in words)
 
 
 RUN_GAP = 400  # characters of narration that end an exchange

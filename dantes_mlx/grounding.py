@@ -7,6 +7,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from dantes_mlx import dialogue
+from dantes_mlx.dialogue import split_incises, trim_span
+
 # Characters that open or close a reply around its words: dialogue dashes, quotes, guillemets.
 _OPENERS = set("-—–―‒«»\"“”„'‘’ \u00a0\u202f\t")
 # What may follow the last word of a reply: sentence punctuation, closing quotes, thin spaces.
@@ -175,14 +178,6 @@ def _fuzzy(nneedle: str, text: str, norm: NormalizedText, lo: int, hi: int, lead
 
 
 # -- the character's words only ---------------------------------------------------------------------
-def _trim(text: str, a: int, b: int) -> tuple[int, int]:
-    while b > a and text[b - 1].isspace():
-        b -= 1
-    while a < b and text[a].isspace():
-        a += 1
-    return a, b
-
-
 def spoken_parts(text: str, start: int, end: int, quotes) -> list[tuple[int, int]] | None:
     """The spoken segments inside text[start:end] of the rules' quotations (Spoken) overlapping it.
 
@@ -195,7 +190,7 @@ def spoken_parts(text: str, start: int, end: int, quotes) -> list[tuple[int, int
     parts = []
     for q in inside:
         for a, b in q.segments:
-            a, b = _trim(text, max(a, start), min(b, end))
+            a, b = trim_span(text, max(a, start), min(b, end))
             if b > a and re.search(r"\w", text[a:b]):
                 parts.append((a, b))
     return parts or None
@@ -203,20 +198,16 @@ def spoken_parts(text: str, start: int, end: int, quotes) -> list[tuple[int, int
 
 def quotes_in_span(text: str, lo: int, hi: int) -> list[Spoken]:
     """The rules' quotations of text[lo:hi] (segments and incises), in offsets of `text`."""
-    from dantes_mlx import dialogue
-
     return [Spoken(q.start + lo, q.end + lo, tuple((a + lo, b + lo) for a, b in q.segments),
                    tuple((a + lo, b + lo) for a, b in q.incises)) for q in dialogue.detect_quotations(text[lo:hi])]
 
 
 def incises_in_span(text: str, lo: int, hi: int, quotes: list[Spoken]) -> list[tuple[int, int]]:
     """Every incise of text[lo:hi]: those of its quotations and those of unmarked text ("…, pensa-t-il, …")."""
-    from dantes_mlx.dialogue import _split_incises
-
     found, pos = [], lo
     for q in [*quotes, Spoken(hi, hi, ())]:
         if q.start > pos:
-            found += _split_incises(text, pos, pos, q.start)[1]
+            found += split_incises(text, pos, pos, q.start)[1]
         found += q.incises
         pos = max(pos, q.end, *(b for _, b in q.incises))
     return found
@@ -231,9 +222,7 @@ def spoken_segments(text: str, start: int, end: int, quotes: list[Spoken]) -> tu
     parts = spoken_parts(text, start, end, quotes)
     incises = [i for q in quotes for i in q.incises]
     if parts is None:
-        from dantes_mlx.dialogue import _split_incises
-
-        parts, incises = _split_incises(text, start, start, end)
+        parts, incises = split_incises(text, start, start, end)
         parts = parts or [(start, end)]
     return parts, narration_end(parts, incises, end)
 
