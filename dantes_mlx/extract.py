@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import re
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dantes_mlx.errors import ConfigError, InputError
+from dantes_mlx.prompt_files import read_prompt
 from dantes_mlx.grounding import (NormalizedText, dedupe, incises_in_span, join_spoken, locate, narration_end,
                                   quotes_in_span, spoken_segments)
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from dantes_mlx.config import CharacterConfig, ExtractConfig
     from dantes_mlx.llm.base import LLMClient
 
-PROMPT_DIR = Path(__file__).parent / "prompts"
 KINDS = ("parole", "pensée", "écrit")
 RULES_VERSION = "rules-v1"
 CITATION_SCHEMA = {
@@ -162,19 +161,7 @@ class Prompt:
 
 def load_prompt(prompt_file: str | Path = "", language: str = "fr") -> Prompt:
     """The built-in prompt for `language`, or a file whose content hash becomes part of the version."""
-    if prompt_file:
-        path = Path(prompt_file)
-        if not path.is_file():
-            raise ConfigError("prompt file not found", path=path, fix="fix extract.prompt_file / --prompt-file")
-        template = path.read_text(encoding="utf-8")
-        version = f"{path.stem}-{hashlib.sha256(template.encode()).hexdigest()[:12]}"
-    else:
-        path = PROMPT_DIR / f"extract_{language}_v1.txt"
-        if not path.is_file():
-            known = sorted(p.stem.split("_")[1] for p in PROMPT_DIR.glob("extract_*_v*.txt"))
-            raise ConfigError(f"no built-in extraction prompt for language '{language}'",
-                              fix=f"pass --prompt-file FILE (built-in languages: {', '.join(known)})")
-        template, version = path.read_text(encoding="utf-8"), path.stem
+    template, version, path = read_prompt("extract", language, prompt_file)
     if "{{text}}" not in template:
         raise InputError("the prompt has no {{text}} placeholder for the chunk", path=path,
                          fix="put {{text}} at the end of the prompt; {{name}} and {{aliases}} are optional")

@@ -12,11 +12,11 @@ from typing import Iterable
 
 from dantes_mlx.config import CharacterConfig, GenerateConfig
 from dantes_mlx.errors import ConfigError, InputError
+from dantes_mlx.prompt_files import read_prompt
 from dantes_mlx.pair_filters import FilterSettings, filter_group, normalize
 from dantes_mlx.pairs_parser import ParsedPair, parse_file, parse_pairs
 from dantes_mlx.store import Store, item_key, read_jsonl, write_jsonl_atomic
 
-PROMPTS_DIR = Path(__file__).parent / "prompts"
 STAGE = "generate"
 # Consecutive failed LLM calls after which the run stops (the server is down, not one bad item).
 MAX_CONSECUTIVE_FAILURES = 5
@@ -51,19 +51,7 @@ class Prompt:
 def load_prompt(kind: str, language: str, prompt_file: str = "",
                 data_fields: tuple[str, ...] = ("contexte", "citation")) -> Prompt:
     """The built-in prompt `<kind>_<language>_v1`, or a file overriding it (versioned by its hash)."""
-    if prompt_file:
-        path = Path(prompt_file)
-        if not path.is_file():
-            raise ConfigError("prompt file not found", path=path, fix="check --prompt-file or generate.prompt_file")
-        text = path.read_text(encoding="utf-8")
-        version = f"{path.stem}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-    else:
-        path = PROMPTS_DIR / f"{kind}_{language}_v1.txt"
-        if not path.is_file():
-            built_in = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob(f"{kind}_*.txt")))
-            raise ConfigError(f"no built-in {kind} prompt for language '{language}'",
-                              fix=f"write one and pass --prompt-file (built-in: {built_in})")
-        text, version = path.read_text(encoding="utf-8"), path.stem
+    text, version, path = read_prompt(kind, language, prompt_file)
     missing = [f for f in data_fields if "{{%s}}" % f not in text]
     if missing:
         raise InputError(f"the prompt has no {', '.join('{{%s}}' % f for f in missing)} placeholder", path=path,
