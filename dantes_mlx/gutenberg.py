@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dantes_mlx.errors import ConfigError, InputError
-from dantes_mlx.gutenberg_fetch import fetch_books  # noqa: F401  (fetch lives in its own module)
 from dantes_mlx.store import write_text_atomic
 
 # A reply starts with one of --, —, –, - or «; "-" also covers "--".

@@ -254,7 +254,9 @@ def clear_run_outputs(adapter_dir: Path) -> None:
     if not adapter_dir.is_dir():
         return
     for child in adapter_dir.iterdir():
-        ours = child.name in (METRICS_FILE, PLOT_FILE, STATE_FILE, "optimizer.safetensors")
+        # adapter_model.safetensors: a PEFT adapter left by another backend would shadow this run's
+        ours = child.name in (METRICS_FILE, PLOT_FILE, STATE_FILE, "optimizer.safetensors",
+                              "adapter_model.safetensors")
         if ours or re.fullmatch(r"\d{7}_adapters\.safetensors", child.name):
             child.unlink()
 

@@ -30,15 +30,17 @@ class MLXBackend:
     priority = 0
 
     def available(self) -> tuple[bool, str]:
+        from importlib.metadata import PackageNotFoundError, version
+
         try:
             import mlx.core as mx
-            import mlx_lm
-        except ImportError as exc:
-            return False, f"{exc.name or 'mlx'} is not installed (pip install mlx-lm)"
+            mlx_lm_version = version("mlx-lm")  # not `import mlx_lm`: it pulls in transformers
+        except (ImportError, PackageNotFoundError) as exc:
+            return False, f"{getattr(exc, 'name', None) or 'mlx-lm'} is not installed (pip install mlx-lm)"
         device = self.device()
         where = {"metal": "Metal (Apple Silicon)", "cuda": "CUDA",
                  "cpu": "the CPU build: works, but slow (MLX's fast path is Metal)"}[device]
-        return True, f"mlx {mx.__version__}, mlx-lm {mlx_lm.__version__} on {where}"
+        return True, f"mlx {mx.__version__}, mlx-lm {mlx_lm_version} on {where}"
 
     def device(self) -> str:
         import mlx.core as mx
