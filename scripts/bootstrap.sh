@@ -23,7 +23,7 @@ case "$what" in
     # The core suite runs without torch; the plugin suite then installs torch (CPU) + peft.
     python -m pip uninstall -q -y dantes-mlx-unsloth torch >/dev/null 2>&1 || true
     python -m pytest tests -q
-    python -m pip install -q 'torch==2.13.0' -e plugins/dantes-mlx-unsloth
+    python -m pip install -q 'torch==2.13.0' -e 'plugins/dantes-mlx-unsloth[trl]'
     python -m pytest plugins/dantes-mlx-unsloth/tests -q
     ;;
   *) echo "usage: bash scripts/bootstrap.sh demo|test" >&2; exit 2 ;;
