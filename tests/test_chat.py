@@ -114,7 +114,6 @@ def test_chat_repl_on_tiny_model(adapter):
 
 @pytest.mark.slow
 def test_ask_through_gguf(tiny_gguf, tiny_model_dir):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     from dantes_mlx.chat import LlamaCppEngine, MLXEngine
 
     first = _ask("Qui êtes-vous ?", "--gguf", str(tiny_gguf))

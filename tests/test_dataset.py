@@ -99,7 +99,7 @@ def test_empty_split_files_are_not_written(tmp_path):
 
 
 def test_save_hf_dataset_dict_to_disk(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     cfg = PrepareConfig(split="60/20/20", save_hf=str(tmp_path / "hf"))
     report = prepare([FIXTURES / "email_routing.jsonl"], tmp_path / "out", cfg)
     loaded = datasets.load_from_disk(report.hf_dir)
@@ -110,7 +110,7 @@ def test_save_hf_dataset_dict_to_disk(tmp_path):
 
 
 def test_push_to_hub_uses_the_env_token_and_never_prints_it(monkeypatch, tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     calls = []
     monkeypatch.setattr(datasets.DatasetDict, "push_to_hub",
                         lambda self, repo, **kw: calls.append((repo, kw, {k: len(v) for k, v in self.items()})))

@@ -22,7 +22,6 @@ from dantes_mlx.export import export_all
 from dantes_mlx.export.modelfile import instructions, parse_modelfile
 from dantes_mlx.export.parity import MLXReference, check_parity
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is needed to run GGUF files")
 pytestmark = pytest.mark.slow
 
 PERSONA = "Tu es Edmond Dantès, le comte de Monte-Cristo."

@@ -20,7 +20,6 @@ from dantes_mlx.export.gguf_lora import write_gguf_lora
 from dantes_mlx.export.parity import MLXReference, check_parity
 from dantes_mlx.export.peft import load_adapter
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is needed to run GGUF files")
 pytestmark = pytest.mark.slow
 
 

@@ -297,7 +297,6 @@ def test_http_clients_get_concurrent_calls_and_failed_chunks_are_retried(tmp_pat
 
 
 def test_prefilter_skips_chunks_without_the_character(tmp_path):
-    pytest.importorskip("dantes_mlx.dialogue", reason="the dialogue module (rules) is not in the tree yet")
     text = numbered_text(4) + "\n" + numbered_text(4, who="Caderousse").replace("numéro", "n°") + "\n" + numbered_text(4)
     book = Book("b", text)
     llm = fake_from_function(quotes_in)
@@ -356,7 +355,6 @@ def test_focus_window_sends_less_and_grounds_in_the_whole_chunk(tmp_path):
 
 
 def test_rules_method_rows_have_the_same_shape(tmp_path):
-    pytest.importorskip("dantes_mlx.dialogue", reason="the dialogue module (rules) is not in the tree yet")
     summary = extract_rules([Book("b", SCENE)], DANTES, ExtractConfig(), tmp_path / "c.jsonl", progress=False)
     out = rows(tmp_path / "c.jsonl")
     assert summary.kept == len(out) >= 1
@@ -396,7 +394,6 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_file(tmp_path):
 
 # -- the command -----------------------------------------------------------------------------------
 def test_cli_all_speakers_writes_offsets_into_the_file_as_read(tmp_path):
-    pytest.importorskip("dantes_mlx.dialogue", reason="the dialogue module (rules) is not in the tree yet")
     from click.testing import CliRunner
 
     from dantes_mlx.cli import main
@@ -417,7 +414,6 @@ def test_cli_all_speakers_writes_offsets_into_the_file_as_read(tmp_path):
 
 
 def test_cli_rules_fallback_when_no_model(tmp_path, monkeypatch):
-    pytest.importorskip("dantes_mlx.dialogue", reason="the dialogue module (rules) is not in the tree yet")
     from click.testing import CliRunner
 
     from dantes_mlx.cli import main
@@ -434,15 +430,10 @@ def test_cli_rules_fallback_when_no_model(tmp_path, monkeypatch):
 
 # -- the real llama.cpp on the tiny random model ---------------------------------------------------
 @pytest.mark.slow
-def test_end_to_end_on_the_tiny_gguf(request, tmp_path):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-    try:
-        gguf = request.getfixturevalue("tiny_gguf")
-    except pytest.FixtureLookupError:
-        pytest.skip("the tiny_gguf fixture (tests/conftest.py) is not available yet")
+def test_end_to_end_on_the_tiny_gguf(tiny_gguf, tmp_path):
     from dantes_mlx.llm.llamacpp import LlamaCppClient
 
-    client = LlamaCppClient(str(gguf), n_ctx=2048, n_threads=2)
+    client = LlamaCppClient(str(tiny_gguf), n_ctx=2048, n_threads=2)
     # A random model mostly answers {"citations": []}: ask for one short citation so grounding has work.
     schema = copy.deepcopy(CITATION_SCHEMA)
     array = schema["properties"]["citations"]

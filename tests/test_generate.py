@@ -532,7 +532,6 @@ def test_openai_compatible_server_with_concurrency_4_through_the_cli(openai_serv
 
 @pytest.mark.slow
 def test_tiny_gguf_through_llamacpp_end_to_end(tiny_gguf, tmp_path):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     from dantes_mlx.llm.llamacpp import LlamaCppClient
 
     client = LlamaCppClient(str(tiny_gguf), n_ctx=2048, n_threads=2, n_gpu_layers=0, seed=0, temperature=1.0,

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import llama_cpp
 import pytest
 
 from dantes_mlx.errors import ConfigError, ModelError
 from dantes_mlx.export.gguf import permute_qk, quantize, write_gguf
 from dantes_mlx.export.vocab import BYTE, CONTROL, NORMAL, UNKNOWN, load_vocab
-
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is needed to load GGUF files")
 
 FRENCH_TEXTS = [
     "Qui êtes-vous, monsieur le comte ?",

@@ -442,7 +442,6 @@ THINK_TEMPLATE = (
 
 
 def llamacpp_client_class():
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     from dantes_mlx.llm.llamacpp import LlamaCppClient
 
     return LlamaCppClient

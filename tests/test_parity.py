@@ -13,7 +13,6 @@ from dantes_mlx.export.parity import (MLXReference, check_parity, compare_logits
                                       thresholds_for)
 from dantes_mlx.export.vocab import load_vocab
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is needed to run GGUF files")
 
 
 @pytest.fixture(scope="module")
