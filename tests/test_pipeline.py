@@ -73,3 +73,53 @@ def test_demo_end_to_end(tmp_path):
     assert (work / "adapters" / "loss.png").is_file()
     assert isinstance(manifest["answer"], str)
     assert "dantes-mlx run" in result.output  # tells the user how to do the real thing
+
+
+@pytest.fixture()
+def gutenberg_server(tmp_path):
+    """A local stand-in for gutenberg.org serving the demo scene as ebook 1 (127.0.0.1 only)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    (root / "cache" / "epub" / "1").mkdir(parents=True)
+    (root / "cache" / "epub" / "1" / "pg1.txt").write_bytes(DEMO_SCENE.read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.slow
+def test_run_every_stage_from_dantes_yaml(tmp_path, monkeypatch, gutenberg_server, tiny_model_dir):
+    import yaml
+
+    import dantes_mlx.llm as llm
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(llm, "make_client", lambda cfg: DemoPairWriter())  # no generator LLM offline
+    config = {
+        "project": {"books": ["1"], "gutenberg_url": gutenberg_server},
+        "extract": {"method": "rules"},
+        "prepare": {"tokenizer": str(tiny_model_dir)},
+        "train": {"backend": "mlx", "base_model": str(tiny_model_dir), "iters": 6, "batch_size": 2,
+                  "num_layers": -1, "rank": 4, "learning_rate": 1e-3, "steps_per_eval": 6, "save_every": 3,
+                  "val_batches": 1},
+        "export": {"quantization": "q8_0", "ollama_create": False},
+        "eval": {"samples": 2, "max_tokens": 8, "probes": ["Qui es-tu ?"]},
+    }
+    (tmp_path / "dantes.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    result = CliRunner().invoke(main, ["run"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data/raw/1.txt").is_file() and (tmp_path / "data/clean/1.txt").is_file()
+    assert (tmp_path / "data/pairs/pairs.jsonl").stat().st_size > 0
+    assert (tmp_path / "adapters/adapters.safetensors").is_file()
+    manifest = json.loads((tmp_path / "export/export.json").read_text(encoding="utf-8"))
+    assert manifest["passed"] is True and (tmp_path / "export/Modelfile").is_file()
+    assert list((tmp_path / "reports").glob("eval-*/index.html"))
+    # A second run resumes: training continues from its checkpoint instead of starting again.
+    again = CliRunner().invoke(main, ["run", "--from", "train", "--to", "train"])
+    assert again.exit_code == 0 and "resuming" in again.output, again.output
