@@ -82,7 +82,8 @@ def load_book(path: str | Path, book_id: str | None = None) -> Book:
     if not path.is_file():
         raise InputError("text file not found", path=path, fix="run `dantes-mlx clean` or pass --input FILE")
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline="") as fh:  # offsets count a \r as read, like --all-speakers
+            text = fh.read()
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 (byte {exc.start})", path=path,
                          fix="convert it: iconv -f latin1 -t utf-8 FILE > FILE.utf8") from exc

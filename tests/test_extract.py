@@ -490,3 +490,17 @@ def test_cli_focus_window_option_reaches_the_stage(tmp_path, monkeypatch):
                                        "-o", "c.jsonl", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "[…]" in llm.calls[0]["messages"][-1]["content"] and "kept 4 citations" in result.output
+
+
+def test_rules_offsets_point_into_a_crlf_input_as_read(tmp_path):
+    source = tmp_path / "scene.txt"
+    source.write_bytes(SCENE.replace("\n", "\r\n").encode("utf-8"))
+    out = tmp_path / "c.jsonl"
+    extract_rules([load_book(source)], DANTES, ExtractConfig(), out, progress=False)
+    raw = source.read_bytes().decode("utf-8")
+    found = rows(out)
+    assert len(found) == 2
+    for row in found:
+        spoken = " ".join(raw[a:b] for a, b in row["segments"])
+        assert spoken.startswith("— "), spoken
+        assert row["citation"][2:12] in raw[row["start"]:row["end"]]
