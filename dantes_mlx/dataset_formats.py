@@ -177,8 +177,8 @@ def make_example(record: dict, kind: str, path: str, line: int) -> tuple[Example
                    label=None if label in (None, "") else str(label), fields=record), dirty
 
 
-def _decode_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of each non-blank line; invalid UTF-8 raises InputError with the line."""
+def _decode_lines(path: Path, keep_blank: bool = False) -> list[tuple[int, str]]:
+    """(line number, text) of each non-blank line (or every line); invalid UTF-8 raises InputError with the line."""
     out = []
     for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
         try:
@@ -186,7 +186,7 @@ def _decode_lines(path: Path) -> list[tuple[int, str]]:
         except UnicodeDecodeError as exc:
             raise InputError(f"invalid UTF-8 at byte {exc.start} of the line", path=path, line=lineno,
                              fix="re-save the file as UTF-8") from exc
-        if text.strip():
+        if keep_blank or text.strip():
             out.append((lineno, text))
     return out
 
@@ -198,7 +198,8 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
         raise InputError("input file not found", path=path, fix="check the path")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        text = "\n".join(line for _, line in _decode_lines(path))
+        # Blank lines stay: inside a quoted cell they are part of the text (an e-mail's paragraphs).
+        text = "\n".join(line for _, line in _decode_lines(path, keep_blank=True))
         reader = csv.DictReader(io.StringIO(text))
         return [(reader.line_num, dict(row)) for row in reader]
     if suffix == ".json":

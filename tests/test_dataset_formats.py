@@ -124,6 +124,15 @@ def test_json_list_and_csv_inputs(tmp_path):
     assert [ex.line for ex in examples] == [2, 3] and examples[1].label == "SPAM"
 
 
+def test_csv_cell_keeps_its_blank_lines_and_rows_their_file_line(tmp_path):
+    (tmp_path / "m.csv").write_bytes('prompt,completion\r\n"Bonjour,\r\n\r\nJe voudrais un congé.",RH\r\n'
+                                     '\r\nLe VPN coupe,Support\r\n'.encode("utf-8"))
+    examples, kind, _ = read_examples(tmp_path / "m.csv")
+    assert kind == "completions"
+    assert examples[0].messages[0]["content"] == "Bonjour,\n\nJe voudrais un congé."
+    assert examples[1].line == 6  # lines of the file, blank ones counted
+
+
 def test_control_characters_are_removed_and_counted(tmp_path):
     row = {"messages": [{"role": "user", "content": "Bon\x00jour\x1b ?"}, {"role": "assistant", "content": A}]}
     (ex,), _, cleaned = read_examples(write_jsonl(tmp_path / "c.jsonl", [row]))
