@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from collections import defaultdict
@@ -41,13 +42,18 @@ def load_records(path: str | Path) -> list[tuple[int, dict]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return list(read_jsonl(path))
+    raw = path.read_bytes() if suffix in (".csv", ".json") else b""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"invalid UTF-8 at byte {exc.start}", path=path, line=raw[:exc.start].count(b"\n") + 1,
+                         fix="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)") from None
     if suffix == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            reader = csv.DictReader(fh)
-            return [(reader.line_num, dict(row)) for row in reader]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        return [(reader.line_num, dict(row)) for row in reader]
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"invalid JSON ({exc.msg})", path=path, line=exc.lineno, fix="repair the file") from None
         if isinstance(data, dict):

@@ -406,6 +406,17 @@ def test_labelled_texts_become_prompt_completion_rows(tmp_path):
     assert summary.rejected == Counter({"conflicting_labels": 2, "duplicate_text": 1})
 
 
+def test_latin1_labels_or_facts_file_is_an_input_error_with_its_line(tmp_path):
+    source = tmp_path / "mails.csv"
+    source.write_bytes("text,label\nBonjour,RH\nUn caf\xe9,Support\n".encode("latin-1"))
+    with pytest.raises(InputError) as err:
+        labels_to_rows(source, tmp_path / "labels.jsonl", GenerateConfig())
+    assert err.value.line == 3 and "UTF-8" in str(err.value)
+    (tmp_path / "facts.json").write_bytes('{"CDI": "Contrat à durée indéterminée"}'.encode("latin-1"))
+    with pytest.raises(InputError):
+        load_facts(tmp_path / "facts.json")
+
+
 # -- the command ------------------------------------------------------------------------------------
 def test_cli_from_raw_writes_one_pair_per_line_and_reports_the_rest(shared_data, tmp_path):
     out = tmp_path / "raw.jsonl"
