@@ -98,6 +98,12 @@ class LlamaCppEngine:
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"llama.cpp cannot load it: {exc}", path=gguf,
                              fix="re-export the GGUF with `dantes-mlx export`") from exc
+        # llama-cpp-python misses a refused adapter (its NULL pointer is not None) and then crashes on eval.
+        if lora and not getattr(self.llm, "_lora_adapter", True):
+            self.llm.close()
+            raise ModelError("llama.cpp could not load this GGUF LoRA adapter (not a LoRA GGUF, or one for "
+                             "another base model)", path=lora,
+                             fix="pass the *-lora-f16.gguf `dantes-mlx export` wrote, with its base-f16.gguf as --gguf")
 
     def stream(self, messages, *, temp=0.0, top_p=1.0, max_tokens=256, seed=None):
         chunks = self.llm.create_chat_completion(messages=messages, stream=True, temperature=temp, top_p=top_p,

@@ -123,3 +123,17 @@ def test_ask_through_gguf(tiny_gguf, tiny_model_dir):
     gguf_text = LlamaCppEngine(tiny_gguf, n_ctx=512).generate(messages, temp=0.0, max_tokens=6)
     mlx_text = MLXEngine(str(tiny_model_dir)).generate(messages, temp=0.0, max_tokens=6)
     assert gguf_text.strip()[:8] == mlx_text.strip()[:8]
+
+
+@pytest.mark.slow
+def test_ask_with_a_gguf_llama_cpp_refuses_as_lora_errors_instead_of_crashing(tiny_gguf):
+    import subprocess
+    import sys
+
+    # A model GGUF is no LoRA: llama.cpp refuses it, and llama-cpp-python used to go on and segfault.
+    proc = subprocess.run([sys.executable, "-m", "dantes_mlx", "ask", "Bonjour", "--gguf", str(tiny_gguf),
+                           "--lora", str(tiny_gguf), "--max-tokens", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "could not load this GGUF LoRA adapter" in proc.stderr and str(tiny_gguf) in proc.stderr
+    assert "Traceback" not in proc.stderr
