@@ -235,19 +235,42 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def load_yaml(path: str | Path | None) -> dict:
+class ProjectFile(dict):
+    """A loaded dantes.yaml: its sections, the file it came from and the line of each setting."""
+
+    def __init__(self, data: dict, path: Path | None = None, lines: dict | None = None):
+        super().__init__(data)
+        self.path = path
+        self.lines = lines or {}
+
+
+def _setting_lines(text: str) -> dict[tuple[str, str], int]:
+    """(section, key) -> 1-based line of that key in the YAML text."""
+    import yaml
+
+    root, lines = yaml.compose(text), {}
+    if isinstance(root, yaml.MappingNode):
+        for sec, body in root.value:
+            if isinstance(body, yaml.MappingNode):
+                for key, _ in body.value:
+                    lines[(str(sec.value), str(key.value))] = key.start_mark.line + 1
+    return lines
+
+
+def load_yaml(path: str | Path | None) -> ProjectFile:
     """Read dantes.yaml (or the given file); a missing default file is an empty config."""
     import yaml
 
     if path is None:
         path = Path(DEFAULT_CONFIG_FILE)
         if not path.exists():
-            return {}
+            return ProjectFile({})
     path = Path(path)
     if not path.is_file():
         raise ConfigError("config file not found", path=path, fix="run `dantes-mlx init` to write one")
+    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path=path,
@@ -257,29 +280,32 @@ def load_yaml(path: str | Path | None) -> dict:
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}", path=path, fix=f"valid sections: {', '.join(SECTIONS)}")
-    return data
+    return ProjectFile(data, path, _setting_lines(text))
 
 
 def build(cls: type[T], values: dict | None = None, overrides: dict | None = None,
-          source: str = DEFAULT_CONFIG_FILE) -> T:
+          source: str = DEFAULT_CONFIG_FILE, lines: dict | None = None, label: str = "") -> T:
     """Make a stage config: dataclass defaults < `values` (a YAML section) < non-None `overrides`."""
     names = {f.name for f in dataclasses.fields(cls)}
     merged: dict = {}
     for origin, layer in ((source, values or {}), ("command line", overrides or {})):
         for key, value in layer.items():
-            key = key.replace("-", "_")
-            if key not in names:
-                raise ConfigError(f"unknown setting '{key}' for {cls.__name__}", path=origin,
+            norm = key.replace("-", "_")
+            if norm not in names:
+                line = (lines or {}).get(key) if origin == source else None
+                raise ConfigError(f"unknown setting '{norm}' {label or 'for ' + cls.__name__}", path=origin, line=line,
                                   fix=f"valid settings: {', '.join(sorted(names))}")
             if value is not None:
-                merged[key] = value
+                merged[norm] = value
     return cls(**merged)
 
 
 def section(cls: type[T], config: dict, overrides: dict | None = None) -> T:
     """Build the config of the section that `cls` describes from a loaded dantes.yaml."""
     name = next(k for k, v in SECTIONS.items() if v is cls)
-    return build(cls, config.get(name), overrides, source=f"{DEFAULT_CONFIG_FILE} [{name}]")
+    path = getattr(config, "path", None) or DEFAULT_CONFIG_FILE
+    lines = {key: line for (sec, key), line in getattr(config, "lines", {}).items() if sec == name}
+    return build(cls, config.get(name), overrides, source=str(path), lines=lines, label=f"in section [{name}]")
 
 
 def field_help(cls: type) -> list[tuple[str, Any, str]]:

@@ -108,3 +108,15 @@ def test_init_rejects_bad_values(tmp_path, args, needle):
     result = run("init", "-o", tmp_path / "x.yaml", *args)
     assert result.exit_code != 0 and needle in result.output
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_unknown_setting_names_the_config_file_and_line(tmp_path):
+    from dantes_mlx.config import PrepareConfig, load_yaml, section
+    from dantes_mlx.errors import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prepare:\n  split: 80/10/10\n  sead: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        section(PrepareConfig, load_yaml(bad))
+    message = str(info.value.message)
+    assert f"{bad}:3:" in message and "sead" in message and "[prepare]" in message and "seed" in message

@@ -59,5 +59,5 @@ def make_client(cfg: "LLMConfig") -> LLMClient:
         from dantes_mlx.llm.llamacpp import LlamaCppClient
         return LlamaCppClient.from_config(cfg)
     raise ConfigError("no generator LLM configured", path="dantes.yaml [llm]",
-                      fix="set llm.model (a GGUF path or HF_REPO:FILE.gguf) or llm.url, "
-                          "or use --method rules")
+                      fix="set llm.model (a GGUF path or HF_REPO:FILE.gguf) or llm.url (or pass --model/--url); "
+                          "without an LLM: `extract --method rules`, `generate --facts FILE --no-llm`; `--labels` needs none")
