@@ -137,3 +137,15 @@ def test_ask_with_a_gguf_llama_cpp_refuses_as_lora_errors_instead_of_crashing(ti
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
     assert "could not load this GGUF LoRA adapter" in proc.stderr and str(tiny_gguf) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_conflicting_flags_are_a_usage_error_not_a_silent_choice(tmp_path):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not read: the flags are refused first")
+    for extra, flags in ((["--base-only", "--adapter-path", str(tmp_path)], "--base-only and --adapter-path"),
+                         (["--gguf", str(gguf), "--adapter-path", str(tmp_path)], "--gguf and --adapter-path"),
+                         (["--system", "Tu es Dantès.", "--no-system", "--gguf", str(gguf)],
+                          "--system and --no-system")):
+        for command in (["ask", "Bonjour"], ["chat"]):
+            result = CliRunner().invoke(main, command + extra, input="/exit\n")
+            assert result.exit_code == 2 and flags in result.output, (command, extra, result.output)

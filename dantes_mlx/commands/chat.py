@@ -39,6 +39,11 @@ def _setup(model, adapter_path, base_only, gguf, lora, system, no_system, config
     from dantes_mlx.chat import load_engine
     from dantes_mlx.config import CharacterConfig, ProjectConfig, TrainConfig, load_yaml, section
 
+    for clash, flags in ((base_only and adapter_path, "--base-only and --adapter-path"),
+                         (gguf and adapter_path, "--gguf and --adapter-path (a GGUF takes a GGUF LoRA: --lora)"),
+                         (no_system and system is not None, "--system and --no-system")):
+        if clash:
+            raise click.UsageError(f"{flags} cannot be used together; keep one")
     config = load_yaml(config_path)
     if not gguf and not base_only and adapter_path is None:
         default = Path(section(ProjectConfig, config).adapters_dir)

@@ -32,6 +32,8 @@ def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quanti
     from dantes_mlx.export.parity import run_parity
     from dantes_mlx.store import write_text_atomic
 
+    if adapter is not None and no_adapter:
+        raise click.UsageError("--adapter and --no-adapter cannot be used together; keep one")
     config = load_yaml(config_path)
     model = model or section(TrainConfig, config).base_model
     if adapter is None and not no_adapter:
