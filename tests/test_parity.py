@@ -124,6 +124,9 @@ def test_parity_command(tiny_model_dir, tiny_gguf, minus_1000_gguf, tmp_path):
     assert bad.exit_code == 1 and "parity FAILED" in bad.output and "Traceback" not in bad.output
     clash = CliRunner().invoke(main, args + ["--gguf", str(tiny_gguf), "--adapter", str(tmp_path)])
     assert clash.exit_code == 2 and "--adapter and --no-adapter" in clash.output
+    # --adapter-path, as train/export/ask/eval spell it, is accepted too
+    alias = CliRunner().invoke(main, args + ["--gguf", str(tiny_gguf), "--adapter-path", str(tmp_path)])
+    assert alias.exit_code == 2 and "--adapter and --no-adapter" in alias.output
 
 
 def test_missing_or_broken_gguf_is_a_clear_error(reference, tmp_path):

@@ -16,7 +16,7 @@ import click
 @click.option("--lora", "lora_path", type=click.Path(dir_okay=False), default=None,
               help="GGUF LoRA adapter applied on top of --gguf by llama.cpp.")
 @click.option("--model", default=None, help="Reference MLX/HF model folder or repo (default: train.base_model).")
-@click.option("--adapter", default=None,
+@click.option("--adapter", "--adapter-path", "adapter", default=None,
               help="Reference adapter folder, mlx-lm or PEFT (default: project.adapters_dir when it holds one).")
 @click.option("--no-adapter", is_flag=True, help="Compare with the base model alone.")
 @click.option("--quantization", default=None, help="Threshold set, e.g. f16 or q4_k_m (default: read from the GGUF).")
