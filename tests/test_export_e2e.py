@@ -130,10 +130,13 @@ def test_token_scores_forced_to_minus_1000_fail_the_export(trained, tiny_model_d
         return vocab
 
     monkeypatch.setattr(gguf_writer, "load_vocab", minus_1000)
+    for name in ("Modelfile", "Modelfile.adapter"):  # left by an earlier, good export to the same folder
+        (tmp_path / name).write_text("FROM ./dantes-f16.gguf\n")
     with pytest.raises(ParityError, match="tokenizes .* differently") as failure:
         export_all(tiny_model_dir, trained, tmp_path, quantization="f16", persona=PERSONA, log=lambda m: None)
     assert "first difference at token" in str(failure.value) and "export.json" in str(failure.value)
-    assert not (tmp_path / "Modelfile").exists()  # nothing to hand to Ollama
+    # nothing to hand to Ollama: no stale Modelfile pointing at the failed, overwritten GGUF either
+    assert not (tmp_path / "Modelfile").exists() and not (tmp_path / "Modelfile.adapter").exists()
     assert json.loads((tmp_path / "export.json").read_text())["passed"] is False
 
 

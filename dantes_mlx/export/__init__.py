@@ -227,6 +227,10 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     check_adapter(adapter, config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # A previous export's Modelfiles name the GGUFs about to be overwritten: if this one fails the
+    # gate they must not be left behind for `ollama create` to ship.
+    for stale in ("Modelfile", "Modelfile.adapter"):
+        (out / stale).unlink(missing_ok=True)
     result = ExportResult(out)
     _adapter_targets(adapter, base_name, out, result, peft_base_model, config["num_hidden_layers"])
     if adapter.kind != "full" and config.get("quantization") and not peft_base_model:
