@@ -98,6 +98,22 @@ def test_quantize_in_process(tiny_gguf, tmp_path):
         quantize(tiny_gguf, tmp_path / "x.gguf", "q4_k_xl")
 
 
+def test_quantize_does_not_flood_the_terminal(tiny_gguf, tmp_path, capfd):
+    import logging
+
+    llama_log = logging.getLogger("llama-cpp-python")
+    level = llama_log.level
+    llama_log.setLevel(logging.NOTSET)  # as in a fresh process, before any Llama(verbose=False)
+    try:
+        capfd.readouterr()
+        quantize(tiny_gguf, tmp_path / "quiet.gguf", "q8_0")
+        err = capfd.readouterr().err
+        assert llama_log.level == logging.NOTSET  # restored
+    finally:
+        llama_log.setLevel(level)
+    assert "llama_model_loader" not in err and "converting to" not in err, err[:500]
+
+
 def test_writer_errors_are_clear(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="f16"):
         write_gguf(tiny_model_dir, tmp_path / "x.gguf", outtype="q4_k_m")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -256,8 +257,16 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, qtype: str, *, threads:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[key]
     params.nthread = threads
-    status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
-                                            ctypes.byref(params))
+    # llama-cpp-python's log callback prints what this logger lets through: before any Llama(verbose=False)
+    # it lets every line of the quantizer's per-tensor log through, dozens of lines for one export.
+    llama_log = logging.getLogger("llama-cpp-python")
+    level = llama_log.level
+    llama_log.setLevel(max(level, logging.ERROR))
+    try:
+        status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
+                                                ctypes.byref(params))
+    finally:
+        llama_log.setLevel(level)
     if status != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         raise ModelError(f"llama.cpp could not quantize to {key} (status {status})", path=src,
