@@ -231,11 +231,12 @@ def read_state(adapter_dir: Path, cfg: "TrainConfig") -> dict:
         raise InputError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno,
                          fix="delete the file and train without --resume") from exc
     saved = state.get("config", {})
-    for key in SHAPE_SETTINGS:
-        if key in saved and saved[key] != getattr(cfg, key):
-            raise ConfigError(f"--resume with {key}={getattr(cfg, key)!r}, but the checkpoint was trained "
-                              f"with {saved[key]!r}", path=path,
-                              fix=f"keep {key}={saved[key]!r} or train without --resume")
+    changed = [key for key in SHAPE_SETTINGS if key in saved and saved[key] != getattr(cfg, key)]
+    if changed:  # every one at once, not one per attempt
+        now = ", ".join(f"{key}={getattr(cfg, key)!r}" for key in changed)
+        then = ", ".join(f"{key}={saved[key]!r}" for key in changed)
+        raise ConfigError(f"--resume with {now}, but the checkpoint was trained with {then}", path=path,
+                          fix=f"keep {then} or train without --resume")
     if not (Path(adapter_dir) / state["checkpoint"]).is_file():
         raise ConfigError(f"checkpoint {state['checkpoint']} is missing", path=path,
                           fix="train without --resume")

@@ -74,6 +74,21 @@ def test_unsupported_setting_names_setting_and_backend():
         assert setting in str(err.value) and "'mlx'" in str(err.value)
 
 
+def test_resume_names_every_changed_shape_setting_at_once(tmp_path):
+    import dataclasses
+
+    from dantes_mlx.train import read_state
+
+    saved = TrainConfig(base_model="/models/tiny", rank=8, num_layers=-1)
+    (tmp_path / "train_state.json").write_text(json.dumps(
+        {"step": 10, "iters": 20, "checkpoint": "0000010_adapters.safetensors", "config": dataclasses.asdict(saved)}))
+    with pytest.raises(ConfigError) as err:
+        read_state(tmp_path, TrainConfig(base_model="/models/other", rank=16, num_layers=-1, scale=9.0))
+    message = str(err.value)
+    assert "base_model='/models/other', rank=16" in message and "base_model='/models/tiny', rank=8" in message
+    assert "scale" not in message  # not a shape setting: a resumed run may change it
+
+
 def test_epochs_to_iters_and_batch_bounds():
     assert resolve_iters(TrainConfig(epochs=3, batch_size=4), n_train=10) == 6
     assert resolve_iters(TrainConfig(iters=7, epochs=0), n_train=10) == 7
