@@ -45,6 +45,20 @@ class Layout:
     dataset = property(lambda self: self.data / "dataset")
 
 
+DATASET_MARKER = "dataset.sha256"
+
+
+def dataset_fingerprint(folder: Path) -> str:
+    """sha256 of train.jsonl and valid.jsonl: what a training run learnt from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("train.jsonl", "valid.jsonl"):
+        path = Path(folder) / name
+        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    return digest.hexdigest()
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -212,8 +226,11 @@ def run(config: dict, start: str | None = None, stop: str | None = None,
         elif name == "train":
             from dantes_mlx.train import STATE_FILE, summary, train
 
-            resume = (adapters / STATE_FILE).is_file()
+            # Resume only a run on this very dataset; a regenerated dataset trains from scratch.
+            marker, fingerprint = adapters / DATASET_MARKER, dataset_fingerprint(layout.dataset)
+            resume = (adapters / STATE_FILE).is_file() and marker.is_file() and marker.read_text() == fingerprint
             log("resuming from the last checkpoint" if resume else "training from scratch")
+            write_text_atomic(marker, fingerprint)
             log(summary(train(train_cfg, layout.dataset, adapters, resume=resume)))
         elif name == "export":
             from dantes_mlx.export import export_project

@@ -123,3 +123,8 @@ def test_run_every_stage_from_dantes_yaml(tmp_path, monkeypatch, gutenberg_serve
     # A second run resumes: training continues from its checkpoint instead of starting again.
     again = CliRunner().invoke(main, ["run", "--from", "train", "--to", "train"])
     assert again.exit_code == 0 and "resuming" in again.output, again.output
+    # A regenerated dataset is new training data: train from scratch, not on top of the old adapter.
+    with open(tmp_path / "data/dataset/train.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(open(tmp_path / "data/dataset/train.jsonl", encoding="utf-8").readline())
+    fresh = CliRunner().invoke(main, ["run", "--from", "train", "--to", "train"])
+    assert fresh.exit_code == 0 and "training from scratch" in fresh.output, fresh.output

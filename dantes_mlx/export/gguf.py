@@ -228,8 +228,11 @@ def finish_gguf(writer, tmp: Path, out_path: Path) -> Path:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-    finally:
+    except BaseException:
         writer.close()
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    writer.close()
     os.replace(tmp, out_path)
     return out_path
 
