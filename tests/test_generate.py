@@ -11,10 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from dantes_mlx.generate import (GenerateInterrupted, generate_pairs, group_raw_
 from dantes_mlx.generate_sources import generate_from_facts, labels_to_rows, load_facts
 from dantes_mlx.llm.fake import FakeLLM, fake_from_function
 from dantes_mlx.pair_filters import FilterSettings, filter_group, pair_reason
+from fake_openai import FakeServer, completion
 from dantes_mlx.pairs_parser import ParsedPair, parse_pairs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -474,49 +473,13 @@ def test_cli_ctrl_c_says_how_many_are_done_and_how_to_resume(tmp_path, monkeypat
 
 
 # -- real clients ----------------------------------------------------------------------------------
-class FakeOpenAIServer:
-    """A fake OpenAI-compatible server answering with good_reply after a delay; counts requests in flight."""
-
-    def __init__(self, delay: float = 0.2):
-        self.requests, self.in_flight, self.max_in_flight = [], 0, 0
-        lock, server = threading.Lock(), self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with lock:
-                    server.requests.append(body)
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                time.sleep(delay)
-                content = json.dumps(good_reply(body["messages"]), ensure_ascii=False)
-                data = json.dumps({"choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": content}}],
-                                   "usage": {"prompt_tokens": 100, "completion_tokens": 50}}).encode()
-                with lock:
-                    server.in_flight -= 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def openai_server():
-    server = FakeOpenAIServer()
+    """Answers every request with good_reply after 0.2 s, so concurrent calls overlap."""
+    def behave(body, n):
+        return 200, completion(json.dumps(good_reply(body["messages"]), ensure_ascii=False), 100, 50), 0.2
+
+    server = FakeServer(behave)
     yield server
     server.close()
 
