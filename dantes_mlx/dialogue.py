@@ -131,7 +131,8 @@ def _closing_guillemet(text: str, a: int, b: int) -> int:
 
 def _dash_replies(text: str, start: int, end: int) -> list[Quote]:
     """The replies of a paragraph opened by a dialogue dash (a sentence-final "— " inside it
-    starts the next speaker's reply)."""
+    starts the next speaker's reply). A run of replies closed by "etc." samples what a crowd
+    says ("— Est-ce vrai ? — On le dit. — Qui l'a vue ? etc."): no one's words, none kept."""
     cuts = [start] + [m.end() - len(m.group().lstrip()) for m in _INNER_DASH.finditer(text, start, end)] + [end]
     out = []
     for a, b in zip(cuts, cuts[1:]):
@@ -142,7 +143,12 @@ def _dash_replies(text: str, start: int, end: int) -> list[Quote]:
         q = _quote(text, a, m.end(), b, m.group().strip(), closing=False)
         if q:
             out.append(q)
+    if len(out) > 1 and _ETC.search(text, out[-1].start, out[-1].end):
+        return []
     return out
+
+
+_ETC = re.compile(r"\betc\.?\W*$")
 
 
 def _is_term(text: str, a: int, b: int) -> bool:

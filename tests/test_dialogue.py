@@ -193,6 +193,14 @@ def test_an_unclosed_guillemet_paragraph_that_turns_to_narration_is_a_told_story
     assert said == ["Zambinella !", "Et alors ?", "Bonjour, mon ami.", "Bonjour."]
 
 
+
+def test_a_run_of_remarks_closed_by_etc_is_crowd_chatter_not_speech():
+    text = ("Au bal, on chuchotait :\n\n— Est-ce sa cousine ? — On dit qu'elle chante. — Qui l'a invitée ? etc.\n\n"
+            "— J'ai pris du pain, dit Paul, du vin, etc.\n")
+    [q] = find_quotations(text)  # one speaker's "etc." is his own
+    assert spoken(text, q) == ["— J'ai pris du pain,", "du vin, etc."] and q.speaker == "Paul"
+
+
 @pytest.mark.parametrize("before, speaker", [
     ("Il entendit sa maîtresse disant à voix basse :", "sa maîtresse"),
     ("Mon père agacé par mon insistance finit par répondre :", "Mon père"),
