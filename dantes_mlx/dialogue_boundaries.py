@@ -83,7 +83,11 @@ def looks_narrative(sentence: str, after_incise: bool = False) -> bool:
     incise ("..., répliqua Bouvard. Ceux de Pécuchet étaient...") an imperfect is enough."""
     if re.search(r"[?!]", sentence) or _PERSON.search(sentence):
         return False
-    return after_incise and _IMPERFECT.search(sentence) is not None or simple_past(sentence)
+    return (after_incise and _IMPERFECT.search(sentence) is not None and not _COMMENT.match(sentence)
+            or simple_past(sentence))
+
+
+_COMMENT = re.compile(r"\s*(?:c['’]|ça\b|cela\b)", re.I)  # "C'était magnifique.": the speaker's comment
 
 
 def simple_past(sentence: str) -> bool:
@@ -188,14 +192,14 @@ _SENTENCE = re.compile(r".+?(?:[.!?…]+(?=\s+[«—–-]*\s*[A-ZÀ-Ý])|$)", re
 def drop_narration(text: str, segments, incises):
     """A dash paragraph may go back to the narrator after the words: cut the reply at the first
     sentence, past its first, that reads as narration (see looks_narrative)."""
-    first = True
+    first, exclaimed = True, False
     for n, (a, b) in enumerate(segments):
         for k, m in enumerate(_SENTENCE.finditer(text, a, b)):
             if first and simple_past(m.group()):
                 return segments, incises  # the speaker tells a story in the passé simple himself
-            if not first and looks_narrative(m.group(), after_incise=k == 0):
+            if not first and looks_narrative(m.group(), after_incise=k == 0 or exclaimed):
                 cut = trim_span(text, a, m.start())
                 kept = segments[:n] + ([cut] if re.search(r"\w", text[cut[0]:cut[1]]) else [])
                 return kept, [i for i in incises if kept and i[0] < kept[-1][1] + 2]
-            first = False
+            first, exclaimed = False, m.group().rstrip().endswith(("?", "!"))
     return segments, incises

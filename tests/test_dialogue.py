@@ -163,6 +163,14 @@ def test_narration_with_a_named_subject_in_the_passe_simple_ends_the_reply():
     assert spoken(text, second) == ["— Dites-lui que je pars."]
 
 
+
+def test_an_imperfect_statement_after_a_question_or_exclamation_is_narration_unless_a_comment():
+    text = ("— Tu es venu seul ? Mais la maison était vide depuis longtemps.\n\n"
+            "— Quelle soirée ! C'était superbe. Reviens demain.\n")
+    first, second = find_quotations(text)
+    assert spoken(text, first) == ["— Tu es venu seul ?"]
+    assert second.text.endswith("Reviens demain.")
+
 def test_a_speaker_telling_a_story_in_the_passe_simple_keeps_the_floor():
     text = ("— Madame, le cardinal se rendit maître de la statue et la fit exécuter en marbre. "
             "C'est là qu'en 1791 la famille la retrouva, et pria Vien de la copier.\n")
