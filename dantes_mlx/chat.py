@@ -108,13 +108,22 @@ class LlamaCppEngine:
     def stream(self, messages, *, temp=0.0, top_p=1.0, max_tokens=256, seed=None):
         chunks = self.llm.create_chat_completion(messages=messages, stream=True, temperature=temp, top_p=top_p,
                                                  max_tokens=max_tokens, seed=seed)
-        for chunk in chunks:
-            piece = chunk["choices"][0]["delta"].get("content")
-            if piece:
-                yield piece
+        pieces = (chunk["choices"][0]["delta"].get("content") for chunk in chunks)
+        yield from drop_leading_space(piece for piece in pieces if piece)
 
     def generate(self, messages, **sampling) -> str:
         return "".join(self.stream(messages, **sampling))
+
+
+def drop_leading_space(pieces: Iterable[str]) -> Iterator[str]:
+    """The pieces without the one space SentencePiece's "▁" puts before the first word (llama.cpp keeps it)."""
+    pieces = iter(pieces)
+    for first in pieces:
+        first = first[1:] if first.startswith(" ") else first
+        if first:
+            yield first
+        break
+    yield from pieces
 
 
 def load_engine(model: str | None = None, adapter_path: str | Path | None = None,
