@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from dantes_mlx.dialogue_lexicon import DETS, INVERTED, PRESENT_FORMS, SPEECH_FORMS
+from dantes_mlx.dialogue_lexicon import ADJ_COMPLEMENT, DETS, INVERTED, PRESENT_FORMS, SPEECH_FORMS
 from dantes_mlx.dialogue_speakers import is_verb_like, subject_after_verb, subject_verbs, tokens
 
 
@@ -57,8 +57,10 @@ _PARTICIPLE = (r"(?:et\s+|tout\s+|ne\s+|n['’])?(?:en\s+)?" + _CLITIC_RE + r"[^
 _PAST = r"[^\W\d_]+(?:ait|aient|èrent|irent|urent|inrent|a|it|ut|int)\b"
 # Narration resuming after an incise's comma: "dit-il, et allant...", "dit l'aveugle qui voulait..."
 # a past participle and its complement describing the speaker: "dit la vieille, appuyée sur sa fille,"
-_PAST_PARTICIPLE = (r"(?:tout\s+)?[^\W\d_]{2,}(?:é|ée|és|ées|i|ie|is|u|ue|us)\s+"
-                    r"(?:sur|vers|par|contre|dans|sous|entre|avec|à|au|aux|de|d['’]|du|des)\s")
+# or an adjective and its complement: "dit-il, pâle de colère"
+_PAST_PARTICIPLE = (r"(?:tout\s+)?(?:[^\W\d_]{2,}(?:é|ée|és|ées|i|ie|is|u|ue|us)\s+"
+                    r"(?:sur|vers|par|contre|dans|sous|entre|avec|à|au|aux|de|d['’]|du|des)\s|"
+                    r"(?:" + "|".join(ADJ_COMPLEMENT) + r")\s+(?:à|au|aux|de|d['’]|du|des)\b)")
 _CONTINUE = re.compile(r"\s*(?:" + _PARTICIPLE + "|" + _PAST_PARTICIPLE +
                        r"|(?:et\s+)?(?:qui|dont)\s+" + _CLITIC_RE + _PAST +
                        r"|(?:et\s+)?dont\s|non\s+sans\s|(?:quand|lorsqu['’]|lorsque|tandis\s+que|pendant\s+que|"

@@ -69,5 +69,11 @@ profit huit subit écrit gris marquis permis commis avis pays fils corps temps j
 dessous tous plus moins très près lors puis depuis mais jamais assis surpris épris exquis
 précis ravi aussi voici celui lui ami amis cela déjà voilà là""".split())
 
+# Adjectives that describe a speaker with a complement after an incise: "dit-il, pâle de colère",
+# "reprit-elle d'une voix étranglée, pareille à un râle".
+ADJ_COMPLEMENT = """pareil pareille pareils pareilles semblable semblables prêt prête prêts prêtes plein pleine
+pleins pleines rouge rouges pâle pâles blême blêmes ivre ivres fou folle fous folles fier fière fiers
+fières heureux heureuse heureuses las lasse lasses""".split()
+
 TOKEN = re.compile(r"[^\W\d_]+['’](?=\w)|\w+(?:[-.]\w+)*\.?(?<=M\.)|\w+(?:-\w+)*|[^\w\s]")
 INVERTED = re.compile(r"^(?P<verb>[^\W\d_]+?)(?:-t)?-(?P<pron>il|elle|ils|elles|on|je)$", re.I)

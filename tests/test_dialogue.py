@@ -155,6 +155,13 @@ def test_participle_describing_the_speaker_is_narration_and_an_exclamation_is_sp
     assert spoken(text, second) == ["— Ils sont pauvres !", "ils sont pauvres !"]
 
 
+
+def test_an_adjective_and_its_complement_after_the_incise_describe_the_speaker():
+    text = "— Laisse-moi ! cria Paul d'une voix sourde, pâle de colère.\n\n— Va, dit-elle, prête à pleurer.\n"
+    first, second = find_quotations(text)
+    assert spoken(text, first) == ["— Laisse-moi !"] and first.speaker == "Paul"
+    assert spoken(text, second) == ["— Va,"]
+
 def test_narration_with_a_named_subject_in_the_passe_simple_ends_the_reply():
     text = ("— Je viens ce soir. Marie, le nez dans son manteau, courut à la porte.\n\n"
             "— Dites-lui que je pars. Le valet sortit.\n")
