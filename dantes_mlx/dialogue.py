@@ -11,8 +11,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from dantes_mlx.dialogue_boundaries import (SECOND_PERSON, drop_narration, match_incise, split_incises,
-                                            trim_span)
+from dantes_mlx.dialogue_boundaries import (SECOND_PERSON, cut_narrative_clause, drop_narration, match_incise,
+                                            split_incises, trim_span)
 from dantes_mlx.dialogue_speakers import attribute, fold, is_character, normalise_speaker
 from dantes_mlx.errors import InputError
 
@@ -104,10 +104,13 @@ def paragraphs(text: str) -> list[tuple[int, int]]:
     return result
 
 
-def _quote(text: str, start: int, body: int, end: int, marker: str, closing: bool) -> Quote | None:
+def _quote(text: str, start: int, body: int, end: int, marker: str, closing: bool,
+           inline: bool = False) -> Quote | None:
     segments, incises = split_incises(text, start, body, end)
     if not closing:
         segments, incises = drop_narration(text, segments, incises)
+    if inline:
+        segments, incises = cut_narrative_clause(text, segments, incises)
     if not segments:
         return None
     if closing and text[end - 1] in "»”" and not text[segments[-1][1]:end].strip(_SPACES + "»”"):
@@ -129,7 +132,7 @@ def _closing_guillemet(text: str, a: int, b: int) -> int:
     return b
 
 
-def _dash_replies(text: str, start: int, end: int) -> list[Quote]:
+def _dash_replies(text: str, start: int, end: int, inline: bool = False) -> list[Quote]:
     """The replies of a paragraph opened by a dialogue dash (a sentence-final "— " inside it
     starts the next speaker's reply). A run of replies closed by "etc." samples what a crowd
     says ("— Est-ce vrai ? — On le dit. — Qui l'a vue ? etc."): no one's words, none kept."""
@@ -140,7 +143,7 @@ def _dash_replies(text: str, start: int, end: int) -> list[Quote]:
         m = _DASH.match(text, a, b)
         if not m:
             continue
-        q = _quote(text, a, m.end(), b, m.group().strip(), closing=False)
+        q = _quote(text, a, m.end(), b, m.group().strip(), closing=False, inline=inline and a == start)
         if q:
             out.append(q)
     if len(out) > 1 and _ETC.search(text, out[-1].start, out[-1].end):
@@ -279,7 +282,7 @@ def detect_quotations(text: str, paras: list[tuple[int, int]] | None = None) -> 
         for m in _COLON_DASH.finditer(text, a, b):
             d = m.start("dash")
             if not any(q.start <= d < q.end for q in found):
-                quotes.extend(_dash_replies(text, d, b))
+                quotes.extend(_dash_replies(text, d, b, inline=True))
     quotes.sort(key=lambda q: q.start)
     return quotes
 

@@ -71,7 +71,7 @@ _PASSE_SIMPLE = r"""fit prit mit sourit répondit reprit rendit fut eut dut put 
 revint devint sortit partit sentit entendit descendit attendit perdit suivit ouvrit assit conduisit
 aperçut reçut crut lut""".split()
 _NARRATIVE_VERB = re.compile(
-    r"\b(?:[^\W\d_]{3,}(?:èrent|irent|urent|inrent)|(?:il|elle|on|qui)\s+" + _CLITIC_RE +
+    r"\b(?:[^\W\d_]{3,}(?:èrent|irent|urent|inrent)|(?:il|elle|on|qui|chacun|chacune|tout)\s+" + _CLITIC_RE +
     r"(?:(?!va\b|[^\W\d_]*ra\b|voilà\b|cela\b)[^\W\d_]{2,}a|" + "|".join(_PASSE_SIMPLE) + r"))\b", re.I)
 _PERSON = re.compile(r"\b(?:je|tu|vous|nous|mon|ma|mes|ton|ta|tes|votre|vos|notre|nos|moi|toi|me|te)\b|"
                      r"\b[jmt]['’]", re.I)
@@ -204,4 +204,18 @@ def drop_narration(text: str, segments, incises):
                 kept = segments[:n] + ([cut] if re.search(r"\w", text[cut[0]:cut[1]]) else [])
                 return kept, [i for i in incises if kept and i[0] < kept[-1][1] + 2]
             first, exclaimed = False, m.group().rstrip().endswith(("?", "!"))
+    return segments, incises
+
+
+_CLAUSE = re.compile(r",\s+([^,;.!?…]+[.;!?…]?)")
+
+
+def cut_narrative_clause(text: str, segments, incises):
+    """A reply opened by a dash inside a narrative paragraph ("À ce mot : — Voici les gardes,
+    chacun courut.") gives way to the narrator at a clause in the passé simple after a comma."""
+    for n, (a, b) in enumerate(segments):
+        for m in _CLAUSE.finditer(text, a, b):
+            if looks_narrative(m.group(1)):
+                kept = segments[:n] + [trim_span(text, a, m.start())]
+                return kept, [i for i in incises if i[0] < kept[-1][1] + 2]
     return segments, incises

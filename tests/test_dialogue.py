@@ -178,6 +178,14 @@ def test_an_imperfect_statement_after_a_question_or_exclamation_is_narration_unl
     assert spoken(text, first) == ["— Tu es venu seul ?"]
     assert second.text.endswith("Reviens demain.")
 
+
+def test_an_inline_reply_gives_way_to_a_narrative_clause_after_a_comma():
+    text = ("Au premier cri : — Au loup, chacun courut vers la bergerie. Le chien aboya.\n\n"
+            "— Je pars demain. Tout fut prêt en une heure.\n")
+    first, second = find_quotations(text)
+    assert spoken(text, first) == ["— Au loup"]
+    assert spoken(text, second) == ["— Je pars demain."]
+
 def test_a_speaker_telling_a_story_in_the_passe_simple_keeps_the_floor():
     text = ("— Madame, le cardinal se rendit maître de la statue et la fit exécuter en marbre. "
             "C'est là qu'en 1791 la famille la retrouva, et pria Vien de la copier.\n")
