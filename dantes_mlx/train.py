@@ -124,6 +124,18 @@ def load_dataset(data_dir: str | Path) -> DatasetInfo:
     return DatasetInfo(fmt, splits["train"], splits["valid"])
 
 
+def validation_note(data_dir: str | Path, n_valid: int, batch_size: int) -> str | None:
+    """Why a run has no validation loss (no valid.jsonl, or fewer rows than a batch), or None when it has one."""
+    path = Path(data_dir) / "valid.jsonl"
+    if not path.is_file():
+        return (f"note: no valid.jsonl in {data_dir}: training goes on with no validation loss (nothing shows "
+                "overfitting); `dantes-mlx prepare` writes train/valid/test.jsonl (prepare.split)")
+    if n_valid < batch_size:
+        return (f"note: {path} has {n_valid} rows, fewer than batch_size={batch_size}: no validation loss this "
+                "run; add rows (a larger valid share in prepare.split) or lower batch_size")
+    return None
+
+
 def resolve_iters(cfg: "TrainConfig", n_train: int) -> int:
     """Training steps: `iters`, or `epochs` full passes over train.jsonl (one step = one batch)."""
     if cfg.batch_size < 1:

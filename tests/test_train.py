@@ -256,6 +256,27 @@ def test_train_command_with_epochs(tiny_model_dir, dataset, tmp_path):
     assert adapter_cfg["grad_accumulation_steps"] == 2 and adapter_cfg["grad_checkpoint"] is True
 
 
+@pytest.mark.slow
+def test_train_without_valid_jsonl_says_there_is_no_validation_file(tiny_model_dir, tmp_path, capfd):
+    data = write_chat_dataset(tmp_path / "dataset", n_train=8)
+    (data / "valid.jsonl").unlink()
+    result = train(tiny_cfg(tiny_model_dir, iters=2, save_every=2), data, tmp_path / "adapters")
+    err = capfd.readouterr().err
+    assert result.steps == 2 and result.val_loss is None  # mlx-lm trains on without a validation set
+    assert f"no valid.jsonl in {data}" in err and "no validation loss" in err and "dantes-mlx prepare" in err
+    assert "0 rows" not in err
+
+
+def test_validation_note_tells_absent_from_too_small(tmp_path):
+    from dantes_mlx.train import validation_note
+
+    assert validation_note(tmp_path, 0, 4).startswith(f"note: no valid.jsonl in {tmp_path}")
+    (tmp_path / "valid.jsonl").write_text("", encoding="utf-8")
+    small = validation_note(tmp_path, 2, 4)
+    assert "has 2 rows, fewer than batch_size=4" in small and "no validation loss" in small
+    assert validation_note(tmp_path, 4, 4) is None
+
+
 # ---------------------------------------------------------------- distributed (mlx.launch, ring, localhost)
 def _first_losses(out: Path) -> list[float]:
     return [r["train_loss"] for r in MetricsLog(out / "metrics.jsonl").rows() if "train_loss" in r]

@@ -12,7 +12,7 @@ from dantes_mlx.backends.mlx_backend import (OPTIMIZERS, build_lr_schedule, copy
 from dantes_mlx.errors import ConfigError, ModelError
 from dantes_mlx.train import (METRICS_FILE, PLOT_FILE, MetricsLog, checkpoint_name, clear_run_outputs,
                               load_dataset, plot_losses, read_state, resolve_iters, resolve_model,
-                              write_chat_template, write_resolved_config, write_state)
+                              validation_note, write_chat_template, write_resolved_config, write_state)
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 
@@ -103,12 +103,10 @@ class MLXRun:
             self.warn_dropped_system(tokenizer, data.train[0]["messages"])
         spec = types.SimpleNamespace(mask_prompt=mask)
         train = CacheDataset(create_dataset(data.train, tokenizer, spec))
-        valid = None
-        if len(data.valid) >= self.cfg.batch_size:
-            valid = CacheDataset(create_dataset(data.valid, tokenizer, spec))
-        else:
-            self.say(f"note: valid.jsonl has {len(data.valid)} rows (< batch_size={self.cfg.batch_size}); "
-                  "no validation loss this run")
+        note = validation_note(self.data_dir, len(data.valid), self.cfg.batch_size)
+        if note:  # mlx-lm's trainer skips validation when it has no dataset
+            self.say(note)
+        valid = None if note else CacheDataset(create_dataset(data.valid, tokenizer, spec))
         return train, valid, mask
 
     def warn_dropped_system(self, tokenizer, messages: list[dict]) -> None:
