@@ -60,7 +60,8 @@ class LLMConfig:
                            "used instead of `model` when set.")
     server_model: str = setting("", "Model name sent to the server (e.g. 'qwen2.5:14b' for Ollama).")
     api_key_env: str = setting("OPENAI_API_KEY", "Environment variable holding the server's API key, if any.")
-    n_ctx: int = setting(8192, "Context window for llama.cpp.")
+    n_ctx: int = setting(8192, "Context window of the model (llama.cpp's, or the server's as it is set there); "
+                               "extract sizes its chunks to fit it.")
     n_batch: int = setting(2048, "Prompt tokens llama.cpp takes per decode call (capped at n_ctx).")
     n_ubatch: int = setting(512, "Prompt tokens llama.cpp computes at once (capped at n_batch); 2048 evaluates "
                                  "long prompts faster on a GPU/Metal, its compute buffers take more memory.")
@@ -94,6 +95,8 @@ class ExtractConfig:
     method: str = setting("auto", "llm, rules, or auto (llm when a generator model is configured).")
     chunk_lines: int = setting(100, "Lines (paragraphs) per LLM chunk.")
     overlap: int = setting(10, "Lines shared by consecutive chunks.")
+    chunk_tokens: int = setting(0, "Most tokens of book text per chunk: a chunk also ends before this budget. "
+                                   "0: what llm.n_ctx holds after the instructions and llm.max_tokens.")
     prompt_file: str = setting("", "File overriding the versioned extraction prompt.")
     prefilter: bool = setting(True, "Skip chunks where the rules find neither the name nor an alias.")
     focus_window: int = setting(0, "With the pre-filter: send only the paragraphs within this many of one "

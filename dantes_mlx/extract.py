@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dantes_mlx.errors import ConfigError, InputError
+from dantes_mlx.extract_chunks import chunk_book  # noqa: F401  (re-exported: part of this stage's API)
 from dantes_mlx.prompt_files import read_prompt
 from dantes_mlx.grounding import (NormalizedText, dedupe, incises_in_span, join_spoken, locate, narration_end,
                                   quotes_in_span, spoken_segments)
@@ -116,25 +117,6 @@ def paragraph_spans(text: str) -> list[tuple[int, int, int]]:
             spans.append((number, pos, pos + len(content)))
         pos += len(line) + 1
     return spans
-
-
-def chunk_book(book: Book, chunk_lines: int = 100, overlap: int = 10) -> list[Chunk]:
-    """Chunks of `chunk_lines` paragraphs, consecutive chunks sharing `overlap` paragraphs."""
-    if chunk_lines < 1 or not 0 <= overlap < chunk_lines:
-        raise ConfigError(f"chunk_lines={chunk_lines}, overlap={overlap}: need chunk_lines >= 1 and "
-                          "0 <= overlap < chunk_lines", path="dantes.yaml [extract]",
-                          fix="e.g. chunk_lines: 100, overlap: 10")
-    paras = paragraph_spans(book.text)
-    chunks, first = [], 0
-    while first < len(paras):
-        last = min(first + chunk_lines, len(paras)) - 1
-        start, end = paras[first][1], paras[last][2]
-        chunks.append(Chunk(f"{book.id}#{len(chunks):04d}", book.id, len(chunks), paras[first][0],
-                            paras[last][0], start, end, book.chapter_at(start), book.text[start:end]))
-        if last == len(paras) - 1:
-            break
-        first = last + 1 - overlap
-    return chunks
 
 
 # -- prompt and replies ----------------------------------------------------------------------------
@@ -291,6 +273,7 @@ class ExtractSummary:
     output: str
     chunks: int = 0
     skipped: int = 0
+    chunk_tokens: int = 0   # the token budget of a chunk (0: chunk_lines alone)
     cached: int = 0
     called: int = 0
     failed: int = 0
@@ -316,15 +299,18 @@ def side_paths(out: Path) -> tuple[Path, Path, Path]:
             out.with_name(out.stem + ".rejects.jsonl"))
 
 
-def chunks_to_send(book: Book, character: "CharacterConfig", cfg: "ExtractConfig") -> list[tuple[Chunk, bool]]:
-    """(chunk, whether the LLM reads it) for a book: the pre-filter, then focus windows inside kept chunks."""
+def chunks_to_send(book: Book, character: "CharacterConfig", cfg: "ExtractConfig", max_tokens: int = 0,
+                   count=None) -> list[tuple[Chunk, bool]]:
+    """(chunk, whether the LLM reads it) for a book: chunks of at most `max_tokens` (by `count`) when > 0,
+    the pre-filter, then focus windows inside kept chunks."""
     from dataclasses import replace
 
+    from dantes_mlx.extract_chunks import estimate_tokens
     from dantes_mlx.extract_focus import focus_text, prefilter_keeps
 
     name, aliases = character.name, list(character.aliases)
     out = []
-    for chunk in chunk_book(book, cfg.chunk_lines, cfg.overlap):
+    for chunk in chunk_book(book, cfg.chunk_lines, cfg.overlap, max_tokens, count or estimate_tokens):
         keep = not cfg.prefilter or prefilter_keeps(chunk.text, name, aliases)
         if keep and cfg.prefilter and cfg.focus_window > 0:
             chunk = replace(chunk, focus=focus_text(chunk.text, name, aliases, cfg.focus_window))
@@ -352,6 +338,7 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
     `schema` may narrow CITATION_SCHEMA (e.g. maxLength for a small model); it is part of the store key.
     HTTP clients (those with `iter_chat`) get `concurrency` requests in flight; llama.cpp runs one at a time.
     """
+    from dantes_mlx.extract_chunks import chunk_budget, token_counter
     from dantes_mlx.store import Store
 
     started, out = time.monotonic(), Path(out)
@@ -364,8 +351,12 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
     if cfg.focus_window < 0:
         raise ConfigError(f"focus_window={cfg.focus_window}: need 0 (off) or more paragraphs",
                           path="dantes.yaml [extract]", fix="e.g. focus_window: 0")
+    budget = chunk_budget(client, prompt, character.name, list(character.aliases),
+                          int(sampling.get("max_tokens") or getattr(client, "defaults", {}).get("max_tokens") or 0),
+                          cfg.chunk_tokens)
+    summary.chunk_tokens = budget
     for book in books:
-        for chunk, keep in chunks_to_send(book, character, cfg):
+        for chunk, keep in chunks_to_send(book, character, cfg, budget, token_counter(client)):
             work.append((book, chunk, chunk_key(prompt, client.model_id, chunk, character, sampling, schema)
                          if keep else None))
     summary.chunks = len(work)

@@ -29,8 +29,9 @@ def _print_summary(s) -> None:
     click.echo(f"kept {s.kept} citations ({s.method}) -> {s.output}")
     click.echo(f"rejected: {rejected}; duplicates merged: {s.merged}")
     if s.method == "llm":
+        budget = f", at most {s.chunk_tokens} tokens of text each" if s.chunk_tokens else ""
         click.echo(f"chunks: {s.chunks} ({s.skipped} skipped by the pre-filter, {s.cached} cached, "
-                   f"{s.called} called, {s.failed} failed)")
+                   f"{s.called} called, {s.failed} failed{budget})")
         t, n = s.tokens, s.new_tokens
         click.echo(f"tokens this run: prompt {n['prompt_tokens']}, evaluated {n['evaluated_tokens']}, "
                    f"generated {n['completion_tokens']} (reasoning {n['reasoning_tokens']}); all chunks: "
@@ -55,6 +56,8 @@ def _print_summary(s) -> None:
               help="llm, rules, or auto: llm when a generator model is configured.")
 @click.option("--chunk-lines", type=int, default=None, help="Paragraphs per LLM chunk (default 100).")
 @click.option("--overlap", type=int, default=None, help="Paragraphs shared by consecutive chunks (default 10).")
+@click.option("--chunk-tokens", type=int, default=None,
+              help="Most tokens of text per chunk (default 0: what llm.n_ctx holds after instructions and reply).")
 @click.option("--prompt-file", default=None, help="File overriding the versioned extraction prompt.")
 @click.option("--prefilter/--no-prefilter", default=None, help="Skip chunks where the rules never see the character.")
 @click.option("--focus-window", type=int, default=None,
@@ -66,7 +69,7 @@ def _print_summary(s) -> None:
               help="Rules only: write every direct-speech quotation of --input with its speaker or null.")
 @click.option("-o", "--output", default=None, help="Output JSONL (default: <data_dir>/citations/citations.jsonl).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(config_path, input_file, character, aliases, language, method, chunk_lines, overlap, prompt_file,
+def extract(config_path, input_file, character, aliases, language, method, chunk_lines, overlap, chunk_tokens, prompt_file,
             prefilter, focus_window, min_grounding, model, url, all_speakers, output, quiet):
     """Extract what a character says, thinks or writes, with provenance and grounding.
 
@@ -89,6 +92,7 @@ def extract(config_path, input_file, character, aliases, language, method, chunk
     person = section(CharacterConfig, cfg, {"name": character, "aliases": alias_list, "language": language})
     llm = section(LLMConfig, cfg, {"model": model, "url": url})
     ext = section(ExtractConfig, cfg, {"method": method, "chunk_lines": chunk_lines, "overlap": overlap,
+                                       "chunk_tokens": chunk_tokens,
                                        "prompt_file": prompt_file, "prefilter": prefilter, "focus_window": focus_window,
                                        "min_grounding": min_grounding})
     out = Path(output or ext.output or Path(project.data_dir) / "citations" / "citations.jsonl")

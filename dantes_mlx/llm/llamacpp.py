@@ -307,6 +307,11 @@ class LlamaCppClient:
     def _count(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in this model's vocabulary (how extract sizes chunks to the context)."""
+        with self._lock:
+            return self._count(text)
+
     # -- many calls -----------------------------------------------------------------------------
     def iter_chat(self, requests: Iterable, concurrency: int = 1,
                   return_exceptions: bool = False) -> Iterator[tuple[int, ChatResult | Exception]]:

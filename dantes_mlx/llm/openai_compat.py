@@ -62,8 +62,10 @@ class OpenAICompatClient:
     def __init__(self, base_url: str, model: str = "", *, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 600.0, retries: int = 3, concurrency: int = 4,
                  temperature: float = 0.7, max_tokens: int = 2048, seed: int | None = 0,
-                 reasoning_effort: str = "low", backoff: float = 1.0, backoff_max: float = 60.0):
+                 reasoning_effort: str = "low", backoff: float = 1.0, backoff_max: float = 60.0,
+                 n_ctx: int = 0):
         self.url = chat_url(base_url)
+        self.n_ctx = n_ctx  # the served model's context as configured (llm.n_ctx); sizes extract's chunks
         self.model_id = model or "default"
         self.api_key_env = api_key_env
         self._api_key = os.environ.get(api_key_env, "") if api_key_env else ""
@@ -83,7 +85,7 @@ class OpenAICompatClient:
                    timeout=cfg.timeout, retries=cfg.retries, concurrency=cfg.concurrency,
                    temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed,
                    reasoning_effort=cfg.reasoning_effort,
-                   backoff=cfg.retry_backoff)
+                   backoff=cfg.retry_backoff, n_ctx=cfg.n_ctx)
 
     @property
     def response_format_mode(self) -> str:
