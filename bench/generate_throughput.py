@@ -2,14 +2,17 @@
 
 Everything runs in one process on the same tiny random GGUF (llama-cpp-python, in process), over the
 same texts and, for each text, the same chosen speaker: its most frequent *named* gold speaker
-(.ann Source relations). Both approaches use the same instruction words; only the layout differs.
+(.ann Source relations), with the other names a reader would give it in dantes.yaml (ALIASES, checked
+against the texts). Both approaches use the same instruction words; only the layout differs.
 
 Extraction (citations of the chosen speaker):
 - original: every 100-paragraph chunk sent, the chunk in the middle of the instructions (task line,
-  chunk, then names, rules and output format), no JSON schema, chunks without overlap.
+  chunk, then names, rules and output format), no JSON schema, chunks without overlap, a context
+  large enough for the longest chunk (about 17k tokens here; its gpt-oss-20b had it).
 - ours: `dantes_mlx.extract.extract_llm` with its defaults: instructions first and the chunk last
   (llama.cpp re-evaluates only what follows the shared prefix), JSON schema, 10-paragraph overlap,
-  and the rule pre-filter that skips chunks where the speaker is neither named nor quoted.
+  chunks also cut to fit llm.n_ctx's default 8192 tokens (the overlap shrinks with them), and the rule
+  pre-filter that skips chunks where the speaker is neither named nor quoted.
 Generation (3 instruction/response pairs per citation), from the same citations: the chosen
 speaker's gold quotations (incises cut out, as extract writes them), with the narration before them
 as context:
@@ -21,15 +24,23 @@ Prompt tokens "evaluated" are those llama.cpp actually decoded after reusing the
 prefix, as LlamaCppClient measures them. Generated tokens come from a random model: printed, not
 compared.
 
+Where the goal (>= 2) stands, and why: generation alone saves about 3.9x, but extraction is about 80%
+of the original's cost here and saves only about 1.1x. Extraction must read the book once; what it can
+skip is text where the character is absent, and these excerpts centre on the chosen speaker: the
+pre-filter keeps 19 of 23 chunks, and even chunks of 2,000 tokens would leave about 80% of the text
+to read. So on these texts a 2x total needs leaving out half the text around the protagonist.
+
 Finer pre-filter (ExtractConfig.focus_window): inside kept chunks, send only the paragraphs within
 N of one where the rules see the speaker (named, quoted, or in an exchange with them). The recall
 table checks, per N and text, that no gold quotation of the chosen speaker is left out. Caveat
 found by reading the texts: fr-litbank has no coreference, so "gold quotations of the speaker" are
-only those whose Source mention is the name itself, which sit next to the name by construction. The
-last column counts gold quotations attributed to a bare pronoun that the windows leave out: at
-N=3 about 4 in 10, and they include at least two of Laurence's in Pauline ("l'étrangère",
-"ajouta-t-elle", before she is named) that the chunk pre-filter alone keeps. So the option stays off
-by default; `--focus-window N` adds its LLM run to the extraction table.
+only those whose Source mention is the name or an alias, which sit next to it by construction. The
+last column counts gold quotations attributed to a bare pronoun that the windows leave out. Reading
+those left out by a scene-aware variant that keeps about 55% of the text (exchanges broken by at most
+one paragraph of narration) found 6 of the chosen speakers' own lines among them, 7 counting a doubtful
+one (Bouvard's "Mon oncle est mort ! j'hérite !", Louisa's "Tu veux donc m'étrangler ?", three lines
+of Élisabeth's own diary), about 6% of their lines. That is the price of the 2x here, so the option stays off by default; `--focus-window N` adds
+its LLM run to the extraction table (N=2: about 1.9x in total).
 
 Run: python bench/generate_throughput.py   (under a minute on 2 idle CPU cores, about three when busy)
 """
@@ -38,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import sys
 import tempfile
 import textwrap
@@ -52,6 +64,11 @@ NOT_NAMES = {"il", "elle", "ils", "elles", "je", "tu", "on", "nous", "vous", "le
              "un", "une", "des", "mon", "ma", "mes", "son", "sa", "ses", "ce", "cette", "celui", "celle"}
 PRONOUNS = {"il", "elle", "ils", "elles", "je", "j'", "tu", "on", "nous", "vous"}
 STUDY = (0, 1, 2, 3, 5)
+# The other names a reader gives each chosen speaker in dantes.yaml (as Dantès gets "le comte", "Sinbad"...),
+# checked against the texts: Pauline's Laurence is "la voyageuse" and "l'étrangère" before she is named,
+# "l'actrice" after; Sarrasine is "l'artiste"; Claude Lantier "le peintre"; Élisabeth Seton "Mme Seton".
+ALIASES = {"Laurence": ["la voyageuse", "l'étrangère", "l'actrice"], "Sarrasine": ["l'artiste"],
+           "Claude": ["le peintre"], "Élisabeth": ["Madame Seton", "Mme Seton"]}
 
 
 # -- gold ---------------------------------------------------------------------------------------------
@@ -75,11 +92,16 @@ def is_name(mention: str) -> bool:
         and not words[0].lower().startswith(("l'", "d'"))
 
 
-def chosen_speaker(spans: dict, sources: list) -> tuple[str, list[list[tuple[int, int]]]]:
-    """The most frequent named speaker and the spans (incises cut out) of each of their gold quotations."""
+def chosen_speaker(spans: dict, sources: list) -> tuple[str, list[str], list[list[tuple[int, int]]]]:
+    """The most frequent named speaker, their aliases, and the spans (incises cut out) of each gold quotation
+    whose Source mention is the name or an alias."""
+    from dantes_mlx.dialogue import normalise_speaker
+
     counts = Counter(spans[e][2] for e, _ in sources if is_name(spans[e][2]))
     name = counts.most_common(1)[0][0]
-    return name, [spans[q][1] for e, q in sources if spans[e][2] == name]
+    aliases = ALIASES.get(name, [])
+    forms = {normalise_speaker(n) for n in (name, *aliases)}
+    return name, aliases, [spans[q][1] for e, q in sources if normalise_speaker(spans[e][2]) in forms]
 
 
 def pronoun_quotes(spans: dict, sources: list) -> list[tuple[int, int]]:
@@ -96,25 +118,36 @@ class Text:
 
         self.book = Book(path.stem, path.read_text(encoding="utf-8"))
         spans, sources = read_gold(path.with_suffix(".ann"))
-        self.name, self.quotes = chosen_speaker(spans, sources)
+        self.name, self.aliases, self.quotes = chosen_speaker(spans, sources)
         self.bounds = [(q[0][0], q[-1][1]) for q in self.quotes]
         self.pronoun = pronoun_quotes(spans, sources)
 
 
 # -- what the extraction LLM reads ----------------------------------------------------------------------
-def recall_study(texts: list[Text], chunk_lines: int, overlap: int) -> dict:
+def our_chunks(text: Text, cfg, client, max_tokens: int) -> list:
+    """(chunk, kept by the pre-filter) exactly as extract_llm cuts and filters them for this client."""
+    from dantes_mlx.config import CharacterConfig
+    from dantes_mlx.extract import chunks_to_send, load_prompt
+    from dantes_mlx.extract_chunks import chunk_budget, token_counter
+
+    budget = chunk_budget(client, load_prompt(), text.name, text.aliases, max_tokens, cfg.chunk_tokens)
+    who = CharacterConfig(name=text.name, aliases=text.aliases, language="fr")
+    return chunks_to_send(text.book, who, cfg, budget, token_counter(client))
+
+
+def recall_study(texts: list[Text], cfg, client, max_tokens: int) -> dict:
     """{N: {text id: (kept chunks, chunks, gold kept, gold lost, chars sent, pronoun quotes kept, lost)}}.
 
     N = None is the chunk pre-filter alone; N >= 0 adds focus windows of N paragraphs.
     """
-    from dantes_mlx.extract import chunk_book
-    from dantes_mlx.extract_focus import focus_paragraphs, paragraph_offsets, prefilter_keeps, window_runs
+    from dantes_mlx.extract_focus import focus_paragraphs, paragraph_offsets, window_runs
 
     study: dict = {}
     for text in texts:
-        chunks = chunk_book(text.book, chunk_lines, overlap)
-        kept = [(c, prefilter_keeps(c.text, text.name, [])) for c in chunks]
-        seen = {c.id: (paragraph_offsets(c.text), focus_paragraphs(c.text, text.name, [])) for c, k in kept if k}
+        kept = our_chunks(text, cfg, client, max_tokens)
+        chunks = [c for c, _ in kept]
+        seen = {c.id: (paragraph_offsets(c.text), focus_paragraphs(c.text, text.name, text.aliases))
+                for c, k in kept if k}
         for n in (None, *STUDY):
             sent = []  # absolute (start, end) spans the LLM reads
             for c, k in kept:
@@ -213,7 +246,7 @@ def run_original_extraction(client, texts, prompt, chunk_lines, sampling, layout
     for text in texts:
         book = text.book if layout == "paragraphs" else Book(text.book.id, gutenberg_layout(text.book.text))
         for chunk in chunk_book(book, chunk_lines, 0):
-            r = client.chat(original_extraction(prompt.instructions(text.name, []), chunk.text), **sampling)
+            r = client.chat(original_extraction(prompt.instructions(text.name, text.aliases), chunk.text), **sampling)
             cost.items += 1
             cost.add(r.prompt_tokens, r.evaluated_tokens, r.completion_tokens)
     cost.seconds = time.monotonic() - t0
@@ -226,7 +259,7 @@ def run_our_extraction(client, texts, cfg, sampling, tmp: Path, label: str) -> C
 
     cost, t0 = Cost(label), time.monotonic()
     for text in texts:
-        who = CharacterConfig(name=text.name, aliases=[], language="fr")
+        who = CharacterConfig(name=text.name, aliases=text.aliases, language="fr")
         s = extract_llm([text.book], who, cfg, tmp / label / f"{text.book.id}.jsonl", client, sampling=sampling,
                         progress=False)
         cost.items += s.chunks
@@ -242,7 +275,7 @@ def run_original_generation(client, texts, sampling, k: int) -> Cost:
 
     prompt, cost, t0 = load_prompt("generate", "fr"), Cost("original"), time.monotonic()
     for text in texts:
-        who = CharacterConfig(name=text.name, aliases=[], language="fr", persona=persona(text))
+        who = CharacterConfig(name=text.name, aliases=text.aliases, language="fr", persona=persona(text))
         for row in citations_of(text):
             ours = prompt.messages(name=who.name, persona=who.persona, k=k, contexte=row["contexte"] or "(aucun)",
                                    citation=row["citation"])
@@ -259,7 +292,7 @@ def run_our_generation(client, texts, sampling, k: int, tmp: Path) -> Cost:
 
     cost, t0 = Cost("ours"), time.monotonic()
     for text in texts:
-        who = CharacterConfig(name=text.name, aliases=[], language="fr", persona=persona(text))
+        who = CharacterConfig(name=text.name, aliases=text.aliases, language="fr", persona=persona(text))
         rows = citations_of(text)
         s = generate_pairs(rows, client, tmp / "pairs" / f"{text.book.id}.jsonl", GenerateConfig(pairs_per_citation=k),
                            who, sampling=sampling, progress=False).stats
@@ -301,6 +334,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="fr-litbank folder (NAME.txt + NAME.ann)")
     parser.add_argument("--chunk-lines", type=int, default=100)
     parser.add_argument("--overlap", type=int, default=10)
+    parser.add_argument("--chunk-tokens", type=int, default=0,
+                        help="ours: most tokens of text per chunk (0: what n_ctx holds, the default)")
     parser.add_argument("--pairs", type=int, default=3, help="pairs asked per citation")
     parser.add_argument("--max-tokens", type=int, default=24, help="tokens generated per call (kept small)")
     parser.add_argument("--focus-window", type=int, default=ExtractConfig().focus_window,
@@ -313,38 +348,43 @@ def main() -> None:
     if not args.data.is_dir():
         sys.exit(f"{args.data}: fr-litbank dev folder not found (clone the shared data next to the repo)")
 
+    from dantes_mlx.config import LLMConfig
     from dantes_mlx.extract import load_prompt
     from dantes_mlx.llm.llamacpp import LlamaCppClient
 
     texts = [Text(path) for path in sorted(args.data.glob("*.txt"))]
-    study = recall_study(texts, args.chunk_lines, args.overlap)
-    print_recall(study, texts)
-
     prompt = load_prompt()
     sampling = {"temperature": 0.0, "max_tokens": args.max_tokens, "seed": 0}
+    ours_cfg = ExtractConfig(chunk_lines=args.chunk_lines, overlap=args.overlap, chunk_tokens=args.chunk_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.monotonic()
         gguf = build_model(tmp, "\n".join(t.book.text for t in texts))
         print(f"\ntiny GGUF built in {time.monotonic() - t0:.1f} s: {gguf.name}", file=sys.stderr)
-        n_ctx = 24576  # the longest 110-paragraph chunk is about 17k tokens with this vocabulary
+        # The original sends whole 100-paragraph chunks (the longest is about 17k tokens with this vocabulary:
+        # its gpt-oss-20b had the context for them); ours runs with llm.n_ctx's default and cuts its chunks
+        # to fit it, as `dantes-mlx extract` does.
+        n_ctx = {"original": 24576, "ours": LLMConfig().n_ctx}
 
-        def client() -> LlamaCppClient:  # a fresh model per run: no prefix carried from another approach
-            return LlamaCppClient(str(gguf), n_ctx=n_ctx, n_threads=args.threads, verbose=False)
+        def client(who: str) -> LlamaCppClient:  # a fresh model per run: no prefix carried from another run
+            return LlamaCppClient(str(gguf), n_ctx=n_ctx[who], n_threads=args.threads, verbose=False)
 
+        llm = client("ours")
+        print_recall(recall_study(texts, ours_cfg, llm, args.max_tokens), texts)
+        llm.close()
         extraction, generation = [], []
-        for stage, run in ((extraction, lambda c: run_original_extraction(c, texts, prompt, args.chunk_lines,
+        for stage, who, run in (
+                (extraction, "original", lambda c: run_original_extraction(c, texts, prompt, args.chunk_lines,
                                                                            sampling, args.original_layout)),
-                           (extraction, lambda c: run_our_extraction(c, texts, ExtractConfig(
-                               chunk_lines=args.chunk_lines, overlap=args.overlap), sampling, tmp, "ours")),
-                           (generation, lambda c: run_original_generation(c, texts, sampling, args.pairs)),
-                           (generation, lambda c: run_our_generation(c, texts, sampling, args.pairs, tmp))):
-            llm = client()
+                (extraction, "ours", lambda c: run_our_extraction(c, texts, ours_cfg, sampling, tmp, "ours")),
+                (generation, "original", lambda c: run_original_generation(c, texts, sampling, args.pairs)),
+                (generation, "ours", lambda c: run_our_generation(c, texts, sampling, args.pairs, tmp))):
+            llm = client(who)
             stage.append(run(llm))
             llm.close()
         if args.focus_window > 0:
-            llm = client()
-            cfg = ExtractConfig(chunk_lines=args.chunk_lines, overlap=args.overlap, focus_window=args.focus_window)
+            llm = client("ours")
+            cfg = replace(ours_cfg, focus_window=args.focus_window)
             extraction.append(run_our_extraction(llm, texts, cfg, sampling, tmp, f"ours+focus{args.focus_window}"))
             llm.close()
 
