@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dantes_mlx.dataset_formats import CONTROL_CHARS, conversation_problems, template_drops_system
 from dantes_mlx.dataset_split import SPLITS, near_duplicate_pairs, normalize, shingles
-from dantes_mlx.errors import InputError
+from dantes_mlx.errors import InputError, ModelError
 from dantes_mlx.store import write_jsonl_atomic
 
 FIX_MODES = ("truncate", "drop")
@@ -86,17 +86,38 @@ def load_tokenizer(name: str | None):
     try:
         if local.is_dir():
             return AutoTokenizer.from_pretrained(str(local), trust_remote_code=False), f"tokenizer {local}"
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = isinstance(try_to_load_from_cache(name, "tokenizer_config.json"), str)
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        if not cached and offline:
-            return None, f"skipped: {name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False, local_files_only=cached)
-        return tok, f"tokenizer {name}"
+        try:  # the cache first: no network call at all when the tokenizer is there
+            return AutoTokenizer.from_pretrained(name, trust_remote_code=False, local_files_only=True), \
+                f"tokenizer {name}"
+        except OSError:
+            require_hub(name)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False), f"tokenizer {name}"
+    except ModelError:
+        raise
     except Exception as exc:  # any download/parse failure only disables the token checks
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None, f"skipped: could not load tokenizer {name} ({reason})"
+
+
+def require_hub(repo_id: str, timeout: float = 5.0) -> None:
+    """Fail fast when a repo missing from the HF cache cannot be downloaded (huggingface_hub retries ~45 s)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    why, hint = "HF_HUB_OFFLINE is set", ""
+    if not offline:
+        try:  # one HEAD, no retry, no token sent: can the Hub (or its proxy) be reached at all?
+            get_session().head(constants.ENDPOINT, timeout=timeout)
+            return
+        except Exception as exc:  # DNS, refused, timeout, proxy: all mean offline here
+            why = f"{constants.ENDPOINT} cannot be reached ({type(exc).__name__})"
+            hint = "; offline, set HF_HUB_OFFLINE=1 to skip this check"
+    raise ModelError(f"tokenizer '{repo_id}' is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                     f"and {why}", path=f"https://huggingface.co/{repo_id}",
+                     fix=f"run once online, or `hf download {repo_id}` (huggingface-cli download), or set "
+                         f"--tokenizer (prepare.tokenizer) to a local folder, or to none to skip the token "
+                         f"checks{hint}")
 
 
 def row_format(data: dict) -> str | None:

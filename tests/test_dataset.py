@@ -58,6 +58,30 @@ def test_cli_prepare_with_yaml_defaults_and_flags(tmp_path, monkeypatch):
     assert report["counts"] == {"train": 27, "valid": 9, "test": 9}
 
 
+def test_prepare_with_an_uncached_hub_tokenizer_offline_fails_fast(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    # An empty HF cache and a Hub endpoint nothing listens on: no network, and huggingface_hub's retries
+    # (about 45 s) would blow the subprocess timeout.
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    source = pairs_file(tmp_path / "pairs.jsonl")
+    tic = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "dantes_mlx", "prepare", str(source), "-o", str(tmp_path / "out"),
+                           "--tokenizer", "someone/not-cached-tokenizer"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=25)
+    assert proc.returncode == 1 and time.monotonic() - tic < 20, proc.stderr[-2000:]
+    err = proc.stderr
+    assert "someone/not-cached-tokenizer" in err and "not in the local Hugging Face cache" in err
+    assert "hf download someone/not-cached-tokenizer" in err and "HF_HUB_OFFLINE=1" in err
+    assert "--tokenizer" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "train.jsonl").exists()
+
+
 def test_default_input_is_the_generate_output(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "pairs").mkdir(parents=True)

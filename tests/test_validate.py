@@ -150,10 +150,14 @@ def test_dropped_system_message_is_reported(tmp_path, tiny_tokenizer):
 
 
 def test_load_tokenizer_says_why_it_skips(monkeypatch, tiny_model_dir):
+    from dantes_mlx.errors import ModelError
+
     assert load_tokenizer("none")[0] is None and "no tokenizer" in load_tokenizer("none")[1]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    tokenizer, note = load_tokenizer("someone/not-a-cached-model")
-    assert tokenizer is None and "HF_HUB_OFFLINE" in note
+    with pytest.raises(ModelError, match="'someone/not-a-cached-model' is not in the local Hugging Face cache "
+                                         ".* and HF_HUB_OFFLINE is set") as err:
+        load_tokenizer("someone/not-a-cached-model")
+    assert "hf download someone/not-a-cached-model" in str(err.value)
     tokenizer, note = load_tokenizer(str(tiny_model_dir))
     assert tokenizer is not None and str(tiny_model_dir) in note
 
