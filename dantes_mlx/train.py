@@ -28,6 +28,10 @@ PLOT_FILE = "loss.png"
 STATE_FILE = "train_state.json"
 CONFIG_FILE = "train_config.yaml"
 TEMPLATE_FILE = "chat_template.jinja"
+BASE_FINGERPRINT_FILE = "base_fingerprint.json"  # which base the adapter was trained on; export checks it
+_SAMPLE_BYTES = 1 << 16
+# config.json keys that change when a model is only re-saved, not when its weights change.
+_CONFIG_NOISE = ("_name_or_path", "transformers_version")
 # Settings that change the adapter's shape: a resumed run must keep them.
 SHAPE_SETTINGS = ("base_model", "fine_tune_type", "rank", "num_layers", "target_modules", "quantize_base")
 
@@ -73,6 +77,45 @@ def _download(repo_id: str, allow_patterns: list[str]) -> str:
         if status in (401, 403):
             raise ModelError(f"Hugging Face refused '{repo_id}' (HTTP {status})", path=url, fix=gated_fix) from exc
         raise ModelError(f"download of '{repo_id}' failed: {exc}", path=url, fix="retry; check your connection") from exc
+
+
+def model_fingerprint(model_dir: str | Path) -> dict:
+    """A cheap content hash of a model folder: config.json (key order and re-save noise aside) and, per weight
+    file, its safetensors header and 64 KiB at the start, middle and end of its data (< 1 MiB read for a 7B)."""
+    import hashlib
+
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k not in _CONFIG_NOISE},
+                                       sort_keys=True).encode())
+    index = model_dir / "model.safetensors.index.json"
+    names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())) if index.is_file() \
+        else sorted(p.name for p in model_dir.glob("*.safetensors") if not p.name.startswith("consolidated"))
+    for name in names:  # consolidated*.safetensors: Mistral's duplicate of the same weights in another layout
+        with open(model_dir / name, "rb") as fh:
+            header = int.from_bytes(fh.read(8), "little")
+            digest.update(name.encode() + fh.read(header))
+            end = fh.seek(0, os.SEEK_END)
+            for offset in (8 + header, (8 + header + end - _SAMPLE_BYTES) // 2, end - _SAMPLE_BYTES):
+                fh.seek(max(offset, 8 + header))
+                digest.update(fh.read(_SAMPLE_BYTES))
+    return {"sha256": digest.hexdigest(), "weight_files": names}
+
+
+def write_base_fingerprint(base_model: str, adapter_dir: str | Path) -> Path | None:
+    """Record in the adapter folder which base it was trained on (export refuses another); None when the
+    base is neither a folder nor in the Hugging Face cache."""
+    path = Path(base_model).expanduser()
+    if not path.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(base_model, allow_patterns=MODEL_PATTERNS, local_files_only=True))
+        except Exception:  # not downloaded here (another machine's run): nothing to fingerprint
+            return None
+    out = Path(adapter_dir) / BASE_FINGERPRINT_FILE
+    write_text_atomic(out, json.dumps({"base_model": base_model, **model_fingerprint(path)}, indent=2) + "\n")
+    return out
 
 
 # ---------------------------------------------------------------- dataset
@@ -268,7 +311,7 @@ def clear_run_outputs(adapter_dir: Path) -> None:
         return
     for child in adapter_dir.iterdir():
         # adapter_model.safetensors: a PEFT adapter left by another backend would shadow this run's
-        ours = child.name in (METRICS_FILE, PLOT_FILE, STATE_FILE, "optimizer.safetensors",
+        ours = child.name in (METRICS_FILE, PLOT_FILE, STATE_FILE, BASE_FINGERPRINT_FILE, "optimizer.safetensors",
                               "adapter_model.safetensors")
         if ours or re.fullmatch(r"\d{7}_adapters\.safetensors", child.name):
             child.unlink()
@@ -286,7 +329,13 @@ def train(cfg: "TrainConfig", data_dir: str | Path, adapter_dir: str | Path, res
     backend.check(cfg)
     adapter_dir = Path(adapter_dir)
     adapter_dir.mkdir(parents=True, exist_ok=True)
-    return backend.train(cfg, Path(data_dir), adapter_dir, resume=resume)
+    result = backend.train(cfg, Path(data_dir), adapter_dir, resume=resume)
+    fingerprint = write_base_fingerprint(cfg.base_model, adapter_dir)
+    if fingerprint:
+        result.files["base_fingerprint"] = fingerprint
+    else:
+        warn(f"no fingerprint of {cfg.base_model} recorded (not found locally): export cannot check its base")
+    return result
 
 
 def summary(result: "TrainResult") -> str:

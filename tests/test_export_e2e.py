@@ -171,6 +171,37 @@ def test_no_parity_no_ollama(trained, tiny_model_dir, tmp_path):
     assert adapter["model"] == ["mistral:7b-instruct-v0.3-fp16"]  # export.ollama_base, the library model
 
 
+def test_export_refuses_another_base_of_the_same_shapes(tmp_path):
+    """Two tiny models of one shape (seeds 0 and 1): the adapter's recorded fingerprint tells them apart."""
+    from dantes_mlx.tinymodel import build_tiny_model
+    from dantes_mlx.train import BASE_FINGERPRINT_FILE, write_base_fingerprint
+
+    trained_on = build_tiny_model(tmp_path / "seed0", seed=0)
+    other = build_tiny_model(tmp_path / "seed1", seed=1)
+    assert (trained_on / "config.json").read_text() == (other / "config.json").read_text()
+    folder = make_mlx_adapter(trained_on, tmp_path / "adapter")
+    write_base_fingerprint(str(trained_on), folder)  # what `dantes-mlx train` records
+    with pytest.raises(ModelError) as err:
+        export_all(other, folder, tmp_path / "out", quantization="f16", parity=False, log=lambda m: None)
+    message = str(err.value)
+    assert str(trained_on) in message and str(other) in message and "--allow-other-base" in message
+    assert not (tmp_path / "out").exists()  # refused before writing anything
+    (tmp_path / "none.yaml").write_text("{}\n")
+    cli = ["export", "--config", str(tmp_path / "none.yaml"), "--adapter-path", str(folder), "--base-model",
+           str(other), "-o", str(tmp_path / "cli"), "--quantization", "f16", "--no-parity", "--no-ollama-create"]
+    refused = CliRunner().invoke(main, cli)
+    assert refused.exit_code == 1 and "different model" in refused.output
+    forced = CliRunner().invoke(main, cli + ["--allow-other-base"])
+    assert forced.exit_code == 0, forced.output
+    assert "--allow-other-base" in forced.output and (tmp_path / "cli" / "dantes-f16.gguf").is_file()
+    # The right base passes silently; an adapter from before fingerprints exports with a warning.
+    ok = export_all(trained_on, folder, tmp_path / "ok", quantization="f16", parity=False, log=lambda m: None)
+    assert not any("fingerprint" in n for n in ok.notes)
+    (folder / BASE_FINGERPRINT_FILE).unlink()
+    old = export_all(other, folder, tmp_path / "old", quantization="f16", parity=False, log=lambda m: None)
+    assert any("no base-model fingerprint" in n and str(other) in n for n in old.notes)
+
+
 def test_full_finetune_exports_fused_only(tiny_model_dir, tmp_path):
     """fine_tune_type full: the saved tensors replace the base ones; no LoRA targets to write."""
     import numpy as np

@@ -151,6 +151,19 @@ def test_lora_writes_adapter_that_mlx_lm_loads(lora_run, tiny_model_dir):
 
 
 @pytest.mark.slow
+def test_train_records_the_base_models_fingerprint(lora_run, tiny_model_dir, tmp_path):
+    from dantes_mlx.train import BASE_FINGERPRINT_FILE, model_fingerprint
+
+    _, out, result = lora_run
+    record = json.loads((out / BASE_FINGERPRINT_FILE).read_text(encoding="utf-8"))
+    assert record["base_model"] == str(tiny_model_dir) and record == {"base_model": str(tiny_model_dir),
+                                                                      **model_fingerprint(tiny_model_dir)}
+    assert result.files["base_fingerprint"] == out / BASE_FINGERPRINT_FILE
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")  # same files elsewhere: same fingerprint
+    assert model_fingerprint(copy)["sha256"] == record["sha256"]
+
+
+@pytest.mark.slow
 def test_loss_falls_and_metrics_and_plot_are_written(lora_run):
     _, out, result = lora_run
     rows = MetricsLog(out / "metrics.jsonl").rows()

@@ -124,6 +124,30 @@ def gate_verdict(reports: Mapping[str, "ParityReport"], manifest: Path) -> None:
                               "file fails, try --quantization q5_k_m or q8_0")
 
 
+def check_base(adapter_dir: Path, base_dir: Path, base_name: str, allow_other: bool, result: ExportResult) -> None:
+    """Refuse a base other than the one `dantes-mlx train` fingerprinted (shapes alone cannot tell)."""
+    from dantes_mlx.errors import ModelError
+    from dantes_mlx.train import BASE_FINGERPRINT_FILE, model_fingerprint
+
+    path = Path(adapter_dir) / BASE_FINGERPRINT_FILE
+    if not path.is_file():
+        result.notes.append(f"warning: the adapter has no base-model fingerprint (trained before dantes-mlx recorded "
+                            f"one, or by another tool): nothing checks that {base_name} is the base it was trained on")
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    if recorded.get("sha256") == model_fingerprint(base_dir)["sha256"]:
+        return
+    trained_on = recorded.get("base_model", "?")
+    if allow_other:
+        result.notes.append(f"--allow-other-base: exporting onto {base_name}, not {trained_on} the adapter was "
+                            "trained on (the parity gate compares against this other base too)")
+        return
+    raise ModelError(f"the adapter was trained on {trained_on}, but --base-model {base_name} is a different model "
+                     "(same shapes, other weights or config)", path=path,
+                     fix=f"pass --base-model {trained_on} (or a copy of the same files); to export onto "
+                         f"{base_name} anyway, add --allow-other-base")
+
+
 def _adapter_targets(adapter, base_name: str, out: Path, result: ExportResult, peft_base_model: str,
                      n_layers: int) -> None:
     """Write the PEFT adapter (and, for a PEFT input, an mlx-lm copy the MLX reference loads)."""
@@ -195,7 +219,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
                quantization: str = "q4_k_m", name: str = "dantes", persona: str | None = None,
                messages: Iterable[Mapping] = (), parameters: Mapping | None = None, ollama_base: str = "",
                books: Iterable[str] = (), parity: bool = True, prompts: Sequence | None = None,
-               ollama_create: bool = False, peft_base_model: str = "",
+               ollama_create: bool = False, peft_base_model: str = "", allow_other_base: bool = False,
                log: Callable[[str], None] = _stderr) -> ExportResult:
     """Export an adapter (mlx-lm or PEFT) to the four targets, gate them, then write the Modelfiles.
 
@@ -203,6 +227,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     model for Modelfile.adapter's FROM (empty: our base f16 GGUF). `parameters`: Modelfile sampling
     PARAMETERs (None: export.ollama_parameters' defaults). Raises ParityError, with the
     figures, when a GGUF does not predict like MLX base + adapter; then no Modelfile is written.
+    Raises ModelError when the base is not the one train fingerprinted, unless `allow_other_base`.
     """
     from dantes_mlx.errors import ConfigError
     from dantes_mlx.export.gguf import QUANT_TYPES, read_config
@@ -226,12 +251,13 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     config = read_config(base_dir)
     check_adapter(adapter, config)
     out = Path(out_dir)
+    result = ExportResult(out)
+    check_base(adapter.path, base_dir, base_name, allow_other_base, result)
     out.mkdir(parents=True, exist_ok=True)
     # A previous export's Modelfiles name the GGUFs about to be overwritten: if this one fails the
     # gate they must not be left behind for `ollama create` to ship.
     for stale in ("Modelfile", "Modelfile.adapter"):
         (out / stale).unlink(missing_ok=True)
-    result = ExportResult(out)
     _adapter_targets(adapter, base_name, out, result, peft_base_model, config["num_hidden_layers"])
     if adapter.kind != "full" and config.get("quantization") and not peft_base_model:
         result.notes.append(f"the PEFT adapter names {base_name} (an MLX quantized model) as its base; set "
@@ -269,7 +295,8 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
 
 
 def export_project(config: dict, overrides: dict | None = None, *, adapter_path: str | Path | None = None,
-                   base_model: str | None = None, log: Callable[[str], None] = _stderr) -> ExportResult:
+                   base_model: str | None = None, allow_other_base: bool = False,
+                   log: Callable[[str], None] = _stderr) -> ExportResult:
     """`export` with settings from dantes.yaml (< overrides) and the project's default paths."""
     from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig, TrainConfig, section
     from dantes_mlx.export.peft import recorded_base_model
@@ -282,4 +309,5 @@ def export_project(config: dict, overrides: dict | None = None, *, adapter_path:
                       name=cfg.ollama_name, persona=section(CharacterConfig, config).persona,
                       messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
                       ollama_base=cfg.ollama_base, books=project.books, parity=cfg.parity,
-                      ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model, log=log)
+                      ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model,
+                      allow_other_base=allow_other_base, log=log)
