@@ -13,7 +13,7 @@ from dantes_mlx.backends import TrainResult
 from dantes_mlx.errors import ConfigError, ModelError
 from dantes_mlx.train import (METRICS_FILE, PLOT_FILE, MetricsLog, checkpoint_name, clear_run_outputs,
                               load_dataset, plot_losses, read_state, resolve_iters, resolve_model,
-                              write_chat_template, write_resolved_config, write_state)
+                              validation_note, write_chat_template, write_resolved_config, write_state)
 from dantes_mlx_unsloth.data import Collator, encode_rows, warn_if_truncated
 from dantes_mlx_unsloth.loop import OPTIMIZER_STATE, TorchLoop, load_optimizer, save_optimizer
 from dantes_mlx_unsloth.settings import BACKEND, is_bnb_quantized, lora_kwargs, read_model_config
@@ -165,8 +165,9 @@ class TorchRun:
             self.say("note: text rows have no prompt to mask; training on every token")
         train, valid = (encode_rows(rows, data.format, tokenizer, mask) for rows in (data.train, data.valid))
         warn_if_truncated(train, cfg.max_seq_length, "train")
-        if len(valid) < cfg.batch_size:
-            self.say(f"note: valid.jsonl has {len(valid)} rows (< batch_size={cfg.batch_size}); no validation loss")
+        note = validation_note(self.data_dir, len(valid), cfg.batch_size)
+        if note:  # the loops skip validation below a batch
+            self.say(note)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         collator = Collator(pad if pad is not None else 0, cfg.max_seq_length)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

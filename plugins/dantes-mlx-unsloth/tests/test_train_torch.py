@@ -144,3 +144,14 @@ def test_trl_path_trains_with_the_same_metrics(tiny_model_dir, chat_data, tmp_pa
     resolved = yaml.safe_load((tmp_path / "adapters" / "train_config.yaml").read_text())
     assert resolved["derived"]["path"] == "trl"
     assert Path(tmp_path / "adapters" / "loss.png").is_file()
+
+
+def test_training_without_valid_jsonl_says_there_is_no_validation(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(PATH_ENV, "loop")
+    data = write_dataset(tmp_path / "data", n_train=8, n_valid=4)
+    (data / "valid.jsonl").unlink()
+    result = train(tiny_settings(tiny_model_dir, iters=2, steps_per_report=1), data, tmp_path / "adapters")
+    said = capsys.readouterr()
+    assert result.steps == 2
+    assert "no valid.jsonl" in said.out + said.err and "dantes-mlx prepare" in said.out + said.err
+    assert not [r for r in MetricsLog(tmp_path / "adapters" / "metrics.jsonl").rows() if "val_loss" in r]
