@@ -1,4 +1,4 @@
-"""French lexicon for dialogue attribution: speech verbs, pronouns, determiners, titles, token patterns."""
+"""French lexicon for dialogue attribution: speech verbs, pronouns, determiners, titles, people, token patterns."""
 
 from __future__ import annotations
 
@@ -77,3 +77,59 @@ fières heureux heureuse heureuses las lasse lasses""".split()
 
 TOKEN = re.compile(r"[^\W\d_]+['’](?=\w)|\w+(?:[-.]\w+)*\.?(?<=M\.)|\w+(?:-\w+)*|[^\w\s]")
 INVERTED = re.compile(r"^(?P<verb>[^\W\d_]+?)(?:-t)?-(?P<pron>il|elle|ils|elles|on|je)$", re.I)
+
+# Nouns that name people: a pronoun's antecedent and a narrated speaker must be a person, a name or one
+# of these ("la duègne", "une vieille femme", "des banquiers"), not "la lampe" or "un mouvement".
+# Checked on the singular (a final s/x dropped).
+HUMAN_NOUNS = frozenset("""homme femme fille garçon enfant gamin gamine bambin bébé vieillard vieille vieux
+inconnu inconnue étranger étrangère voyageur voyageuse compagnon compagne ami amie camarade mari épouse
+veuf veuve fiancé fiancée amant maîtresse hôte hôtesse fils neveu nièce cousin cousine papa maman
+grand-père grand-mère aïeul aïeule parrain marraine bonne servante serviteur domestique valet laquais
+majordome intendant cocher postillon palefrenier page soubrette nourrice gouvernante cuisinière cuisinier
+concierge portier geôlier gardien sentinelle soldat sergent caporal officier capitaine lieutenant colonel
+commandant général major amiral matelot marin mousse pilote patron armateur pêcheur paysan paysanne
+fermier fermière meunier meunière berger bergère bûcheron charretier voiturier forgeron boulanger boucher
+marchand marchande commis employé ouvrier ouvrière aubergiste cabaretier hôtelier banquier notaire avocat
+juge procureur substitut magistrat commissaire gendarme policier espion médecin docteur chirurgien
+pharmacien apothicaire prêtre curé vicaire moine religieuse évêque cardinal pape chanoine sacristain
+bedeau professeur instituteur institutrice élève écolier étudiant savant poète peintre sculpteur artiste
+musicien chanteur chanteuse cantatrice actrice acteur comédien comédienne danseur danseuse conteur
+narrateur orateur écrivain auteur journaliste duègne blondin bandit brigand voleur assassin prisonnier
+captif mendiant malade blessé mourant visiteur visiteuse interlocuteur interlocutrice convive voisin
+voisine demoiselle gentilhomme chevalier vicomte vicomtesse héritier héritière individu cavalier
+bourgeois bourgeoise roi reine empereur impératrice maraîcher maraîchère aveugle
+partenaire gens petit petite capitano épicier épicière""".split())
+
+
+_CAPITAL = re.compile(r"[A-ZÀ-ÝŒ][\w'’-]*")
+_NOT_NAMES = frozenset(FUNCTION | DETS)
+_PERSON_WORDS = frozenset(TITLES_M | TITLES_F | HUMAN_NOUNS)
+
+
+def names_in(source: str) -> frozenset[str]:
+    """Capitalised words that are names: written so inside a sentence, or never written in lower case
+    ("Pécuchet", "Mme"), unlike the sentence openers "Ayant", "Souvent" or "La"."""
+    lower = set(re.findall(r"(?<![\w'’-])[a-zà-ÿœ][\w'’-]*", source))
+    out = set()
+    for m in _CAPITAL.finditer(source):
+        word = m.group().replace("’", "'")
+        if word in out or word.lower() in _NOT_NAMES:
+            continue
+        before = source[max(0, m.start() - 3):m.start()].rstrip(" \t\u00a0")
+        if before and before[-1] not in ".!?…:;«»\"“”—–-\n(" or m.group().lower() not in lower:
+            out.add(word)
+    return frozenset(out)
+
+
+def person_like(m, names: frozenset[str] = frozenset()) -> bool:
+    """A mention that stands for a person: a pronoun, a name of the text (see names_in), a title
+    ("M. Morrel", "l'abbé") or a noun for people ("la duègne", "des banquiers"), not "la lampe"."""
+    if m.pronoun:
+        return True
+    for w in re.split(r"[\s'’]+", m.text):
+        low = w.lower()
+        if low in _PERSON_WORDS or low[-1:] in "sx" and low[:-1] in HUMAN_NOUNS:
+            return True
+        if w[:1].isupper() and w in names:
+            return True
+    return False

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from dantes_mlx.dialogue_lexicon import (ADVERBS, CLITICS, DETS, DETS_F, DETS_M, ER_STEMS, FUNCTION, INVERTED,
                                          NOT_VERBS, NP_STOP, PRONOUNS, SPEECH_FORMS, TITLES_F, TITLES_M, TOKEN,
-                                         VERB_END)
+                                         VERB_END, names_in, person_like)
 
 
 
@@ -378,13 +378,6 @@ def _bare(name: str) -> str:
     return " ".join(words)
 
 
-def _person_like(m: Mention) -> bool:
-    """A mention that can only be a person: a pronoun, a name or a title ("Pécuchet", "M. Morrel")."""
-    words = m.text.replace("’", "'").split()
-    return m.pronoun or any(w[:1].isupper() and _low(w) not in FUNCTION | DETS for w in words) or \
-        any(_low(w) in TITLES_M | TITLES_F for w in words)
-
-
 RUN_GAP = 400  # characters of narration that end an exchange
 
 
@@ -395,6 +388,7 @@ class _Attributor:
         self.source, self.paras = source, paras
         self.starts = [a for a, _ in paras]
         self.genders = name_genders(source)
+        self.names = names_in(source)
         self.recent: list[Mention | tuple[int, int]] = []  # mentions, and narration read lazily
         self.run: list[Mention] = []
 
@@ -423,7 +417,8 @@ class _Attributor:
         if low not in ("il", "elle", "ils", "elles", "celui-ci", "celle-ci", "celui-là", "celle-là"):
             return pron  # "l'un d'eux", "quelqu'un": the words themselves are the best name
         want = pron.gender
-        near = [m for m in reversed(self._expand_recent()) if 0 <= pron.start - m.end < _WINDOW]
+        near = [m for m in reversed(self._expand_recent())
+                if 0 <= pron.start - m.end < _WINDOW and person_like(m, self.names)]
         genders = [_gender(m, self.genders) for m in near]
         # a mention of the right known gender beats a more recent one of unknown gender
         cands = [m for m, g in zip(near, genders) if g == want] or \
@@ -453,7 +448,7 @@ class _Attributor:
         if pi > 0 and gap_start <= self.paras[pi - 1][0]:
             pa, pb = self.paras[pi - 1]
             m = _introducer(src, pa, pb)
-            if m and (src[pa:pb].rstrip().endswith(":") or _person_like(m)):
+            if m and (src[pa:pb].rstrip().endswith(":") or person_like(m, self.names)):
                 return "previous", m
         return None, None
 

@@ -346,3 +346,32 @@ def test_raw_gutenberg_and_clean_text_give_the_same_quotations():
     assert [" ".join(q.speech(raw).split()) for q in from_raw] == \
         [" ".join(q.speech(clean).split()) for q in from_clean]
     assert [q.speaker for q in from_raw] == [q.speaker for q in from_clean]
+
+
+@pytest.mark.parametrize("text, speaker", [
+    # the latest feminine mention is a thing: the pronoun goes back to the woman
+    ("Mercédès s'approcha de la fenêtre. Une lumière pâle éclairait la chambre. Elle murmura :\n\n"
+     "— Il ne reviendra pas.\n", "Mercédès"),
+    ("Le vieux Dantès posa sa pipe. Un long silence suivit. Il dit enfin :\n\n— Mon fils est perdu.\n",
+     "Le vieux Dantès"),
+    # a common noun for a person is a person
+    ("La servante entra. La lampe fumait sur la table. Elle dit :\n\n— Monsieur est servi.\n", "La servante"),
+])
+def test_a_pronoun_stands_for_a_person_not_the_last_thing_named(text, speaker):
+    [q] = find_quotations(text)
+    assert q.speaker == speaker and q.mention.lower() in ("il", "elle")
+
+
+def test_a_pronoun_with_no_person_before_it_has_no_speaker():
+    text = "La lampe fumait. Une odeur de cire emplissait la chambre. Elle dit :\n\n— Entrez.\n"
+    [q] = find_quotations(text)
+    assert q.speaker is None and q.mention == "Elle"
+
+
+def test_names_are_capitalised_words_not_sentence_openers():
+    from dantes_mlx.dialogue_lexicon import names_in
+    text = ("Ayant fini, Morrel sortit. Souvent il revenait avec Dantès. La mer était calme ; "
+            "souvent la mer est calme, et ayant vu cela, on se tait. Faria parla.")
+    names = names_in(text)
+    assert {"Morrel", "Dantès", "Faria"} <= names  # Faria only opens a sentence, but is never lower case
+    assert not {"Ayant", "Souvent", "La"} & names
