@@ -76,6 +76,7 @@ def download_book(book_id: str, dest: Path, base_url: str, timeout: float) -> st
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 data = response.read(MAX_DOWNLOAD_BYTES + 1)
+                expected = response.headers.get("Content-Length", "")
         except urllib.error.HTTPError as exc:
             if exc.code in (403, 404, 410):
                 tried.append(f"{url} (HTTP {exc.code})")
@@ -86,6 +87,13 @@ def download_book(book_id: str, dest: Path, base_url: str, timeout: float) -> st
             reason = getattr(exc, "reason", None) or exc
             raise InputError(f"cannot download ebook {book_id}: {url} is unreachable ({reason})",
                              fix=OFFLINE_FIX) from None
+        # read(n) returns a short body without raising when the connection drops: compare with the header.
+        if expected.isdigit() and len(data) < int(expected) <= MAX_DOWNLOAD_BYTES:
+            raise InputError(f"the download of {url} was cut off after {len(data):,} of {int(expected):,} bytes; "
+                             "nothing was saved", fix="run the same command again")
+        if not data:
+            raise InputError(f"{url} answered with an empty file; nothing was saved",
+                             fix="try again later, or " + MANUAL_FIX)
         if len(data) > MAX_DOWNLOAD_BYTES or data.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
             raise InputError(f"{url} did not return a plain-text ebook "
                              f"({'over 64 MB' if len(data) > MAX_DOWNLOAD_BYTES else 'an HTML page'})",
