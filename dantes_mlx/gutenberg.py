@@ -21,6 +21,8 @@ REPLY_CHARS = "-—–«"
 START_RE = re.compile(r"^[ \t]*\*{3}[ \t]*START OF (?:THE |THIS )?PROJECT GUTENBERG", re.I | re.M)
 END_RE = re.compile(r"^[ \t]*\*{3}[ \t]*END OF (?:THE |THIS )?PROJECT GUTENBERG", re.I | re.M)
 END_LINE_RE = re.compile(r"^[ \t]*End of (?:the |this )?Project Gutenberg", re.I | re.M)
+# Files of the 1990s-2000s end their licence header with "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*...".
+SMALL_PRINT_END_RE = re.compile(r"^[ \t]*\*?END\*?[ \t]*THE SMALL PRINT", re.I | re.M)
 CREDITS_RE = re.compile(r"^\s*(?:Produced by|Produced from|This (?:e-?text|e-?book|file) was (?:produced|prepared)"
                         r"|E-?text prepared by|Transcribed by|Digiti[sz]ed by)", re.I)
 HEADER_FIELDS = {"title": r"^Title:\s*(.+)", "author": r"^Author:\s*(.+)", "language": r"^Language:\s*(.+)",
@@ -88,6 +90,10 @@ def locate_body(text: str, lines: list[str]) -> tuple[int, int, dict, list[str]]
     end = _marker_line(END_RE, text, after, "***")
     if end is None:  # some files only have the "End of the Project Gutenberg EBook" line
         end = _marker_line(END_LINE_RE, text, after)
+    small_print = _marker_line(SMALL_PRINT_END_RE, text, after, "SMALL PRINT")
+    # In the header (before the end, or in the first half of a file without one), not in a footer.
+    if small_print is not None and (small_print < end if end is not None else small_print < len(lines) // 2):
+        start = small_print
     meta = header_fields(lines[:start]) if start is not None else {}
     meta.update(start_marker_line=None if start is None else start + 1,
                 end_marker_line=None if end is None else end + 1)

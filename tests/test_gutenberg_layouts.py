@@ -1,0 +1,71 @@
+"""Gutenberg clean-up on the header, footer and encoding layouts of the different eras of the catalogue.
+
+In-memory, no network. The headers are shortened from the real layouts (1990s "small print" etexts,
+2000s "*** START OF THIS", 2023+ "*** START OF THE"). Run: pytest tests/test_gutenberg_layouts.py -q
+"""
+
+from __future__ import annotations
+
+from dantes_mlx.gutenberg import clean_text
+
+BODY = ("CHAPITRE PREMIER\n\n"
+        "Il était une fois un roi qui avait trois filles, et la plus jeune était\n"
+        "si belle que le soleil s'étonnait chaque fois qu'il la voyait.\n\n"
+        "--Bonjour, mon père, dit-elle.\n")
+CLEAN = ("CHAPITRE PREMIER\n\nIl était une fois un roi qui avait trois filles, et la plus jeune était si belle "
+         "que le soleil s'étonnait chaque fois qu'il la voyait.\n\n--Bonjour, mon père, dit-elle.\n")
+
+SMALL_PRINT_HEADER = """The Project Gutenberg Etext of Le Petit Conte, by Quelqu'un
+
+Please take a look at the important information in this header.
+
+**Welcome To The World of Free Plain Vanilla Electronic Texts**
+
+Title: Le Petit Conte
+
+Author: Quelqu'un
+
+Release Date: May, 2001  [Etext #2650]
+
+*****These eBooks Were Prepared By Thousands of Volunteers!*****
+
+***START**THE SMALL PRINT!**FOR PUBLIC DOMAIN ETEXTS**START***
+Why is this "Small Print!" statement here?  You know: lawyers.
+They tell us you might sue us if there is something wrong with
+your copy of this etext, even if you got it for free.
+
+*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.02/11/02*END*
+
+
+
+
+This etext was prepared by John Doe <jdoe@example.org>.
+
+
+
+
+"""
+SMALL_PRINT_FOOTER = """
+
+End of the Project Gutenberg Etext of Le Petit Conte, by Quelqu'un
+"""
+
+
+def test_small_print_header_of_the_first_etexts_is_removed():
+    result = clean_text(SMALL_PRINT_HEADER + BODY + SMALL_PRINT_FOOTER)
+    assert result.text == CLEAN
+    assert result.warnings == []
+    assert result.meta["title"] == "Le Petit Conte"
+    assert result.meta["credits"] == ["This etext was prepared by John Doe <jdoe@example.org>."]
+
+
+def test_small_print_in_a_footer_is_not_taken_for_the_header():
+    header = ("The Project Gutenberg EBook of Le Petit Conte\n\nTitle: Le Petit Conte\n\n"
+              "*** START OF THE PROJECT GUTENBERG EBOOK LE PETIT CONTE ***\n\n")
+    footer = ("\n*** END OF THE PROJECT GUTENBERG EBOOK LE PETIT CONTE ***\n\n"
+              "***START**THE SMALL PRINT!**FOR PUBLIC DOMAIN EBOOKS**START***\nlegal text\n"
+              "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN EBOOKS*Ver.02/11/02*END*\n")
+    assert clean_text(header + BODY + footer).text == CLEAN
+    # A file cut before its END marker keeps its book; only a header's small print moves the start.
+    cut = clean_text(header + BODY * 3 + footer.split("***\n", 1)[1])
+    assert cut.text.startswith("CHAPITRE PREMIER\n\nIl était une fois")
