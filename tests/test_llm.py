@@ -137,7 +137,50 @@ def test_json_schema_rejected_falls_back_to_json_object_and_remembers(serve):
     assert json.loads(client.chat(user("a"), json_schema=SCHEMA).text)["kind"] == "écrit"
     client.chat(user("b"), json_schema=SCHEMA)
     assert [r["response_format"]["type"] for r in server.requests] == ["json_schema", "json_object", "json_object"]
-    assert client.response_format_mode == "json_object"
+    assert server.requests[-1]["response_format"]["schema"] == SCHEMA
+    assert client.response_format_mode == "json_object+schema"
+
+
+def test_json_object_with_schema_refused_falls_back_to_bare_json_object(serve):
+    def behave(body, n):  # OpenAI-like: strict schema refused, and no extra key in response_format
+        if body["response_format"] != {"type": "json_object"}:
+            return 400, {"error": {"message": "Invalid schema for response_format 'answer'"}}, 0
+        return 200, completion("{}"), 0
+
+    server = serve(behave)
+    client = client_for(server)
+    client.chat(user("a"), json_schema=SCHEMA)
+    assert len(server.requests) == 3 and client.response_format_mode == "json_object"
+
+
+# What llama-cpp-python's server (and llama-server before it knew json_schema, ik_llama.cpp) answer: a 500.
+LLAMA_CPP_PYTHON_500 = {"error": {"message": "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', "
+                                  "'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", "
+                                  "'input': 'json_schema'}", "type": "internal_server_error"}}
+
+
+def test_json_schema_refused_with_a_500_falls_back_at_once_keeping_the_schema(serve):
+    def behave(body, n):
+        if body["response_format"]["type"] == "json_schema":
+            return 500, LLAMA_CPP_PYTHON_500, 0
+        return 200, completion('{"kind": "parole", "ok": true}'), 0
+
+    server = serve(behave)
+    client = client_for(server, retries=3, backoff=30.0)  # a retry would take seconds: there must be none
+    started = time.monotonic()
+    assert json.loads(client.chat(user("a"), json_schema=SCHEMA).text)["ok"] is True
+    assert time.monotonic() - started < 5 and len(server.requests) == 2
+    # llama.cpp's own form: json_object + schema still forces the schema (a bare json_object does not)
+    assert server.requests[1]["response_format"] == {"type": "json_object", "schema": SCHEMA}
+    assert client.response_format_mode == "json_object+schema"
+
+
+def test_a_500_naming_no_optional_field_is_still_retried_then_reported(serve):
+    server = serve(lambda body, n: (500, {"error": {"message": "CUDA out of memory"}}, 0))
+    client = client_for(server, retries=2)
+    with pytest.raises(ModelError, match="CUDA out of memory"):
+        client.chat(user("a"), json_schema=SCHEMA)
+    assert len(server.requests) == 3 and client.response_format_mode == "json_schema"
 
 
 def test_no_format_support_at_all_falls_back_to_plain(serve):
@@ -149,7 +192,7 @@ def test_no_format_support_at_all_falls_back_to_plain(serve):
     server = serve(behave)
     client = client_for(server)
     client.chat(user("a"), json_schema=SCHEMA)
-    assert client.response_format_mode == "none" and len(server.requests) == 3
+    assert client.response_format_mode == "none" and len(server.requests) == 4
     assert "response_format" not in server.requests[-1]
 
 

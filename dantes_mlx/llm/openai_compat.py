@@ -2,8 +2,11 @@
 
 Standard library only (urllib): one POST per call to {base}/chat/completions. Transient failures
 (connection errors, timeouts, 408/429/5xx) are retried with exponential backoff and full jitter; other
-4xx are not. A server that rejects `response_format` json_schema gets json_object, then no format,
-and one that rejects the reasoning-effort hint gets none: each fallback is remembered by the client.
+4xx are not. A server that rejects `response_format` json_schema gets llama.cpp's json_object + schema
+form (llama-cpp-python's server knows no other), then bare json_object, then no format, and one that
+rejects the reasoning-effort hint gets none: each fallback is remembered by the client. A rejection
+may come as a 400/422 or, from llama-cpp-python's server and older llama-server, as a 500 naming the
+field: that one is not retried.
 The API key is read from an environment variable, sent only in the Authorization header, and
 scrubbed from every message this module logs or raises.
 """
@@ -33,13 +36,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
-FORMAT_LADDER = ("json_schema", "json_object", "none")
+FORMAT_LADDER = ("json_schema", "json_object+schema", "json_object", "none")
 _FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema", "format", "grammar")
 _REASONING_WORDS = ("reasoning", "think", "chat_template_kwargs")
+# A 5xx naming one of the optional fields we send is a refusal of that field, not a transient failure.
+_OPTIONAL_FIELDS = ("response_format", "json_schema", "json_object", "chat_template_kwargs", "reasoning_effort")
 
 
 class _BadRequest(Exception):
-    """A 400/422 answer, which may mean an optional request field is unsupported."""
+    """A 400/422 answer (or a 5xx naming an optional field): an optional request field may be unsupported."""
 
     def __init__(self, status: int, body: str):
         super().__init__(f"HTTP {status}: {body}")
@@ -111,12 +116,8 @@ class OpenAICompatClient:
         with self._lock:
             format_level, hint = self._format_level, self._send_reasoning_hint
         body = {"model": self.model_id, "messages": messages, "stream": False, **options}
-        mode = FORMAT_LADDER[format_level]
-        if json_schema is not None and mode == "json_schema":
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": str(json_schema.get("title") or "answer"), "strict": True, "schema": json_schema}}
-        elif json_schema is not None and mode == "json_object":
-            body["response_format"] = {"type": "json_object"}
+        if json_schema is not None and FORMAT_LADDER[format_level] != "none":
+            body["response_format"] = _response_format(FORMAT_LADDER[format_level], json_schema)
         if hint:
             # OpenAI, vLLM and Ollama read `reasoning_effort`; llama-server passes template kwargs.
             body["reasoning_effort"] = self.reasoning_effort
@@ -154,7 +155,7 @@ class OpenAICompatClient:
                 return self._parse(raw)
             except urllib.error.HTTPError as exc:
                 text = self._scrub(exc.read(4000).decode("utf-8", "replace"))
-                if exc.code in (400, 422):
+                if exc.code in (400, 422) or (exc.code >= 500 and any(f in text for f in _OPTIONAL_FIELDS)):
                     raise _BadRequest(exc.code, text) from None
                 if exc.code not in RETRY_STATUS or attempt == self.retries:
                     raise self._http_error(exc.code, text) from None
@@ -229,6 +230,16 @@ class OpenAICompatClient:
                  return_exceptions: bool = False) -> list[ChatResult | Exception]:
         """Results in input order; requests are dicts {"messages", "json_schema"?, **sampling}."""
         return batch.map_chat(self, requests, concurrency or self.concurrency, return_exceptions)
+
+
+def _response_format(mode: str, schema: dict) -> dict:
+    """The `response_format` of one FORMAT_LADDER mode (other than none)."""
+    if mode == "json_schema":
+        return {"type": "json_schema", "json_schema": {
+            "name": str(schema.get("title") or "answer"), "strict": True, "schema": schema}}
+    if mode == "json_object+schema":  # llama-server reads it too; Ollama and vLLM ignore the schema
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_object"}
 
 
 def _evaluated(data: dict, prompt_tokens: int) -> int:
