@@ -26,7 +26,7 @@ SMALL_PRINT_END_RE = re.compile(r"^[ \t]*\*?END\*?[ \t]*THE SMALL PRINT", re.I |
 CREDITS_RE = re.compile(r"^\s*(?:Produced by|Produced from|This (?:e-?text|e-?book|file) was (?:produced|prepared)"
                         r"|E-?text prepared by|Transcribed by|Digiti[sz]ed by)", re.I)
 HEADER_FIELDS = {"title": r"^Title:\s*(.+)", "author": r"^Author:\s*(.+)", "language": r"^Language:\s*(.+)",
-                 "declared_encoding": r"^Character set encoding:\s*(.+)", "ebook_id": r"\[E-?Book #(\d+)\]"}
+                 "declared_encoding": r"^Character set encoding:\s*(.+)", "ebook_id": r"(?i)\[E-?(?:Book|text) #(\d+)\]"}
 ROMAN = r"(?=[IVXLCDM])M{0,4}(?:CM|CD|D?C{0,3})(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})"
 CHAPTER_WORD_RE = re.compile(r"^(?:CHAPITRE|CHAPTER|Chapitre|Chapter)\s+(?P<num>[^\s.:—–-]+)\.?"
                              r"(?:\s*(?:--|[.:—–-])?\s*(?P<name>\S.*))?$")
@@ -298,11 +298,18 @@ def find_chapters(paragraphs: list[str], starts: list[int], source_lines: list[i
             heading = parse_heading(para)
             if heading:
                 found.append((i, heading))
+    def gap_after(k):  # characters between heading k and the next one (or the end of the text)
+        i = found[k][0]
+        next_start = starts[found[k + 1][0]] if k + 1 < len(found) else starts[-1] + len(paragraphs[-1]) + 2
+        return next_start - starts[i] - len(paragraphs[i])
+
     chapters = []
     for k, (i, (number, name)) in enumerate(found):
-        next_start = starts[found[k + 1][0]] if k + 1 < len(found) else None
-        if next_start is not None and next_start - starts[i] - len(paragraphs[i]) < TOC_GAP_CHARS:
-            continue  # table-of-contents entry
+        # A table of contents: headings close together; the last entry of one that ends the book is
+        # close to the one before it and to the end.
+        last = k + 1 == len(found)
+        if gap_after(k) < TOC_GAP_CHARS and (not last or (k and gap_after(k - 1) < TOC_GAP_CHARS)):
+            continue
         heading, title = paragraphs[i], paragraphs[i]
         if not name and i + 1 < len(paragraphs):
             following = paragraphs[i + 1]

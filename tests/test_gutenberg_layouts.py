@@ -69,3 +69,57 @@ def test_small_print_in_a_footer_is_not_taken_for_the_header():
     # A file cut before its END marker keeps its book; only a header's small print moves the start.
     cut = clean_text(header + BODY * 3 + footer.split("***\n", 1)[1])
     assert cut.text.startswith("CHAPITRE PREMIER\n\nIl était une fois")
+
+
+MODERN_HEADER = """The Project Gutenberg eBook of Le comte de Monte-Cristo, Tome I
+
+This ebook is for the use of anyone anywhere in the United States and
+most other parts of the world at no cost and with almost no restrictions
+whatsoever.
+
+Title: Le comte de Monte-Cristo, Tome I
+
+Author: Alexandre Dumas
+
+Release date: March 4, 2006 [eBook #17989]
+                Most recently updated: October 30, 2024
+
+Language: French
+
+Credits: Produced by Chuck Greif and the Online Distributed Proofreading Team
+
+
+*** START OF THE PROJECT GUTENBERG EBOOK LE COMTE DE MONTE-CRISTO, TOME I ***
+
+"""
+MODERN_FOOTER = """
+
+*** END OF THE PROJECT GUTENBERG EBOOK LE COMTE DE MONTE-CRISTO, TOME I ***
+
+
+
+Updated editions will replace the previous one--the old editions will
+be renamed.
+"""
+
+
+def test_ebook_number_is_read_from_every_header_style():
+    modern = clean_text(MODERN_HEADER + BODY + MODERN_FOOTER)
+    assert modern.text == CLEAN
+    assert modern.meta["ebook_id"] == "17989" and modern.meta["language"] == "French"
+    assert clean_text(SMALL_PRINT_HEADER + BODY + SMALL_PRINT_FOOTER).meta["ebook_id"] == "2650"
+    older = MODERN_HEADER.replace("[eBook #17989]", "[EBook #17989]").replace("THE PROJECT", "THIS PROJECT")
+    assert clean_text(older + BODY + MODERN_FOOTER).meta["ebook_id"] == "17989"
+
+
+CHAPTER_TEXT = ("Le 24 février 1815, la vigie de Notre-Dame de la Garde signala le\n"
+                "trois-mâts le _Pharaon_, venant de Smyrne, Trieste et Naples.\n\n") * 6
+
+
+def test_table_of_contents_at_the_end_adds_no_chapter():
+    names = ["Marseille.--L'arrivée.", "Le père et le fils.", "Les Catalans."]
+    chapters = "".join(f"{num}\n\n{name}\n\n{CHAPTER_TEXT}" for num, name in zip(("I", "II", "III"), names))
+    toc = "TABLE DES MATIÈRES\n\n" + "".join(f"{num}. {name}\n\n" for num, name in zip(("I", "II", "III"), names))
+    result = clean_text(MODERN_HEADER + chapters + toc + MODERN_FOOTER)
+    assert [c["number"] for c in result.chapters] == ["I", "II", "III"]
+    assert result.chapters[-1]["start"] < result.text.index("TABLE DES MATIÈRES")
