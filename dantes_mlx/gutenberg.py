@@ -26,7 +26,8 @@ SMALL_PRINT_END_RE = re.compile(r"^[ \t]*\*?END\*?[ \t]*THE SMALL PRINT", re.I |
 CREDITS_RE = re.compile(r"^\s*(?:Produced by|Produced from|This (?:e-?text|e-?book|file) was (?:produced|prepared)"
                         r"|E-?text prepared by|Transcribed by|Digiti[sz]ed by)", re.I)
 HEADER_FIELDS = {"title": r"^Title:\s*(.+)", "author": r"^Author:\s*(.+)", "language": r"^Language:\s*(.+)",
-                 "declared_encoding": r"^Character set encoding:\s*(.+)", "ebook_id": r"(?i)\[E-?(?:Book|text) #(\d+)\]"}
+                 "declared_encoding": r"^Character set encoding:\s*(.+)",
+                 "ebook_id": r"(?i)\[E-?(?:Book|text) #(\d+)\]"}
 ROMAN = r"(?=[IVXLCDM])M{0,4}(?:CM|CD|D?C{0,3})(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})"
 CHAPTER_WORD_RE = re.compile(r"^(?:CHAPITRE|CHAPTER|Chapitre|Chapter)\s+(?P<num>[^\s.:—–-]+)\.?"
                              r"(?:\s*(?:--|[.:—–-])?\s*(?P<name>\S.*))?$")
@@ -298,28 +299,37 @@ def find_chapters(paragraphs: list[str], starts: list[int], source_lines: list[i
             heading = parse_heading(para)
             if heading:
                 found.append((i, heading))
+
     def gap_after(k):  # characters between heading k and the next one (or the end of the text)
         i = found[k][0]
         next_start = starts[found[k + 1][0]] if k + 1 < len(found) else starts[-1] + len(paragraphs[-1]) + 2
         return next_start - starts[i] - len(paragraphs[i])
 
+    # A table of contents: headings close together; the last entry of one that ends the book is close
+    # to the one before it and to the end.
+    kept = [(i, number, name) for k, (i, (number, name)) in enumerate(found) if gap_after(k) >= TOC_GAP_CHARS
+            or (k + 1 == len(found) and not (k and gap_after(k - 1) < TOC_GAP_CHARS))]
+    titled = _titles_follow_numbers(paragraphs, [i for i, _, name in kept if not name])
     chapters = []
-    for k, (i, (number, name)) in enumerate(found):
-        # A table of contents: headings close together; the last entry of one that ends the book is
-        # close to the one before it and to the end.
-        last = k + 1 == len(found)
-        if gap_after(k) < TOC_GAP_CHARS and (not last or (k and gap_after(k - 1) < TOC_GAP_CHARS)):
-            continue
+    for i, number, name in kept:
         heading, title = paragraphs[i], paragraphs[i]
         if not name and i + 1 < len(paragraphs):
             following = paragraphs[i + 1]
-            # An all-capitals line, or Gutenberg's "Marseille.--L'arrivée." style, names the chapter.
+            # An all-capitals line, Gutenberg's "Marseille.--L'arrivée." style, or any short line in a
+            # book where one follows (nearly) every bare number ("II" then "Le père et le fils.").
             short = len(following) <= 80 and not is_reply(following)
-            if short and ("--" in following or not any(c.islower() for c in following)):
+            if short and (titled or "--" in following or not any(c.islower() for c in following)):
                 name, title = following, f"{heading.rstrip('.')}. {following}"
         chapters.append({"index": len(chapters), "heading": heading, "number": number, "name": name,
                          "title": title, "start": starts[i], "line": 2 * i + 1, "source_line": source_lines[i]})
     return chapters
+
+
+def _titles_follow_numbers(paragraphs: list[str], bare: list[int]) -> bool:
+    """Is (nearly) every bare chapter number followed by a short title line, as in Monte-Cristo?"""
+    following = [paragraphs[i + 1] for i in bare if i + 1 < len(paragraphs)]
+    titles = sum(len(p) <= 80 and p[:1].isupper() and not is_reply(p) and not parse_heading(p) for p in following)
+    return len(following) >= 3 and titles >= 0.8 * len(following)
 
 
 def book_stats(paragraphs: list[str], chapters: list[dict], text: str) -> dict:

@@ -11,7 +11,6 @@ import threading
 import pytest
 
 from dantes_mlx.errors import InputError
-from dantes_mlx.gutenberg import read_book
 from dantes_mlx.gutenberg_fetch import fetch_books
 
 BOOK = "Le château d'If, où Dantès fut enfermé.\n".encode("utf-8") * 50

@@ -123,3 +123,17 @@ def test_table_of_contents_at_the_end_adds_no_chapter():
     result = clean_text(MODERN_HEADER + chapters + toc + MODERN_FOOTER)
     assert [c["number"] for c in result.chapters] == ["I", "II", "III"]
     assert result.chapters[-1]["start"] < result.text.index("TABLE DES MATIÈRES")
+
+
+def test_monte_cristo_chapters_are_named_by_the_line_after_the_number():
+    # Monte-Cristo's layout: "I", then "Marseille.--L'arrivée.", "II", then "Le père et le fils."...
+    names = ["Marseille.--L'arrivée.", "Le père et le fils.", "Les Catalans.", "Complot."]
+    numbers = ("I", "II", "III", "IV")
+    chapters = "".join(f"{num}\n\n{name}\n\n{CHAPTER_TEXT}" for num, name in zip(numbers, names))
+    result = clean_text(MODERN_HEADER + chapters + MODERN_FOOTER)
+    assert [c["title"] for c in result.chapters] == [f"{n}. {name}" for n, name in zip(numbers, names)]
+    assert [c["name"] for c in result.chapters] == names
+    # Without titles, the first sentence of a chapter is not taken for one, even when it is short.
+    untitled = "".join(f"{num}\n\n{first}\n\n{CHAPTER_TEXT}"
+                       for num, first in zip(numbers, ["Il pleuvait.", CHAPTER_TEXT.split("\n\n")[0]] * 2))
+    assert [c["name"] for c in clean_text(MODERN_HEADER + untitled + MODERN_FOOTER).chapters] == [""] * 4
