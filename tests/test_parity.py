@@ -129,6 +129,40 @@ def test_parity_command(tiny_model_dir, tiny_gguf, minus_1000_gguf, tmp_path):
     assert alias.exit_code == 2 and "--adapter and --no-adapter" in alias.output
 
 
+def test_parity_command_compares_with_the_base_the_adapter_names(tiny_model_dir, tiny_gguf, tmp_path):
+    # train.base_model is the default Hub repo (not cached here); the adapter records the tiny model,
+    # as `train --base-model` writes it: parity must use that base, as export does.
+    from click.testing import CliRunner
+    from test_export_peft import make_mlx_adapter
+
+    from dantes_mlx.cli import main
+
+    adapter = make_mlx_adapter(tiny_model_dir, tmp_path / "adapters", b_std=0.0)  # B = 0: the base itself
+    (tmp_path / "dantes.yaml").write_text("{}\n")
+    result = CliRunner().invoke(main, ["parity", "--config", str(tmp_path / "dantes.yaml"), "--gguf",
+                                       str(tiny_gguf), "--adapter", str(adapter)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "parity PASSED (f16)" in result.output
+
+
+def test_parity_command_with_an_uncached_hub_model_fails_clearly(tiny_gguf, tmp_path, monkeypatch):
+    import huggingface_hub
+    from click.testing import CliRunner
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from dantes_mlx.cli import main
+
+    def offline(repo_id, **kw):
+        raise LocalEntryNotFoundError("no connection and not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    (tmp_path / "dantes.yaml").write_text("{}\n")
+    result = CliRunner().invoke(main, ["parity", "--config", str(tmp_path / "dantes.yaml"), "--gguf",
+                                       str(tiny_gguf), "--model", "someone/not-cached", "--no-adapter"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "someone/not-cached" in result.output and "local cache" in result.output
+
+
 def test_missing_or_broken_gguf_is_a_clear_error(reference, tmp_path):
     from dantes_mlx.errors import ModelError
 

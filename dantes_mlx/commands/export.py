@@ -30,16 +30,19 @@ def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quanti
     """Check that an exported GGUF predicts like the trained model (tokens, top-1, KL)."""
     from dantes_mlx.config import CharacterConfig, ProjectConfig, TrainConfig, load_yaml, section
     from dantes_mlx.export.parity import run_parity
+    from dantes_mlx.export.peft import recorded_base_model
     from dantes_mlx.store import write_text_atomic
 
     if adapter is not None and no_adapter:
         raise click.UsageError("--adapter and --no-adapter cannot be used together; keep one")
     config = load_yaml(config_path)
-    model = model or section(TrainConfig, config).base_model
     if adapter is None and not no_adapter:
         default = Path(section(ProjectConfig, config).adapters_dir)
         trained = any((default / f).is_file() for f in ("adapters.safetensors", "adapter_model.safetensors"))
         adapter = str(default) if trained else None
+    # As export does: the base the adapter was trained on, before train.base_model.
+    model = model or (recorded_base_model(adapter) if adapter and not no_adapter else None) \
+        or section(TrainConfig, config).base_model
     report = run_parity(model, gguf_path, adapter=None if no_adapter else adapter, lora_path=lora_path,
                         quantization=quantization, prompts_file=prompts_file,
                         system=section(CharacterConfig, config).persona, enforce=not report_only)

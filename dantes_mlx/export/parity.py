@@ -408,6 +408,9 @@ def run_parity(model: str | Path, gguf_path: str | Path, *, adapter: str | Path 
                prompts_file: str | Path | None = None, system: str | None = None,
                enforce: bool = True) -> ParityReport:
     """The `dantes-mlx parity` stage: the trained model (+ adapter) against a GGUF (+ GGUF LoRA)."""
+    from dantes_mlx.train import resolve_model
+
     prompts = load_prompts(prompts_file) if prompts_file else default_prompts(system)
+    model = resolve_model(str(model))  # a Hub id not in the cache offline: a ModelError, not a traceback
     return check_parity(make_reference(model, adapter), gguf_path, lora_path, prompts=prompts,
                         quantization=quantization, enforce=enforce, release_reference=True)
