@@ -73,7 +73,8 @@ class LLMConfig:
     temperature: float = setting(0.7, "Sampling temperature.")
     max_tokens: int = setting(2048, "Maximum tokens generated per call.")
     seed: int = setting(0, "Sampling seed.")
-    reasoning_effort: str = setting("low", "For reasoning models (gpt-oss): low, medium or high.")
+    reasoning_effort: str = setting("low", "For reasoning models (gpt-oss): low, medium or high; none switches "
+                                           "thinking off (Qwen3-like templates); empty: no hint sent to a server.")
     reasoning_budget: int = setting(512, "Most tokens a reasoning model may think before its answer is forced "
                                          "(llama.cpp in process).")
     chat_template: str = setting("", "Jinja chat template file overriding the GGUF's own (llama.cpp in process).")

@@ -75,6 +75,14 @@ def test_schema_and_reasoning_hint_in_request_body(serve):
     assert body["chat_template_kwargs"] == {"reasoning_effort": "low"}
 
 
+def test_reasoning_effort_none_switches_thinking_off_as_in_process(serve):
+    server = serve(lambda body, n: (200, completion("ok"), 0))
+    client_for(server, reasoning_effort="none").chat(user("x"))
+    body = server.requests[0]  # Qwen3-like templates on llama-server/vLLM read enable_thinking, Ollama the effort
+    assert body["reasoning_effort"] == "none"
+    assert body["chat_template_kwargs"] == {"reasoning_effort": "none", "enable_thinking": False}
+
+
 def test_retries_a_500_then_succeeds(serve, caplog):
     server = serve(lambda body, n: (500, {"error": "boom"}, 0) if n == 1 else (200, completion("ok"), 0))
     with caplog.at_level(logging.WARNING):
@@ -248,6 +256,21 @@ def test_concurrency_overlaps_up_to_the_limit(serve):
     results = client.map_chat([user(f"q{i}") for i in range(8)])
     assert [r.text for r in results] == [f"q{i}" for i in range(8)]
     assert server.max_in_flight == 4
+
+
+def test_concurrent_refusals_fall_back_once_and_warn_once(serve, caplog):
+    def behave(body, n):
+        if body.get("response_format", {}).get("type") == "json_schema":
+            return 500, LLAMA_CPP_PYTHON_500, 0.2  # slow enough for all four to be refused
+        return 200, completion('{"kind": "parole", "ok": true}'), 0
+
+    server = serve(behave)
+    client = client_for(server, concurrency=4)
+    with caplog.at_level(logging.WARNING):
+        results = client.map_chat([{"messages": user(f"q{i}"), "json_schema": SCHEMA} for i in range(8)])
+    assert all(json.loads(r.text)["ok"] for r in results)
+    assert client.response_format_mode == "json_object+schema"
+    assert caplog.text.count("rejected response_format") == 1
 
 
 def test_map_chat_keeps_input_order_while_iter_chat_streams_as_finished(serve):

@@ -119,9 +119,12 @@ class OpenAICompatClient:
         if json_schema is not None and FORMAT_LADDER[format_level] != "none":
             body["response_format"] = _response_format(FORMAT_LADDER[format_level], json_schema)
         if hint:
-            # OpenAI, vLLM and Ollama read `reasoning_effort`; llama-server passes template kwargs.
+            # OpenAI, vLLM and Ollama read `reasoning_effort`; llama-server and vLLM pass template kwargs,
+            # where Qwen3-like templates switch thinking off with enable_thinking (as the in-process client).
             body["reasoning_effort"] = self.reasoning_effort
             body["chat_template_kwargs"] = {"reasoning_effort": self.reasoning_effort}
+            if self.reasoning_effort == "none":
+                body["chat_template_kwargs"]["enable_thinking"] = False
         return body, format_level, hint
 
     def _fall_back(self, exc: _BadRequest, asked_format: bool, format_level: int, hint: bool) -> bool:
@@ -129,13 +132,15 @@ class OpenAICompatClient:
         text = exc.body.lower()
         with self._lock:
             if hint and any(w in text for w in _REASONING_WORDS):
-                self._send_reasoning_hint = False
-                log.warning("%s rejected the reasoning-effort hint; sending none from now on", self.url)
+                if self._send_reasoning_hint:  # concurrent refusals: the first one warns
+                    self._send_reasoning_hint = False
+                    log.warning("%s rejected the reasoning-effort hint; sending none from now on", self.url)
                 return True
             if asked_format and format_level < len(FORMAT_LADDER) - 1 and any(w in text for w in _FORMAT_WORDS):
-                self._format_level = max(self._format_level, format_level + 1)
-                log.warning("%s rejected response_format %s; using %s from now on", self.url,
-                            FORMAT_LADDER[format_level], FORMAT_LADDER[self._format_level])
+                if self._format_level <= format_level:
+                    self._format_level = format_level + 1
+                    log.warning("%s rejected response_format %s; using %s from now on", self.url,
+                                FORMAT_LADDER[format_level], FORMAT_LADDER[self._format_level])
                 return True
             # another thread already lowered the level: retry with the new one
             return (asked_format and self._format_level > format_level) or (hint and not self._send_reasoning_hint)
