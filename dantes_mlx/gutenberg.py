@@ -425,23 +425,67 @@ def _check_binary(path: Path, data: bytes, encoding: str) -> None:
 
 def _decode(path: Path, data: bytes, encoding: str) -> tuple[str, str]:
     if encoding:
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise ConfigError(f"unknown encoding '{encoding}'", fix="use e.g. utf-8, latin-1 or cp1252") from None
-        try:
-            return data.decode(encoding), encoding
-        except UnicodeDecodeError as exc:
-            line = data.count(b"\n", 0, exc.start) + 1
-            raise InputError(f"not valid {encoding}: byte 0x{data[exc.start]:02X} cannot be decoded",
-                             path=path, line=line, fix="try another --encoding (utf-8, latin-1, cp1252)") from None
+        return _decode_as(path, data, encoding), encoding
     try:
         return data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError as exc:
+        declared = "" if _mostly_utf8(data) else _declared_codec(data)
+        if declared:  # an older ebook in the 8-bit encoding its header names
+            return data.decode(declared), declared
         line = data.count(b"\n", 0, exc.start) + 1
+        mixed = _mostly_utf8(data)
+        fix = ("replace the broken bytes at that line (an editor that re-saves the file as UTF-8 shows them) or "
+               "download the book again (`dantes-mlx fetch ID --force`); a single-byte encoding would garble "
+               "every UTF-8 letter" if mixed else f"re-run with `--encoding {_suggested_codec(data)}` "
+               "(or set `encoding` under `clean:` in dantes.yaml)")
         raise InputError(f"not UTF-8: byte 0x{data[exc.start]:02X} cannot be decoded; {_guess_encoding(data)}",
-                         path=path, line=line, fix=f"re-run with `--encoding {_suggested_codec(data)}` "
-                                                   "(or set `encoding` under `clean:` in dantes.yaml)") from None
+                         path=path, line=line, fix=fix) from None
+
+
+def _decode_as(path: Path, data: bytes, encoding: str) -> str:
+    """Decode with an encoding the user chose; refuse a single-byte one for a file that is UTF-8."""
+    try:
+        single_byte = len("é".encode(encoding)) == 1
+    except LookupError:
+        raise ConfigError(f"unknown encoding '{encoding}'", fix="use e.g. utf-8, latin-1 or cp1252") from None
+    except UnicodeEncodeError:
+        single_byte = False
+    if single_byte and not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            raise InputError(f"this file is valid UTF-8: read as {encoding}, every accented letter would be "
+                             "garbled ('é' -> 'Ã©')", path=path,
+                             fix=f"drop --encoding {encoding} (and `encoding` under `clean:` in dantes.yaml) for "
+                                 "this file; clean files of other encodings one at a time with -o OUTPUT")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"not valid {encoding}: byte 0x{data[exc.start]:02X} cannot be decoded",
+                         path=path, line=line, fix="try another --encoding (utf-8, latin-1, cp1252)") from None
+
+
+def _declared_codec(data: bytes) -> str:
+    """The 8-bit codec a Gutenberg header declares ("Character set encoding: ISO-8859-1"), or ""."""
+    declared = re.search(rb"Character set encoding:[ \t]*([^\r\n]+)", data[:20000])
+    name = declared.group(1).decode("ascii", "replace").lower().replace("_", "-") if declared else ""
+    if "8859-15" in name:
+        return "iso8859-15"
+    if "1252" in name or "8859-1" in name or "latin-1" in name or "latin1" in name:
+        try:  # files said to be ISO-8859-1 often hold Windows quotes and dashes (0x80-0x9F)
+            data.decode("cp1252")
+            return _suggested_codec(data)
+        except UnicodeDecodeError:
+            return "latin-1"
+    return ""
+
+
+def _mostly_utf8(data: bytes) -> bool:
+    high = len(data) - len(data.translate(None, bytes(range(128, 256))))
+    return sum(len(m) for m in re.findall(rb"[\xc2-\xf4][\x80-\xbf]{1,3}", data)) > high / 2
 
 
 def _suggested_codec(data: bytes) -> str:
@@ -450,9 +494,7 @@ def _suggested_codec(data: bytes) -> str:
 
 
 def _guess_encoding(data: bytes) -> str:
-    high = len(data) - len(data.translate(None, bytes(range(128, 256))))
-    utf8 = sum(len(m) for m in re.findall(rb"[\xc2-\xf4][\x80-\xbf]{1,3}", data))
-    if utf8 > high / 2:
+    if _mostly_utf8(data):
         return "the file is mostly UTF-8 with some broken bytes (mixed encodings?)"
     declared = re.search(rb"Character set encoding:\s*([\w-]+)", data[:20000])
     said = f" (its header says {declared.group(1).decode('ascii')})" if declared else ""
@@ -471,6 +513,9 @@ def clean_file(src: str | Path, dst: str | Path, config) -> CleanResult:
     src, dst = Path(src), Path(dst)
     raw, info = read_book(src, config.encoding, config.max_line_chars)
     result = clean_text(raw, keep_italics=config.keep_italics)
+    if not config.encoding and info["encoding"] != "utf-8":
+        result.warnings.append(f"not UTF-8: read as {info['encoding']} (its header declares "
+                               f"{result.meta.get('declared_encoding', '?')})")
     if not result.text:
         raise InputError("no text left after removing the Project Gutenberg header and footer", path=src,
                          fix="check that the book's text lies between the *** START and *** END markers")

@@ -6,7 +6,13 @@ In-memory, no network. The headers are shortened from the real layouts (1990s "s
 
 from __future__ import annotations
 
-from dantes_mlx.gutenberg import clean_text
+import json
+
+import pytest
+
+from dantes_mlx.config import CleanConfig
+from dantes_mlx.errors import InputError
+from dantes_mlx.gutenberg import clean_file, clean_text
 
 BODY = ("CHAPITRE PREMIER\n\n"
         "Il était une fois un roi qui avait trois filles, et la plus jeune était\n"
@@ -137,3 +143,42 @@ def test_monte_cristo_chapters_are_named_by_the_line_after_the_number():
     untitled = "".join(f"{num}\n\n{first}\n\n{CHAPTER_TEXT}"
                        for num, first in zip(numbers, ["Il pleuvait.", CHAPTER_TEXT.split("\n\n")[0]] * 2))
     assert [c["name"] for c in clean_text(MODERN_HEADER + untitled + MODERN_FOOTER).chapters] == [""] * 4
+
+
+# -- encodings of the older files ------------------------------------------------------------------
+def latin1_book(declared: str) -> str:
+    header = MODERN_HEADER.replace("Language: French\n", f"Language: French\n\nCharacter set encoding: {declared}\n")
+    return header + BODY + MODERN_FOOTER
+
+
+def test_a_file_in_the_encoding_its_header_declares_is_read_without_options(tmp_path):
+    (tmp_path / "17989-8.txt").write_bytes(latin1_book("ISO-8859-1").encode("latin-1"))
+    result = clean_file(tmp_path / "17989-8.txt", tmp_path / "out.txt", CleanConfig())
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8") == CLEAN
+    assert any("ISO-8859-1" in w for w in result.warnings)
+    assert json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))["encoding"] == "latin-1"
+    # Windows' curly quotes and ellipsis in a file that says ISO-8859-1: what it really is, cp1252.
+    windows = latin1_book("ISO-8859-1").replace("dit-elle.", "dit-elle\u2019\u2026").encode("cp1252")
+    (tmp_path / "win.txt").write_bytes(windows)
+    clean_file(tmp_path / "win.txt", tmp_path / "win.out.txt", CleanConfig())
+    assert (tmp_path / "win.out.txt").read_text(encoding="utf-8") == CLEAN.replace("dit-elle.", "dit-elle\u2019\u2026")
+
+
+def test_forcing_latin1_on_a_utf8_file_is_refused_not_garbled(tmp_path):
+    (tmp_path / "utf8.txt").write_text(MODERN_HEADER + BODY + MODERN_FOOTER, encoding="utf-8")
+    with pytest.raises(InputError) as err:  # "était" would become "Ã©tait" in every paragraph
+        clean_file(tmp_path / "utf8.txt", tmp_path / "out.txt", CleanConfig(encoding="latin-1"))
+    assert "valid UTF-8" in str(err.value) and "--encoding" in err.value.fix
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_a_mostly_utf8_file_is_not_sent_to_a_single_byte_encoding(tmp_path):
+    data = (MODERN_HEADER + BODY + MODERN_FOOTER).encode("utf-8").replace(b"mon p", b"mon \xe9p")
+    (tmp_path / "mixed.txt").write_bytes(data)
+    with pytest.raises(InputError) as err:
+        clean_file(tmp_path / "mixed.txt", tmp_path / "out.txt", CleanConfig())
+    assert "mostly UTF-8" in str(err.value) and "--encoding" not in err.value.fix
+    # Even when its header still says ISO-8859-1: the UTF-8 letters must not be read as Latin-1.
+    (tmp_path / "said.txt").write_bytes(data.replace(b"Language: French\n", b"Character set encoding: ISO-8859-1\n"))
+    with pytest.raises(InputError, match="mostly UTF-8"):
+        clean_file(tmp_path / "said.txt", tmp_path / "out.txt", CleanConfig())
