@@ -13,8 +13,10 @@ from dantes_mlx import __version__
 from dantes_mlx.errors import InputError
 
 DEFAULT_BASE_URL = "https://www.gutenberg.org"
-# The current UTF-8 file first, then the older "-0" (UTF-8) file that many ebooks still have.
-URL_TEMPLATES = ("{base}/cache/epub/{id}/pg{id}.txt", "{base}/files/{id}/{id}-0.txt")
+# The current UTF-8 file first, then the older "-0" (UTF-8) file that many ebooks still have, then the
+# oldest ones: "-8" (ISO-8859-1, which `clean` reads from its header) and plain (often 7-bit ASCII).
+URL_TEMPLATES = ("{base}/cache/epub/{id}/pg{id}.txt", "{base}/files/{id}/{id}-0.txt",
+                 "{base}/files/{id}/{id}-8.txt", "{base}/files/{id}/{id}.txt")
 USER_AGENT = f"dantes-mlx/{__version__} (plain-text ebook fetch; python urllib)"
 MAX_DOWNLOAD_BYTES = 64 * 2**20
 MANUAL_FIX = ("download the ebook's 'Plain Text UTF-8' file elsewhere and run "

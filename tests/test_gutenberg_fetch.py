@@ -10,7 +10,9 @@ import threading
 
 import pytest
 
+from dantes_mlx.config import CleanConfig
 from dantes_mlx.errors import InputError
+from dantes_mlx.gutenberg import clean_file
 from dantes_mlx.gutenberg_fetch import fetch_books
 
 BOOK = "Le château d'If, où Dantès fut enfermé.\n".encode("utf-8") * 50
@@ -63,3 +65,20 @@ def test_an_empty_reply_is_refused(raw_server, tmp_path):
     with pytest.raises(InputError, match="empty"):
         fetch_books(["99912"], tmp_path, base_url=url, timeout=5)
     assert not (tmp_path / "99912.txt").exists()
+
+
+def test_older_ebooks_fall_back_to_their_latin1_then_plain_files(raw_server, tmp_path):
+    url, replies, seen = raw_server
+    latin1 = ("Title: Vieux\n\nCharacter set encoding: ISO-8859-1\n\n*** START OF THIS PROJECT GUTENBERG EBOOK ***\n\n"
+              "Le château d'If.\n\n*** END OF THIS PROJECT GUTENBERG EBOOK ***\n").encode("latin-1")
+    replies["/files/99913/99913-8.txt"] = ok(latin1)
+    got = fetch_books(["99913"], tmp_path, base_url=url, timeout=5)[0]
+    assert got.source == f"{url}/files/99913/99913-8.txt" and seen == [
+        "/cache/epub/99913/pg99913.txt", "/files/99913/99913-0.txt", "/files/99913/99913-8.txt"]
+    clean_file(got.path, tmp_path / "clean.txt", CleanConfig())
+    assert (tmp_path / "clean.txt").read_text(encoding="utf-8") == "Le château d'If.\n"
+    replies["/files/99914/99914.txt"] = ok(b"Plain ASCII text.\n")
+    assert fetch_books(["99914"], tmp_path, base_url=url, timeout=5)[0].source.endswith("/files/99914/99914.txt")
+    with pytest.raises(InputError) as err:
+        fetch_books(["99915"], tmp_path, base_url=url, timeout=5)
+    assert "99915-8.txt (HTTP 404)" in str(err.value) and "gutenberg.org/ebooks/99915" in err.value.fix
