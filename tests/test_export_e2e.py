@@ -171,6 +171,26 @@ def test_no_parity_no_ollama(trained, tiny_model_dir, tmp_path):
     assert adapter["model"] == ["mistral:7b-instruct-v0.3-fp16"]  # export.ollama_base, the library model
 
 
+def test_failed_ollama_create_keeps_the_export_and_its_summary(tiny_model_dir, tmp_path, monkeypatch):
+    """Ollama installed but its server down: the export itself is done; say so, with the command to rerun."""
+    folder = make_mlx_adapter(tiny_model_dir, tmp_path / "adapter")
+    fake_ollama(tmp_path / "bin", exit_code=1)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    (tmp_path / "none.yaml").write_text("{}\n")
+    cli = ["export", "--config", str(tmp_path / "none.yaml"), "--adapter-path", str(folder), "-o",
+           str(tmp_path / "out"), "--quantization", "f16", "--no-parity", "--ollama-create"]
+    result = CliRunner().invoke(main, cli)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "export -> " in result.output and "dantes-f16.gguf" in result.output  # the summary is shown
+    assert "could not connect" in result.output and "ollama serve" in result.output
+    assert f"ollama create dantes -f {(tmp_path / 'out' / 'Modelfile').resolve()}" in result.output
+    manifest = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert "modelfile" in manifest["files"] and "could not connect" in manifest["ollama"]
+    # A name Ollama refuses is caught before minutes of fusing and quantizing.
+    bad = CliRunner().invoke(main, cli[:-5] + [str(tmp_path / "bad"), "--name=-rf", "--no-parity"])
+    assert bad.exit_code == 1 and "valid Ollama model name" in bad.output and not (tmp_path / "bad").exists()
+
+
 def test_export_refuses_another_base_of_the_same_shapes(tmp_path):
     """Two tiny models of one shape (seeds 0 and 1): the adapter's recorded fingerprint tells them apart."""
     from dantes_mlx.tinymodel import build_tiny_model

@@ -201,6 +201,23 @@ def test_ollama_create_failure_says_what_to_do(tmp_path, monkeypatch):
     assert "ollama serve" in str(failure.value)
 
 
+def test_ollama_create_that_hangs_or_cannot_run_is_a_clear_error(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "ollama"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(30)\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    (tmp_path / "Modelfile").write_text("FROM ./x.gguf\n")
+    with pytest.raises(ModelError, match="did not finish within 1 s") as hung:
+        ollama_create("dantes", tmp_path / "Modelfile", timeout=1)
+    assert f"ollama create dantes -f {tmp_path / 'Modelfile'}" in str(hung.value)
+    script.write_text("not a script, no shebang\n")  # exec format error: OSError
+    with pytest.raises(ModelError, match="could not run") as broken:
+        ollama_create("dantes", tmp_path / "Modelfile")
+    assert "ollama create dantes -f" in str(broken.value)
+
+
 def test_without_ollama_the_exact_commands_are_printed(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     modelfile = tmp_path / "my export" / "Modelfile"

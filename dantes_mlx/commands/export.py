@@ -80,3 +80,5 @@ def export(config_path, adapter_path, base_model, out_dir, quantization, name, o
     result = export_project(load_yaml(config_path), overrides, adapter_path=adapter_path, base_model=base_model,
                             allow_other_base=allow_other_base, log=lambda msg: click.echo(msg, err=True))
     click.echo(result.summary())
+    if result.ollama_failed:  # the files are written and listed above; only the registration failed
+        raise click.exceptions.Exit(1)

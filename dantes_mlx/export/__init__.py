@@ -31,6 +31,7 @@ class ExportResult:
     reports: dict[str, "ParityReport"] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ollama: str = ""
+    ollama_failed: bool = False  # `ollama create` ran and failed; the exported files are complete
 
     @property
     def passed(self) -> bool:
@@ -39,7 +40,8 @@ class ExportResult:
     def to_dict(self) -> dict:
         return {"out_dir": str(self.out_dir), "files": {k: str(v) for k, v in self.files.items()},
                 "parity": {k: _finite(r.to_dict()) for k, r in self.reports.items()},
-                "passed": self.passed, "notes": self.notes, "ollama": self.ollama}
+                "passed": self.passed, "notes": self.notes, "ollama": self.ollama,
+                "ollama_failed": self.ollama_failed}
 
     def summary(self) -> str:
         """Lines for the terminal: files, parity verdicts, notes, the Ollama step."""
@@ -229,9 +231,9 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     figures, when a GGUF does not predict like MLX base + adapter; then no Modelfile is written.
     Raises ModelError when the base is not the one train fingerprinted, unless `allow_other_base`.
     """
-    from dantes_mlx.errors import ConfigError
+    from dantes_mlx.errors import ConfigError, DantesError
     from dantes_mlx.export.gguf import QUANT_TYPES, read_config
-    from dantes_mlx.export.modelfile import create_commands, default_license
+    from dantes_mlx.export.modelfile import check_model_name, create_commands, default_license
     from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
     from dantes_mlx.export.parity import default_prompts, make_reference, thresholds_for
     from dantes_mlx.export.peft import check_adapter, load_adapter
@@ -242,6 +244,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     if quantization not in QUANT_TYPES:
         raise ConfigError(f"unknown quantization {quantization!r}", fix=f"use one of {', '.join(QUANT_TYPES)}")
     thresholds_for(quantization)
+    check_model_name(name)
     adapter = load_adapter(adapter_dir)
     base_name = str(base_model or adapter.base_model or "")
     if not base_name:
@@ -285,7 +288,10 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     _modelfiles(out, name, result, system=persona, parameters=parameters, messages=messages,
                 license_text=default_license(base_name, books), ollama_base=ollama_base)
     if ollama_create:
-        _, result.ollama = run_ollama_create(name, result.files["modelfile"])
+        try:
+            _, result.ollama = run_ollama_create(name, result.files["modelfile"])
+        except DantesError as exc:  # the export is done and sound: report, do not lose it
+            result.ollama, result.ollama_failed = f"ollama create failed: {exc}", True
     else:
         steps = "\n".join("  " + shlex.join(c) for c in create_commands(name, result.files["modelfile"].resolve()))
         result.ollama = "to register it with Ollama, run:\n" + steps

@@ -289,26 +289,38 @@ def create_commands(name: str, modelfile: str | Path) -> list[list[str]]:
     return [["ollama", "create", name, "-f", str(modelfile)], ["ollama", "run", name]]
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a name `ollama create` would refuse (or read as an option)."""
+    if not _MODEL_NAME.match(name):
+        raise ConfigError(f"{name!r} is not a valid Ollama model name (export.ollama_name, --name)",
+                          fix="use letters, digits, '.', '_', '-' (e.g. dantes or dantes:q4_k_m)")
+
+
 def ollama_create(name: str, modelfile: str | Path, *, timeout: float = 3600) -> tuple[bool, str]:
     """Run `ollama create NAME -f MODELFILE` (argument list, no shell) when ollama is on PATH.
 
     Returns (created, message); the message holds the exact commands to run when ollama is absent.
     """
-    if not _MODEL_NAME.match(name):
-        raise ConfigError(f"{name!r} is not a valid Ollama model name",
-                          fix="use letters, digits, '.', '_', '-' (e.g. dantes or dantes:q4_k_m)")
+    check_model_name(name)
     modelfile = Path(modelfile).resolve()
     exe = shutil.which("ollama")
     if exe is None:
         steps = "\n".join("  " + shlex.join(cmd) for cmd in create_commands(name, modelfile))
         return False, ("ollama is not on PATH; install it (https://ollama.com/download), then run:\n" + steps)
-    proc = subprocess.run([exe, "create", name, "-f", str(modelfile)], cwd=modelfile.parent,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    by_hand = shlex.join(create_commands(name, modelfile)[0])
+    try:
+        proc = subprocess.run([exe, "create", name, "-f", str(modelfile)], cwd=modelfile.parent,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ModelError(f"`ollama create {name}` did not finish within {timeout:g} s", path=modelfile,
+                         fix=f"check the Ollama server (`ollama ps`, its log), then run: {by_hand}") from exc
+    except OSError as exc:
+        raise ModelError(f"could not run {exe}: {exc.strerror or exc}", path=modelfile,
+                         fix=f"reinstall Ollama (https://ollama.com/download), then run: {by_hand}") from exc
     if proc.returncode != 0:
         raise ModelError(f"`ollama create {name}` failed (exit {proc.returncode}): "
                          f"{(proc.stderr or proc.stdout).strip()[-2000:]}", path=modelfile,
-                         fix="is the Ollama server running (`ollama serve`)? Then rerun: "
-                             + shlex.join(create_commands(name, modelfile)[0]))
+                         fix=f"is the Ollama server running (`ollama serve`)? Then rerun: {by_hand}")
     return True, f"ollama model '{name}' created; try: ollama run {name}"
 
 
