@@ -38,6 +38,7 @@ NUMBER_WORDS = set("premier première unique un deux trois quatre cinq six sept 
 ITALICS_RE = re.compile(r"(?<![\w_])_(?=[^\s_])(.+?)(?<=[^\s_])_(?![\w_])")
 WORD_RE = re.compile(r"\w+(?:-\w+)*")
 WORD_START_RE, WORD_END_RE = re.compile(r"[^\W\d_]+"), re.compile(r"[^\W\d_]+$")
+ILLUSTRATION_RE = re.compile(r"\[Illustrations?(?:[:.][^\]]*)?\]", re.I)  # "[Illustration: caption]"
 TOC_GAP_CHARS = 300  # a heading followed by another within this many characters is a table-of-contents entry
 
 
@@ -346,7 +347,7 @@ def clean_text(raw: str, keep_italics: bool = True) -> CleanResult:
     blocks = text_blocks(lines, first, last)
     width = wrap_width(blocks)
     soft = soft_hyphens(hyphen_candidates(blocks), text) if width else set()
-    paragraphs, source_lines = [], []
+    paragraphs, source_lines, illustrations = [], [], 0
     for block in blocks:
         if width is None or block.replies:
             groups = [[line] for line in block.lines] if width is None else split_replies(block.lines, width)
@@ -354,9 +355,13 @@ def clean_text(raw: str, keep_italics: bool = True) -> CleanResult:
             groups = [block.lines]
         offset = block.start + 1
         for group in groups:
-            paragraphs.append(" ".join(group) if block.plain else join_lines(group, soft))
-            source_lines.append(offset)
+            para = " ".join(group) if block.plain else join_lines(group, soft)
             offset += len(group)
+            if para[:1] == "[" and ILLUSTRATION_RE.fullmatch(para):  # a picture's place, not text
+                illustrations += 1
+                continue
+            paragraphs.append(para)
+            source_lines.append(offset - len(group))
     if not keep_italics:
         paragraphs = [strip_italics(p) if "_" in p else p for p in paragraphs]
     starts, pos = [], 0
@@ -365,7 +370,8 @@ def clean_text(raw: str, keep_italics: bool = True) -> CleanResult:
         pos += len(para) + 2
     text = "\n\n".join(paragraphs) + "\n" if paragraphs else ""
     chapters = find_chapters(paragraphs, starts, source_lines)
-    meta.update(wrap_width=width, soft_hyphens_removed=len(soft), keep_italics=keep_italics)
+    meta.update(wrap_width=width, soft_hyphens_removed=len(soft), illustrations_removed=illustrations,
+                keep_italics=keep_italics)
     return CleanResult(text, chapters, book_stats(paragraphs, chapters, text), warnings, meta)
 
 

@@ -182,3 +182,17 @@ def test_a_mostly_utf8_file_is_not_sent_to_a_single_byte_encoding(tmp_path):
     (tmp_path / "said.txt").write_bytes(data.replace(b"Language: French\n", b"Character set encoding: ISO-8859-1\n"))
     with pytest.raises(InputError, match="mostly UTF-8"):
         clean_file(tmp_path / "said.txt", tmp_path / "out.txt", CleanConfig())
+
+
+def test_illustration_tags_are_removed_and_chapter_lines_still_match():
+    body = ("[Illustration]\n\nI\n\nMarseille.--L'arrivée.\n\n[Illustration: Le _Pharaon_ entrant dans le\n"
+            "port de Marseille.]\n\n" + CHAPTER_TEXT + "[ILLUSTRATION. Dantès]\n\n"
+            "Une note [Illustration] dans une phrase reste.\n\n[1] Une note.\n")
+    result = clean_text(MODERN_HEADER + body + MODERN_FOOTER)
+    assert "Illustration]" not in result.text.replace("note [Illustration] dans", "")
+    assert "ILLUSTRATION" not in result.text and "[1] Une note." in result.text
+    assert result.text.startswith("I\n\nMarseille.--L'arrivée.\n\nLe 24 février 1815")
+    assert result.meta["illustrations_removed"] == 3
+    assert [c["line"] for c in result.chapters] == [1]
+    raw_lines = (MODERN_HEADER + body).split("\n")
+    assert raw_lines[result.chapters[0]["source_line"] - 1] == "I"
