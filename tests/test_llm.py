@@ -18,7 +18,7 @@ from dantes_mlx.llm import batch, make_client
 from dantes_mlx.llm.fake import FakeLLM
 from dantes_mlx.llm.llamacpp import build_messages, resolve_model_path
 from dantes_mlx.llm.openai_compat import OpenAICompatClient, chat_url
-from dantes_mlx.llm.reasoning import inside_open_think, reasoning_style, split_reasoning
+from dantes_mlx.llm.reasoning import inside_open_think, reasoning_finished, reasoning_style, split_reasoning
 from fake_openai import FakeServer, completion
 
 SECRET = "sk-test-very-secret-4242"
@@ -351,6 +351,7 @@ def test_batch_works_with_the_fake_llm():
     ("<|channel|>analysis<|message|>Court.<|end|><|start|>assistant<|channel|>final <|constrain|>json"
      "<|message|>{}", "{}", "Court."),
     ("analysisNeed JSON.assistantfinal{\"a\": 1}", '{"a": 1}', "Need JSON."),  # specials detokenized away
+    ("analysisNeed JSON.assistantfinal json{\"a\": 1}", '{"a": 1}', "Need JSON."),  # ...with <|constrain|>json
     ("<think>Hmm.</think>\n\nRéponse.", "Réponse.", "Hmm."),
     ("Le modèle pense.</think>Réponse.", "Réponse.", "Le modèle pense."),  # <think> was in the prompt
     ("<think>coupé au milieu", "", "coupé au milieu"),
@@ -360,6 +361,18 @@ def test_batch_works_with_the_fake_llm():
 ])
 def test_split_reasoning(raw, answer, reasoning):
     assert split_reasoning(raw) == (answer, reasoning)
+
+
+@pytest.mark.parametrize("generated, finished", [
+    ("<|channel|>analysis<|message|>Court.<|end|><|start|>assistant<|channel|>final<|message|>", True),
+    # what gpt-oss writes when it answers in JSON: the final channel with a constraint
+    ("<|channel|>analysis<|message|>Court.<|end|><|start|>assistant<|channel|>final <|constrain|>json<|message|>",
+     True),
+    ("<|channel|>analysis<|message|>Court.<|end|><|start|>assistant<|channel|>final <|constrain|>json", False),
+    ("<|channel|>analysis<|message|>Le canal final<|message|> n'est pas là.", False),
+])
+def test_harmony_reasoning_finished_at_any_final_header(generated, finished):
+    assert reasoning_finished("harmony", generated) is finished
 
 
 def test_reasoning_style_and_open_think():

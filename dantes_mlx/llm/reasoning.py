@@ -16,8 +16,12 @@ _HARMONY_SEGMENT = re.compile(
     r"|<\|start\|>|<\|channel\|>|$)", re.S)
 _HARMONY_TOKEN = re.compile(r"<\|start\|>(?:assistant|user|system|developer)?"
                             r"|<\|(?:end|return|call|channel|message|constrain)\|>")
+# The final channel's header; for a JSON answer gpt-oss writes "<|channel|>final <|constrain|>json<|message|>".
+_HARMONY_FINAL_HEADER = re.compile(r"<\|channel\|>final(?:(?!<\|message\|>|<\|end\|>|<\|channel\|>).)*"
+                                   r"<\|message\|>", re.S)
 # The same format detokenized without special tokens (what some servers return): "analysis...assistantfinal..."
-_HARMONY_FLAT = re.compile(r"\A\s*analysis(.*?)assistant\s*final(.*)\Z", re.S)
+# ("assistantfinal json{...}" when the final channel was constrained).
+_HARMONY_FLAT = re.compile(r"\A\s*analysis(.*?)assistant\s*final(?:\s*(?i:json)(?=\s*[\[{]))?(.*)\Z", re.S)
 _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.S)
 
 
@@ -72,7 +76,7 @@ def inside_open_think(prompt: str) -> bool:
 def reasoning_finished(style: str, generated: str) -> bool:
     """True once a reasoning model's raw output has reached its final answer."""
     if style == "harmony":
-        return HARMONY_FINAL in generated
+        return _HARMONY_FINAL_HEADER.search(generated) is not None
     return THINK_CLOSE in generated
 
 
