@@ -12,7 +12,8 @@ from pathlib import Path
 from dantes_mlx.config import PrepareConfig
 from dantes_mlx.dataset_formats import (Example, conversation_problems, read_examples, template_drops_system,
                                         to_output_row)
-from dantes_mlx.dataset_split import SPLITS, consecutive_runs, find_duplicates, group_ids, parse_split, split_groups
+from dantes_mlx.dataset_split import (SPLITS, consecutive_runs, find_duplicates, group_ids, parse_split, split_groups,
+                                      strip_template)
 from dantes_mlx.errors import ConfigError, InputError, require
 from dantes_mlx.store import write_jsonl_atomic, write_text_atomic
 from dantes_mlx.validate import ValidationReport, validate_dir
@@ -176,9 +177,27 @@ def push_hf(splits: dict[str, list[dict]], repo: str, private: bool = True) -> s
     return repo
 
 
+def question_answer(ex: Example) -> tuple[str, str]:
+    """(user turns, assistant turns) of a row, the system prompt left out; plain text rows: (text, "")."""
+    if not ex.messages:
+        return ex.text or "", ""
+    return tuple("\n".join(m["content"] for m in ex.messages if m["role"] == role)  # type: ignore[return-value]
+                 for role in ("user", "assistant"))
+
+
 def _dedupe(examples: list[Example], keys: list, cfg: PrepareConfig, report: PrepareReport):
     """Drop exact and near duplicates (the first occurrence stays) and record why."""
-    drops = find_duplicates([example_text(ex) for ex in examples], cfg.near_dup_threshold) if cfg.dedupe else []
+    drops = []
+    if cfg.dedupe:
+        questions, answers = zip(*map(question_answer, examples)) if examples else ((), ())
+        by_file: dict[str, list[int]] = {}
+        for i, ex in enumerate(examples):
+            by_file.setdefault(ex.path, []).append(i)
+        stripped = list(questions)
+        for indices in by_file.values():  # each file's prompt template (an instruction before every e-mail)
+            for i, text in zip(indices, strip_template([questions[i] for i in indices])):
+                stripped[i] = text
+        drops = find_duplicates(stripped, cfg.near_dup_threshold, list(answers))
     report.duplicates = [(examples[d.index].where, d.reason, examples[d.kept].where) for d in drops]
     dropped = {d.index for d in drops}
     return ([ex for i, ex in enumerate(examples) if i not in dropped],

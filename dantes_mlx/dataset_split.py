@@ -18,6 +18,7 @@ from dantes_mlx.errors import ConfigError
 SPLITS = ("train", "valid", "test")
 WORD = re.compile(r"\w+")
 _COMBINING = re.compile(r"[\u0300-\u036f]")
+TEMPLATE_CHARS = 4000  # a prompt template is looked for in the first and last characters of a text
 MIN_LINK_SIMILARITY = 0.05  # floor for small files, where most random pairs share no word at all
 
 
@@ -131,20 +132,76 @@ class Drop:
     kept: int
 
 
-def find_duplicates(texts: list[str], threshold: float) -> list[Drop]:
-    """Rows to drop: exact duplicates of normalised text, then near duplicates (Jaccard >= threshold)."""
+def _shared_start(token_lists: list[list[str]], need: int) -> list[str]:
+    """The longest run of leading tokens that at least `need` of the lists start with."""
+    shared: list[str] = []
+    alive = token_lists
+    while True:
+        counts = Counter(t[len(shared)] for t in alive if len(t) > len(shared))
+        if not counts or counts.most_common(1)[0][1] < need:
+            return shared
+        token = counts.most_common(1)[0][0]
+        shared.append(token)
+        alive = [t for t in alive if len(t) >= len(shared) and t[len(shared) - 1] == token]
+
+
+def prompt_template(texts: list[str], min_rows: int = 10, share: float = 0.5) -> tuple[str, str]:
+    """(prefix, suffix) that most texts share, cut at whitespace: a prompt template such as a classification
+    instruction before every e-mail; ("", "") under `min_rows` distinct texts, where it could be content."""
+    if len(set(texts)) < min_rows:
+        return "", ""
+    need = max(2, math.ceil(share * len(texts)))
+    prefix = _shared_start([re.split(r"(\s+)", t[:TEMPLATE_CHARS]) for t in texts], need)
+    suffix = _shared_start([re.split(r"(\s+)", t[-TEMPLATE_CHARS:])[::-1] for t in texts], need)[::-1]
+    # Whole words only: drop a last (first) token that may be the start (end) of a longer word.
+    if prefix and not prefix[-1].isspace():
+        prefix.pop()
+    if suffix and not suffix[0].isspace():
+        suffix.pop(0)
+    return "".join(prefix), "".join(suffix)
+
+
+def strip_template(texts: list[str], min_rows: int = 10) -> list[str]:
+    """The texts without the prompt template most of them share (see `prompt_template`)."""
+    prefix, suffix = prompt_template(texts, min_rows)
+    out = []
+    for text in texts:
+        text = text[len(prefix):] if prefix and text.startswith(prefix) else text
+        out.append(text[:len(text) - len(suffix)] if suffix and text.endswith(suffix) else text)
+    return out
+
+
+def near_duplicate_qa(questions: list[str], answers: list[str], threshold: float) -> list[tuple[int, int, float]]:
+    """(i, j, similarity) of rows whose questions AND answers both reach `threshold` (Jaccard).
+
+    Judged apart, so that one long answer shared by several questions (a fact asked three ways) or one
+    label shared by many e-mails does not make different questions look alike.
+    """
+    answer_sets = [shingles(a) for a in answers]
+    pairs = []
+    for i, j, score in near_duplicate_pairs([shingles(q) for q in questions], threshold):
+        both = min(score, jaccard(answer_sets[i], answer_sets[j]))
+        if both >= threshold:
+            pairs.append((i, j, both))
+    return pairs
+
+
+def find_duplicates(texts: list[str], threshold: float, answers: list[str] | None = None) -> list[Drop]:
+    """Rows to drop: exact duplicates of normalised (text, answer), then near duplicates (Jaccard >= threshold
+    on the texts and on the answers, each judged apart; no answers: the texts alone)."""
+    answers = answers if answers is not None else [""] * len(texts)
     drops: dict[int, Drop] = {}
     first: dict[str, int] = {}
-    for i, text in enumerate(texts):
-        key = hashlib.sha1(normalize(text).encode("utf-8")).hexdigest()
+    for i, (text, answer) in enumerate(zip(texts, answers)):
+        key = hashlib.sha1(f"{normalize(text)}\x1f{normalize(answer)}".encode("utf-8")).hexdigest()
         if key in first:
             drops[i] = Drop(i, "exact duplicate", first[key])
         else:
             first[key] = i
     alive = [i for i in range(len(texts)) if i not in drops]
     if threshold < 1.0:
-        sets = [shingles(texts[i]) for i in alive]
-        for x, y, score in near_duplicate_pairs(sets, threshold):
+        found = near_duplicate_qa([texts[i] for i in alive], [answers[i] for i in alive], threshold)
+        for x, y, score in found:
             i, j = alive[x], alive[y]
             if j not in drops and i not in drops:
                 drops[j] = Drop(j, f"near duplicate (Jaccard {score:.2f})", i)

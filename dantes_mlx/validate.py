@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dantes_mlx.dataset_formats import CONTROL_CHARS, conversation_problems, template_drops_system
-from dantes_mlx.dataset_split import SPLITS, near_duplicate_pairs, normalize, shingles
+from dantes_mlx.dataset_split import SPLITS, near_duplicate_qa, normalize, strip_template
 from dantes_mlx.errors import InputError, ModelError
 from dantes_mlx.store import write_jsonl_atomic
 
@@ -259,8 +259,8 @@ def leak_problems(rows: list[Row], threshold: float) -> list[Problem]:
             problems.append(Problem(row.path, row.line, f"leak: same (question, answer) as {other.where}"))
             exact.add((id(other), id(row)))
     if threshold < 1.0:
-        sets = [shingles(f"{q}\n{a}") for _, q, a in pairs]
-        for i, j, score in near_duplicate_pairs(sets, threshold):
+        questions = strip_template([q for _, q, _ in pairs])  # a shared instruction is not a leak
+        for i, j, score in near_duplicate_qa(questions, [a for _, _, a in pairs], threshold):
             a_row, b_row = pairs[i][0], pairs[j][0]
             if a_row.split != b_row.split and (id(a_row), id(b_row)) not in exact and score < 1.0:
                 problems.append(Problem(b_row.path, b_row.line, f"leak: near-identical (question, answer) to "

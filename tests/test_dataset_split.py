@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from dantes_mlx.config import PrepareConfig
 from dantes_mlx.dataset import prepare
 from dantes_mlx.dataset_split import (consecutive_runs, find_duplicates, group_ids, jaccard,
-                                      near_duplicate_pairs, parse_split, shingles, split_groups)
+                                      near_duplicate_pairs, parse_split, shingles, split_groups,
+                                      strip_template)
 from dantes_mlx.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -226,3 +227,45 @@ def test_prepare_never_puts_a_source_id_in_two_splits(citations, seed, split, sh
                 where[row["source_id"]].add(name)
         assert len(where) == len(citations) and all(len(s) == 1 for s in where.values())
         assert validate_dir(Path(tmp) / "out", near_threshold=1.0).errors == []
+
+
+INSTRUCTION = ("Classe le texte suivant dans l'une de ces catégories : Achats, Comptabilité clients, Comptabilité "
+               "fournisseurs, Direction commerciale, Formation, Informatique et téléphonie, Logistique, Marketing, "
+               "Paie, Qualité, Recrutement, Ressources humaines, Service juridique, Sécurité. Réponds uniquement "
+               "par le nom de la catégorie.\n\n")
+
+
+def test_a_shared_instruction_does_not_make_different_emails_near_duplicates(tmp_path):
+    """Short e-mails behind one long instruction (as `generate --labels` writes them) were dropped as
+    near duplicates of each other, even with different labels: the instruction outweighed the e-mail."""
+    words = "imprimante facture badge stylos devis salon livraison audit alarme salaire candidat serveur".split()
+    rows = [{"prompt": f"{INSTRUCTION}{a} et {b}", "completion": label, "source_id": f"m{n}", "label": label}
+            for n, (a, b) in enumerate((a, b) for a in words for b in words if a < b)
+            for label in [("Achats", "Paie", "Qualité")[n % 3]]]
+    rows.append(dict(rows[0], prompt=rows[0]["prompt"] + " !", source_id="again"))  # a true duplicate
+    source = tmp_path / "labels.jsonl"
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    report = prepare([source], tmp_path / "out", PrepareConfig(system_prompt=False))
+    assert [(d[0], d[2]) for d in report.duplicates] == [(f"{source}:{len(rows)}", f"{source}:1")]
+    assert not report.validation.problems  # nor leaks across splits in validate
+
+
+def test_a_fact_asked_several_ways_keeps_every_question():
+    """Paraphrases sharing one long answer are the point of fact memorisation, not near duplicates."""
+    answer = ("CAF : Caisse d'allocations familiales, l'organisme de la branche famille de la Sécurité sociale "
+              "qui verse les prestations familiales, les aides au logement, le revenu de solidarité active et la "
+              "prime d'activité aux foyers qui y ont droit selon leurs ressources et leur situation familiale.")
+    questions = ["Que signifie CAF ?", "Qu'est-ce que CAF ?", "Pouvez-vous m'expliquer ce qu'est CAF ?"]
+    assert find_duplicates(questions, 0.9, [answer] * 3) == []
+    near = find_duplicates(questions + ["Que signifie CAF ?!"], 0.9, [answer] * 3 + [answer + " Voilà."])
+    assert [(d.index, d.kept, d.reason.split(" (")[0]) for d in near] == [(3, 0, "near duplicate")]
+
+
+def test_strip_template_needs_most_rows_and_keeps_whole_words():
+    texts = [f"Classe ce texte.\n\nmessage numéro {n} à classer" for n in range(12)] + ["autre chose"]
+    assert strip_template(texts)[:2] == ["0", "1"] and strip_template(texts)[-1] == "autre chose"
+    assert strip_template(texts[:5]) == texts[:5]  # too few rows to tell a template from content
+    thirds = [f"{('impression', 'imprimante', 'imprimer')[n % 3]} {n}" for n in range(12)]
+    assert strip_template(thirds) == thirds  # no prefix shared by half of them
+    cut = [f"Réponds vite : {n}" for n in range(12)] + ["Réponds", "Réponds vite"]
+    assert strip_template(cut)[0] == "0" and strip_template(cut)[-2:] == ["Réponds", "Réponds vite"]
