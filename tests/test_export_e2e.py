@@ -84,6 +84,7 @@ def test_export_writes_four_targets_and_passes_the_gate(cli_export):
     assert q4["tokens_match"] and 0 < q4["kl_mean"] < q4["thresholds"]["max_kl"] and q4["top1"] >= 0.6
     assert f16["kl_mean"] < q4["kl_mean"]
     assert "parity PASSED (q4_k_m)" in result.output and "mean KL" in result.output
+    assert "chat template" not in result.output  # the tiny model's template is Mistral v0.3's, as the Modelfile's
     assert json.loads((out / "peft/adapter_config.json").read_text())["lora_alpha"] == 8 * 2
 
 
@@ -189,6 +190,18 @@ def test_failed_ollama_create_keeps_the_export_and_its_summary(tiny_model_dir, t
     # A name Ollama refuses is caught before minutes of fusing and quantizing.
     bad = CliRunner().invoke(main, cli[:-5] + [str(tmp_path / "bad"), "--name=-rf", "--no-parity"])
     assert bad.exit_code == 1 and "valid Ollama model name" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_export_warns_when_the_base_chat_format_is_not_the_modelfile_template(tiny_model_dir, tmp_path):
+    import shutil
+
+    base = tmp_path / "chatml-base"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "chat_template.jinja").write_text("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                                              "{{ m['content'] }}<|im_end|>\n{% endfor %}")
+    folder = make_mlx_adapter(base, tmp_path / "adapter")
+    result = export_all(base, folder, tmp_path / "out", quantization="f16", parity=False, log=lambda m: None)
+    assert any("chat template" in n and "<|im_start|>" in n and "TEMPLATE" in n for n in result.notes)
 
 
 def test_export_refuses_another_base_of_the_same_shapes(tmp_path):

@@ -76,6 +76,30 @@ def test_template_is_mistral_v03_format():
     assert "{{- end }}</s>" in MISTRAL_TEMPLATE and "[TOOL_CALLS]" in MISTRAL_TEMPLATE
 
 
+def test_template_sends_what_the_base_chat_template_makes(tiny_model_dir, tmp_path):
+    """The tiny model carries Mistral v0.3's own chat template: the Modelfile's TEMPLATE agrees with it;
+    a base of another chat format (ChatML here) gets a warning, since Ollama would prompt it unlike training."""
+    import shutil
+
+    from dantes_mlx.export.modelfile import ollama_rendering, template_mismatch
+
+    assert template_mismatch(tiny_model_dir) is None
+    # Mistral v0.3: system prompt before the last user turn, history replayed, a space before each answer.
+    assert ollama_rendering([{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
+                             {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]) == \
+        "[INST] Q1[/INST] A1</s>[INST] S\n\nQ2[/INST]"
+    other = tmp_path / "chatml"
+    shutil.copytree(tiny_model_dir, other)
+    (other / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (other / "tokenizer_config.json").write_text(json.dumps(config))
+    warning = template_mismatch(other)
+    assert warning and "<|im_start|>" in warning and "TEMPLATE" in warning
+
+
 @pytest.mark.parametrize("path", ["./my model.gguf", '/tmp/a"b.gguf', '"leading-quote.gguf', " padded.gguf ",
                                   "C:\\Models\\dantès.gguf", "mistral:7b-instruct-v0.3-fp16"])
 def test_paths_are_quoted_safely(path):

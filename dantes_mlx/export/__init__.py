@@ -233,7 +233,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     """
     from dantes_mlx.errors import ConfigError, DantesError
     from dantes_mlx.export.gguf import QUANT_TYPES, read_config
-    from dantes_mlx.export.modelfile import check_model_name, create_commands, default_license
+    from dantes_mlx.export.modelfile import check_model_name, create_commands, default_license, template_mismatch
     from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
     from dantes_mlx.export.parity import default_prompts, make_reference, thresholds_for
     from dantes_mlx.export.peft import check_adapter, load_adapter
@@ -256,6 +256,9 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     out = Path(out_dir)
     result = ExportResult(out)
     check_base(adapter.path, base_dir, base_name, allow_other_base, result)
+    mismatch = template_mismatch(base_dir)  # the parity gate uses the base's template, Ollama the Modelfile's
+    if mismatch:
+        result.notes.append(mismatch)
     out.mkdir(parents=True, exist_ok=True)
     # A previous export's Modelfiles name the GGUFs about to be overwritten: if this one fails the
     # gate they must not be left behind for `ollama create` to ship.

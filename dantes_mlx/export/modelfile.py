@@ -146,6 +146,45 @@ def build_modelfile(source: str, *, adapter: str | None = None, system: str | No
     return text
 
 
+# A chat that exercises what the TEMPLATE decides: system placement, replayed history, answer spacing.
+_SAMPLE_CHAT = [{"role": "system", "content": "Tu es Dantès."}, {"role": "user", "content": "Qui êtes-vous ?"},
+                {"role": "assistant", "content": "Un marin."}, {"role": "user", "content": "Et ensuite ?"}]
+
+
+def ollama_rendering(messages: Iterable[Mapping]) -> str:
+    """The prompt MISTRAL_TEMPLATE makes Ollama send for a chat (Ollama adds BOS itself when tokenizing)."""
+    messages = list(messages)
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    out = []
+    for i, m in enumerate(messages):
+        if m["role"] == "user":
+            prefix = f"{system}\n\n" if system and i == len(messages) - 1 else ""
+            out.append(f"[INST] {prefix}{m['content']}[/INST]")
+        elif m["role"] == "assistant":
+            out.append(f" {m['content']}</s>")
+    return "".join(out)
+
+
+def template_mismatch(model_dir: str | Path) -> str | None:
+    """A warning when the base's own chat template (what training saw) formats a chat unlike the Modelfile's
+    TEMPLATE, else None (also when no tokenizer can be loaded: nothing to compare)."""
+    from dantes_mlx.validate import load_tokenizer
+
+    tokenizer, _ = load_tokenizer(str(model_dir))
+    if tokenizer is None:
+        return None
+    sent = ollama_rendering(_SAMPLE_CHAT)
+    try:
+        trained = tokenizer.apply_chat_template(_SAMPLE_CHAT, tokenize=False)
+    except Exception as exc:  # no chat template, or one that refuses a system message (Mistral v0.1/v0.2)
+        trained = f"<refused: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}>"
+    if trained in (sent, (tokenizer.bos_token or "") + sent):
+        return None
+    return (f"warning: the base model's chat template writes a chat as {trained!r}, but the Modelfile's TEMPLATE "
+            f"(Mistral v0.3's) makes Ollama send {sent!r}, so Ollama would prompt the model unlike training: "
+            "edit TEMPLATE and PARAMETER stop in the Modelfiles to the base's format")
+
+
 def default_license(base_model: str, books: Iterable[str] = ()) -> str:
     """LICENSE text: Apache 2.0 for a Mistral base, the base's own licence otherwise; the book is public domain."""
     ids = [f"#{b}" for b in books]
