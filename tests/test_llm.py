@@ -316,6 +316,18 @@ def test_api_key_is_sent_but_never_logged_or_raised(serve, monkeypatch, caplog):
     assert SECRET not in str(info.value) and SECRET not in caplog.text  # ...and never shown
 
 
+@pytest.mark.parametrize("make_body", [  # the key starts a few characters before where the message is cut
+    lambda key: "<html>Bearer ".ljust(192, "x") + f"{key}</html>",  # a proxy page echoing headers (cut: 200)
+    lambda key: {"echo": "Bearer ".ljust(282, "y") + key},           # JSON without a completion (cut: 300)
+])
+def test_api_key_cut_at_the_message_limit_is_not_shown_either(serve, monkeypatch, make_body):
+    monkeypatch.setenv("DANTES_TEST_KEY", SECRET)
+    server = serve(lambda body, n: (200, make_body(SECRET), 0))
+    with pytest.raises(ModelError) as info:
+        client_for(server, api_key_env="DANTES_TEST_KEY").chat(user("x"))
+    assert SECRET[:6] not in str(info.value)
+
+
 def test_unknown_sampling_option_lists_valid_ones(serve):
     server = serve(lambda body, n: (200, completion("x"), 0))
     with pytest.raises(ConfigError, match="temperature"):

@@ -185,10 +185,10 @@ class OpenAICompatClient:
             data = json.loads(raw)
         except json.JSONDecodeError:
             raise ModelError(f"{self.url} answered with something that is not JSON: "
-                             f"{self._scrub(raw[:200].decode('utf-8', 'replace'))!r}",
+                             f"{self._scrub(raw.decode('utf-8', 'replace'))[:200]!r}",
                              fix="check that llm.url points at an OpenAI-compatible /v1 endpoint") from None
         if not isinstance(data, dict) or "error" in data or not data.get("choices"):
-            detail = self._scrub(json.dumps(data, ensure_ascii=False)[:300])
+            detail = self._scrub(json.dumps(data, ensure_ascii=False))[:300]  # scrub, then cut: no key prefix
             raise ModelError(f"{self.url} returned no completion: {detail}",
                              fix="check llm.server_model and the server log")
         return data
