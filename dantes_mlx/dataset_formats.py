@@ -28,6 +28,7 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
                   "system": "system"}
 CHAT_ROLES = ("system", "user", "assistant")
+CSV_DELIMITERS = (",", ";", "\t")
 # C0/C1 control characters other than tab and newline: invisible, and never wanted in training text.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 INST_TURN = re.compile(r"\[INST\](.*?)\[/INST\](.*?)(?=\[INST\]|\Z)", re.S)
@@ -177,8 +178,8 @@ def make_example(record: dict, kind: str, path: str, line: int) -> tuple[Example
                    label=None if label in (None, "") else str(label), fields=record), dirty
 
 
-def _decode_lines(path: Path, keep_blank: bool = False) -> list[tuple[int, str]]:
-    """(line number, text) of each non-blank line (or every line); invalid UTF-8 raises InputError with the line."""
+def _decode_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each non-blank line; invalid UTF-8 raises InputError with the line."""
     out = []
     for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
         try:
@@ -186,9 +187,41 @@ def _decode_lines(path: Path, keep_blank: bool = False) -> list[tuple[int, str]]
         except UnicodeDecodeError as exc:
             raise InputError(f"invalid UTF-8 at byte {exc.start} of the line", path=path, line=lineno,
                              fix="re-save the file as UTF-8") from exc
-        if keep_blank or text.strip():
+        if text.strip():
             out.append((lineno, text))
     return out
+
+
+def decode_text(path: Path) -> str:
+    """A whole file as text: UTF-8 (a BOM is dropped), newlines as \\n; elsewise InputError naming the line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # Excel on Windows saves "CSV" as cp1252, where 'œ' and '€' are not latin-1: say which codec to convert from.
+        raise InputError(f"invalid UTF-8 at byte {exc.start}", path=path, line=raw[:exc.start].count(b"\n") + 1,
+                         fix="re-save the file as UTF-8 (Excel: CSV UTF-8), or convert it: "
+                             "`iconv -f cp1252 -t utf-8 IN > OUT`") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_csv(path: str | Path) -> list[tuple[int, dict]]:
+    """(first line, record) per CSV row; the separator (',', ';' as French Excel writes, or tab) is read from
+    the header line; a short row's missing cells are empty strings."""
+    path = Path(path)
+    text = decode_text(path)
+    header = text.split("\n", 1)[0]
+    delimiter = max(CSV_DELIMITERS, key=header.count)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    names = [name.strip() for name in next(reader, [])]
+    records = []
+    while True:
+        start = reader.line_num + 1
+        cells = next(reader, None)
+        if cells is None:
+            return records
+        if any(cell.strip() for cell in cells):
+            records.append((start, {name: cells[i] if i < len(cells) else "" for i, name in enumerate(names)}))
 
 
 def read_records(path: str | Path) -> list[tuple[int, dict]]:
@@ -198,10 +231,7 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
         raise InputError("input file not found", path=path, fix="check the path")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        # Blank lines stay: inside a quoted cell they are part of the text (an e-mail's paragraphs).
-        text = "\n".join(line for _, line in _decode_lines(path, keep_blank=True))
-        reader = csv.DictReader(io.StringIO(text))
-        return [(reader.line_num, dict(row)) for row in reader]
+        return read_csv(path)
     if suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8-sig"))

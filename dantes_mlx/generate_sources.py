@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from dantes_mlx.config import CharacterConfig, GenerateConfig
+from dantes_mlx.dataset_formats import decode_text, read_records
 from dantes_mlx.errors import InputError
 from dantes_mlx.generate import (Task, filter_settings, filtered_rows, finish, load_prompt, output_paths,
                                  pairs_schema, run_tasks, salvage, text_id)
 from dantes_mlx.pairs_parser import ParsedPair
-from dantes_mlx.store import Store, item_key, read_jsonl
+from dantes_mlx.store import Store, item_key
 
 SUBJECT_KEYS = ("term", "acronym", "sigle", "subject", "name", "key", "question")
 FACT_KEYS = ("definition", "meaning", "fact", "description", "value", "answer")
@@ -40,20 +39,11 @@ def load_records(path: str | Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise InputError("file not found", path=path, fix="check the path")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return list(read_jsonl(path))
-    raw = path.read_bytes() if suffix in (".csv", ".json") else b""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"invalid UTF-8 at byte {exc.start}", path=path, line=raw[:exc.start].count(b"\n") + 1,
-                         fix="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)") from None
-    if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        return [(reader.line_num, dict(row)) for row in reader]
+    if suffix in (".jsonl", ".csv"):
+        return read_records(path)  # BOM, separators, bad bytes: the same reader as prepare
     if suffix == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(decode_text(path))
         except json.JSONDecodeError as exc:
             raise InputError(f"invalid JSON ({exc.msg})", path=path, line=exc.lineno, fix="repair the file") from None
         if isinstance(data, dict):
@@ -66,16 +56,28 @@ def load_records(path: str | Path) -> list[tuple[int, dict]]:
 
 
 def _field(record, keys: tuple[str, ...], position: int, path, number: int, what: str) -> str:
-    """A record's field by name (case-insensitive), else by position in a two-column record."""
+    """A record's field by name (case-insensitive), else by position in a two-column record; "" when that
+    field is empty. No such field raises InputError."""
     if isinstance(record, dict):
         lowered = {str(k).strip().lower(): v for k, v in record.items()}
-        for key in keys:
-            if lowered.get(key) not in (None, ""):
+        present = [key for key in keys if key in lowered]
+        for key in present:
+            if lowered[key] not in (None, ""):
                 return str(lowered[key]).strip()
-        if len(record) == 2 and not any(k in lowered for k in keys):
-            return str(list(record.values())[position]).strip()
-    raise InputError(f"record {number} has no {what}", path=path, line=number,
+        if present:
+            return ""
+        if len(record) == 2:
+            value = list(record.values())[position]
+            return "" if value is None else str(value).strip()
+    raise InputError(f"record {number} has no {what} field", path=path, line=number,
                      fix=f"name the field one of: {', '.join(keys)}")
+
+
+def _filled(value: str, path, number: int, what: str) -> str:
+    if not value:
+        raise InputError(f"record {number} has an empty {what}", path=path, line=number,
+                         fix="fill it in or delete that record")
+    return value
 
 
 def _record_id(record, prefix: str, text: str) -> str:
@@ -88,8 +90,8 @@ def load_facts(path: str | Path) -> list[dict]:
     """Facts as {source_id, subject, fact}."""
     facts = []
     for number, record in load_records(path):
-        subject = _field(record, SUBJECT_KEYS, 0, path, number, "term/subject")
-        fact = _field(record, FACT_KEYS, 1, path, number, "definition/fact")
+        subject = _filled(_field(record, SUBJECT_KEYS, 0, path, number, "term/subject"), path, number, "term")
+        fact = _filled(_field(record, FACT_KEYS, 1, path, number, "definition/fact"), path, number, "definition")
         facts.append({"source_id": _record_id(record, "fact", subject), "subject": subject, "fact": fact})
     if not facts:
         raise InputError("no facts found", path=path, fix="add records such as {\"term\": ..., \"definition\": ...}")
@@ -145,17 +147,22 @@ def generate_from_facts(facts: list[dict], client, out: str | Path, cfg: Generat
 # -- labelled texts -> prompt/completion ------------------------------------------------------------
 def labels_to_rows(path: str | Path, out: str | Path, cfg: GenerateConfig):
     """Prompt/completion rows: an instruction naming the labels + the text -> its label (no LLM)."""
-    started, records = time.monotonic(), []
-    for number, record in load_records(path):
+    started, records, rejects = time.monotonic(), [], []
+    loaded = load_records(path)
+    for number, record in loaded:
         text = _field(record, TEXT_KEYS, 0, path, number, "text")
         label = _field(record, LABEL_KEYS, 1, path, number, "label")
+        if not text or not label:  # an unlabelled row of a spreadsheet: set aside, the others still count
+            rejects.append({"source_id": _record_id(record, "text", text), "line": number, "text": text[:200],
+                            "label": label, "reason": "empty_text" if not text else "empty_label"})
+            continue
         records.append((_record_id(record, "text", text), text, label, number))
     labels_of = defaultdict(set)
     for _, text, label, _ in records:
         labels_of[text].add(label)
     instruction = (cfg.label_instruction or LABEL_INSTRUCTION).replace(
         "{labels}", ", ".join(sorted({r[2] for r in records})))
-    rows, rejects, seen = [], [], set()
+    rows, seen = [], set()
     for source_id, text, label, number in records:
         reason = ("conflicting_labels" if len(labels_of[text]) > 1
                   else "duplicate_text" if text in seen else None)
@@ -166,4 +173,4 @@ def labels_to_rows(path: str | Path, out: str | Path, cfg: GenerateConfig):
             continue
         rows.append({"prompt": f"{instruction}\n\n{text}", "completion": label, "source_id": source_id,
                      "source": "label", "label": label})
-    return finish(Path(out), rows, rejects, len(records), started)
+    return finish(Path(out), rows, rejects, len(loaded), started)
