@@ -317,11 +317,28 @@ def _assign(units: list[tuple[int, int]], targets: list[float], done: list[float
     return out
 
 
+def _row_targets(rows: int, ratios: tuple[float, ...], owed: list[float]) -> list[float]:
+    """Whole rows of one label per split: each share rounded down, train given at least one (a label never
+    trained on cannot be learnt), the rows left over one each to the splits owed most by earlier labels'
+    rounding (`owed` is carried from label to label, so the splits' sizes follow the ratios too)."""
+    targets = [math.floor(rows * r + 1e-9) for r in ratios]
+    if rows and not targets[0]:
+        targets[0] = 1
+    for s, r in enumerate(ratios):
+        owed[s] += rows * r - targets[s]
+    short = [s for s in range(len(ratios)) if rows * ratios[s] > targets[s] + 1e-9]  # one more stays within a row
+    for s in sorted(short, key=lambda s: (-owed[s], s))[:rows - sum(targets)]:
+        targets[s] += 1
+        owed[s] -= 1
+    return [float(t) for t in targets]
+
+
 def split_groups(groups: list[int], ratios: tuple[float, ...], seed: int = 0,
                  labels: list[str | None] | None = None) -> list[str]:
     """Split name per row: whole groups only, seeded; stratified by (group majority) label when given.
 
-    With one-row groups, every label's count in every split is within one row of its share.
+    With one-row groups, every label's count in every split is within one row of its share, every label
+    has a row in train, and the splits' sizes are within one row per label of their shares.
     """
     sizes = Counter(groups)
     order = sorted(sizes)
@@ -339,10 +356,12 @@ def split_groups(groups: list[int], ratios: tuple[float, ...], seed: int = 0,
     total_targets = [r * n for r in ratios]
     totals = [0.0] * len(ratios)
     where: dict[int, int] = {}
+    owed = [0.0] * len(ratios)
     for label in sorted(strata, key=lambda k: (k is None, str(k))):
         members = strata[label]
         rows = sum(sizes[g] for g in members)
         # Larger groups first (stable within the shuffled order) so small ones can even out the counts.
         units = sorted(((g, sizes[g]) for g in members), key=lambda u: -u[1])
-        where.update(_assign(units, [r * rows for r in ratios], [0.0] * len(ratios), totals, total_targets))
+        targets = _row_targets(rows, ratios, owed)
+        where.update(_assign(units, targets, [0.0] * len(ratios), totals, total_targets))
     return [SPLITS[where[g]] for g in groups]
