@@ -359,21 +359,25 @@ def conversation_problems(messages: Any) -> list[str]:
     """What keeps a message list from being a valid training conversation (empty list: valid).
 
     The rules fine-tuning services apply: an optional leading system message, then user and assistant
-    turns alternating from a user turn, ending with the assistant, no empty content.
+    turns alternating from a user turn, ending with the assistant, no empty content. mlx-lm's `tools`
+    rows also pass: an assistant turn may hold `tool_calls` instead of content, answered by `tool` messages.
     """
     if not isinstance(messages, list) or not messages:
         return ["'messages' must be a non-empty list"]
     problems = []
-    expected = "user"
+    expected, previous = "user", None
     for n, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        calls = isinstance(message, dict) and message.get("role") == "assistant" and bool(message.get("tool_calls"))
+        if not isinstance(message, dict) or "role" not in message or ("content" not in message and not calls):
             problems.append(f"message {n} needs 'role' and 'content'")
             continue
-        role, content = message["role"], message["content"]
-        if role not in CHAT_ROLES:
-            problems.append(f"message {n} has unknown role '{role}' (valid: {', '.join(CHAT_ROLES)})")
+        role, content = message["role"], message.get("content")
+        if role not in CHAT_ROLES + ("tool",):
+            problems.append(f"message {n} has unknown role '{role}' (valid: {', '.join(CHAT_ROLES)}, tool)")
             continue
-        if not isinstance(content, str):
+        if calls and content in (None, ""):
+            pass
+        elif not isinstance(content, str):
             problems.append(f"message {n} ({role}) content must be a string")
         elif not content.strip():
             problems.append(f"empty {role} content at message {n}")
@@ -381,10 +385,15 @@ def conversation_problems(messages: Any) -> list[str]:
             if n != 0:
                 problems.append(f"system message at position {n}: only a leading system message is allowed")
             continue
+        if role == "tool":
+            if previous not in ("tool_calls", "tool"):
+                problems.append(f"tool message at {n} does not follow an assistant turn with tool_calls")
+            expected, previous = "assistant", "tool"
+            continue
         if role != expected:
             problems.append(f"two {role} turns in a row at message {n}" if n and messages[n - 1].get("role") == role
                             else f"message {n} is {role}, expected {expected}")
-        expected = "assistant" if role == "user" else "user"
+        expected, previous = ("assistant" if role == "user" else "user"), ("tool_calls" if calls else role)
     roles = [m.get("role") for m in messages if isinstance(m, dict)]
     if "assistant" not in roles:
         problems.append("missing assistant turn: the conversation has no answer to learn")

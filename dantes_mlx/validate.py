@@ -190,7 +190,8 @@ def count_tokens(tokenizer, data: dict, fmt: str | None) -> int:
     if fmt == "text":
         ids = tokenizer.encode(data["text"])
         return len(ids) + (0 if ids and ids[-1] == tokenizer.eos_token_id else 1)
-    return len(tokenizer.apply_chat_template(row_messages(data, fmt), tokenize=True, return_dict=False))
+    return len(tokenizer.apply_chat_template(row_messages(data, fmt), tools=data.get("tools"), tokenize=True,
+                                             return_dict=False))
 
 
 def truncate_row(tokenizer, data: dict, fmt: str | None, limit: int) -> dict | None:
@@ -231,8 +232,8 @@ def qa_pairs(row: Row) -> list[tuple[str, str]]:
     if row.fmt == "text":
         return [("", row.data["text"])] if isinstance(row.data.get("text"), str) else []
     messages = [m for m in row_messages(row.data, row.fmt) if isinstance(m, dict)]
-    return [(str(a.get("content")), str(b.get("content"))) for a, b in zip(messages, messages[1:])
-            if a.get("role") == "user" and b.get("role") == "assistant"]
+    return [(str(a.get("content")), str(b.get("content") or json.dumps(b.get("tool_calls"), sort_keys=True)))
+            for a, b in zip(messages, messages[1:]) if a.get("role") == "user" and b.get("role") == "assistant"]
 
 
 def leak_problems(rows: list[Row], threshold: float) -> list[Problem]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,37 @@ def test_rows_without_source_id_give_one_warning_per_file(tmp_path):
     report = validate_dir(write_dir(tmp_path / "ds", {"train": rows}))
     warnings = [p for p in report.problems if "without source_id" in p.message]
     assert len(warnings) == 1 and warnings[0].line == 1 and "5 row(s)" in warnings[0].message
+
+
+TOOL_ROW = {"messages": [{"role": "user", "content": "Quel temps fait-il à Marseille ?"},
+                         {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
+                             "name": "meteo", "arguments": "{\"ville\": \"Marseille\"}"}}]},
+                         {"role": "tool", "content": "{\"ciel\": \"bleu\"}"},
+                         {"role": "assistant", "content": "Le ciel est bleu sur Marseille."}],
+            "tools": [{"type": "function", "function": {"name": "meteo", "description": "La météo d'une ville",
+                                                        "parameters": {"type": "object", "properties": {}}}}],
+            "source_id": "tool-1"}
+
+
+def test_mlx_lm_tools_rows_pass_and_a_stray_tool_message_does_not(tmp_path):
+    """mlx-lm's LORA.md documents a `tools` format: tool_calls without content, then `tool` messages."""
+    call_only = {"messages": TOOL_ROW["messages"][:2], "tools": TOOL_ROW["tools"], "source_id": "tool-2"}
+    stray = chat("Bonjour", "Bonjour à vous.", "tool-3")
+    stray["messages"].insert(1, {"role": "tool", "content": "{}"})
+    report = validate_dir(write_dir(tmp_path / "ds", {"train": clean_rows("train", 4) + [TOOL_ROW, call_only, stray]}))
+    assert [(Path(p.path).name, p.line) for p in report.errors] == [("train.jsonl", 7)]
+    assert "does not follow an assistant turn with tool_calls" in report.errors[0].message
+
+
+def test_a_shared_instruction_is_not_a_leak_but_the_same_email_is(tmp_path):
+    instruction = ("Classe l'e-mail suivant dans l'une de ces catégories : Achats, Comptabilité, Informatique, "
+                   "Juridique, Logistique, Paie, Qualité, Recrutement, Ressources humaines, Sécurité. Réponds "
+                   "uniquement par le nom de la catégorie.\n\n")
+    words = "imprimante facture badge stylos devis salon livraison audit écran clavier souris réseau".split()
+    rng = random.Random(0)
+    rows = [{"prompt": instruction + " ".join(rng.sample(words, 2 + n % 10)), "completion": "Achats",
+             "source_id": f"m{n}"} for n in range(28)]
+    leak = dict(rows[9], prompt=rows[9]["prompt"] + " merci", source_id="again")  # 11 words + 1
+    report = validate_dir(write_dir(tmp_path / "ds", {"train": rows[:20], "valid": rows[20:] + [leak]}))
+    assert [p.message.split(" (Jaccard")[0] for p in report.problems] == [
+        "leak: near-identical (question, answer) to train.jsonl:10"]
