@@ -220,7 +220,9 @@ def run(config: dict, start: str | None = None, stop: str | None = None,
             stage_generate(layout, make_client(llm), character, section(GenerateConfig, config),
                            llm.concurrency if llm.url else 1, log)
         elif name == "prepare":
-            stage_prepare(layout, section(PrepareConfig, config), character.persona,
+            prep = section(PrepareConfig, config)
+            prep.max_seq_length = min(prep.max_seq_length, train_cfg.max_seq_length)  # what training keeps
+            stage_prepare(layout, prep, character.persona,
                           section(PrepareConfig, config).tokenizer or train_cfg.base_model,
                           train_cfg.batch_size, log)
         elif name == "train":

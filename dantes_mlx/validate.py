@@ -333,7 +333,8 @@ def _check_tokens(report: ValidationReport, rows: list[Row], tokenizer, max_seq_
         if n > max_seq_length:
             report.too_long.append((row, n))
             report.problems.append(Problem(row.path, row.line, f"{n} tokens, over max_seq_length {max_seq_length} "
-                                                               "(mlx-lm truncates it silently)"))
+                                                               "(mlx-lm cuts it there: the end of the answer is never "
+                                                               "learnt)"))
     report.token_stats = {s: token_summary(c) for s, c in counts.items() if c}
 
 

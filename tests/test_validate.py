@@ -215,3 +215,17 @@ def test_a_shared_instruction_is_not_a_leak_but_the_same_email_is(tmp_path):
     report = validate_dir(write_dir(tmp_path / "ds", {"train": rows[:20], "valid": rows[20:] + [leak]}))
     assert [p.message.split(" (Jaccard")[0] for p in report.problems] == [
         "leak: near-identical (question, answer) to train.jsonl:10"]
+
+
+def test_the_length_checked_is_the_one_training_keeps(tmp_path, tiny_model_dir, monkeypatch):
+    """train.max_seq_length: 64 in dantes.yaml: mlx-lm will cut at 64, so validate must report there, not at 2048."""
+    train = clean_rows("train", 4) + [chat("Racontez-moi votre évasion.", " ".join(["la mer immense"] * 40), "long")]
+    folder = write_dir(tmp_path / "ds", {"train": train, "valid": clean_rows("valid", 4)})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dantes.yaml").write_text("train:\n  max_seq_length: 64\n  batch_size: 2\n", encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(main, ["validate", str(folder), "--tokenizer", str(tiny_model_dir)])
+    assert result.exit_code == 1 and "train.jsonl:5: error:" in result.output
+    assert "over max_seq_length 64 (mlx-lm cuts it there" in result.output
+    flag = runner.invoke(main, ["validate", str(folder), "--tokenizer", str(tiny_model_dir), "--max-seq-length", "4096"])
+    assert flag.exit_code == 0, flag.output

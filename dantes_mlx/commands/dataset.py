@@ -19,6 +19,13 @@ def _tokenizer(cfg: dict, flag: str | None, prepare_setting: str = ""):
     return load_tokenizer(flag if flag is not None else prepare_setting or section(TrainConfig, cfg).base_model)
 
 
+def _length_limit(cfg: dict, prep, flag: int | None) -> int:
+    """The flag, else the smaller of prepare.max_seq_length and train.max_seq_length (training cuts there)."""
+    from dantes_mlx.config import TrainConfig, section
+
+    return flag if flag is not None else min(prep.max_seq_length, section(TrainConfig, cfg).max_seq_length)
+
+
 def _batch_size(cfg: dict) -> int:
     from dantes_mlx.config import TrainConfig, section
 
@@ -45,7 +52,9 @@ def _default_dir(cfg: dict) -> Path:
               help="Group runs of consecutive rows about the same thing (files without ids).")
 @click.option("--stratify/--no-stratify", default=None, help="Stratify labelled data by label (default on).")
 @click.option("--dedupe/--no-dedupe", default=None, help="Drop exact and near-duplicate rows (default on).")
-@click.option("--max-seq-length", type=int, default=None, help="Token limit reported by the validation.")
+@click.option("--max-seq-length", type=int, default=None,
+              help="Token limit reported by the validation (default: the smaller of prepare.max_seq_length and "
+                   "train.max_seq_length).")
 @click.option("--save-hf", default=None, help="Also save a Hugging Face DatasetDict to this folder.")
 @click.option("--hub-repo", default=None, help="Also push the DatasetDict to this Hub dataset repo.")
 @click.option("--tokenizer", default=None, help=TOKENIZER_HELP)
@@ -61,6 +70,7 @@ def prepare(inputs, config_path, output, split, seed, fmt, system, group_key, gr
         "split": split, "seed": seed, "format": fmt, "system_prompt": system, "group_key": group_key,
         "group_consecutive": group_consecutive, "stratify": stratify, "dedupe": dedupe,
         "max_seq_length": max_seq_length, "save_hf": save_hf, "hub_repo": hub_repo, "tokenizer": tokenizer})
+    prep.max_seq_length = _length_limit(cfg, prep, max_seq_length)
     files = list(inputs) or stage.default_inputs(section(ProjectConfig, cfg).data_dir)
     tok, note = _tokenizer(cfg, tokenizer, prep.tokenizer)
     report = stage.prepare(files, output or _default_dir(cfg), prep, section(CharacterConfig, cfg).persona,
@@ -74,7 +84,8 @@ def prepare(inputs, config_path, output, split, seed, fmt, system, group_key, gr
 @click.argument("folder", required=False, type=click.Path(file_okay=False))
 @CONFIG_OPTION
 @click.option("--tokenizer", default=None, help=TOKENIZER_HELP)
-@click.option("--max-seq-length", type=int, default=None, help="Token limit (default: prepare.max_seq_length).")
+@click.option("--max-seq-length", type=int, default=None,
+              help="Token limit (default: the smaller of prepare.max_seq_length and train.max_seq_length).")
 @click.option("--truncate", "fix", flag_value="truncate", default=None,
               help="Cut the final answer of over-long rows to fit (files rewritten atomically).")
 @click.option("--drop", "fix", flag_value="drop", help="Drop over-long rows (files rewritten atomically).")
@@ -88,7 +99,8 @@ def validate(folder, config_path, tokenizer, max_seq_length, fix):
     prep = section(PrepareConfig, cfg, {"max_seq_length": max_seq_length})
     tok, note = _tokenizer(cfg, tokenizer, prep.tokenizer)
     folder = Path(folder) if folder else _default_dir(cfg)
-    report = validate_dir(folder, tok, note, prep.max_seq_length, prep.near_dup_threshold, fix, _batch_size(cfg))
+    report = validate_dir(folder, tok, note, _length_limit(cfg, prep, max_seq_length), prep.near_dup_threshold, fix,
+                          _batch_size(cfg))
     click.echo(report.summary())
     if report.errors:
         raise DantesError(f"{len(report.errors)} error(s); see the list above", path=folder,
