@@ -233,7 +233,7 @@ def _write_splits(splits: dict[str, list[dict]], out_dir: Path, labelled: bool, 
         elif path.exists():
             path.unlink()  # mlx-lm's loader fails on an empty file; a stale one would mislead it
         report.counts[split] = len(rows)
-        if labelled:
+        if labelled and rows:
             report.labels[split] = Counter(str(r.get("label")) for r in rows)
 
 
