@@ -175,7 +175,8 @@ def test_render_text_multi_turn_fallback_closes_earlier_turns():
     ([{"role": "assistant", "content": A}], "expected user"),
     ([{"role": "user", "content": Q}, {"role": "system", "content": "x"}, {"role": "assistant", "content": A}],
      "only a leading system"),
-    ([{"role": "tool", "content": Q}], "unknown role"),
+    ([{"role": "function", "content": Q}], "unknown role"),
+    ([{"role": "tool", "content": Q}], "does not follow an assistant turn with tool_calls"),  # mlx-lm's tools rows
     ([], "non-empty list"),
 ])
 def test_conversation_problems(messages, expected):
