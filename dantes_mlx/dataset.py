@@ -208,6 +208,10 @@ def _system_plan(examples: list[Example], cfg: PrepareConfig, persona: str | Non
                  report: PrepareReport) -> tuple[str | None, bool]:
     """(system prompt to add, whether to fold system prompts into the last question)."""
     system = persona if cfg.system_prompt and persona else None
+    if system and examples and all(ex.fields.get("source") == "label" for ex in examples):
+        report.notes.append("rows from `generate --labels` are a classification task: the character's persona "
+                            "was not added as a system message")
+        system = None
     if system and cfg.format == "completions":
         report.notes.append("mlx-lm's completions rows have no system field: the persona was not added "
                             "(use --format chat to train with it)")

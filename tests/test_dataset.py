@@ -211,3 +211,17 @@ def test_round_trip_through_mlx_lm_loader_and_one_training_step(tmp_path, tiny_m
                        steps_per_save=100, max_seq_length=256, adapter_file=str(tmp_path / "adapters.safetensors")),
           training_callback=Record())
     assert len(losses) == 1 and math.isfinite(losses[0]) and losses[0] > 0
+
+
+def test_labelled_texts_get_no_persona_but_character_pairs_do(tmp_path):
+    rows = [{"prompt": f"Classe ce message : demande numéro {i}", "completion": "support" if i % 2 else "ventes",
+             "source_id": f"text-{i}", "source": "label", "label": "support" if i % 2 else "ventes"} for i in range(20)]
+    labelled = tmp_path / "labels.jsonl"
+    labelled.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    report = prepare([labelled], tmp_path / "cls", PrepareConfig(format="chat"), DANTES_PERSONA)
+    train = read_rows(tmp_path / "cls" / "train.jsonl")
+    assert all(m["role"] != "system" and DANTES_PERSONA not in m["content"] for r in train for m in r["messages"])
+    assert any("classification" in n for n in report.notes)
+    prepare([pairs_file(tmp_path / "p.jsonl")], tmp_path / "voice", PrepareConfig(format="chat"), DANTES_PERSONA)
+    voice = read_rows(tmp_path / "voice" / "train.jsonl")
+    assert all(r["messages"][0] == {"role": "system", "content": DANTES_PERSONA} for r in voice)
