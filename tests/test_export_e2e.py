@@ -165,11 +165,23 @@ def test_no_parity_no_ollama(trained, tiny_model_dir, tmp_path):
                                        "--no-parity", "--no-ollama-create"])
     assert result.exit_code == 0, result.output
     assert "parity gate skipped" in result.output and "ollama create dantes -f" in result.output
-    # The base model came from the adapter's own config; no base GGUF without the gate or a local FROM.
     assert (tmp_path / "out/dantes-f16.gguf").is_file() and (tmp_path / "out/Modelfile").is_file()
-    assert not (tmp_path / "out/base-f16.gguf").exists()
+    # export.ollama_base defaults to Ollama's Mistral-7B-Instruct-v0.3, which the tiny base is not: the adapter
+    # route uses our own base GGUF, and says why.
     adapter = instructions(parse_modelfile((tmp_path / "out/Modelfile.adapter").read_text()))
-    assert adapter["model"] == ["mistral:7b-instruct-v0.3-fp16"]  # export.ollama_base, the library model
+    assert adapter["model"] == ["./base-f16.gguf"] and (tmp_path / "out/base-f16.gguf").is_file()
+    assert "is Mistral-7B-Instruct-v0.3 but the base model is not" in result.output
+
+
+def test_a_library_base_is_kept_when_the_shapes_match_and_any_other_tag_is_trusted():
+    from dantes_mlx.export import ExportResult, _library_base
+
+    mistral = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 32768}
+    result = ExportResult(Path("out"))
+    assert _library_base("mistral:7b-instruct-v0.3-fp16", mistral, result) == "mistral:7b-instruct-v0.3-fp16"
+    assert _library_base("llama3.2:1b", {"hidden_size": 64}, result) == "llama3.2:1b" and not result.notes
+    assert _library_base("mistral:7b-instruct-v0.3-q4_K_M", {**mistral, "vocab_size": 32000}, result) == ""
+    assert "vocab_size 32000" in result.notes[0]
 
 
 def test_failed_ollama_create_keeps_the_export_and_its_summary(tiny_model_dir, tmp_path, monkeypatch):

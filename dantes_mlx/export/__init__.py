@@ -217,6 +217,24 @@ def _modelfiles(out: Path, name: str, result: ExportResult, *, system, parameter
         result.files["modelfile_adapter"] = out / "Modelfile.adapter"
 
 
+# Ollama's library tag for Mistral-7B-Instruct-v0.3 (export.ollama_base's default) and that model's shapes.
+MISTRAL_7B_V03 = ("mistral:7b-instruct-v0.3", {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 32768})
+
+
+def _library_base(ollama_base: str, config: Mapping, result: ExportResult) -> str:
+    """ollama_base, or "" (our own base GGUF) when it is Mistral-7B-Instruct-v0.3 and the base model is not."""
+    tag, shapes = MISTRAL_7B_V03
+    if not ollama_base.startswith(tag):
+        return ollama_base
+    wrong = {k: config.get(k) for k, v in shapes.items() if config.get(k) != v}
+    if not wrong:
+        return ollama_base
+    result.notes.append(f"export.ollama_base {ollama_base} is Mistral-7B-Instruct-v0.3 but the base model is not ("
+                        + ", ".join(f"{k} {v}" for k, v in wrong.items()) + "): Modelfile.adapter uses our own base "
+                        "GGUF instead; set export.ollama_base to your base's Ollama model to use the library one")
+    return ""
+
+
 def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: str | Path = "export", *,
                quantization: str = "q4_k_m", name: str = "dantes", persona: str | None = None,
                messages: Iterable[Mapping] = (), parameters: Mapping | None = None, ollama_base: str = "",
@@ -256,6 +274,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     out = Path(out_dir)
     result = ExportResult(out)
     check_base(adapter.path, base_dir, base_name, allow_other_base, result)
+    ollama_base = _library_base(ollama_base, config, result)
     mismatch = template_mismatch(base_dir)  # the parity gate uses the base's template, Ollama the Modelfile's
     if mismatch:
         result.notes.append(mismatch)
