@@ -148,7 +148,7 @@ def test_gguf_answers_lose_the_first_tokens_leading_space(pieces, expected):
     from dantes_mlx.chat import LlamaCppEngine
 
     engine = LlamaCppEngine.__new__(LlamaCppEngine)  # the stream logic alone; a real GGUF in the slow test
-    engine.llm = FakeLlama(pieces)
+    engine.llm, engine.context_length = FakeLlama(pieces), None
     messages = build_messages(None, [], "Qui êtes-vous ?")
     assert list(engine.stream(messages)) == expected
     assert engine.generate(messages) == "".join(expected)
@@ -178,3 +178,117 @@ def test_conflicting_flags_are_a_usage_error_not_a_silent_choice(tmp_path):
         for command in (["ask", "Bonjour"], ["chat"]):
             result = CliRunner().invoke(main, command + extra, input="/exit\n")
             assert result.exit_code == 2 and flags in result.output, (command, extra, result.output)
+
+
+# ---------------------------------------------------------------- interrupts, long conversations, sampling
+class InterruptedEngine(EchoEngine):
+    """Echoes, except that the first reply is cut by Ctrl-C after two pieces."""
+
+    def stream(self, messages, **sampling):
+        pieces = super().stream(messages, **sampling)
+        yield next(pieces)
+        if len(self.calls) == 1:
+            yield next(pieces)
+            raise KeyboardInterrupt
+        yield from pieces
+
+
+def test_ctrl_c_during_a_reply_stops_it_and_keeps_the_chat():
+    engine, out = InterruptedEngine(), []
+    history = chat_loop(engine, iter(["Raconte longuement.", "Qui ?", "/exit"]), out.append, system=PERSONA)
+    text = "".join(out)
+    assert "(reply interrupted" in text
+    assert history == [{"role": "user", "content": "Qui ?"}, {"role": "assistant", "content": "system/user Qui ?"}]
+    assert [m["role"] for m in engine.calls[1][0]] == ["system", "user"]  # the cut exchange is not sent again
+
+
+class CountingEngine(EchoEngine):
+    """Echoes, with a context of `context_length` tokens where every word is one token."""
+
+    def __init__(self, context_length: int):
+        super().__init__()
+        self.context_length = context_length
+
+    def prompt_length(self, messages):
+        return sum(len(m["content"].split()) + 1 for m in messages)
+
+
+def test_a_conversation_past_the_context_drops_its_oldest_exchanges():
+    engine, out = CountingEngine(context_length=40), []
+    lines = [f"question numéro {i} assez longue" for i in range(6)] + ["/exit"]
+    history = chat_loop(engine, iter(lines), out.append, system=PERSONA, max_tokens=10)
+    for messages, _ in engine.calls:
+        assert engine.prompt_length(messages) + 10 <= 40
+        assert messages[0] == {"role": "system", "content": PERSONA} and messages[-1]["role"] == "user"
+    assert engine.calls[-1][0][-1]["content"] == "question numéro 5 assez longue"
+    assert len(engine.calls[-1][0]) > 2                 # still some history, only the oldest went
+    assert history[0]["content"] != lines[0] and "oldest" in "".join(out)
+
+
+def test_a_message_longer_than_the_context_is_refused_and_the_chat_goes_on():
+    engine, out = CountingEngine(context_length=12), []
+    history = chat_loop(engine, iter([" ".join(["mot"] * 30), "Qui ?", "/exit"]), out.append, max_tokens=4)
+    assert "does not fit" in "".join(out)
+    assert len(engine.calls) == 1 and history[-1]["content"] == "user Qui ?"
+
+
+def test_gguf_sampling_is_only_temp_and_top_p_like_mlx():
+    """llama-cpp-python adds top_k=40 and min_p=0.05 unless told otherwise; MLX's sampler applies neither."""
+    from dantes_mlx.chat import LlamaCppEngine
+
+    engine = LlamaCppEngine.__new__(LlamaCppEngine)
+    engine.llm, engine.context_length = RecordingLlama(["Je"]), None
+    engine.generate(build_messages(None, [], "Qui ?"), temp=0.7, top_p=0.9, max_tokens=5, seed=3)
+    sent = engine.llm.kwargs
+    assert (sent["temperature"], sent["top_p"], sent["seed"], sent["max_tokens"]) == (0.7, 0.9, 3, 5)
+    assert sent["top_k"] == 0 and sent["min_p"] == 0.0 and sent.get("repeat_penalty", 1.0) == 1.0
+
+
+class RecordingLlama(FakeLlama):
+    def create_chat_completion(self, **kwargs):
+        self.kwargs = kwargs
+        return super().create_chat_completion(**kwargs)
+
+
+def test_ask_reads_the_question_from_stdin(monkeypatch):
+    import dantes_mlx.chat
+
+    engine = EchoEngine()
+    monkeypatch.setattr(dantes_mlx.chat, "load_engine", lambda **kwargs: engine)
+    for args in (["ask", "-"], ["ask"]):
+        result = CliRunner().invoke(main, [*args, "--no-system", "--model", "m"],
+                                    input="Qui êtes-vous ?\nEt d'où venez-vous ?\n")
+        assert result.exit_code == 0, result.output
+        assert engine.calls[-1][0] == [{"role": "user", "content": "Qui êtes-vous ?\nEt d'où venez-vous ?"}]
+    result = CliRunner().invoke(main, ["ask", "-", "--no-system", "--model", "m"], input="  \n")
+    assert result.exit_code == 2 and "no question" in result.output
+
+
+@pytest.mark.slow
+def test_gguf_and_mlx_send_the_same_prompt_tokens_for_a_conversation(tiny_gguf, tiny_model_dir):
+    from dantes_mlx.chat import LlamaCppEngine, MLXEngine
+
+    history = [{"role": "user", "content": "Qui êtes-vous ?"}, {"role": "assistant", "content": ANSWER},
+               {"role": "user", "content": "Et Mercédès ?"}, {"role": "assistant", "content": "  Elle m'attend.  "}]
+    gguf, mlx = LlamaCppEngine(tiny_gguf, n_ctx=512), MLXEngine(str(tiny_model_dir))
+    for system in (PERSONA, None):
+        messages = build_messages(system, history, "« L'aimez-vous ? »")
+        ids = mlx.prompt_ids(messages)
+        assert gguf.prompt_ids(messages) == ids
+        # the system prompt sits in the last [INST], as in Mistral v0.3's template
+        text = mlx.tokenizer.decode(ids)
+        assert (text.count(PERSONA) == 1 and text.index(PERSONA) > text.rindex("[INST]")) if system else True
+        assert gguf.prompt_length(messages) == len(ids)
+    assert gguf.context_length == 512 and mlx.context_length == 2048
+
+
+@pytest.mark.slow
+def test_a_long_gguf_chat_keeps_going_past_the_context(tiny_gguf):
+    from dantes_mlx.chat import LlamaCppEngine
+
+    engine, out = LlamaCppEngine(tiny_gguf, n_ctx=256), []
+    lines = ["Qui êtes-vous et que faites-vous à Marseille ce jour-là ?"] * 8
+    history = chat_loop(engine, iter(lines), out.append, system=PERSONA, temp=0.7, top_p=0.9, max_tokens=60, seed=0)
+    assert history and "oldest" in "".join(out)
+    with pytest.raises(InputError, match="context"):
+        engine.generate(build_messages(None, [], "Qui êtes-vous ? " * 80), max_tokens=4)

@@ -60,12 +60,19 @@ def _setup(model, adapter_path, base_only, gguf, lora, system, no_system, config
 
 
 @click.command()
-@click.argument("question")
+@click.argument("question", required=False)
 @engine_options
 def ask(question, temp, top_p, max_tokens, seed, **options):
-    """Ask the fine-tuned model one question; the answer streams to stdout."""
+    """Ask the fine-tuned model one question; the answer streams to stdout. QUESTION `-` (or none, with
+    piped input) reads it from stdin."""
     from dantes_mlx.chat import build_messages
 
+    if question is None and sys.stdin.isatty():
+        raise click.UsageError("Missing argument 'QUESTION' (or pipe it: echo '...' | dantes-mlx ask -)")
+    if question in (None, "-"):
+        question = sys.stdin.read().strip()
+        if not question:
+            raise click.UsageError("no question on stdin")
     engine, system = _setup(**options)
     for piece in engine.stream(build_messages(system, [], question), temp=temp, top_p=top_p,
                                max_tokens=max_tokens, seed=seed):
