@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import dataclass
 
@@ -52,27 +53,52 @@ def pairwise_schema(max_chars: int = 400) -> dict:
             "required": ["winner", "reason"]}
 
 
-def json_object(text: str) -> dict:
-    """The reply as a JSON object: the whole text, else the first object in it (a model may add prose)."""
+def json_object(text: str, key: str | None = None) -> dict:
+    """The reply as a JSON object: the whole text, else the first object in it that has `key` (a model may
+    add prose, or show the format before answering), else the first object."""
     text = text.strip()
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
-        decoder, value = json.JSONDecoder(), None
+        decoder, found = json.JSONDecoder(), []
         for start in (i for i, ch in enumerate(text) if ch == "{"):
             try:
-                value = decoder.raw_decode(text, start)[0]
-                break
+                found.append(decoder.raw_decode(text, start)[0])
             except json.JSONDecodeError:
                 continue
+        found = [v for v in found if isinstance(v, dict)]
+        value = next((v for v in found if key in v), found[0] if found else None)
     if not isinstance(value, dict):
         raise JudgeOutputError(f"no JSON object in the reply: {text[:120]!r}")
     return value
 
 
+def _cut_rubric(text: str) -> dict | None:
+    """A rubric reply cut off by max_tokens inside its reasons: the complete scores and the reasons so far."""
+    scores = re.search(r'"scores"\s*:\s*(?=\{)', text)
+    if not scores:
+        return None
+    try:
+        value, end = json.JSONDecoder().raw_decode(text, scores.end())
+    except json.JSONDecodeError:
+        return None
+    reasons = re.match(r'\s*,\s*"reasons?"\s*:\s*"((?:[^"\\]|\\.)*)\\?$', text[end:], re.S)
+    if not reasons or not reasons.group(1).strip():
+        return {"scores": value, "reasons": ""}
+    try:
+        partial = json.loads(f'"{reasons.group(1)}"')
+    except json.JSONDecodeError:  # cut inside an escape sequence
+        partial = reasons.group(1)
+    return {"scores": value, "reasons": partial.rstrip() + " […]"}
+
+
+def _criterion(key: str) -> str:
+    return re.sub(r"[\s-]+", "_", str(key).strip().lower())
+
+
 def _score(value, criterion: str) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    if isinstance(value, str) and (match := re.fullmatch(r"\s*(\d+)\s*(?:/\s*7\s*)?", value)):
+        value = int(match.group(1))
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 7:
@@ -82,16 +108,25 @@ def _score(value, criterion: str) -> int:
 
 def parse_rubric(text: str) -> dict:
     """{"scores": {criterion: int 1-7}, "reasons": str} from the judge's reply, or JudgeOutputError."""
-    data = json_object(text)
+    try:
+        data = json_object(text, "scores")
+    except JudgeOutputError:
+        if (data := _cut_rubric(text)) is None:
+            raise
+    if "scores" not in data:  # cut off by max_tokens after its scores
+        data = _cut_rubric(text) or data
     scores = data.get("scores")
     if not isinstance(scores, dict):
         raise JudgeOutputError("the reply has no \"scores\" object")
+    scores = {_criterion(k): v for k, v in scores.items()}
     missing = [c for c in CRITERIA if c not in scores]
     if missing:
         raise JudgeOutputError(f"scores lack {', '.join(missing)}")
-    reasons = data.get("reasons", "")
+    reasons = data.get("reasons", data.get("reason", ""))
     if isinstance(reasons, dict):  # per-criterion reasons: keep them all, in criterion order
         reasons = " ".join(f"{k}: {v}" for k, v in reasons.items())
+    if isinstance(reasons, list):
+        reasons = " ".join(str(r).strip() for r in reasons)
     if not isinstance(reasons, str) or not reasons.strip():
         raise JudgeOutputError("the reply gives no \"reasons\"")
     return {"scores": {c: _score(scores[c], c) for c in CRITERIA}, "reasons": reasons.strip()}
@@ -99,9 +134,11 @@ def parse_rubric(text: str) -> dict:
 
 def parse_pairwise(text: str) -> dict:
     """{"winner": "A" | "B" | "tie", "reason": str} from the judge's reply, or JudgeOutputError."""
-    data = json_object(text)
-    winner = str(data.get("winner", "")).strip()
-    winner = {"a": "A", "b": "B", "tie": "tie", "égalité": "tie", "egalite": "tie"}.get(winner.lower(), winner)
+    data = json_object(text, "winner")
+    written = str(data.get("winner", "")).strip().lower()
+    # "Answer B", "Réponse A", "B.": the slot letter, with the words a judge puts around it
+    written = re.sub(r"^(?:answer|réponse|reponse|assistant)\s+|[.!]+$", "", written).strip()
+    winner = {"a": "A", "b": "B", "tie": "tie", "égalité": "tie", "egalite": "tie"}.get(written, written)
     if winner not in WINNERS:
         raise JudgeOutputError(f"winner {data.get('winner')!r} is not A, B or tie")
     return {"winner": winner, "reason": str(data.get("reason", "")).strip()}

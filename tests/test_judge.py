@@ -43,6 +43,34 @@ def test_parse_rubric_rejects_malformed(reply, message):
         parse_rubric(reply)
 
 
+SCORES_JSON = '"scores": {"fidelity": 6, "style": 5, "coherence": 7, "in_character": 4}'
+
+
+@pytest.mark.parametrize("reply, reasons", [
+    # prose that shows the format before the real answer: the object with "scores" is the one kept
+    ('Format : {"winner": "A"}. Mon avis : {' + SCORES_JSON + ', "reasons": "Il vouvoie."}', "Il vouvoie."),
+    # criteria written as labels, scores as "n/7", reasons as a list, "reason" for "reasons"
+    ('{"scores": {"Fidelity": 6, "Style": "5/7", "Coherence": 7, "In character": 4}, "reasons": ["Il vouvoie.", '
+     '"Il cite If."]}', "Il vouvoie. Il cite If."),
+    ('{' + SCORES_JSON + ', "reason": "Il vouvoie."}', "Il vouvoie."),
+    # cut off by max_tokens inside the reasons: the scores came first and are kept
+    ('{' + SCORES_JSON + ', "reasons": "Il vouvoie et parle du ch\\u00e2teau d\'If, mais', "Il vouvoie et parle du château d'If, mais […]"),
+])
+def test_parse_rubric_reads_messy_but_complete_verdicts(reply, reasons):
+    assert parse_rubric(reply) == {"scores": GOOD["scores"], "reasons": reasons}
+
+
+def test_parse_rubric_still_refuses_a_reply_cut_before_its_reasons():
+    with pytest.raises(JudgeOutputError, match="reasons"):
+        parse_rubric('{' + SCORES_JSON + ', "reas')
+
+
+@pytest.mark.parametrize("written, winner", [("Answer B", "B"), ("Réponse A", "A"), ("B.", "B"), (" a ", "A"),
+                                              ("Égalité", "tie"), ("TIE", "tie"), ("réponse B.", "B")])
+def test_parse_pairwise_accepts_the_ways_a_judge_names_the_winner(written, winner):
+    assert parse_pairwise('{"winner": "%s", "reason": "x"}' % written)["winner"] == winner
+
+
 def test_parse_pairwise():
     assert parse_pairwise('{"winner": "b", "reason": "plus soutenu"}') == {"winner": "B", "reason": "plus soutenu"}
     assert parse_pairwise('{"winner": "égalité", "reason": ""}')["winner"] == "tie"
