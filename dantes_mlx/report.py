@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -152,8 +153,17 @@ def plot_lengths(result: "EvalResult", out_dir: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------- HTML
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _text(text) -> str:
+    """str(text) with stray control bytes (a small model's byte tokens) shown as U+FFFD: NUL makes report.md
+    binary to grep and diff, and control characters are invalid in HTML."""
+    return _CONTROL.sub("\ufffd", str(text))
+
+
 def _e(text) -> str:
-    return html.escape(str(text), quote=True)
+    return html.escape(_text(text), quote=True)
 
 
 def _img(path: Path | None, alt: str, element_id: str) -> str:
@@ -266,12 +276,12 @@ def render_html(result: "EvalResult", loss_png: Path | None, lengths_png: Path |
 # ---------------------------------------------------------------- Markdown
 def _md(text) -> str:
     """Model output made inert in Markdown: HTML-escaped, one quoted paragraph."""
-    lines = html.escape(str(text), quote=False).splitlines() or [""]
+    lines = html.escape(_text(text), quote=False).splitlines() or [""]
     return "\n".join("> " + line for line in lines)
 
 
 def _md_cell(text) -> str:
-    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
+    return html.escape(_text(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(result: "EvalResult") -> str:

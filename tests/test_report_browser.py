@@ -75,6 +75,20 @@ def test_report_escapes_model_output_and_is_self_contained(tmp_path):
     assert result.judge["pairwise_summary"]["tie"] == 2
 
 
+def test_report_shows_stray_control_bytes_of_a_model_as_replacement_characters(tmp_path):
+    """A small model's byte-fallback tokens can emit NUL or ESC: the .md must stay text (grep, diff, viewers)
+    and the HTML valid; results.json keeps the exact answer."""
+    result, adapters = make_result(tmp_path)
+    result.sides["base"].answers["probe-0"] = "Je\x00 suis\x1b[31m là\tici\nfin"
+    index = write_report(result, tmp_path / "report", adapter_path=adapters)
+    for path in (index, tmp_path / "report" / "report.md"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text), path.name
+        assert "Je\ufffd suis\ufffd[31m là\tici" in text
+    saved = json.loads((tmp_path / "report" / "results.json").read_text(encoding="utf-8"))
+    assert saved["sides"]["base"]["answers"]["probe-0"] == "Je\x00 suis\x1b[31m là\tici\nfin"
+
+
 def test_open_uses_webbrowser_with_a_file_uri(tmp_path, monkeypatch):
     """`eval --open` hands the report's file:// URI to the webbrowser module (never a shell)."""
     import webbrowser
