@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from dantes_mlx.evaluate import EvalResult
 
 SIDE_NAMES = {"base": "base", "tuned": "fine-tuned", "reference": "reference (test set)"}
+PLOT_ALT = {"loss.png": "training loss", "lengths.png": "answer lengths"}
 CRITERIA_NAMES = {"fidelity": "fidelity", "style": "style", "coherence": "coherence", "in_character": "in character"}
 
 # (label, where the value is, format, which direction is better: "low", "high" or "")
@@ -284,7 +285,8 @@ def _md_cell(text) -> str:
     return html.escape(_text(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(result: "EvalResult") -> str:
+def render_markdown(result: "EvalResult", plots: tuple = ()) -> str:
+    """The report in Markdown; `plots`: the PNG files written beside it, linked by name."""
     header, rows, _ = metric_table(result)
     out = [f"# Evaluation: {_md_cell(result.character)}", "",
            f"{result.created} · data `{result.data_dir}` · {result.settings['test_rows']} test rows", ""]
@@ -292,7 +294,9 @@ def render_markdown(result: "EvalResult") -> str:
             for r, s in result.sides.items()]
     out += ["", "## Metrics", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    out += ["", "![training loss](loss.png)", "", "![answer lengths](lengths.png)", ""]
+    out.append("")
+    for plot in (p for p in plots if p):
+        out += [f"![{PLOT_ALT[plot.name]}]({plot.name})", ""]
     for kind, title in (("probe", "Probe questions"), ("test", "Held-out test questions (sample)")):
         tasks = [t for t in result.tasks if t["kind"] == kind]
         if tasks:
@@ -319,9 +323,12 @@ def write_report(result: "EvalResult", out_dir: str | Path, adapter_path=None) -
     if loss_png is None:
         result.notes.append("training loss curve: no metrics.jsonl or loss.png in the adapter folder")
     lengths_png = plot_lengths(result, out_dir)
+    for name, made in (("loss.png", loss_png), ("lengths.png", lengths_png)):
+        if made is None:  # an earlier eval in this folder (same date) must not show its plot as ours
+            (out_dir / name).unlink(missing_ok=True)
     data = asdict(result)
     write_text_atomic(out_dir / "results.json", json.dumps(data, ensure_ascii=False, indent=1, default=str))
-    write_text_atomic(out_dir / "report.md", render_markdown(result))
+    write_text_atomic(out_dir / "report.md", render_markdown(result, (loss_png, lengths_png)))
     index = out_dir / "index.html"
     write_text_atomic(index, render_html(result, loss_png, lengths_png))
     return index

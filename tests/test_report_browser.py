@@ -89,6 +89,20 @@ def test_report_shows_stray_control_bytes_of_a_model_as_replacement_characters(t
     assert saved["sides"]["base"]["answers"]["probe-0"] == "Je\x00 suis\x1b[31m là\tici\nfin"
 
 
+def test_markdown_links_only_the_plots_this_run_wrote(tmp_path):
+    """A GGUF eval has no adapter, hence no training curve: report.md must not link a missing (or, in a
+    reused eval-<date> folder, an earlier run's) loss.png."""
+    result, adapters = make_result(tmp_path)
+    out = tmp_path / "report"
+    write_report(result, out, adapter_path=adapters)
+    assert "![training loss](loss.png)" in (out / "report.md").read_text(encoding="utf-8")
+    result.train_metrics, result.adapter_path, result.gguf = [], "", "export/dantes-q4_k_m.gguf"
+    write_report(result, out, adapter_path=None)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "loss.png" not in md.replace("no metrics.jsonl or loss.png", "") and not (out / "loss.png").exists()
+    assert "![answer lengths](lengths.png)" in md and (out / "lengths.png").is_file()
+
+
 def test_open_uses_webbrowser_with_a_file_uri(tmp_path, monkeypatch):
     """`eval --open` hands the report's file:// URI to the webbrowser module (never a shell)."""
     import webbrowser
