@@ -318,7 +318,8 @@ def evaluate(cfg: "EvalConfig", character: "CharacterConfig", *, base_model: str
                make_loss_job(*loss_args, base_key))
     tuned = result.sides["tuned"] = Side("tuned")
     if gguf:
-        key = {"name": f"gguf:{gguf}", "files": fingerprint(gguf)}
+        # "sampler": answers cached before llama.cpp sampled like MLX (no top_k/min_p) are not reused
+        key = {"name": f"gguf:{gguf}", "files": fingerprint(gguf), "sampler": "temperature+top_p"}
         answer_all(lambda: LlamaCppEngine(gguf), key, tasks, cfg, store, tuned)
         tuned.loss_note = "not measured: the GGUF runs in llama.cpp, the test loss uses mlx-lm"
         result.notes.append(f"fine-tuned answers come from the GGUF {gguf} (llama.cpp); its test loss is not measured")
