@@ -153,7 +153,7 @@ class LlamaCppEngine:
 
     def _too_long(self, what: str) -> InputError:
         return InputError(f"the prompt does not fit the model's {self.context_length}-token context ({what})",
-                          path=self.name, fix="shorten the message, or /reset the chat")
+                          path=self.name, fix="shorten the prompt (in `chat`: /reset)")
 
     def generate(self, messages, **sampling) -> str:
         return "".join(self.stream(messages, **sampling))
