@@ -292,3 +292,12 @@ def test_a_long_gguf_chat_keeps_going_past_the_context(tiny_gguf):
     assert history and "oldest" in "".join(out)
     with pytest.raises(InputError, match="context"):
         engine.generate(build_messages(None, [], "Qui êtes-vous ? " * 80), max_tokens=4)
+
+
+def test_ask_n_ctx_sets_the_gguf_context(tiny_gguf):
+    """--n-ctx reaches llama.cpp: a question that fits 4096 tokens is refused, naming the context, at 256."""
+    question = "Qui êtes-vous ? " * 80
+    assert _ask(question, "--gguf", str(tiny_gguf)).strip()
+    result = CliRunner().invoke(main, ["ask", question, "--gguf", str(tiny_gguf), "--n-ctx", "256",
+                                       "--max-tokens", "4", "--system", PERSONA])
+    assert result.exit_code == 1 and "256" in result.output and "context" in result.output, result.output

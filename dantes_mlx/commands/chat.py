@@ -20,6 +20,8 @@ def engine_options(func):
                      help="Chat with this GGUF through llama.cpp instead of MLX."),
         click.option("--lora", default=None, type=click.Path(dir_okay=False),
                      help="GGUF LoRA adapter applied to --gguf."),
+        click.option("--n-ctx", default=4096, show_default=True, type=click.IntRange(min=64),
+                     help="Context length of the --gguf engine (older exchanges are dropped past it)."),
         click.option("--temp", default=0.7, show_default=True, type=float, help="Sampling temperature (0: greedy)."),
         click.option("--top-p", default=0.9, show_default=True, type=float, help="Nucleus sampling (1: off)."),
         click.option("--max-tokens", default=256, show_default=True, type=int, help="Tokens per reply."),
@@ -34,7 +36,7 @@ def engine_options(func):
     return func
 
 
-def _setup(model, adapter_path, base_only, gguf, lora, system, no_system, config_path):
+def _setup(model, adapter_path, base_only, gguf, lora, n_ctx, system, no_system, config_path):
     """(engine, system prompt) from the options and the project config."""
     from dantes_mlx.chat import load_engine
     from dantes_mlx.config import CharacterConfig, ProjectConfig, TrainConfig, load_yaml, section
@@ -52,7 +54,8 @@ def _setup(model, adapter_path, base_only, gguf, lora, system, no_system, config
         adapter_path = None
     if not gguf and not model and not adapter_path:
         model = section(TrainConfig, config).base_model
-    engine = load_engine(model=model, adapter_path=adapter_path, gguf=gguf, lora=lora)
+    engine = load_engine(model=model, adapter_path=adapter_path, gguf=gguf, lora=lora,
+                         **({"n_ctx": n_ctx} if gguf else {}))
     click.secho(f"[{engine.name}]", err=True, dim=True)
     if no_system:
         return engine, None
