@@ -316,6 +316,24 @@ def test_api_key_is_sent_but_never_logged_or_raised(serve, monkeypatch, caplog):
     assert SECRET not in str(info.value) and SECRET not in caplog.text  # ...and never shown
 
 
+@pytest.mark.parametrize("url, warned", [
+    ("http://llm.example.org:8080/v1", True), ("https://llm.example.org/v1", False),
+    ("http://127.0.0.1:8080/v1", False), ("http://localhost:11434/v1", False),
+])
+def test_a_key_sent_in_clear_to_another_machine_is_warned_about_by_name(url, warned, monkeypatch, caplog):
+    from dantes_mlx.llm.openai_compat import OpenAICompatClient
+
+    monkeypatch.setenv("DANTES_TEST_KEY", SECRET)
+    with caplog.at_level(logging.WARNING):
+        OpenAICompatClient(url, api_key_env="DANTES_TEST_KEY")
+    assert ("unencrypted" in caplog.text and "$DANTES_TEST_KEY" in caplog.text) is warned
+    assert SECRET not in caplog.text
+    caplog.clear()
+    monkeypatch.delenv("DANTES_TEST_KEY")
+    OpenAICompatClient(url, api_key_env="DANTES_TEST_KEY")  # no key, nothing to warn about
+    assert "unencrypted" not in caplog.text
+
+
 @pytest.mark.parametrize("make_body", [  # the key starts a few characters before where the message is cut
     lambda key: "<html>Bearer ".ljust(192, "x") + f"{key}</html>",  # a proxy page echoing headers (cut: 200)
     lambda key: {"echo": "Bearer ".ljust(282, "y") + key},           # JSON without a completion (cut: 300)

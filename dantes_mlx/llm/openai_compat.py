@@ -61,6 +61,18 @@ def chat_url(base_url: str) -> str:
     return url if url.endswith("/chat/completions") else url + "/chat/completions"
 
 
+def warn_clear_key(url: str, api_key_env: str, has_key: bool) -> None:
+    """Warn (naming the variable, never the key) when a key would travel unencrypted to another machine."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if has_key and parts.scheme == "http" and host not in ("localhost", "127.0.0.1", "::1") \
+            and not host.endswith(".localhost"):
+        log.warning("the API key in $%s is sent unencrypted to %s (plain http): use https, or set "
+                    "llm.api_key_env to '' if this server needs no key", api_key_env, host)
+
+
 class OpenAICompatClient:
     """Chat completions over HTTP from any OpenAI-compatible server; thread-safe."""
 
@@ -74,6 +86,7 @@ class OpenAICompatClient:
         self.model_id = model or "default"
         self.api_key_env = api_key_env
         self._api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+        warn_clear_key(self.url, api_key_env, bool(self._api_key))
         self.timeout, self.retries, self.concurrency = timeout, max(0, retries), max(1, concurrency)
         self.defaults = {"temperature": temperature, "max_tokens": max_tokens}
         if seed is not None:
