@@ -155,12 +155,12 @@ def test_participle_describing_the_speaker_is_narration_and_an_exclamation_is_sp
     assert spoken(text, second) == ["— Ils sont pauvres !", "ils sont pauvres !"]
 
 
-
 def test_an_adjective_and_its_complement_after_the_incise_describe_the_speaker():
     text = "— Laisse-moi ! cria Paul d'une voix sourde, pâle de colère.\n\n— Va, dit-elle, prête à pleurer.\n"
     first, second = find_quotations(text)
     assert spoken(text, first) == ["— Laisse-moi !"] and first.speaker == "Paul"
     assert spoken(text, second) == ["— Va,"]
+
 
 def test_narration_with_a_named_subject_in_the_passe_simple_ends_the_reply():
     text = ("— Je viens ce soir. Marie, le nez dans son manteau, courut à la porte.\n\n"
@@ -168,7 +168,6 @@ def test_narration_with_a_named_subject_in_the_passe_simple_ends_the_reply():
     first, second = find_quotations(text)
     assert spoken(text, first) == ["— Je viens ce soir."]
     assert spoken(text, second) == ["— Dites-lui que je pars."]
-
 
 
 def test_an_imperfect_statement_after_a_question_or_exclamation_is_narration_unless_a_comment():
@@ -185,6 +184,7 @@ def test_an_inline_reply_gives_way_to_a_narrative_clause_after_a_comma():
     first, second = find_quotations(text)
     assert spoken(text, first) == ["— Au loup"]
     assert spoken(text, second) == ["— Je pars demain."]
+
 
 def test_a_speaker_telling_a_story_in_the_passe_simple_keeps_the_floor():
     text = ("— Madame, le cardinal se rendit maître de la statue et la fit exécuter en marbre. "
@@ -214,7 +214,6 @@ def test_an_unclosed_guillemet_paragraph_that_turns_to_narration_is_a_told_story
             "— Et alors ?\n\n« Bonjour, mon ami.\n\n— Bonjour.\n")
     said = [q.speech(text) for q in find_quotations(text)]
     assert said == ["Zambinella !", "Et alors ?", "Bonjour, mon ami.", "Bonjour."]
-
 
 
 def test_a_run_of_remarks_closed_by_etc_is_crowd_chatter_not_speech():

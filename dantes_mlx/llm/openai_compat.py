@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -63,9 +64,7 @@ def chat_url(base_url: str) -> str:
 
 def warn_clear_key(url: str, api_key_env: str, has_key: bool) -> None:
     """Warn (naming the variable, never the key) when a key would travel unencrypted to another machine."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
+    parts = urllib.parse.urlsplit(url)
     host = (parts.hostname or "").lower()
     if has_key and parts.scheme == "http" and host not in ("localhost", "127.0.0.1", "::1") \
             and not host.endswith(".localhost"):
