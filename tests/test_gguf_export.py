@@ -98,6 +98,19 @@ def test_quantize_in_process(tiny_gguf, tmp_path):
         quantize(tiny_gguf, tmp_path / "x.gguf", "q4_k_xl")
 
 
+def test_llama_quantize_aliases(tiny_gguf, tmp_path):
+    """llama-quantize takes Q4_K for Q4_K_M (and Q3_K, Q5_K): so do we, writing the same file type."""
+    from dantes_mlx.export.gguf import quant_name
+    from dantes_mlx.export.parity import gguf_quantization, thresholds_for
+
+    assert [quant_name(q) for q in ("Q4_K", "q5_K", " Q3_K ", "Q8_0")] == ["q4_k_m", "q5_k_m", "q3_k_m", "q8_0"]
+    out = quantize(tiny_gguf, tmp_path / "tiny-q4_k.gguf", "Q4_K")
+    assert gguf_quantization(out) == "q4_k_m"
+    assert thresholds_for("Q4_K") == thresholds_for("q4_k_m")
+    with pytest.raises(ConfigError, match="q4_k"):
+        quant_name("q4_k_xl")
+
+
 def test_quantize_does_not_flood_the_terminal(tiny_gguf, tmp_path, capfd):
     import logging
 

@@ -250,7 +250,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     Raises ModelError when the base is not the one train fingerprinted, unless `allow_other_base`.
     """
     from dantes_mlx.errors import ConfigError, DantesError
-    from dantes_mlx.export.gguf import QUANT_TYPES, read_config
+    from dantes_mlx.export.gguf import quant_name, read_config
     from dantes_mlx.export.modelfile import check_model_name, create_commands, default_license, template_mismatch
     from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
     from dantes_mlx.export.parity import default_prompts, make_reference, thresholds_for
@@ -258,9 +258,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     from dantes_mlx.store import write_text_atomic
     from dantes_mlx.train import resolve_model
 
-    quantization = quantization.lower()
-    if quantization not in QUANT_TYPES:
-        raise ConfigError(f"unknown quantization {quantization!r}", fix=f"use one of {', '.join(QUANT_TYPES)}")
+    quantization = quant_name(quantization)
     thresholds_for(quantization)
     check_model_name(name)
     adapter = load_adapter(adapter_dir)

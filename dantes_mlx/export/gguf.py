@@ -28,6 +28,18 @@ QUANT_TYPES = {
     "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16,
     "q5_k_m": 17, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30, "bf16": 32,
 }
+# llama-quantize's short names for the K-quant mixes it recommends.
+QUANT_ALIASES = {"q3_k": "q3_k_m", "q4_k": "q4_k_m", "q5_k": "q5_k_m"}
+
+
+def quant_name(qtype: str) -> str:
+    """The canonical quantization name: lower case, llama-quantize's aliases resolved (Q4_K -> q4_k_m)."""
+    key = qtype.strip().lower()
+    key = QUANT_ALIASES.get(key, key)
+    if key not in QUANT_TYPES:
+        raise ConfigError(f"unknown quantization {qtype!r}",
+                          fix=f"use one of {', '.join(QUANT_TYPES)} (or {', '.join(QUANT_ALIASES)})")
+    return key
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
 _LAYER_NAMES = {
@@ -244,10 +256,7 @@ def _tensor_order(hf_name: str) -> tuple[int, str]:
 
 def quantize(src_gguf: str | Path, dst_gguf: str | Path, qtype: str, *, threads: int = 0) -> Path:
     """Quantize a GGUF in-process with llama.cpp (`llama_model_quantize`): q8_0, q4_k_m, q5_k_m..."""
-    key = qtype.lower()
-    if key not in QUANT_TYPES:
-        raise ConfigError(f"unknown quantization {qtype!r}",
-                          fix=f"use one of {', '.join(sorted(QUANT_TYPES))}")
+    key = quant_name(qtype)
     try:
         import llama_cpp
     except ImportError as exc:

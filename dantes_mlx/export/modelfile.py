@@ -200,8 +200,10 @@ def example_modelfile() -> str:
     """The repository's example Modelfile: the default config's Mistral export (see the root `Modelfile`)."""
     from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig
 
+    from dantes_mlx.export.gguf import quant_name
+
     export, project = ExportConfig(), ProjectConfig()
-    return build_modelfile(f"./{export.out_dir}/{export.ollama_name}-{export.quantization}.gguf",
+    return build_modelfile(f"./{export.out_dir}/{export.ollama_name}-{quant_name(export.quantization)}.gguf",
                            system=CharacterConfig().persona, parameters=export.ollama_parameters,
                            messages=export.ollama_messages,
                            license_text=default_license("mistralai/Mistral-7B-Instruct-v0.3", project.books),

@@ -243,7 +243,10 @@ class ParityReport:
 
 def thresholds_for(quantization: str) -> Thresholds:
     """The pass bounds of a quantization name (f16, q8_0, q4_k_m...)."""
-    key = quantization.lower()
+    from dantes_mlx.export.gguf import QUANT_ALIASES
+
+    key = quantization.strip().lower()
+    key = QUANT_ALIASES.get(key, key)
     if key not in THRESHOLDS:
         raise ConfigError(f"no parity thresholds for quantization {quantization!r}",
                           fix=f"use one of {', '.join(THRESHOLDS)}")
@@ -332,7 +335,9 @@ def check_parity(reference: Reference, gguf_path: str | Path, lora_path: str | P
     Raises ParityError when `enforce` and the GGUF fails; otherwise returns the report either way.
     `release_reference` frees the reference model (MLXReference.release) once its logits are known.
     """
-    quantization = (quantization or gguf_quantization(gguf_path)).lower()
+    from dantes_mlx.export.gguf import quant_name
+
+    quantization = quant_name(quantization or gguf_quantization(gguf_path))
     limits = thresholds_for(quantization)
     named = _named(prompts if prompts is not None else default_prompts())
     rendered = [(name, reference.render(messages)) for name, messages in named]
