@@ -350,8 +350,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA, help="fr-litbank folder (NAME.txt + NAME.ann)")
-    parser.add_argument("--chunk-lines", type=int, default=100)
-    parser.add_argument("--overlap", type=int, default=10)
+    parser.add_argument("--chunk-lines", type=int, default=100, help="ours: paragraphs per chunk")
+    parser.add_argument("--overlap", type=int, default=10, help="ours: paragraphs of overlap")
+    parser.add_argument("--original-lines", type=int, default=100,
+                        help="the original's chunk size (the issue fixes it at 100 lines)")
     parser.add_argument("--chunk-tokens", type=int, default=0,
                         help="ours: most tokens of text per chunk (0: what n_ctx holds, the default)")
     parser.add_argument("--pairs", type=int, default=3, help="pairs asked per citation")
@@ -393,7 +395,7 @@ def main() -> None:
         llm.close()
         extraction, generation = [], []
         for stage, who, run in (
-                (extraction, "original", lambda c: run_original_extraction(c, texts, prompt, args.chunk_lines,
+                (extraction, "original", lambda c: run_original_extraction(c, texts, prompt, args.original_lines,
                                                                            sampling, args.original_layout)),
                 (extraction, "ours", lambda c: run_our_extraction(c, texts, ours_cfg, sampling, tmp, "ours")),
                 (generation, "original", lambda c: run_original_generation(c, texts, sampling, args.pairs)),
@@ -407,7 +409,8 @@ def main() -> None:
             extraction.append(run_our_extraction(llm, texts, cfg, sampling, tmp, f"ours+focus{args.focus_window}"))
             llm.close()
 
-    layout = "100 paragraphs" if args.original_layout == "paragraphs" else "100 lines of 70 columns"
+    layout = (f"{args.original_lines} paragraphs" if args.original_layout == "paragraphs"
+              else f"{args.original_lines} lines of 70 columns")
     print_costs(f"Extraction: {len(texts)} texts, original chunks of {layout}, ours {args.chunk_lines} paragraphs "
                 f"+ {args.overlap} overlap, max_tokens={args.max_tokens}", extraction, "chunks")
     print_costs(f"Generation: {sum(len(t.quotes) for t in texts)} gold citations, {args.pairs} pairs asked per "
@@ -422,12 +425,16 @@ def main() -> None:
     print_costs("Both stages", combined, "items")
     print("(generated tokens come from a random model and are not compared)")
     ratio = combined[0].tokens["evaluated"] / max(1, combined[1].tokens["evaluated"])
+    defaults = ExtractConfig()
+    settings = ("default settings" if (args.chunk_lines, args.overlap, args.chunk_tokens) ==
+                (defaults.chunk_lines, defaults.overlap, defaults.chunk_tokens)
+                else f"chunks of {args.chunk_lines} paragraphs + {args.overlap} overlap")
     print(f"\nCeiling on these texts: the pre-filter keeps {kept_tokens} tokens of text. Any method that reads each "
           f"kept paragraph once,\neven with free instructions and free generation, evaluates at least that: "
           f"{combined[0].tokens['evaluated']} / {kept_tokens} = {combined[0].tokens['evaluated'] / kept_tokens:.2f} "
           f"at most.")
     print(f"ratio: {ratio:.2f} = prompt tokens llama.cpp evaluated over extraction + generation, original approach / "
-          f"ours with default settings (goal >= 2)")
+          f"ours with {settings} (goal >= 2)")
 
 
 if __name__ == "__main__":
