@@ -41,6 +41,7 @@ def quant_name(qtype: str) -> str:
                           fix=f"use one of {', '.join(QUANT_TYPES)} (or {', '.join(QUANT_ALIASES)})")
     return key
 
+
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
 _LAYER_NAMES = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",

@@ -243,10 +243,9 @@ class ParityReport:
 
 def thresholds_for(quantization: str) -> Thresholds:
     """The pass bounds of a quantization name (f16, q8_0, q4_k_m...)."""
-    from dantes_mlx.export.gguf import QUANT_ALIASES
+    from dantes_mlx.export.gguf import quant_name
 
-    key = quantization.strip().lower()
-    key = QUANT_ALIASES.get(key, key)
+    key = quant_name(quantization)
     if key not in THRESHOLDS:
         raise ConfigError(f"no parity thresholds for quantization {quantization!r}",
                           fix=f"use one of {', '.join(THRESHOLDS)}")
