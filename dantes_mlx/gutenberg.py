@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dantes_mlx.errors import InputError
+from dantes_mlx.gutenberg_notes import move_notes
 from dantes_mlx.gutenberg_read import normalize_newlines, read_book
 from dantes_mlx.store import write_text_atomic
 
@@ -356,6 +357,7 @@ def clean_text(raw: str, keep_italics: bool = True) -> CleanResult:
                 continue
             paragraphs.append(para)
             source_lines.append(offset - len(group))
+    paragraphs, source_lines, notes = move_notes(paragraphs, source_lines)
     if not keep_italics:
         paragraphs = [strip_italics(p) if "_" in p else p for p in paragraphs]
     starts, pos = [], 0
@@ -365,7 +367,7 @@ def clean_text(raw: str, keep_italics: bool = True) -> CleanResult:
     text = "\n\n".join(paragraphs) + "\n" if paragraphs else ""
     chapters = find_chapters(paragraphs, starts, source_lines)
     meta.update(wrap_width=width, soft_hyphens_removed=len(soft), illustrations_removed=illustrations,
-                keep_italics=keep_italics)
+                notes_moved=len(notes), keep_italics=keep_italics, notes=notes)
     return CleanResult(text, chapters, book_stats(paragraphs, chapters, text), warnings, meta)
 
 
