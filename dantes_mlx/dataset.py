@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dantes_mlx.config import PrepareConfig
-from dantes_mlx.dataset_formats import (Example, conversation_problems, read_examples, template_drops_system,
-                                        to_output_row)
+from dantes_mlx.dataset_formats import (Example, conversation_problems, message_text, read_examples,
+                                        template_drops_system, to_output_row)
 from dantes_mlx.dataset_split import (SPLITS, consecutive_runs, find_duplicates, group_ids, parse_split, split_groups,
                                       strip_template)
 from dantes_mlx.errors import ConfigError, InputError, require
@@ -78,9 +78,9 @@ def infer_labels(examples: list[Example]) -> bool:
     answers = []
     for ex in examples:
         turns = ex.turns()
-        if len(turns) != 2 or len(turns[1]["content"].split()) > MAX_LABEL_WORDS:
+        if len(turns) != 2 or len(message_text(turns[1]).split()) > MAX_LABEL_WORDS:
             return False
-        answers.append(turns[1]["content"])
+        answers.append(message_text(turns[1]))
     if not answers or len(set(answers)) > max(20, len(answers) // 4):
         return False
     for ex, answer in zip(examples, answers):
@@ -94,7 +94,7 @@ def example_text(ex: Example, question_weight: int = 1) -> str:
         return ex.text or ""
     parts = []
     for message in ex.messages:
-        parts += [message["content"]] * (question_weight if message["role"] == "user" else 1)
+        parts += [message_text(message)] * (question_weight if message["role"] == "user" else 1)
     return "\n".join(parts)
 
 
@@ -181,7 +181,7 @@ def question_answer(ex: Example) -> tuple[str, str]:
     """(user turns, assistant turns) of a row, the system prompt left out; plain text rows: (text, "")."""
     if not ex.messages:
         return ex.text or "", ""
-    return tuple("\n".join(m["content"] for m in ex.messages if m["role"] == role)  # type: ignore[return-value]
+    return tuple("\n".join(message_text(m) for m in ex.messages if m["role"] == role)  # type: ignore[return-value]
                  for role in ("user", "assistant"))
 
 

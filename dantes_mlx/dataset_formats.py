@@ -28,6 +28,8 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
                   "system": "system"}
 CHAT_ROLES = ("system", "user", "assistant")
+# mlx-lm's `tools` rows: message keys its ChatDataset hands to the chat template as written (with the row's `tools`).
+TOOL_MESSAGE_KEYS = {"assistant": ("tool_calls",), "tool": ("tool_call_id", "name")}
 CSV_DELIMITERS = (",", ";", "\t")
 # C0/C1 control characters other than tab and newline: invisible, and never wanted in training text.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -110,16 +112,25 @@ def _content(value: Any, where: str) -> str:
 
 
 def _chat_messages(items: Any, role_key: str, content_key: str, roles: dict) -> list[dict]:
+    """Messages as {role, content}; with a `tool` role in `roles`, mlx-lm's tool keys are kept as written
+    and an assistant turn holding tool_calls may have no content (absent or null, left so)."""
     if not isinstance(items, list):
         raise ValueError(f"expected a list of messages, got {type(items).__name__}")
     out = []
     for n, item in enumerate(items):
-        if not isinstance(item, dict) or role_key not in item or content_key not in item:
+        calls = "tool" in roles and isinstance(item, dict) and bool(item.get("tool_calls"))
+        if not isinstance(item, dict) or role_key not in item or (content_key not in item and not calls):
             raise ValueError(f"message {n} needs '{role_key}' and '{content_key}' keys")
         role = roles.get(str(item[role_key]).lower())
         if role is None:
             raise ValueError(f"message {n} has unknown {role_key} '{item[role_key]}' (valid: {', '.join(roles)})")
-        out.append({"role": role, "content": _content(item[content_key], f"message {n}")})
+        message = {"role": role}
+        if content_key in item:
+            content = item[content_key]
+            message["content"] = None if content is None and calls else _content(content, f"message {n}")
+        if "tool" in roles:
+            message.update({k: item[k] for k in TOOL_MESSAGE_KEYS.get(role, ()) if k in item})
+        out.append(message)
     return out
 
 
@@ -136,7 +147,7 @@ def to_messages(record: dict, kind: str) -> tuple[list[dict], str | None]:
     if kind == "sharegpt":
         return _chat_messages(record["conversations"], "from", "value", SHAREGPT_ROLES), None
     if kind == "chat":
-        return _chat_messages(record["messages"], "role", "content", {r: r for r in CHAT_ROLES}), None
+        return _chat_messages(record["messages"], "role", "content", {r: r for r in CHAT_ROLES + ("tool",)}), None
     if kind == "pairs":
         return [{"role": "user", "content": _content(record["instruction"], "instruction")},
                 {"role": "assistant", "content": _content(record["response"], "response")}], None
@@ -167,8 +178,9 @@ def make_example(record: dict, kind: str, path: str, line: int) -> tuple[Example
                          fix="repair or delete that row") from exc
     dirty = False
     for message in messages:
-        message["content"], changed = clean_text(message["content"])
-        dirty |= changed
+        if isinstance(message.get("content"), str):  # a tool-calling assistant turn may have none
+            message["content"], changed = clean_text(message["content"])
+            dirty |= changed
     if text is not None and not messages:
         text, dirty = clean_text(text)
     source = record.get("source_id")
@@ -281,6 +293,21 @@ def read_examples(path: str | Path) -> tuple[list[Example], str, int]:
     return examples, kind, dirty
 
 
+def message_text(message: dict) -> str:
+    """The words of a message for dedupe, grouping and labels: its content, then its tool calls as JSON."""
+    content = message.get("content")
+    parts = [content] if isinstance(content, str) and content else []
+    if message.get("tool_calls"):
+        parts.append(json.dumps(message["tool_calls"], ensure_ascii=False, sort_keys=True))
+    return "\n".join(parts)
+
+
+def uses_tools(example: Example) -> bool:
+    """True for mlx-lm's `tools` rows: a `tools` list, assistant tool_calls or `tool` messages."""
+    return bool(example.fields.get("tools")) or any(m["role"] == "tool" or m.get("tool_calls")
+                                                    for m in example.messages)
+
+
 def render_text(messages: list[dict], tokenizer=None) -> str:
     """A conversation as one training text: the tokenizer's chat template, else Mistral's [INST] layout."""
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
@@ -331,6 +358,9 @@ def to_output_row(example: Example, fmt: str, system: str | None, tokenizer=None
     """
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"unknown output format '{fmt}'", fix=f"valid formats: {', '.join(OUTPUT_FORMATS)}")
+    if fmt != "chat" and uses_tools(example):
+        raise InputError(f"tool-calling rows (tool_calls, tool messages, a tools list) only fit mlx-lm's chat "
+                         f"format, not {fmt}", path=example.path, line=example.line, fix="use --format chat")
     messages = [dict(m) for m in example.messages]
     if system and (not messages or messages[0]["role"] != "system"):
         messages.insert(0, {"role": "system", "content": system})
@@ -343,6 +373,8 @@ def to_output_row(example: Example, fmt: str, system: str | None, tokenizer=None
                          path=example.path, line=example.line, fix="use --format text")
     elif fmt == "chat":
         row = {"messages": messages}
+        if example.fields.get("tools") is not None:
+            row["tools"] = example.fields["tools"]  # mlx-lm passes it to apply_chat_template(tools=...)
     else:
         turns = example.turns()
         if len(turns) != 2 or example.messages[0]["role"] == "system":

@@ -197,7 +197,9 @@ def count_tokens(tokenizer, data: dict, fmt: str | None) -> int:
 def truncate_row(tokenizer, data: dict, fmt: str | None, limit: int) -> dict | None:
     """The row with its final answer cut (at a word) to fit `limit` tokens, or None when even one word won't fit."""
     key = "text" if fmt == "text" else "completion" if fmt == "completions" else None
-    answer = data[key] if key else data["messages"][-1]["content"]
+    answer = data[key] if key else data["messages"][-1].get("content")
+    if not isinstance(answer, str):  # a final tool call (mlx-lm's tools rows) has no words to cut
+        return None
     words = answer.split(" ")
 
     def cut(n: int) -> dict:

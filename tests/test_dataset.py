@@ -225,3 +225,68 @@ def test_labelled_texts_get_no_persona_but_character_pairs_do(tmp_path):
     prepare([pairs_file(tmp_path / "p.jsonl")], tmp_path / "voice", PrepareConfig(format="chat"), DANTES_PERSONA)
     voice = read_rows(tmp_path / "voice" / "train.jsonl")
     assert all(r["messages"][0] == {"role": "system", "content": DANTES_PERSONA} for r in voice)
+
+
+WEATHER_TOOLS = [{"type": "function", "function": {
+    "name": "meteo", "description": "La météo d'une ville",
+    "parameters": {"type": "object", "properties": {"ville": {"type": "string"}}, "required": ["ville"]}}}]
+
+
+def tool_rows(n: int) -> list[dict]:
+    """mlx-lm's `tools` rows: an assistant turn with tool_calls and no content, answered by a `tool` message."""
+    rows = []
+    for i in range(n):
+        city = f"{TOPICS[i % len(TOPICS)]} {i}"
+        call = {"id": f"call_{i}", "type": "function",
+                "function": {"name": "meteo", "arguments": json.dumps({"ville": city}, ensure_ascii=False)}}
+        assistant = {"role": "assistant", "tool_calls": [call]} if i % 2 else \
+            {"role": "assistant", "content": None, "tool_calls": [call]}
+        rows.append({"messages": [{"role": "user", "content": f"Quel temps fait-il à {city} ?"}, assistant,
+                                  {"role": "tool", "tool_call_id": f"call_{i}", "content": f"{{\"ciel\": {i}}}"},
+                                  {"role": "assistant", "content": f"Le ciel numéro {i} couvre {city}."}],
+                     "tools": WEATHER_TOOLS, "source_id": f"tool-{i}"})
+    return rows
+
+
+def test_tools_rows_are_split_unchanged_in_chat_format(tmp_path):
+    """mlx-lm's ChatDataset passes `messages` and the row's `tools` to apply_chat_template as they are."""
+    rows = tool_rows(11)
+    call_only = {"messages": rows.pop()["messages"][:2], "tools": WEATHER_TOOLS, "source_id": "call-only"}
+    rows += [call_only, dict(call_only), dict(rows[5])]  # two exact duplicates, one of them content-less
+    source = tmp_path / "tools.jsonl"
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    report = prepare([source], tmp_path / "out", PrepareConfig(split="60/20/20"), DANTES_PERSONA)
+    assert [reason for _, reason, _ in report.duplicates] == ["exact duplicate", "exact duplicate"]
+    assert not report.validation.errors, report.validation.summary()
+    written = {r["source_id"]: r for s in ("train", "valid", "test") for r in read_rows(tmp_path / "out" / f"{s}.jsonl")}
+    assert len(written) == 11
+    for row in rows[:11]:
+        out = written[row["source_id"]]
+        assert out["tools"] == WEATHER_TOOLS
+        assert out["messages"][0] == {"role": "system", "content": DANTES_PERSONA}
+        assert out["messages"][1:] == row["messages"]  # tool_calls, tool_call_id, a null or absent content kept
+
+    from mlx_lm.tuner.datasets import ChatDataset
+
+    class RecordingTokenizer:  # what mlx-lm's ChatDataset hands the chat template for our row
+        calls: list = []
+
+        def apply_chat_template(self, messages, tools=None, **kwargs):
+            self.calls.append((messages, tools))
+            return [1, 2, 3]
+
+    tokenizer = RecordingTokenizer()
+    ChatDataset([out], tokenizer).process(out)
+    assert tokenizer.calls == [(out["messages"], WEATHER_TOOLS)]
+
+
+@pytest.mark.parametrize("fmt", ["completions", "text"])
+def test_tools_rows_need_the_chat_format(tmp_path, fmt):
+    from dantes_mlx.errors import InputError
+
+    source = tmp_path / "tools.jsonl"
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in tool_rows(4)), encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        prepare([source], tmp_path / "out", PrepareConfig(format=fmt))
+    assert "tools.jsonl:" in str(err.value) and "--format chat" in str(err.value)
+    assert not (tmp_path / "out" / "train.jsonl").exists()

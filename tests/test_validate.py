@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from dantes_mlx.cli import main
-from dantes_mlx.validate import load_tokenizer, validate_dir
+from dantes_mlx.validate import load_tokenizer, truncate_row, validate_dir
 
 SYSTEM = {"role": "system", "content": "Tu es Edmond Dantès."}
 
@@ -229,3 +229,9 @@ def test_the_length_checked_is_the_one_training_keeps(tmp_path, tiny_model_dir, 
     assert "over max_seq_length 64 (mlx-lm cuts it there" in result.output
     flag = runner.invoke(main, ["validate", str(folder), "--tokenizer", str(tiny_model_dir), "--max-seq-length", "4096"])
     assert flag.exit_code == 0, flag.output
+
+
+def test_a_final_tool_call_is_dropped_not_truncated():
+    """--truncate cuts the final answer at a word; a row ending with tool_calls has none: drop it, no KeyError."""
+    call_only = {"messages": TOOL_ROW["messages"][:2], "tools": TOOL_ROW["tools"], "source_id": "tool-2"}
+    assert truncate_row(None, call_only, "chat", 8) is None
