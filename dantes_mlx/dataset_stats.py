@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dantes_mlx.dataset_split import normalize
-from dantes_mlx.validate import count_tokens, qa_pairs, read_split, row_problems, split_files, token_summary
+from dantes_mlx.validate import (Problem, count_tokens, qa_pairs, read_split, row_problems, split_files,
+                                 token_summary)
 
 
 @dataclass
@@ -21,10 +22,14 @@ class DatasetStats:
     openings: list = field(default_factory=list)  # (opening, count) most common first
     answers: int = 0
     plot: str | None = None
+    unreadable: list = field(default_factory=list)  # Problems: lines left out of every number (validate errors)
 
     def summary(self, top: int = 10) -> str:
         lines = [f"{self.folder}: " + ", ".join(f"{s} {n}" for s, n in self.rows.items())
                  + f" rows (total {sum(self.rows.values())})"]
+        if self.unreadable:
+            lines.append(f"{len(self.unreadable)} row(s) left out of these numbers: not valid training rows "
+                         f"(first: {self.unreadable[0]}); `dantes-mlx validate` lists them all")
         for split, counts in self.lengths.items():
             if counts:
                 s = token_summary(counts)
@@ -87,8 +92,10 @@ def dataset_stats(folder: str | Path, tokenizer=None, plot_path: str | Path | No
     stats = DatasetStats(str(folder), unit="tokens" if tokenizer is not None else "words")
     openings: Counter = Counter()
     for split, path in split_files(folder).items():
-        rows, _ = read_split(path, split)
-        rows = [r for r in rows if r.fmt and not row_problems(r)]
+        rows, problems = read_split(path, split)
+        problems += [Problem(r.path, r.line, row_problems(r)[0]) for r in rows if row_problems(r)]
+        stats.unreadable += sorted(problems, key=lambda p: p.line or 0)
+        rows = [r for r in rows if not row_problems(r)]
         stats.rows[split] = len(rows)
         stats.lengths[split] = [count_tokens(tokenizer, r.data, r.fmt) if tokenizer is not None
                                 else sum(len((q + " " + a).split()) for q, a in qa_pairs(r)) for r in rows]

@@ -59,3 +59,18 @@ def test_stats_cli(tmp_path):
     assert result.exit_code == 0, result.output
     assert "lengths in words (skipped" in result.output and "top answer openings" in result.output
     assert (tmp_path / "ds" / "lengths.png").is_file()
+
+
+def test_rows_stats_cannot_read_are_counted_and_named(tmp_path):
+    """validate calls these rows errors; stats must not quietly describe the rest as if it were everything."""
+    prepare([collapsed_pairs(tmp_path / "p.jsonl")], tmp_path / "ds", PrepareConfig(split="60/20/20"))
+    valid = tmp_path / "ds" / "valid.jsonl"
+    valid.write_text(valid.read_text("utf-8") + '{"messages": [{"role": "user"\n{"foo": 1}\n', encoding="utf-8")
+    stats = dataset_stats(tmp_path / "ds")
+    assert stats.rows == {"train": 12, "valid": 4, "test": 4}
+    assert [(Path(p.path).name, p.line) for p in stats.unreadable] == [("valid.jsonl", 5), ("valid.jsonl", 6)]
+    assert "2 row(s) left out of these numbers" in stats.summary() and "valid.jsonl:5" in stats.summary()
+    result = CliRunner().invoke(main, ["stats", str(tmp_path / "ds"), "--tokenizer", "none"])
+    assert result.exit_code == 1 and "top answer openings" in result.output  # the numbers, then the error
+    assert "valid.jsonl:5" in result.output and "2 row(s)" in result.output and "dantes-mlx validate" in result.output
+    assert "Traceback" not in result.output

@@ -117,6 +117,7 @@ def stats(folder, config_path, tokenizer, plot, top):
     """Rows per split, token length histogram, label balance and the most repeated answer openings."""
     from dantes_mlx.config import PrepareConfig, load_yaml, section
     from dantes_mlx.dataset_stats import dataset_stats
+    from dantes_mlx.errors import InputError
 
     cfg = load_yaml(config_path)
     tok, note = _tokenizer(cfg, tokenizer, section(PrepareConfig, cfg).tokenizer)
@@ -125,3 +126,9 @@ def stats(folder, config_path, tokenizer, plot, top):
     if tok is None:
         click.echo(f"lengths in words ({note})")
     click.echo(result.summary(top))
+    if result.unreadable:
+        first = result.unreadable[0]
+        raise InputError(f"{len(result.unreadable)} row(s) are not valid training rows and were left out of the "
+                         f"numbers above; this is the first: {first.message}", path=first.path, line=first.line,
+                         fix=f"`dantes-mlx validate {folder}` lists every one; repair them or rebuild the folder "
+                             "with `dantes-mlx prepare`")
