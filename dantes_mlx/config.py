@@ -145,6 +145,9 @@ class PrepareConfig:
     consecutive_strictness: float = setting(0.98, "Consecutive rows are grouped when more similar than this "
                                                   "share of random row pairs of the file.")
     stratify: bool = setting(True, "Stratify the split by label for labelled data (prompt -> short completion).")
+    split_by: str = setting("group", "group: rows sharing a source_id (or group) stay in one split, so valid/test "
+                                     "measure generalisation to unseen sources; row: fact memorisation, every "
+                                     "source keeps a row in train and valid/test ask its other wordings.")
     tokenizer: str = setting("", "Tokenizer (local folder or HF id) for token counts; empty: train.base_model.")
     save_hf: str = setting("", "Also save a Hugging Face DatasetDict to this folder.")
     hub_repo: str = setting("", "Also push the DatasetDict to this Hugging Face dataset repo (HF_TOKEN or "

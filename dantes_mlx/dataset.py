@@ -12,11 +12,11 @@ from pathlib import Path
 from dantes_mlx.config import PrepareConfig
 from dantes_mlx.dataset_formats import (Example, conversation_problems, message_text, read_examples,
                                         template_drops_system, to_output_row)
-from dantes_mlx.dataset_split import (SPLITS, consecutive_runs, find_duplicates, group_ids, parse_split, split_groups,
-                                      strip_template)
+from dantes_mlx.dataset_split import (SPLIT_MODES, SPLITS, consecutive_runs, find_duplicates, group_ids, parse_split,
+                                      split_groups, split_within_groups, strip_template)
 from dantes_mlx.errors import ConfigError, InputError, require
 from dantes_mlx.store import write_jsonl_atomic, write_text_atomic
-from dantes_mlx.validate import ValidationReport, validate_dir
+from dantes_mlx.validate import PREPARE_REPORT, ValidationReport, validate_dir
 
 MAX_LABEL_WORDS = 3
 
@@ -32,6 +32,7 @@ class PrepareReport:
     groups: int = 0
     consecutive: dict = field(default_factory=dict)
     stratified: bool = False
+    split_by: str = "group"
     counts: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
@@ -52,7 +53,9 @@ class PrepareReport:
             c = self.consecutive
             lines.append(f"--group-consecutive: {c['runs']} runs of consecutive rows (sizes {c['sizes']}, "
                          f"similarity threshold {c['threshold']:.3f})")
-        lines.append(f"groups: {self.groups}" + (", split stratified by label" if self.stratified else ""))
+        lines.append(f"groups: {self.groups}" + (", split stratified by label" if self.stratified else "")
+                     + ("; split by row (memorisation): every group keeps a row in train, valid/test hold its "
+                        "other rows" if self.split_by == "row" else ""))
         lines.append("wrote " + ", ".join(f"{s} {n}" for s, n in self.counts.items()) + f" rows to {self.out_dir}")
         for split, c in self.labels.items():
             lines.append(f"  {split:5s} labels: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
@@ -245,10 +248,13 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, p
             tokenizer=None, token_note: str = "", batch_size: int | None = None) -> PrepareReport:
     """Read, clean, group, dedupe, split and write `{train,valid,test}.jsonl`, then validate the folder."""
     ratios = parse_split(cfg.split)
+    if cfg.split_by not in SPLIT_MODES:
+        raise ConfigError(f"unknown split_by '{cfg.split_by}'", path="prepare.split_by (--split-by)",
+                          fix=f"valid: {', '.join(SPLIT_MODES)}")
     if not inputs:
         raise InputError("no input files", fix="pass files: dantes-mlx prepare PAIRS.jsonl -o DIR")
     out_dir = Path(out_dir)
-    report = PrepareReport(str(out_dir))
+    report = PrepareReport(str(out_dir), split_by=cfg.split_by)
     per_file = _read_inputs([Path(p) for p in inputs], report)
     keys = _group_keys(per_file, cfg, report)  # before dedupe: consecutive runs need the file's order
     examples = [ex for examples in per_file for ex in examples]
@@ -259,7 +265,14 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, p
     report.groups = len(set(groups))
     labelled = infer_labels(examples)
     report.stratified = bool(cfg.stratify and labelled)
-    names = split_groups(groups, ratios, cfg.seed, [ex.label for ex in examples] if report.stratified else None)
+    labels = [ex.label for ex in examples] if report.stratified else None
+    if cfg.split_by == "row":
+        names = split_within_groups(groups, ratios, cfg.seed, labels)
+        if report.groups == len(groups):
+            report.notes.append("--split-by row: no source has more than one row, so every row stayed in train "
+                                "(memorisation needs several wordings per fact, e.g. `generate --facts` with K > 1)")
+    else:
+        names = split_groups(groups, ratios, cfg.seed, labels)
     system, inline = _system_plan(examples, cfg, persona, tokenizer, report)
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for ex, name, group in zip(examples, names, groups):
@@ -273,8 +286,8 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, p
     if cfg.hub_repo:
         report.hub_repo = push_hf(splits, cfg.hub_repo, cfg.hub_private)
     report.validation = validate_dir(out_dir, tokenizer, token_note, cfg.max_seq_length, cfg.near_dup_threshold,
-                                     batch_size=batch_size)
-    write_text_atomic(out_dir / "prepare_report.json", json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
+                                     batch_size=batch_size, split_by=cfg.split_by)
+    write_text_atomic(out_dir / PREPARE_REPORT, json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
     return report
 
 

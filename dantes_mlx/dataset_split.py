@@ -16,6 +16,8 @@ import numpy as np
 from dantes_mlx.errors import ConfigError
 
 SPLITS = ("train", "valid", "test")
+# group: a group's rows share one split (valid/test: unseen sources); row: memorisation (see split_within_groups).
+SPLIT_MODES = ("group", "row")
 WORD = re.compile(r"\w+")
 _COMBINING = re.compile(r"[\u0300-\u036f]")
 TEMPLATE_CHARS = 4000  # a prompt template is looked for in the first and last characters of a text
@@ -365,3 +367,37 @@ def split_groups(groups: list[int], ratios: tuple[float, ...], seed: int = 0,
         targets = _row_targets(rows, ratios, owed)
         where.update(_assign(units, targets, [0.0] * len(ratios), totals, total_targets))
     return [SPLITS[where[g]] for g in groups]
+
+
+def split_within_groups(groups: list[int], ratios: tuple[float, ...], seed: int = 0,
+                        labels: list[str | None] | None = None) -> list[str]:
+    """Split name per row for fact memorisation (`--split-by row`), seeded.
+
+    Every group keeps a row in train; valid and test take its other rows (other wordings of a trained fact),
+    one per group before a second of any group, up to each split's share; one-row groups stay in train.
+    With labels, each label's rows are split by its own share, as in `split_groups`.
+    """
+    order = list(range(len(groups)))
+    random.Random(seed).shuffle(order)
+    strata: dict[str | None, list[int]] = defaultdict(list)
+    for i in order:
+        strata[labels[i] if labels is not None else None].append(i)
+    names = [SPLITS[0]] * len(groups)
+    owed = [0.0] * len(ratios)
+    for label in sorted(strata, key=lambda k: (k is None, str(k))):
+        members = strata[label]
+        seen: Counter = Counter()
+        spare = []  # (wording rank within its group, shuffled position, row)
+        for position, i in enumerate(members):
+            if seen[groups[i]]:
+                spare.append((seen[groups[i]], position, i))
+            seen[groups[i]] += 1
+        targets = _row_targets(len(members), ratios, owed)
+        held = [0] * len(ratios)
+        for _, _, i in sorted(spare):
+            best = max(range(1, len(ratios)), key=lambda s: (targets[s] - held[s], -s))
+            if targets[best] - held[best] < 1:
+                break
+            names[i] = SPLITS[best]
+            held[best] += 1
+    return names

@@ -15,6 +15,7 @@ from dantes_mlx.errors import InputError, ModelError
 from dantes_mlx.store import write_jsonl_atomic
 
 FIX_MODES = ("truncate", "drop")
+PREPARE_REPORT = "prepare_report.json"  # written by `prepare` beside the splits; records how they were split
 
 
 @dataclass
@@ -54,6 +55,7 @@ class ValidationReport:
     token_note: str = ""
     too_long: list = field(default_factory=list)
     fixed: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -68,6 +70,7 @@ class ValidationReport:
             lines.append(f"{len(self.too_long)} row(s) over max_seq_length")
         for key, n in self.fixed.items():
             lines.append(f"{key}: {n} row(s), files rewritten")
+        lines += [f"note: {n}" for n in self.notes]
         lines += [str(p) for p in self.problems]
         warnings = len(self.problems) - len(self.errors)
         lines.append(f"{len(self.errors)} error(s), {warnings} warning(s)")
@@ -238,10 +241,11 @@ def qa_pairs(row: Row) -> list[tuple[str, str]]:
             for a, b in zip(messages, messages[1:]) if a.get("role") == "user" and b.get("role") == "assistant"]
 
 
-def leak_problems(rows: list[Row], threshold: float) -> list[Problem]:
-    """Identical or near-identical (question, answer) pairs, and shared source_id/group, across splits."""
+def leak_problems(rows: list[Row], threshold: float, shared_sources: bool = False) -> list[Problem]:
+    """Identical or near-identical (question, answer) pairs, and (unless `shared_sources`, as `--split-by row`
+    intends) a source_id/group, across splits."""
     problems: list[Problem] = []
-    for key in ("source_id", "group"):
+    for key in () if shared_sources else ("source_id", "group"):
         seen: dict[str, dict[str, Row]] = defaultdict(dict)
         for row in rows:
             value = row.data.get(key)
@@ -269,6 +273,15 @@ def leak_problems(rows: list[Row], threshold: float) -> list[Problem]:
                 problems.append(Problem(b_row.path, b_row.line, f"leak: near-identical (question, answer) to "
                                                                 f"{a_row.where} (Jaccard {score:.2f})"))
     return problems
+
+
+def prepared_split_by(folder: Path) -> str:
+    """How `prepare` split this folder, from its PREPARE_REPORT; 'group' when there is none to read."""
+    try:
+        mode = json.loads((folder / PREPARE_REPORT).read_text(encoding="utf-8")).get("split_by")
+    except (OSError, ValueError, AttributeError):
+        return "group"
+    return mode if isinstance(mode, str) else "group"
 
 
 def split_files(folder: Path) -> dict[str, Path]:
@@ -372,9 +385,12 @@ def _check_batch_size(report: ValidationReport, files: dict[str, Path], batch_si
 
 
 def validate_dir(folder: str | Path, tokenizer=None, token_note: str = "", max_seq_length: int = 2048,
-                 near_threshold: float = 0.9, fix: str | None = None,
-                 batch_size: int | None = None) -> ValidationReport:
-    """Validate train/valid/test.jsonl of a folder; `fix` ('truncate' or 'drop') rewrites over-long rows."""
+                 near_threshold: float = 0.9, fix: str | None = None, batch_size: int | None = None,
+                 split_by: str | None = None) -> ValidationReport:
+    """Validate train/valid/test.jsonl of a folder; `fix` ('truncate' or 'drop') rewrites over-long rows.
+
+    `split_by` is prepare's mode (None: read from the folder's PREPARE_REPORT); 'row' shares sources on purpose.
+    """
     if fix is not None and fix not in FIX_MODES:
         raise InputError(f"unknown fix '{fix}'", fix=f"valid: {', '.join(FIX_MODES)}")
     folder = Path(folder)
@@ -387,12 +403,16 @@ def validate_dir(folder: str | Path, tokenizer=None, token_note: str = "", max_s
         _check_tokens(report, rows, tokenizer, max_seq_length)
         if fix and report.too_long:
             fixed = _apply_fix(files, rows, broken, report.too_long, tokenizer, max_seq_length, fix)
-            report = validate_dir(folder, tokenizer, token_note, max_seq_length, near_threshold, None, batch_size)
+            report = validate_dir(folder, tokenizer, token_note, max_seq_length, near_threshold, None, batch_size,
+                                  split_by)
             report.fixed = fixed
             return report
     elif fix:
         report.problems.append(Problem(str(folder), None, f"--{fix} needs a tokenizer; nothing rewritten"))
     if batch_size:
         _check_batch_size(report, files, batch_size)
-    report.problems += leak_problems([r for r in rows if r.fmt], near_threshold)
+    shared = (split_by or prepared_split_by(folder)) == "row"
+    if shared:
+        report.notes.append("split by row (memorisation): shared sources expected")
+    report.problems += leak_problems([r for r in rows if r.fmt], near_threshold, shared)
     return report

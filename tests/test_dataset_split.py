@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -15,7 +16,7 @@ from dantes_mlx.config import PrepareConfig
 from dantes_mlx.dataset import prepare
 from dantes_mlx.dataset_split import (consecutive_runs, find_duplicates, group_ids, jaccard,
                                       near_duplicate_pairs, parse_split, shingles, split_groups,
-                                      strip_template)
+                                      split_within_groups, strip_template)
 from dantes_mlx.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -282,3 +283,115 @@ def test_strip_template_needs_most_rows_and_keeps_whole_words():
     assert strip_template(thirds) == thirds  # no prefix shared by half of them
     cut = [f"Réponds vite : {n}" for n in range(12)] + ["Réponds", "Réponds vite"]
     assert strip_template(cut)[0] == "0" and strip_template(cut)[-2:] == ["Réponds", "Réponds vite"]
+
+
+# ---------------------------------------------------------------- --split-by row (fact memorisation)
+
+@settings(max_examples=80, deadline=None)
+@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=60), seed=st.integers(0, 10_000),
+       split=st.sampled_from(["80/10/10", "60/20/20", "90/10", "34/33/33"]))
+def test_split_by_row_keeps_every_group_in_train(sizes, seed, split):
+    groups = [g for g, size in enumerate(sizes) for _ in range(size)]
+    random.Random(seed).shuffle(groups)
+    ratios = parse_split(split)
+    names = split_within_groups(groups, ratios, seed)
+    assert names == split_within_groups(groups, ratios, seed)  # reproducible
+    trained = {g for g, name in zip(groups, names) if name == "train"}
+    assert trained == set(groups)  # held-out rows are other wordings of trained facts
+    assert all(name == "train" for g, name in zip(groups, names) if sizes[g] == 1)
+    counts, spare = Counter(names), len(groups) - len(sizes)
+    for name, ratio in zip(("valid", "test"), ratios[1:]):
+        assert counts[name] <= ratio * len(groups) + 1  # never more than its share
+        assert ratio > 0 or counts[name] == 0
+    held = counts["valid"] + counts["test"]
+    assert held >= min(spare, sum(math.floor(r * len(groups)) for r in ratios[1:]))  # filled as far as rows allow
+    per_group = Counter(g for g, name in zip(groups, names) if name != "train")
+    if max(per_group.values(), default=0) > 1:  # a second wording of a fact only once every fact gave one
+        assert all(per_group[g] >= 1 for g, size in enumerate(sizes) if size > 1)
+
+
+def test_split_by_row_on_facts_asked_three_ways():
+    groups = [f for f in range(30) for _ in range(3)]
+    names = split_within_groups(groups, parse_split("80/10/10"), 0)
+    assert Counter(names) == Counter({"train": 72, "valid": 9, "test": 9})
+    held = [g for g, name in zip(groups, names) if name != "train"]
+    assert len(set(held)) == 18  # one other wording each of 18 facts, not three wordings of six
+    labels = ["court" if f % 3 else "long" for f in groups]  # stratified: each label's rows split by its share
+    strat = split_within_groups(groups, parse_split("60/20/20"), 0, labels)
+    for label in ("court", "long"):
+        got = Counter(name for name, lab in zip(strat, labels) if lab == label)
+        n = labels.count(label)
+        assert all(abs(got[s] - r * n) <= 1 for s, r in zip(("train", "valid", "test"), (0.6, 0.2, 0.2)))
+    assert {g for g, name in zip(groups, strat) if name == "train"} == set(groups)
+
+
+def fact_rows(n_facts: int = 20, k: int = 3) -> list[dict]:
+    """Rows as `generate --facts` writes them: k wordings of a question per fact, one source_id per fact."""
+    wordings = ["Que signifie {s} ?", "Que veut dire le sigle {s} ?", "Pouvez-vous m'expliquer ce qu'est {s} ?"]
+    return [{"instruction": wordings[j].format(s=f"SIG{i}"), "source": "fact", "source_id": f"fact-{i}",
+             "response": f"SIG{i} signifie Service Informatique Général numéro {i}, créé en {1900 + i * 3} à "
+                         f"Marseille pour tenir les registres du port et de ses {i * 7 + 11} navires."}
+            for i in range(n_facts) for j in range(k)]
+
+
+def test_prepare_split_by_row_holds_out_other_wordings_and_validate_expects_it(tmp_path):
+    from dantes_mlx.validate import validate_dir
+
+    source = tmp_path / "facts.jsonl"
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fact_rows()), encoding="utf-8")
+    report = prepare([source], tmp_path / "ds", PrepareConfig(split_by="row", system_prompt=False))
+    splits = read_split_rows(tmp_path / "ds")
+    assert {s: len(r) for s, r in splits.items()} == {"train": 48, "valid": 6, "test": 6}
+    trained = {r["source_id"] for r in splits["train"]}
+    assert len(trained) == 20 and {r["source_id"] for r in splits["valid"] + splits["test"]} <= trained
+    assert "split by row (memorisation)" in report.summary()
+    assert not report.validation.problems, report.validation.summary()
+    assert "split by row (memorisation): shared sources expected" in report.validation.summary()
+    assert json.loads((tmp_path / "ds" / "prepare_report.json").read_text("utf-8"))["split_by"] == "row"
+    standalone = validate_dir(tmp_path / "ds")  # reads the mode prepare recorded beside the splits
+    assert not standalone.problems and "shared sources expected" in standalone.summary()
+    # A row copied from train to test is still a leak, whatever the mode.
+    test_file = tmp_path / "ds" / "test.jsonl"
+    test_file.write_text(test_file.read_text("utf-8") + json.dumps(splits["train"][0], ensure_ascii=False) + "\n",
+                         encoding="utf-8")
+    copied = validate_dir(tmp_path / "ds")
+    assert [p.message.split(" as ")[0] for p in copied.errors] == ["leak: same (question, answer)"]
+    assert copied.errors[0].line == 7
+    # Without the record, the same folder is a group split with leaks.
+    (tmp_path / "ds" / "prepare_report.json").unlink()
+    assert any("leak: source_id" in p.message for p in validate_dir(tmp_path / "ds").errors)
+
+
+def test_split_by_group_stays_the_default_and_a_bad_mode_lists_the_choices(tmp_path):
+    source = tmp_path / "facts.jsonl"
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fact_rows()), encoding="utf-8")
+    report = prepare([source], tmp_path / "ds", PrepareConfig(system_prompt=False))
+    splits = read_split_rows(tmp_path / "ds")
+    where = defaultdict(set)
+    for split, rows in splits.items():
+        for row in rows:
+            where[row["source_id"]].add(split)
+    assert all(len(s) == 1 for s in where.values()) and report.to_dict()["split_by"] == "group"
+    with pytest.raises(ConfigError, match="split_by 'rows'") as err:
+        prepare([source], tmp_path / "bad", PrepareConfig(split_by="rows"))
+    assert "group, row" in str(err.value)
+    singles = tmp_path / "singles.jsonl"
+    singles.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fact_rows(12, 1)), encoding="utf-8")
+    alone = prepare([singles], tmp_path / "alone", PrepareConfig(split_by="row", system_prompt=False))
+    assert alone.counts == {"train": 12, "valid": 0, "test": 0}
+    assert any("no source has more than one row" in n for n in alone.notes)
+
+
+def test_cli_split_by_row(tmp_path):
+    from click.testing import CliRunner
+
+    from dantes_mlx.cli import main
+
+    source = tmp_path / "facts.jsonl"
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fact_rows()), encoding="utf-8")
+    result = CliRunner().invoke(main, ["prepare", str(source), "-o", str(tmp_path / "ds"), "--split-by", "row",
+                                       "--tokenizer", "none", "--no-system"])
+    assert result.exit_code == 0, result.output
+    assert "wrote train 48, valid 6, test 6 rows" in result.output
+    checked = CliRunner().invoke(main, ["validate", str(tmp_path / "ds"), "--tokenizer", "none"])
+    assert checked.exit_code == 0 and "shared sources expected" in checked.output, checked.output

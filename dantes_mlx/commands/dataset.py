@@ -51,6 +51,9 @@ def _default_dir(cfg: dict) -> Path:
 @click.option("--group-consecutive/--no-group-consecutive", default=None,
               help="Group runs of consecutive rows about the same thing (files without ids).")
 @click.option("--stratify/--no-stratify", default=None, help="Stratify labelled data by label (default on).")
+@click.option("--split-by", type=click.Choice(["group", "row"]), default=None,
+              help="group (default): a source's rows share one split, valid/test measure generalisation; row: "
+                   "fact memorisation, each source keeps a row in train and valid/test ask its other wordings.")
 @click.option("--dedupe/--no-dedupe", default=None, help="Drop exact and near-duplicate rows (default on).")
 @click.option("--max-seq-length", type=int, default=None,
               help="Token limit reported by the validation (default: the smaller of prepare.max_seq_length and "
@@ -58,8 +61,8 @@ def _default_dir(cfg: dict) -> Path:
 @click.option("--save-hf", default=None, help="Also save a Hugging Face DatasetDict to this folder.")
 @click.option("--hub-repo", default=None, help="Also push the DatasetDict to this Hub dataset repo.")
 @click.option("--tokenizer", default=None, help=TOKENIZER_HELP)
-def prepare(inputs, config_path, output, split, seed, fmt, system, group_key, group_consecutive, stratify, dedupe,
-            max_seq_length, save_hf, hub_repo, tokenizer):
+def prepare(inputs, config_path, output, split, seed, fmt, system, group_key, group_consecutive, stratify, split_by,
+            dedupe, max_seq_length, save_hf, hub_repo, tokenizer):
     """Build leak-free train/valid/test.jsonl from INPUT files (pairs, ShareGPT, chat, Alpaca, prompt/completion,
     TRL or text; JSONL, JSON or CSV), then validate them."""
     from dantes_mlx import dataset as stage
@@ -68,7 +71,7 @@ def prepare(inputs, config_path, output, split, seed, fmt, system, group_key, gr
     cfg = load_yaml(config_path)
     prep = section(PrepareConfig, cfg, {
         "split": split, "seed": seed, "format": fmt, "system_prompt": system, "group_key": group_key,
-        "group_consecutive": group_consecutive, "stratify": stratify, "dedupe": dedupe,
+        "group_consecutive": group_consecutive, "stratify": stratify, "split_by": split_by, "dedupe": dedupe,
         "max_seq_length": max_seq_length, "save_hf": save_hf, "hub_repo": hub_repo, "tokenizer": tokenizer})
     prep.max_seq_length = _length_limit(cfg, prep, max_seq_length)
     files = list(inputs) or stage.default_inputs(section(ProjectConfig, cfg).data_dir)
