@@ -294,18 +294,37 @@ def load_yaml(path: str | Path | None) -> ProjectFile:
 def build(cls: type[T], values: dict | None = None, overrides: dict | None = None,
           source: str = DEFAULT_CONFIG_FILE, lines: dict | None = None, label: str = "") -> T:
     """Make a stage config: dataclass defaults < `values` (a YAML section) < non-None `overrides`."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     merged: dict = {}
     for origin, layer in ((source, values or {}), ("command line", overrides or {})):
         for key, value in layer.items():
             norm = key.replace("-", "_")
+            line = (lines or {}).get(key) if origin == source else None
             if norm not in names:
-                line = (lines or {}).get(key) if origin == source else None
                 raise ConfigError(f"unknown setting '{norm}' {label or 'for ' + cls.__name__}", path=origin, line=line,
                                   fix=f"valid settings: {', '.join(sorted(names))}")
             if value is not None:
-                merged[norm] = value
+                merged[norm] = _typed(fields[norm], value, origin, line)
     return cls(**merged)
+
+
+_KINDS = {"int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+          "float": ("a number", lambda v: isinstance(v, float)), "bool": ("true or false", lambda v: isinstance(v, bool))}
+
+
+def _typed(f: dataclasses.Field, value: Any, origin: str, line: int | None) -> Any:
+    """`value` checked against the setting's type; YAML's `1e-5` (a string to PyYAML) becomes a float."""
+    kind = str(f.type)
+    if kind == "float" and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind in _KINDS and not _KINDS[kind][1](value):
+        raise ConfigError(f"setting '{f.name}' must be {_KINDS[kind][0]}, got {value!r}", path=origin, line=line,
+                          fix=f"write it like the default: {f.name}: {f.default!r}")
+    return value
 
 
 def section(cls: type[T], config: dict, overrides: dict | None = None) -> T:
