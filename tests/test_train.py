@@ -317,3 +317,69 @@ def test_two_process_ring_matches_one_process(tiny_model_dir, dataset, tmp_path)
     assert two == pytest.approx(one, rel=0.03)
     assert one[-1] < one[0]  # it trained
     shutil.rmtree(single)
+
+
+# ---------------------------------------------------------------- a YAML written for mlx_lm.lora
+def test_yaml_exponent_learning_rate_is_a_float(tmp_path):
+    """PyYAML reads `1e-5` (no dot) as a string; mlx_lm.lora's loader reads it as a float, and so do we."""
+    from dantes_mlx.config import load_yaml, section
+
+    path = tmp_path / "dantes.yaml"
+    path.write_text("train:\n  learning_rate: 1e-5\n  scale: 20\n  rank: sixteen\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        section(TrainConfig, load_yaml(path))
+    assert "rank" in str(err.value) and f"{path}:4" in str(err.value)
+    path.write_text("train:\n  learning_rate: 1e-5\n  scale: 20\n", encoding="utf-8")
+    cfg = section(TrainConfig, load_yaml(path))
+    assert cfg.learning_rate == 1e-5 and isinstance(cfg.scale, float)
+
+
+MLX_LM_LORA_YAML = """\
+model: mlx-community/Mistral-7B-Instruct-v0.3-4bit
+train: true
+data: data/dataset
+fine_tune_type: dora
+num_layers: 8
+batch_size: 2
+iters: 300
+learning_rate: 1e-5
+grad_accumulation_steps: 4
+lora_parameters:
+  keys: [self_attn.q_proj, self_attn.v_proj]
+  rank: 8
+  scale: 20.0
+  dropout: 0.0
+lr_schedule:
+  name: cosine_decay
+  warmup: 20
+  warmup_init: 1e-7
+  arguments: [1e-5, 280, 1e-7]
+adapter_path: my_adapters
+resume_adapter_file: old/adapters.safetensors
+report_to: wandb
+"""
+
+
+def test_mlx_lm_lora_yaml_is_refused_with_its_translation(tmp_path):
+    """`dantes-mlx train --config lora.yaml` on mlx_lm.lora's flat layout: one error naming each key and
+    what to write instead, with mlx-lm's defaults where ours differ (so the run stays the same)."""
+    import yaml
+
+    path = tmp_path / "lora.yaml"
+    path.write_text(MLX_LM_LORA_YAML, encoding="utf-8")
+    result = CliRunner().invoke(main, ["train", "--config", str(path)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    text = result.output
+    assert "mlx_lm.lora" in text and str(path) in text
+    for hint in ("--data data/dataset", "--adapter-path my_adapters", "resume_adapter_file", "report_to",
+                 "lr_schedule"):
+        assert hint in text, hint
+    snippet = yaml.safe_load(text[text.index("\ntrain:\n"):text.index("and for the other keys")])
+    assert snippet["train"] == {
+        "base_model": "mlx-community/Mistral-7B-Instruct-v0.3-4bit", "fine_tune_type": "dora", "num_layers": 8,
+        "batch_size": 2, "iters": 300, "learning_rate": 1e-5, "grad_accumulation": 4,
+        "target_modules": ["self_attn.q_proj", "self_attn.v_proj"], "rank": 8, "scale": 20.0, "dropout": 0.0,
+        "lr_schedule": "cosine", "warmup_steps": 20,
+        # mlx-lm's defaults where ours differ and the file left them out
+        "mask_prompt": False, "steps_per_eval": 200}
+    MLXBackend().check(TrainConfig(**snippet["train"]))  # every key is a valid setting with a valid value

@@ -48,9 +48,16 @@ def config_options(cls):
 def train(data_dir, adapter_path, resume, config_path, **overrides):
     """Fine-tune the base model on the prepared dataset (LoRA, DoRA, QLoRA or full)."""
     from dantes_mlx.config import ProjectConfig, load_yaml, section
-    from dantes_mlx.train import summary, train as run_training
+    from dantes_mlx.errors import ConfigError
+    from dantes_mlx.train import mlx_lm_config_error, read_mlx_lm_config, summary, train as run_training
 
-    config = load_yaml(config_path)
+    try:
+        config = load_yaml(config_path)
+    except ConfigError:
+        flat = read_mlx_lm_config(config_path)  # a lora.yaml written for mlx_lm.lora: say what to write
+        if flat is not None:
+            raise mlx_lm_config_error(config_path, flat) from None
+        raise
     cfg = section(TrainConfig, config, overrides)
     project = section(ProjectConfig, config)
     data_dir = Path(data_dir) if data_dir else Path(project.data_dir) / "dataset"
