@@ -383,3 +383,48 @@ def test_mlx_lm_lora_yaml_is_refused_with_its_translation(tmp_path):
         # mlx-lm's defaults where ours differ and the file left them out
         "mask_prompt": False, "steps_per_eval": 200}
     MLXBackend().check(TrainConfig(**snippet["train"]))  # every key is a valid setting with a valid value
+
+
+# ---------------------------------------------------------------- prompt masking that would leave nothing to learn
+def write_rows(folder: Path, train_rows: list[dict], valid_rows: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", train_rows), ("valid", valid_rows)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                              encoding="utf-8")
+    return folder
+
+
+@pytest.mark.slow
+def test_mask_prompt_with_a_system_message_the_template_drops_is_refused(tiny_model_dir, tmp_path):
+    """Mistral v0.3's template keeps the system message in the prompt mlx-lm masks but drops it from the
+    training row, so the mask covers the answer: a NaN loss (or a truncated answer), never an error."""
+    persona = "Tu es Edmond Dantès, le comte de Monte-Cristo, et tu parles le français du XIXe siècle. " * 2
+    row = {"messages": [{"role": "system", "content": persona}, {"role": "user", "content": "Qui êtes-vous ?"},
+                        {"role": "assistant", "content": "Je suis Edmond."}]}
+    data = write_rows(tmp_path / "data", [row] * 8, [row] * 4)
+    with pytest.raises(InputError) as err:
+        train(tiny_cfg(tiny_model_dir, iters=2, save_every=2), data, tmp_path / "adapters")
+    text = str(err.value)
+    assert f"{data / 'train.jsonl'}:1" in text and "system" in text and "mask_prompt" in text
+    assert "dantes-mlx prepare" in text
+    assert not (tmp_path / "adapters" / "adapters.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_rows_whose_prompt_fills_max_seq_length_are_reported(tiny_model_dir, tmp_path, capfd):
+    """A prompt of max_seq_length tokens or more leaves no answer token after mlx-lm's truncation; a batch of
+    such rows has a NaN loss that poisons the adapter. A few: warned; enough to fill a batch: refused."""
+    short = {"messages": [{"role": "user", "content": "Qui ?"}, {"role": "assistant", "content": "Edmond."}]}
+    long = {"messages": [{"role": "user", "content": "Qui êtes-vous donc, monsieur ? " * 20},
+                         {"role": "assistant", "content": "Edmond."}]}
+    cfg = tiny_cfg(tiny_model_dir, iters=2, save_every=2, max_seq_length=32, steps_per_eval=1000)
+    data = write_rows(tmp_path / "few", [short] * 6 + [long] + [short], [short] * 4)
+    result = train(cfg, data, tmp_path / "a")
+    err = capfd.readouterr().err
+    assert f"1 row of {data / 'train.jsonl'} (first: line 7)" in err and "max_seq_length=32" in err
+    assert result.train_loss == result.train_loss  # not NaN
+    data = write_rows(tmp_path / "many", [short] * 4 + [long] * 4, [short] * 4)
+    with pytest.raises(InputError) as err:
+        train(cfg, data, tmp_path / "b")
+    assert f"{data / 'train.jsonl'}:5" in str(err.value) and "4 rows" in str(err.value)
+    assert "max_seq_length" in str(err.value)
