@@ -428,3 +428,45 @@ def test_rows_whose_prompt_fills_max_seq_length_are_reported(tiny_model_dir, tmp
         train(cfg, data, tmp_path / "b")
     assert f"{data / 'train.jsonl'}:5" in str(err.value) and "4 rows" in str(err.value)
     assert "max_seq_length" in str(err.value)
+
+
+# ---------------------------------------------------------------- Ctrl-C between checkpoints
+@pytest.mark.slow
+def test_ctrl_c_between_checkpoints_saves_the_adapter_and_resumes_there(lora_run, dataset, tmp_path, monkeypatch):
+    """mlx_lm.lora loses every step since its last save on Ctrl-C; we save at the last optimizer update, and
+    --resume continues from it to the same weights as an uninterrupted run."""
+    import mlx.core as mx
+
+    from dantes_mlx.backends.mlx_run import MLXRun
+
+    cfg, full_run, _ = lora_run
+    out = tmp_path / "adapters"
+    original = MLXRun.step_done
+
+    def interrupt_at_14(self, local, optimizer, iters):
+        original(self, local, optimizer, iters)
+        if self.start + local == 14:  # save_every=10: the last checkpoint is step 10
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MLXRun, "step_done", interrupt_at_14)
+    with pytest.raises(DantesError) as err:
+        train(cfg, dataset, out)
+    assert "saved at step 14" in str(err.value) and "--resume" in str(err.value)
+    assert json.loads((out / "train_state.json").read_text())["step"] == 14
+    assert (out / "0000014_adapters.safetensors").is_file()
+    monkeypatch.setattr(MLXRun, "step_done", original)
+    result = train(cfg, dataset, out, resume=True)
+    assert result.steps == 20
+    steps = [r["step"] for r in MetricsLog(out / "metrics.jsonl").rows() if "train_loss" in r]
+    assert steps == [5, 10, 19, 20]  # mlx-lm reports every 5 steps of the resumed run: 14 + 5, then the last
+    resumed, straight = mx.load(str(out / "adapters.safetensors")), mx.load(str(full_run / "adapters.safetensors"))
+    for key in straight:
+        assert mx.allclose(resumed[key], straight[key], atol=1e-4).item(), key
+
+
+def test_ctrl_c_before_any_update_does_not_send_to_resume(tmp_path):
+    from dantes_mlx.backends.mlx_backend import interrupted
+
+    text = str(interrupted(0, tmp_path))
+    assert "--resume" not in text.replace("without --resume", "") and "nothing saved" in text
+    assert "saved at step 7" in str(interrupted(7, tmp_path))

@@ -180,7 +180,10 @@ def mlx_lm_adapter_config(cfg, data_dir: Path, iters: int, base: str) -> dict:
 
 def interrupted(step: int, adapter_dir: Path) -> DantesError:
     """The error a Ctrl-C during training becomes: where to pick up."""
-    return DantesError(f"training interrupted; the last checkpoint is step {step}", path=adapter_dir,
+    if not step:
+        return DantesError("training interrupted before its first optimizer update: nothing saved",
+                           path=adapter_dir, fix="run the same command again (without --resume)")
+    return DantesError(f"training interrupted; the adapter is saved at step {step}", path=adapter_dir,
                        fix="run the same command with --resume to continue from it")
 
 

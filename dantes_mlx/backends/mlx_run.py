@@ -213,6 +213,24 @@ class MLXRun:
         tmp.replace(self.adapter_dir / OPTIMIZER_FILE)
         write_state(self.adapter_dir, self.cfg, step, iters, checkpoint_name(step))
 
+    def save_interrupted(self, model, optimizer, iters: int) -> int:
+        """Ctrl-C: save adapter, optimizer and state at the last optimizer update (weights, moments and data
+        position agree there; a partly accumulated gradient is dropped). Returns the resume step."""
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        step = int(optimizer.state["step"].item()) * self.cfg.grad_accumulation
+        if self.rank != 0 or step <= self.last_saved:
+            return self.last_saved
+        weights = dict(tree_flatten(model.trainable_parameters()))
+        tmp = self.adapter_dir / "adapters.tmp.safetensors"
+        mx.save_safetensors(str(tmp), weights)
+        copy_checkpoint(tmp, self.adapter_dir / checkpoint_name(step))
+        tmp.replace(self.adapter_dir / "adapters.safetensors")
+        self.save_state(optimizer, step, iters)
+        self.last_saved = step
+        return step
+
     def callback(self):
         """mlx-lm TrainingCallback writing metrics.jsonl with global step numbers."""
         from mlx_lm.tuner.callbacks import TrainingCallback
@@ -294,7 +312,7 @@ class MLXRun:
                               args=args, iterate_batches=self.batch_iterator(optimizer, iters),
                               training_callback=callback)
         except KeyboardInterrupt:
-            raise interrupted(self.last_saved, adapter_dir) from None
+            raise interrupted(self.save_interrupted(model, optimizer, iters), adapter_dir) from None
         finally:
             block.__call__ = block_call
         if self.rank == 0:
