@@ -285,10 +285,19 @@ def load_yaml(path: str | Path | None) -> ProjectFile:
                           line=mark.line + 1 if mark else None, fix="fix the YAML syntax") from exc
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping of sections", path=path, fix=f"use sections: {', '.join(SECTIONS)}")
-    unknown = sorted(set(data) - set(SECTIONS))
+    unknown = sorted(set(data) - set(SECTIONS), key=str)
     if unknown:
-        raise ConfigError(f"unknown section(s) {unknown}", path=path, fix=f"valid sections: {', '.join(SECTIONS)}")
+        raise ConfigError(f"unknown section(s) {unknown}", path=path,
+                          fix=_did_you_mean(str(unknown[0]), SECTIONS) + f"valid sections: {', '.join(SECTIONS)}")
     return ProjectFile(data, path, _setting_lines(text))
+
+
+def _did_you_mean(name: str, valid) -> str:
+    """A "did you mean 'seed'? " hint for a misspelt name, else nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
 
 
 def build(cls: type[T], values: dict | None = None, overrides: dict | None = None,
@@ -303,7 +312,7 @@ def build(cls: type[T], values: dict | None = None, overrides: dict | None = Non
             line = (lines or {}).get(key) if origin == source else None
             if norm not in names:
                 raise ConfigError(f"unknown setting '{norm}' {label or 'for ' + cls.__name__}", path=origin, line=line,
-                                  fix=f"valid settings: {', '.join(sorted(names))}")
+                                  fix=_did_you_mean(norm, names) + f"valid settings: {', '.join(sorted(names))}")
             if value is not None:
                 merged[norm] = _typed(fields[norm], value, origin, line)
     return cls(**merged)

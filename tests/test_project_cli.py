@@ -120,3 +120,15 @@ def test_unknown_setting_names_the_config_file_and_line(tmp_path):
         section(PrepareConfig, load_yaml(bad))
     message = str(info.value.message)
     assert f"{bad}:3:" in message and "sead" in message and "[prepare]" in message and "seed" in message
+
+
+@pytest.mark.parametrize("text, needle", [("train:\n  lerning_rate: 1e-4\n", "did you mean 'learning_rate'?"),
+                                          ("trian:\n  iters: 10\n", "did you mean 'train'?")])
+def test_misspelt_setting_or_section_gets_the_close_match(tmp_path, text, needle):
+    from dantes_mlx.errors import ConfigError
+
+    bad = tmp_path / "dantes.yaml"
+    bad.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        section(TrainConfig, load_yaml(bad))
+    assert needle in info.value.message and str(bad) in info.value.message
