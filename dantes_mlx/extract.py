@@ -19,7 +19,7 @@ from dantes_mlx.grounding import (NormalizedText, dedupe, incises_in_span, join_
                                   quotes_in_span, spoken_segments)
 
 if TYPE_CHECKING:
-    from dantes_mlx.config import CharacterConfig, ExtractConfig
+    from dantes_mlx.config import CharacterConfig, ExtractConfig, LLMConfig
     from dantes_mlx.llm.base import LLMClient
 
 KINDS = ("parole", "pensée", "écrit")
@@ -328,6 +328,11 @@ def chunk_key(prompt: Prompt, model_id: str, chunk: Chunk, character: "Character
     if schema != CITATION_SCHEMA:
         item["schema"] = schema
     return item_key("extract", prompt.version, model_id, item)
+
+
+def llm_sampling(cfg: "ExtractConfig", llm: "LLMConfig") -> dict:
+    """The sampling of an extraction call; part of each chunk's store key, so `extract` and `run` share replies."""
+    return {"temperature": cfg.temperature, "max_tokens": llm.max_tokens, "seed": llm.seed}
 
 
 def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractConfig", out: str | Path,

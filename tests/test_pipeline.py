@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from dantes_mlx.cli import main
 from dantes_mlx.demo_writer import MODEL_ID, DemoPairWriter, template_pairs
-from dantes_mlx.errors import ConfigError
+from dantes_mlx.config import load_yaml
+from dantes_mlx.errors import ConfigError, InputError
 from dantes_mlx.llm.base import LLMClient
 from dantes_mlx.pipeline import DEMO_SCENE, STAGES, run, stage_range
 
@@ -103,6 +104,7 @@ def test_run_every_stage_from_dantes_yaml(tmp_path, monkeypatch, gutenberg_serve
     monkeypatch.setattr(llm, "make_client", lambda cfg: DemoPairWriter())  # no generator LLM offline
     config = {
         "project": {"books": ["1"], "gutenberg_url": gutenberg_server},
+        "llm": {"model": "generator.gguf"},  # answered by the stand-in above
         "extract": {"method": "rules"},
         "prepare": {"tokenizer": str(tiny_model_dir)},
         "train": {"backend": "mlx", "base_model": str(tiny_model_dir), "iters": 6, "batch_size": 2,
@@ -128,3 +130,154 @@ def test_run_every_stage_from_dantes_yaml(tmp_path, monkeypatch, gutenberg_serve
         fh.write(open(tmp_path / "data/dataset/train.jsonl", encoding="utf-8").readline())
     fresh = CliRunner().invoke(main, ["run", "--from", "train", "--to", "train"])
     assert fresh.exit_code == 0 and "training from scratch" in fresh.output, fresh.output
+
+
+# ---------------------------------------------------------------- run: settings checked first, stages as by hand
+def _scene_project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "scene.txt").write_bytes(DEMO_SCENE.read_bytes())
+
+
+def test_run_checks_every_section_before_the_first_stage(tmp_path, monkeypatch):
+    _scene_project(tmp_path, monkeypatch)
+    (tmp_path / "dantes.yaml").write_text("extract:\n  method: rules\neval:\n  sampels: 2\n", encoding="utf-8")
+    logged = []
+    with pytest.raises(ConfigError) as info:
+        run(load_yaml("dantes.yaml"), start="clean", log=logged.append)
+    assert "sampels" in info.value.message and "dantes.yaml:4:" in info.value.message
+    assert "'samples'" in info.value.message  # the close match
+    assert logged == [] and not (tmp_path / "data" / "clean").exists()  # hours of work never started
+
+
+def test_run_without_generator_says_what_to_set_before_any_stage(tmp_path, monkeypatch):
+    _scene_project(tmp_path, monkeypatch)
+    logged = []
+    with pytest.raises(ConfigError) as info:
+        run({}, start="clean", log=logged.append)
+    message = info.value.message
+    assert "llm.model" in message and "llm.url" in message and "--to extract" in message
+    assert "--model" not in message.replace("llm.model", "")  # run has no --model option
+    assert logged == []
+
+
+def test_run_extract_without_clean_books_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="no clean"):
+        run({"extract": {"method": "rules"}}, start="extract", stop="extract", log=lambda m: None)
+    assert not (tmp_path / "data" / "citations" / "citations.jsonl").exists()
+
+
+def test_run_writes_where_extract_and_generate_output_say(tmp_path, monkeypatch):
+    import dantes_mlx.llm as llm
+
+    _scene_project(tmp_path, monkeypatch)
+    monkeypatch.setattr(llm, "make_client", lambda cfg: DemoPairWriter())
+    config = {"llm": {"model": "gen.gguf"}, "extract": {"method": "rules", "output": "work/cits.jsonl"},
+              "generate": {"output": "work/pairs.jsonl"}}
+    run(config, start="clean", stop="generate", log=lambda m: None)
+    assert (tmp_path / "work/cits.jsonl").stat().st_size > 0 and (tmp_path / "work/pairs.jsonl").stat().st_size > 0
+    assert not (tmp_path / "data/citations").exists() and not (tmp_path / "data/pairs").exists()
+
+
+def _citations_reply(messages):
+    return {"citations": [{"contexte": "Dantès", "citation": "Merci, monsieur Morrel", "kind": "parole"}]}
+
+
+def test_run_extract_reuses_what_the_extract_command_stored(tmp_path, monkeypatch):
+    import dantes_mlx.llm as llm
+    import dantes_mlx.llm.base as llm_base
+    from dantes_mlx.llm.fake import FakeLLM
+
+    _scene_project(tmp_path, monkeypatch)
+    (tmp_path / "dantes.yaml").write_text("project:\n  books: [scene]\nllm:\n  model: gen.gguf\n  max_tokens: 900\n",
+                                          encoding="utf-8")
+    run(load_yaml("dantes.yaml"), start="clean", stop="clean", log=lambda m: None)
+    by_hand = FakeLLM(default=_citations_reply)
+    monkeypatch.setattr(llm_base, "make_client", lambda cfg: by_hand)
+    result = CliRunner().invoke(main, ["extract", "--quiet"])
+    assert result.exit_code == 0 and by_hand.calls, result.output
+    assert by_hand.calls[0]["sampling"]["max_tokens"] == 900
+    again = FakeLLM()  # no replies: any call is an AssertionError
+    monkeypatch.setattr(llm, "make_client", lambda cfg: again)
+    logged = []
+    run(load_yaml("dantes.yaml"), start="extract", stop="extract", log=logged.append)
+    assert again.calls == [] and "citations of Edmond Dantès kept (llm" in "\n".join(logged)
+
+
+# ---------------------------------------------------------------- Ctrl-C: what was done is kept, the message says how to go on
+class _InterruptingLLM:
+    model_id = "interrupting"
+
+    def chat(self, messages, json_schema=None, **sampling):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_run_generate_says_how_to_resume(tmp_path, monkeypatch):
+    import dantes_mlx.llm as llm
+
+    _scene_project(tmp_path, monkeypatch)
+    monkeypatch.setattr(llm, "make_client", lambda cfg: _InterruptingLLM())
+    (tmp_path / "dantes.yaml").write_text("llm:\n  model: gen.gguf\nextract:\n  method: rules\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["run", "--from", "clean", "--to", "prepare"])
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert "interrupted during generate" in result.output
+    assert "dantes-mlx run --from generate --to prepare" in result.output
+
+
+def _interrupted_training(cfg, data_dir, adapter_dir, resume=False, **kwargs):
+    """What the mlx backend does on Ctrl-C after its first checkpoint: a state to resume, then the error."""
+    from dantes_mlx.backends.mlx_backend import interrupted
+    from dantes_mlx.train import STATE_FILE
+
+    Path(adapter_dir).mkdir(parents=True, exist_ok=True)
+    (Path(adapter_dir) / STATE_FILE).write_text('{"step": 2}', encoding="utf-8")
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise interrupted(2, Path(adapter_dir)) from None
+
+
+def test_ctrl_c_during_run_training_points_at_run_not_at_a_missing_resume_flag(tmp_path, monkeypatch):
+    import dantes_mlx.train as train_module
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "dataset").mkdir(parents=True)
+    (tmp_path / "dantes.yaml").write_text("project:\n  adapters_dir: out\n", encoding="utf-8")
+    monkeypatch.setattr(train_module, "train", _interrupted_training)
+    result = CliRunner().invoke(main, ["run", "--from", "train", "--to", "train"])
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert "interrupted during train" in result.output and "--resume" not in result.output
+    assert "dantes-mlx run --from train --to train" in result.output
+
+
+def test_demo_interrupted_in_training_resumes_when_run_again(tmp_path, monkeypatch, tiny_model_dir):
+    import shutil
+
+    import dantes_mlx.tinymodel as tinymodel
+    import dantes_mlx.train as train_module
+
+    def copy_tiny_model(out_dir, corpus=None, **kwargs):  # the demo's model, without training a tokenizer
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.copytree(tiny_model_dir, out_dir)
+        return Path(out_dir)
+
+    monkeypatch.setattr(tinymodel, "build_tiny_model", copy_tiny_model)
+    monkeypatch.setattr(train_module, "train", _interrupted_training)
+    work = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(work), "--iters", "4"])
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert "--resume" not in result.output
+    assert f"dantes-mlx demo --workdir {work} --iters 4" in result.output
+
+    calls = []
+
+    def record(cfg, data_dir, adapter_dir, resume=False, **kwargs):
+        calls.append(resume)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", record)
+    again = CliRunner().invoke(main, ["demo", "--workdir", str(work), "--iters", "4"])
+    assert calls == [True], again.output
+    assert "resuming from the last checkpoint" in again.output
+    assert "LLM: 0 calls (13 items cached" in again.output  # the pairs were not asked again

@@ -108,7 +108,7 @@ def extract(config_path, input_file, character, aliases, language, method, chunk
     from dantes_mlx.llm.base import make_client
 
     client = make_client(llm)
-    sampling = {"temperature": ext.temperature, "max_tokens": llm.max_tokens, "seed": llm.seed}
+    sampling = stage.llm_sampling(ext, llm)
     try:
         summary = stage.extract_llm(books, person, ext, out, client, sampling=sampling,
                                     concurrency=llm.concurrency, progress=not quiet)
