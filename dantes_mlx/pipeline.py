@@ -157,7 +157,7 @@ def stage_train(cfg: TrainConfig, dataset: Path, adapters: Path, log) -> None:
     resume = (adapters / STATE_FILE).is_file() and marker.is_file() and marker.read_text() == fingerprint
     log("resuming from the last checkpoint" if resume else "training from scratch")
     write_text_atomic(marker, fingerprint)
-    log(summary(train(cfg, dataset, adapters, resume=resume)))
+    log(summary(train(cfg, dataset, adapters, resume=resume, restart=not resume)))  # new data: start again
 
 
 # ---------------------------------------------------------------- demo

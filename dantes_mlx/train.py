@@ -419,11 +419,32 @@ def mlx_lm_config_error(path: str | Path, data: dict) -> ConfigError:
 
 
 # ---------------------------------------------------------------- the stage
+def check_unfinished(adapter_dir: Path) -> None:
+    """Refuse to start a fresh run over an interrupted one: starting clears its checkpoints."""
+    path = Path(adapter_dir) / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        step, iters = int(state["step"]), int(state["iters"])
+    except (OSError, ValueError, KeyError, TypeError):  # no state, or one no resume could use anyway
+        return
+    if step < iters:
+        raise ConfigError(f"{adapter_dir} holds an interrupted run (step {step} of {iters}); a fresh run would "
+                          "delete its checkpoints", path=path,
+                          fix="add --resume to continue it, or --restart to start again from step 0 "
+                              "(or pick another --adapter-path)")
+
+
 def train(cfg: "TrainConfig", data_dir: str | Path, adapter_dir: str | Path, resume: bool = False,
-          warn=lambda message: print(f"warning: {message}", file=sys.stderr)) -> "TrainResult":
-    """Pick the backend cfg.backend names (or auto), check the settings against it, and train."""
+          warn=lambda message: print(f"warning: {message}", file=sys.stderr), restart: bool = False) -> "TrainResult":
+    """Pick the backend cfg.backend names (or auto), check the settings against it, and train.
+
+    Without `resume`, an interrupted run in `adapter_dir` is an error unless `restart` says to discard it."""
     from dantes_mlx.backends import get_backend
 
+    if resume and restart:
+        raise ConfigError("--resume and --restart contradict each other", fix="pass one of them")
+    if not resume and not restart:
+        check_unfinished(Path(adapter_dir))
     backend, warning = get_backend(cfg.backend)
     if warning:
         warn(warning)

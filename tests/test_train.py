@@ -454,6 +454,10 @@ def test_ctrl_c_between_checkpoints_saves_the_adapter_and_resumes_there(lora_run
     assert "saved at step 14" in str(err.value) and "--resume" in str(err.value)
     assert json.loads((out / "train_state.json").read_text())["step"] == 14
     assert (out / "0000014_adapters.safetensors").is_file()
+    with pytest.raises(ConfigError, match="interrupted run \\(step 14 of 20\\)") as err:
+        train(cfg, dataset, out)  # forgot --resume: refused before anything is cleared
+    assert "--resume" in err.value.fix and "--restart" in err.value.fix
+    assert (out / "0000014_adapters.safetensors").is_file()
     monkeypatch.setattr(MLXRun, "step_done", original)
     result = train(cfg, dataset, out, resume=True)
     assert result.steps == 20
@@ -462,6 +466,17 @@ def test_ctrl_c_between_checkpoints_saves_the_adapter_and_resumes_there(lora_run
     resumed, straight = mx.load(str(out / "adapters.safetensors")), mx.load(str(full_run / "adapters.safetensors"))
     for key in straight:
         assert mx.allclose(resumed[key], straight[key], atol=1e-4).item(), key
+
+
+def test_a_finished_run_may_be_trained_over_and_resume_with_restart_is_refused(tmp_path):
+    from dantes_mlx.train import STATE_FILE, check_unfinished
+
+    (tmp_path / STATE_FILE).write_text(json.dumps({"step": 20, "iters": 20, "checkpoint": "x"}))
+    check_unfinished(tmp_path)  # finished: a new run over it is what the user asked for
+    (tmp_path / STATE_FILE).write_text("{not json")
+    check_unfinished(tmp_path)  # unreadable: nothing a --resume could use
+    with pytest.raises(ConfigError, match="contradict"):
+        train(TrainConfig(), tmp_path, tmp_path, resume=True, restart=True)
 
 
 def test_ctrl_c_before_any_update_does_not_send_to_resume(tmp_path):

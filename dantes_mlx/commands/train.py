@@ -42,10 +42,12 @@ def config_options(cls):
 @click.option("--adapter-path", type=click.Path(file_okay=False), default=None,
               help="Output folder for adapters, checkpoints, metrics and plot [default: project.adapters_dir].")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --adapter-path.")
+@click.option("--restart", is_flag=True,
+              help="Start again from step 0 over an interrupted run in --adapter-path (its checkpoints are deleted).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Project config [default: dantes.yaml if present].")
 @config_options(TrainConfig)
-def train(data_dir, adapter_path, resume, config_path, **overrides):
+def train(data_dir, adapter_path, resume, restart, config_path, **overrides):
     """Fine-tune the base model on the prepared dataset (LoRA, DoRA, QLoRA or full)."""
     from dantes_mlx.config import ProjectConfig, load_yaml, section
     from dantes_mlx.errors import ConfigError
@@ -62,7 +64,7 @@ def train(data_dir, adapter_path, resume, config_path, **overrides):
     project = section(ProjectConfig, config)
     data_dir = Path(data_dir) if data_dir else Path(project.data_dir) / "dataset"
     adapter_path = Path(adapter_path or project.adapters_dir)
-    result = run_training(cfg, data_dir, adapter_path, resume=resume,
+    result = run_training(cfg, data_dir, adapter_path, resume=resume, restart=restart,
                           warn=lambda message: click.secho(f"warning: {message}", fg="yellow", err=True))
     click.echo(summary(result))
 
