@@ -203,8 +203,12 @@ class MetricsLog:
         self.path = Path(path)
 
     def append(self, row: dict) -> None:
+        """Append one report; a NaN or infinite value is written as null and named in "non_finite" (strict JSON)."""
+        bad = [key for key, value in row.items() if isinstance(value, float) and not math.isfinite(value)]
+        if bad:
+            row = {**{k: (None if k in bad else v) for k, v in row.items()}, "non_finite": bad}
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
             fh.flush()
 
     def rows(self) -> list[dict]:
@@ -452,12 +456,27 @@ def train(cfg: "TrainConfig", data_dir: str | Path, adapter_dir: str | Path, res
     adapter_dir = Path(adapter_dir)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     result = backend.train(cfg, Path(data_dir), adapter_dir, resume=resume)
+    check_diverged(result, cfg)
     fingerprint = write_base_fingerprint(cfg.base_model, adapter_dir)
     if fingerprint:
         result.files["base_fingerprint"] = fingerprint
     else:
         warn(f"no fingerprint of {cfg.base_model} recorded (not found locally): export cannot check its base")
     return result
+
+
+def check_diverged(result: "TrainResult", cfg: "TrainConfig") -> None:
+    """A run whose loss became NaN or infinite left an unusable adapter: say so instead of a success."""
+    losses = {"train": result.train_loss, "valid": result.val_loss}
+    bad = [name for name, value in losses.items() if isinstance(value, float) and not math.isfinite(value)]
+    metrics = MetricsLog(Path(result.adapter_dir) / METRICS_FILE)
+    first = next((r.get("step") for r in metrics.rows() if r.get("non_finite")), None)
+    if bad or first is not None:
+        where = f" from step {first}" if first is not None else ""
+        raise ModelError(f"training diverged: the {' and '.join(bad) or 'reported'} loss is not a number{where}; "
+                         "the adapter is unusable", path=metrics.path,
+                         fix=f"lower learning_rate (now {cfg.learning_rate:g}), check the data with "
+                             "`dantes-mlx validate`, then train again with --restart")
 
 
 def summary(result: "TrainResult") -> str:

@@ -479,6 +479,23 @@ def test_a_finished_run_may_be_trained_over_and_resume_with_restart_is_refused(t
         train(TrainConfig(), tmp_path, tmp_path, resume=True, restart=True)
 
 
+def test_a_diverged_run_is_an_error_and_its_metrics_stay_strict_json(tmp_path):
+    from dantes_mlx.backends.base import TrainResult
+    from dantes_mlx.train import check_diverged
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.append({"step": 5, "train_loss": 2.5})
+    check_diverged(TrainResult("mlx", tmp_path, 5, train_loss=2.5), TrainConfig())
+    log.append({"step": 10, "train_loss": float("nan"), "learning_rate": 1e-5})
+    line = (tmp_path / "metrics.jsonl").read_text().splitlines()[-1]
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in {line}")) == {
+        "step": 10, "train_loss": None, "learning_rate": 1e-5, "non_finite": ["train_loss"]}
+    assert log.last("train_loss") == 2.5
+    with pytest.raises(ModelError, match="diverged.*from step 10") as err:
+        check_diverged(TrainResult("mlx", tmp_path, 10, train_loss=float("nan")), TrainConfig(learning_rate=0.5))
+    assert "learning_rate (now 0.5)" in err.value.fix and "--restart" in err.value.fix
+
+
 def test_ctrl_c_before_any_update_does_not_send_to_resume(tmp_path):
     from dantes_mlx.backends.mlx_backend import interrupted
 
