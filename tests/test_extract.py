@@ -428,6 +428,25 @@ def test_cli_rules_fallback_when_no_model(tmp_path, monkeypatch):
     assert result.exit_code != 0 and "-o OUT.jsonl" in result.output
 
 
+def test_cli_books_come_from_project_books_or_every_clean_file(tmp_path, monkeypatch):
+    """`fetch --file mine.txt` + `clean` leaves data/clean/mine.txt: extract finds it, or says how to name it."""
+    from click.testing import CliRunner
+
+    from dantes_mlx.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "clean").mkdir(parents=True)
+    (tmp_path / "data" / "clean" / "mine.txt").write_text(SCENE, encoding="utf-8")
+    (tmp_path / "none.yaml").write_text("project:\n  books: []\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["extract", "--config", "none.yaml", "-o", "c.jsonl", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert {r["book"] for r in rows(tmp_path / "c.jsonl")} == {"mine"}
+    (tmp_path / "mc.yaml").write_text("project:\n  books: [17989]\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["extract", "--config", "mc.yaml", "-o", "d.jsonl", "--quiet"])
+    assert result.exit_code != 0 and "no clean text for book(s) 17989" in result.output
+    assert "books: [mine]" in result.output and "--input" in result.output
+
+
 # -- the real llama.cpp on the tiny random model ---------------------------------------------------
 @pytest.mark.slow
 def test_end_to_end_on_the_tiny_gguf(tiny_gguf, tmp_path):

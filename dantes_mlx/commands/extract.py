@@ -10,17 +10,25 @@ import click
 
 
 def _books(project, input_file: str | None) -> list:
-    """The books to read: --input, else every data/clean/<book>.txt of dantes.yaml's project.books."""
+    """The books to read: --input, else data/clean/<book>.txt for each of dantes.yaml's project.books
+    (every data/clean/*.txt when it lists none, as `run` reads them)."""
     from dantes_mlx.errors import InputError
     from dantes_mlx.extract import load_book
 
     if input_file:
         return [load_book(input_file)]
     clean = Path(project.data_dir) / "clean"
+    present = sorted(clean.glob("*.txt"))
+    if not project.books and present:
+        return [load_book(path, path.stem) for path in present]
     missing = [b for b in project.books if not (clean / f"{b}.txt").is_file()]
     if missing or not project.books:
+        others = [p.stem for p in present if p.stem not in map(str, project.books)]
+        fix = ("run `dantes-mlx fetch` and `dantes-mlx clean` first, or pass --input FILE" if not others else
+               f"{clean} holds {', '.join(others)}: list it in dantes.yaml's project.books "
+               f"(books: [{others[0]}]) or pass --input {clean / (others[0] + '.txt')}")
         raise InputError(f"no clean text for book(s) {', '.join(map(str, missing)) or '(none listed)'}",
-                         path=clean, fix="run `dantes-mlx fetch` and `dantes-mlx clean` first, or pass --input FILE")
+                         path=clean, fix=fix)
     return [load_book(clean / f"{b}.txt", str(b)) for b in project.books]
 
 
