@@ -291,8 +291,14 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, p
     return report
 
 
-def default_inputs(data_dir: str | Path) -> list[Path]:
-    """The generate stage's pair files under <data_dir>/pairs/, without its side files (store, rejects)."""
+def default_inputs(data_dir: str | Path, output: str | Path = "") -> list[Path]:
+    """What `prepare` reads by default: generate.output when set, else every pairs file under <data_dir>/pairs/
+    (without generate's side files: store, errors, rejects)."""
+    if output:
+        if not Path(output).is_file():
+            raise InputError("no pairs file", path=output, fix="run `dantes-mlx generate` first (it writes "
+                             "generate.output of dantes.yaml), or give input files")
+        return [Path(output)]
     folder = Path(data_dir) / "pairs"
     side = (".store.jsonl", ".errors.jsonl", ".rejects.jsonl")
     files = sorted(p for p in folder.glob("*.jsonl") if not p.name.endswith(side))

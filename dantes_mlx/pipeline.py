@@ -140,11 +140,11 @@ def stage_generate(layout: Layout, client, character: CharacterConfig, cfg: Gene
 
 def stage_prepare(layout: Layout, cfg: PrepareConfig, persona: str, tokenizer_name: str, batch_size: int,
                   log) -> Path:
-    from dantes_mlx.dataset import prepare
+    from dantes_mlx.dataset import default_inputs, prepare
     from dantes_mlx.validate import load_tokenizer
 
     tokenizer, note = load_tokenizer(tokenizer_name)
-    report = prepare([layout.pairs], layout.dataset, cfg, persona, tokenizer, note, batch_size=batch_size)
+    report = prepare(default_inputs(layout.data, layout.pairs_file), layout.dataset, cfg, persona, tokenizer, note, batch_size=batch_size)
     log(report.summary())
     return layout.dataset
 

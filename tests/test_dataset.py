@@ -92,6 +92,15 @@ def test_default_input_is_the_generate_output(tmp_path, monkeypatch):
     assert (tmp_path / "data" / "dataset" / "train.jsonl").is_file()
     empty = CliRunner().invoke(main, ["prepare", "--tokenizer", "none", "--config", str(tmp_path / "none.yaml")])
     assert empty.exit_code == 1 and "config file not found" in empty.output
+    # generate.output set in dantes.yaml: that file, as `run` reads it
+    pairs_file(tmp_path / "mine.jsonl")
+    (tmp_path / "dantes.yaml").write_text("generate:\n  output: mine.jsonl\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["prepare", "--tokenizer", "none", "-o", "out"])
+    assert result.exit_code == 0, result.output
+    assert [i[0] for i in json.loads((tmp_path / "out" / "prepare_report.json").read_text())["inputs"]] == ["mine.jsonl"]
+    (tmp_path / "mine.jsonl").unlink()
+    result = CliRunner().invoke(main, ["prepare", "--tokenizer", "none", "-o", "out"])
+    assert result.exit_code != 0 and "mine.jsonl" in result.output and "generate" in result.output
 
 
 def test_prepare_reports_drops_and_no_source_id_spans_splits(tmp_path):

@@ -66,7 +66,7 @@ def prepare(inputs, config_path, output, split, seed, fmt, system, group_key, gr
     """Build leak-free train/valid/test.jsonl from INPUT files (pairs, ShareGPT, chat, Alpaca, prompt/completion,
     TRL or text; JSONL, JSON or CSV), then validate them."""
     from dantes_mlx import dataset as stage
-    from dantes_mlx.config import CharacterConfig, PrepareConfig, ProjectConfig, load_yaml, section
+    from dantes_mlx.config import CharacterConfig, GenerateConfig, PrepareConfig, ProjectConfig, load_yaml, section
 
     cfg = load_yaml(config_path)
     prep = section(PrepareConfig, cfg, {
@@ -74,7 +74,8 @@ def prepare(inputs, config_path, output, split, seed, fmt, system, group_key, gr
         "group_consecutive": group_consecutive, "stratify": stratify, "split_by": split_by, "dedupe": dedupe,
         "max_seq_length": max_seq_length, "save_hf": save_hf, "hub_repo": hub_repo, "tokenizer": tokenizer})
     prep.max_seq_length = _length_limit(cfg, prep, max_seq_length)
-    files = list(inputs) or stage.default_inputs(section(ProjectConfig, cfg).data_dir)
+    files = list(inputs) or stage.default_inputs(section(ProjectConfig, cfg).data_dir,
+                                                 section(GenerateConfig, cfg).output)
     tok, note = _tokenizer(cfg, tokenizer, prep.tokenizer)
     report = stage.prepare(files, output or _default_dir(cfg), prep, section(CharacterConfig, cfg).persona,
                            tok, note, _batch_size(cfg))
