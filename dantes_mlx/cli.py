@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
 from dantes_mlx import __version__
+
+# transformers only tokenizes here: its "PyTorch was not found" advice at import is noise on a Mac.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 # name -> (module in dantes_mlx.commands, attribute, one-line help). Modules import only on use,
 # so `dantes-mlx --help` stays fast and never loads mlx, llama.cpp or torch.

@@ -132,3 +132,19 @@ def test_misspelt_setting_or_section_gets_the_close_match(tmp_path, text, needle
     with pytest.raises(ConfigError) as info:
         section(TrainConfig, load_yaml(bad))
     assert needle in info.value.message and str(bad) in info.value.message
+
+
+def test_no_pytorch_advice_from_transformers_on_every_command():
+    """transformers only tokenizes here; without torch (a Mac, CI) it advises at import: not on our terminal."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed: transformers gives no advice to hide")
+    code = ("import dantes_mlx.cli\n"
+            "import transformers")
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert "PyTorch was not found" not in out.stderr, out.stderr
