@@ -84,9 +84,13 @@ def normalize(text: str) -> str:
 
 
 def _occurrences(haystack: str, needle: str, start: int = 0):
+    """Where needle occurs in haystack, never inside a longer word ("oui" is not in "épanouissait")."""
     pos = haystack.find(needle, start)
     while pos >= 0:
-        yield pos
+        end = pos + len(needle)
+        if not (pos > 0 and haystack[pos - 1].isalnum() and needle[0].isalnum()) and \
+                not (end < len(haystack) and haystack[end].isalnum() and needle[-1].isalnum()):
+            yield pos
         pos = haystack.find(needle, pos + 1)
 
 
@@ -171,10 +175,19 @@ def _fuzzy(nneedle: str, text: str, norm: NormalizedText, lo: int, hi: int, lead
     al = fuzz.partial_ratio_alignment(nneedle, norm.text)
     if al.dest_end <= al.dest_start:
         return Grounding(lo, lo, round(al.score, 1), "fuzzy")
-    start, end = norm.span(al.dest_start, al.dest_end)
+    # Whole words only: a window cut inside words is widened to them and scored as widened,
+    # so "oui" is not found at 100 inside "épanouissait".
+    nstart, nend, score = al.dest_start, al.dest_end, al.score
+    while nstart > 0 and norm.text[nstart - 1] != " " and norm.text[nstart] != " ":
+        nstart -= 1
+    while nend < len(norm.text) and norm.text[nend - 1] != " " and norm.text[nend] != " ":
+        nend += 1
+    if (nstart, nend) != (al.dest_start, al.dest_end):
+        score = min(score, fuzz.ratio(nneedle, norm.text[nstart:nend].strip()))
+    start, end = norm.span(nstart, nend)
     start, end = _snap_to_words(text, start, end, lo, hi)
     start, end = _extend(text, start, end, lo, hi, lead, trail)
-    return Grounding(start, end, round(al.score, 1), "fuzzy")
+    return Grounding(start, end, round(score, 1), "fuzzy")
 
 
 # -- the character's words only ---------------------------------------------------------------------

@@ -523,3 +523,18 @@ def test_rules_offsets_point_into_a_crlf_input_as_read(tmp_path):
         spoken = " ".join(raw[a:b] for a, b in row["segments"])
         assert spoken.startswith("— "), spoken
         assert row["citation"][2:12] in raw[row["start"]:row["end"]]
+
+
+def test_grounding_never_matches_part_of_a_word():
+    # A short reply the model invented must not ground inside a longer word ("oui" in "épanouissait").
+    text = "Le vent épanouissait les voiles du navire.\n\n--Non, répondit Dantès, jamais.\n"
+    for cited in ("--Oui.", "Oui", "oui !", "--Jam."):
+        g = locate(cited, text)
+        assert g.score < 85, (cited, g, text[g.start:g.end])
+    book = Book("b", text)
+    reply = json.dumps({"citations": [{"contexte": "c", "citation": "--Oui.", "kind": "parole"},
+                                      {"contexte": "c", "citation": "— Non !", "kind": "parole"}]})
+    kept, rejects = ground_reply(book, chunk_book(book)[0], reply, Source("llm", "m", "v", "Dantès"), 85.0)
+    assert len(kept) == 1 and kept[0]["citation"].startswith("--Non")
+    assert [(r["reason"], r["citation"]) for r in rejects] == [("low_grounding", "--Oui.")]
+    assert rejects[0]["score"] < 85
