@@ -261,15 +261,27 @@ def filtered_rows(pairs: list[ParsedPair], settings: FilterSettings, base: dict,
 
 
 # -- citations -> pairs -----------------------------------------------------------------------------
+def call_sampling(client, sampling: dict | None = None) -> dict:
+    """The sampling a call runs with: the client's defaults (llm.temperature, max_tokens, seed) < `sampling`."""
+    return {**(getattr(client, "defaults", None) or {}), **(sampling or {})}
+
+
+def make_task(stage: str, prompt_version: str, model_id: str, messages: list[dict], schema: dict,
+              sampling: dict) -> Task:
+    """A call keyed by everything that shapes its answer: the messages (persona, name, k and data
+    included), the schema and the sampling; not by how it is sent (concurrency, progress)."""
+    item = {"messages": messages, "schema": schema, "sampling": sampling}
+    return Task(item_key(stage, prompt_version, model_id, item), {"messages": messages, "json_schema": schema})
+
+
 def citation_task(row: dict, prompt: Prompt, character: CharacterConfig, cfg: GenerateConfig,
-                  model_id: str) -> Task:
+                  model_id: str, sampling: dict | None = None) -> Task:
     """The store key and the one-call request (fixed instructions first, the citation last)."""
     k = cfg.pairs_per_citation
-    item = {"citation": row["citation"], "contexte": row["contexte"], "k": k}
     messages = prompt.messages(name=character.name, persona=character.persona, k=k,
                                contexte=row["contexte"] or "(aucun)", citation=row["citation"])
     schema = pairs_schema(k, cfg.max_instruction_chars, cfg.max_response_chars)
-    return Task(item_key(STAGE, prompt.version, model_id, item), {"messages": messages, "json_schema": schema})
+    return make_task(STAGE, prompt.version, model_id, messages, schema, sampling or {})
 
 
 def generate_pairs(citations: list[dict], client, out: str | Path, cfg: GenerateConfig,
@@ -283,7 +295,8 @@ def generate_pairs(citations: list[dict], client, out: str | Path, cfg: Generate
     prompt = load_prompt("generate", character.language, cfg.prompt_file)
     out, _, cache = output_paths(out)
     store = Store(cache)
-    tasks = [citation_task(row, prompt, character, cfg, client.model_id) for row in citations]
+    tasks = [citation_task(row, prompt, character, cfg, client.model_id, call_sampling(client, sampling))
+             for row in citations]
     stats = run_tasks(tasks, client, store, concurrency=concurrency, unit="citation", sampling=sampling,
                       progress=progress)
     settings = filter_settings(cfg, character)

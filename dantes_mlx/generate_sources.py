@@ -10,10 +10,10 @@ from pathlib import Path
 from dantes_mlx.config import CharacterConfig, GenerateConfig
 from dantes_mlx.dataset_formats import decode_text, read_records
 from dantes_mlx.errors import InputError
-from dantes_mlx.generate import (Task, filter_settings, filtered_rows, finish, load_prompt, output_paths,
-                                 pairs_schema, run_tasks, salvage, text_id)
+from dantes_mlx.generate import (call_sampling, filter_settings, filtered_rows, finish, load_prompt, make_task,
+                                 output_paths, pairs_schema, run_tasks, salvage, text_id)
 from dantes_mlx.pairs_parser import ParsedPair
-from dantes_mlx.store import Store, item_key
+from dantes_mlx.store import Store
 
 SUBJECT_KEYS = ("term", "acronym", "sigle", "subject", "name", "key", "question")
 FACT_KEYS = ("definition", "meaning", "fact", "description", "value", "answer")
@@ -121,9 +121,9 @@ def generate_from_facts(facts: list[dict], client, out: str | Path, cfg: Generat
         for fact in facts:
             messages = prompt.messages(name=character.name, persona=character.persona, k=k,
                                        subject=fact["subject"], fact=fact["fact"])
-            tasks.append(Task(item_key("generate-facts", version, model, {**fact, "k": k}),
-                              {"messages": messages,
-                               "json_schema": pairs_schema(k, cfg.max_instruction_chars, cfg.max_response_chars)}))
+            tasks.append(make_task("generate-facts", version, model, messages,
+                                   pairs_schema(k, cfg.max_instruction_chars, cfg.max_response_chars),
+                                   call_sampling(client, sampling)))
         stats = run_tasks(tasks, client, store, concurrency=concurrency, unit="fact", sampling=sampling,
                           progress=progress)
         results = {fact["source_id"]: (task.key, store) for fact, task in zip(facts, tasks)}

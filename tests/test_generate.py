@@ -313,6 +313,35 @@ def test_failed_calls_are_retried_on_the_next_run(tmp_path):
     assert len(retry.calls) == 1 and len(read_rows(out)) == 9
 
 
+
+def test_cache_follows_what_the_llm_is_sent_persona_schema_and_sampling(tmp_path):
+    from dataclasses import replace
+
+    citations = load_citations([write_jsonl(tmp_path / "c.jsonl", CITATIONS[:2])])
+    out, cfg = tmp_path / "p.jsonl", GenerateConfig()
+
+    def run(character=DANTES, gen=cfg, defaults=None, concurrency=1) -> FakeLLM:
+        fake = FakeLLM(default=good_reply)
+        fake.defaults = defaults or {"temperature": 0.7, "max_tokens": 2048}  # as the real clients hold them
+        generate_pairs(citations, fake, out, gen, character, concurrency=concurrency, progress=False)
+        return fake
+
+    assert len(run().calls) == 2
+    assert run(concurrency=4).calls == []  # how the calls are made does not change the answers
+    new_persona = replace(DANTES, persona="Tu es Edmond Dantès, jeune marin de dix-neuf ans, avant le château d'If.")
+    fake = run(new_persona)
+    assert len(fake.calls) == 2 and "jeune marin de dix-neuf ans" in fake.calls[0]["messages"][0]["content"]
+    assert len(run(new_persona, replace(cfg, max_response_chars=900)).calls) == 2  # another schema
+    assert len(run(new_persona, defaults={"temperature": 0.2, "max_tokens": 2048}).calls) == 2
+    assert len(run(new_persona, defaults={"temperature": 0.7, "max_tokens": 4096}).calls) == 2
+    assert run(new_persona).calls == []  # the second persona's answers are still stored
+    facts = load_facts(write_jsonl(tmp_path / "f.jsonl", [{"term": "RAM", "definition": "Random Access Memory"}]))
+    for character, calls in ((DANTES, 1), (new_persona, 1), (new_persona, 0)):
+        fake = FakeLLM(default={"pairs": []})
+        generate_from_facts(facts, fake, tmp_path / "facts.jsonl", cfg, character, progress=False)
+        assert len(fake.calls) == calls
+
+
 KILL_HELPER = """
 import sys, time
 from dantes_mlx.config import CharacterConfig, GenerateConfig
