@@ -9,7 +9,7 @@ from dataclasses import dataclass
 # Reasons, in the order they are checked.
 EMPTY, TOO_SHORT, TOO_LONG = "empty", "too_short", "too_long"
 OUT_OF_CHARACTER, MARKUP, NARRATION = "out_of_character", "markup_leak", "third_person_narration"
-COPIES_CITATION, MISSING_FACT = "copies_citation", "fact_missing"
+COPIES_CITATION, COPIES_QUESTION, MISSING_FACT = "copies_citation", "copies_question", "fact_missing"
 WRONG_LANGUAGE, DUPLICATE_QUESTION, BEYOND_K = "wrong_language", "duplicate_question", "beyond_k"
 
 # An assistant leaking through the persona. "je ne peux pas" alone is kept out on purpose:
@@ -94,6 +94,9 @@ def pair_reason(instruction: str, response: str, settings: FilterSettings, *, ci
         return NARRATION
     if citation and fuzz.ratio(normalize(response), normalize(citation)) >= settings.max_citation_similarity:
         return COPIES_CITATION
+    # A model that gives the question back as its answer (long questions get past too_short).
+    if fuzz.ratio(normalize(response), normalize(instruction)) >= settings.duplicate_question_similarity:
+        return COPIES_QUESTION
     if fact and fuzz.partial_ratio(normalize(fact), normalize(response)) < 80:
         return MISSING_FACT
     if wrong_language(response, settings.language) or wrong_language(instruction, settings.language):

@@ -163,6 +163,8 @@ def test_raw_pairs_are_grouped_by_citation_for_leak_free_splits():
 
 # -- quality filters -------------------------------------------------------------------------------
 LONG = answer(1)
+LONG_QUESTION = ("Monsieur le comte, vous qui avez connu la prison, la trahison et la richesse, pouvez-vous nous "
+                 "dire ce que vous avez appris sur la patience et sur la vengeance durant toutes ces années ?")
 SETTINGS = FilterSettings(names=("Edmond Dantès", "Dantès", "le comte"))
 
 
@@ -182,6 +184,8 @@ SETTINGS = FilterSettings(names=("Edmond Dantès", "Dantès", "le comte"))
      "of my life, and I have learned there what no book could teach me about men and their " * 2, {},
      "wrong_language"),
     ("Que signifie RAM ?", LONG, {"fact": "Random Access Memory"}, "fact_missing"),
+    (LONG_QUESTION, LONG_QUESTION.replace(" ?", "."), {}, "copies_question"),  # the question given back
+    (LONG_QUESTION, "Vous me demandez ce que j'ai appris ? " + LONG, {}, None),  # restating it first is fine
     ("Qui êtes-vous ?", LONG, {"citation": "--Attendre et espérer."}, None),
     ("Qui êtes-vous ?", "Je ne peux pas oublier le château d'If. " + LONG, {}, None),
     ("Et lui ?", "« Partez », me dit-il, et je partis. " + LONG, {}, None),
