@@ -16,13 +16,18 @@ _OPENERS = set("-—–―‒«»\"“”„'‘’ \u00a0\u202f\t")
 _CLOSERS = set(".!?…,;:»\"”’')] \u00a0\u202f")
 
 
+# An ellipsis a model puts where it left words out of a citation: "…", "...", "[…]", "(...)".
+_ELLIPSIS = re.compile(r"\s*(?:[\[(]\s*(?:…|\.{3,})\s*[\])]|…|\.{3,})\s*")
+MAX_ELIDED = 1500  # most characters a model may leave out between two pieces of one citation
+
+
 @dataclass(frozen=True)
 class Grounding:
     """Where a citation was found: offsets into the source, a 0-100 score and how it was matched."""
     start: int
     end: int
     score: float
-    how: str  # exact | normalized | speech | fuzzy | none
+    how: str  # exact | normalized | speech | fuzzy | elided | none
 
 
 class Spoken(NamedTuple):
@@ -161,7 +166,27 @@ def locate(citation: str, text: str, lo: int = 0, hi: int | None = None,
     if speech is not None and speech.text != norm.text:
         other = _fuzzy(nneedle, text, speech, lo, hi, lead, trail)
         best = other if other.score > best.score else best
-    return best
+    elided = _elided(needle, text, lo, hi, taken, norm, speech)
+    return elided if elided is not None and elided.score > best.score else best
+
+
+def _elided(needle: str, text: str, lo: int, hi: int, taken, norm, speech) -> Grounding | None:
+    """A citation the model shortened with "…" or "[...]" inside it: each piece found in order, close
+    to the previous one; the span runs over the words left out, the score is the weakest piece's."""
+    pieces = [p for p in _ELLIPSIS.split(needle) if normalize(p)]
+    if len(pieces) < 2:
+        return None
+    found: list[Grounding] = []
+    for piece in pieces:
+        if not found:
+            g = locate(piece, text, lo, hi, taken, norm, speech)
+        else:
+            end = min(hi, found[-1].end + MAX_ELIDED + 2 * len(piece))
+            g = locate(piece, text, found[-1].end, end)
+        if g.end <= g.start or g.score == 0:
+            return None
+        found.append(g)
+    return Grounding(found[0].start, found[-1].end, min(g.score for g in found), "elided")
 
 
 def _fuzzy(nneedle: str, text: str, norm: NormalizedText, lo: int, hi: int, lead: bool, trail: bool) -> Grounding:

@@ -538,3 +538,32 @@ def test_grounding_never_matches_part_of_a_word():
     assert len(kept) == 1 and kept[0]["citation"].startswith("--Non")
     assert [(r["reason"], r["citation"]) for r in rejects] == [("low_grounding", "--Oui.")]
     assert rejects[0]["score"] < 85
+
+
+TIRADE = """Il réfléchit longtemps, puis il ajouta d'une voix sourde:
+
+--Et maintenant, adieu, bonté, humanité, reconnaissance... Adieu à tous les sentiments qui épanouissent le cœur! J'ai remplacé la Providence pour récompenser les bons.
+
+--Que voulez-vous dire? demanda Mercédès.
+"""
+
+
+def test_a_citation_shortened_with_an_ellipsis_is_grounded_over_the_words_left_out():
+    book = Book("b", TIRADE)
+    whole = TIRADE.split("\n")[2]
+    cited = {"--Et maintenant, adieu, bonté… Adieu à tous les sentiments qui épanouissent le cœur!": 100.0,
+             "Et maintenant, adieu [...] J'ai remplacé la Providence pour récompenser les bons.": 100.0,
+             "--Et maintenant, adieu, bonté (...) j'ai remplace la Providence pour recompenser les bons": 96.2}
+    for text, score in cited.items():
+        reply = json.dumps({"citations": [{"contexte": "c", "citation": text, "kind": "parole"}]})
+        kept, rejects = ground_reply(book, chunk_book(book)[0], reply, Source("llm", "m", "v", "Dantès"), 85.0)
+        assert rejects == [] and len(kept) == 1, (text, rejects)
+        assert kept[0]["grounding_method"] == "elided" and kept[0]["grounding"] == score
+        assert kept[0]["citation"].lstrip("-") in whole and "humanité" in kept[0]["citation"]
+        assert kept[0]["model_citation"] == text
+    # An invented piece, or pieces in the wrong order, are still rejected with the weakest piece's score.
+    for text in ("--Et maintenant, adieu, bonté… Je pars ce soir pour Marseille retrouver mon vieux père.",
+                 "J'ai remplacé la Providence pour récompenser les bons… Et maintenant, adieu, bonté"):
+        reply = json.dumps({"citations": [{"contexte": "c", "citation": text, "kind": "parole"}]})
+        kept, rejects = ground_reply(book, chunk_book(book)[0], reply, Source("llm", "m", "v", "Dantès"), 85.0)
+        assert kept == [] and rejects[0]["reason"] == "low_grounding" and rejects[0]["score"] < 85, text
