@@ -374,6 +374,53 @@ def test_batch_works_with_the_fake_llm():
     assert sorted(c["json_schema"] is None for c in fake.calls) == [False, True]
 
 
+def test_ctrl_c_with_requests_in_flight_exits_at_once():
+    """A server answering in minutes must not hold Ctrl-C (or the end of the process) until llm.timeout."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    code = textwrap.dedent("""
+        import os, signal, threading, time
+        from dantes_mlx.llm import batch
+        from dantes_mlx.llm.base import ChatResult
+
+        class Slow:
+            model_id = "slow"
+            def chat(self, messages, json_schema=None, **sampling):
+                time.sleep(30)
+                return ChatResult(text="late")
+
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # a real Ctrl-C
+        try:
+            list(batch.iter_chat(Slow(), [[{"role": "user", "content": str(i)}] for i in range(8)], concurrency=4))
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """)
+    began = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "interrupted", out.stderr
+    assert time.monotonic() - began < 15, "the process waited for the requests in flight"
+
+
+def test_concurrent_failure_is_raised_and_stops_feeding():
+    calls = []
+
+    def reply(messages):
+        calls.append(messages[-1]["content"])
+        if messages[-1]["content"] == "2":
+            raise RuntimeError("boom")
+        return "ok"
+
+    fake = FakeLLM(default=reply)
+    with pytest.raises(RuntimeError, match="boom"):
+        list(batch.iter_chat(fake, [user(str(i)) for i in range(50)], concurrency=3))
+    assert len(calls) < 10  # at most what was in flight when it failed, not the 50
+    results = batch.map_chat(fake, [user(str(i)) for i in range(6)], concurrency=3, return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["ChatResult"] * 2 + ["RuntimeError"] + ["ChatResult"] * 3
+
+
 # -- reasoning output -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("raw, answer, reasoning", [
     ("<|channel|>analysis<|message|>Need JSON.<|end|><|start|>assistant<|channel|>final<|message|>{\"a\": 1}"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import queue
+import threading
 from typing import Iterable, Iterator
 
 from dantes_mlx.llm.base import ChatResult, LLMClient
@@ -37,28 +38,53 @@ def iter_chat(client: LLMClient, requests: Iterable, concurrency: int = 1,
                     raise
                 yield index, exc
         return
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm") as pool:
-        pending: dict[Future, int] = {}
+    yield from _threaded(client, requests, concurrency, return_exceptions)
+
+
+def _threaded(client: LLMClient, requests, concurrency: int, return_exceptions: bool):
+    """iter_chat's `concurrency` > 1: daemon worker threads, so Ctrl-C or an early stop never waits for the
+    requests still in flight (up to llm.timeout each); their late answers are dropped."""
+    work: queue.SimpleQueue = queue.SimpleQueue()
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    workers = [threading.Thread(target=_worker, args=(client, work, done), name=f"llm-{n}", daemon=True)
+               for n in range(concurrency)]
+    for worker in workers:
+        worker.start()
+    in_flight = 0
+    try:
+        for item in requests:
+            work.put(item)
+            in_flight += 1
+            if in_flight >= concurrency:
+                in_flight -= 1
+                yield _finished(done, return_exceptions)
+        while in_flight:
+            in_flight -= 1
+            yield _finished(done, return_exceptions)
+    finally:  # an error, Ctrl-C or a caller that stops early: workers quit after their current request
+        for _ in workers:
+            work.put(None)
+
+
+def _worker(client: LLMClient, work: queue.SimpleQueue, done: queue.SimpleQueue) -> None:
+    while (item := work.get()) is not None:
+        index, request = item
         try:
-            for index, request in requests:
-                pending[pool.submit(_call, client, request)] = index
-                if len(pending) >= concurrency:
-                    yield from _drain(pending, return_exceptions, FIRST_COMPLETED)
-            while pending:
-                yield from _drain(pending, return_exceptions, FIRST_COMPLETED)
-        finally:  # an error or a caller that stops early: don't start what is still queued
-            for future in pending:
-                future.cancel()
+            done.put((index, _call(client, request), None))
+        except Exception as exc:  # handed to the caller, who raises or yields it
+            done.put((index, None, exc))
 
 
-def _drain(pending: dict, return_exceptions: bool, when) -> Iterator[tuple[int, ChatResult | Exception]]:
-    done, _ = wait(pending, return_when=when)
-    for future in done:
-        index = pending.pop(future)
-        exc = future.exception()
-        if exc is not None and not return_exceptions:
-            raise exc
-        yield index, exc if exc is not None else future.result()
+def _finished(done: queue.SimpleQueue, return_exceptions: bool) -> tuple[int, ChatResult | Exception]:
+    while True:  # short waits: a Ctrl-C that lands on a worker thread is still seen here at once
+        try:
+            index, result, exc = done.get(timeout=0.2)
+            break
+        except queue.Empty:
+            continue
+    if exc is not None and not return_exceptions:
+        raise exc
+    return index, exc if exc is not None else result
 
 
 def map_chat(client: LLMClient, requests: Iterable, concurrency: int = 1,
