@@ -21,6 +21,8 @@ class FakeServer:
 
     def __init__(self, behave):
         self.behave, self.requests, self.headers = behave, [], []
+        self.models: list[str] | None = None  # what GET /v1/models lists (None: no such route, as a bare server)
+        self.model_listings = 0
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         server = self
@@ -28,6 +30,18 @@ class FakeServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):
+                if self.path != "/v1/models" or server.models is None:
+                    self.send_error(404)
+                    return
+                server.model_listings += 1
+                data = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data.encode())))
+                self.end_headers()
+                self.wfile.write(data.encode())
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -250,6 +250,24 @@ def test_non_json_answer_is_a_clear_error(serve):
         client_for(server).chat(user("x"))
 
 
+def test_without_server_model_the_served_model_names_the_cache(serve, caplog):
+    """llama-server serves one model and lists it: that id keys cached answers, so loading another model in
+    the server is never answered from the previous one's cache; no listing: "default", with a warning."""
+    server = serve(lambda body, n: (200, completion("ok"), 0))
+    server.models = ["/models/mistral-7b.Q4_K_M.gguf"]
+    client = OpenAICompatClient(server.url, "", retries=0, reasoning_effort="")
+    client.map_chat([user("a"), user("b")], concurrency=2)
+    assert client.model_id == "/models/mistral-7b.Q4_K_M.gguf" and server.model_listings == 1
+    assert {r["model"] for r in server.requests} == {"/models/mistral-7b.Q4_K_M.gguf"}
+    server.models = ["/models/qwen2.5-14b.Q4_K_M.gguf"]
+    assert OpenAICompatClient(server.url, "").model_id == "/models/qwen2.5-14b.Q4_K_M.gguf"
+    assert OpenAICompatClient(server.url, "named").model_id == "named" and server.model_listings == 2
+    server.models = None
+    with caplog.at_level("WARNING"):
+        assert OpenAICompatClient(server.url, "").model_id == "default"
+    assert "llm.server_model" in caplog.text
+
+
 def test_concurrency_overlaps_up_to_the_limit(serve):
     server = serve(lambda body, n: (200, completion(body["messages"][0]["content"]), 0.5))
     client = client_for(server, concurrency=4)
@@ -634,13 +652,24 @@ def test_llamacpp_reasoning_styles(tiny_gguf, tmp_path, template, effort, style,
         client.close()
 
 
+def test_two_gguf_files_of_one_name_are_two_models(tmp_path):
+    """Cached LLM answers are keyed by model_id: same file name, other weights, other id; a copy, same id."""
+    from dantes_mlx.llm.llamacpp import model_identity
+
+    for folder, fill in (("a", b"\x01"), ("b", b"\x02"), ("c", b"\x01")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "ggml-model-Q4_K_M.gguf").write_bytes(b"GGUF" + fill * 3_000_000)
+    a, b, c = (model_identity(tmp_path / f / "ggml-model-Q4_K_M.gguf") for f in "abc")
+    assert a.startswith("ggml-model-Q4_K_M.gguf#") and a != b and a == c
+
+
 @pytest.mark.slow
 def test_llamacpp_from_config_and_errors(tiny_gguf, tmp_path):
     LlamaCppClient = llamacpp_client_class()
     client = make_client(LLMConfig(model=str(tiny_gguf), n_ctx=256, n_threads=1, n_gpu_layers=0, max_tokens=8))
     try:
         assert isinstance(client, LlamaCppClient) and client.n_ctx == 256
-        assert client.model_id == tiny_gguf.name
+        assert client.model_id.startswith(tiny_gguf.name + "#")
         with pytest.raises(ModelError, match="raise llm.n_ctx"):
             client.chat(user("mot " * 400))
     finally:

@@ -112,6 +112,20 @@ def _gguf_choices(hub, repo: str) -> str:
     return "use one of: " + ", ".join(files[:20]) if files else f"{repo} holds no .gguf file"
 
 
+def model_identity(path: Path, samples: int = 16, sample_bytes: int = 1 << 16) -> str:
+    """A local GGUF's name plus a digest of its size and of samples spread over its bytes: two files both
+    called `ggml-model-Q4_K_M.gguf` never share cached answers, and a file is read only ~1 MB for it."""
+    import hashlib
+
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        for n in range(samples):
+            fh.seek(size * n // samples)
+            digest.update(fh.read(sample_bytes))
+    return f"{path.name}#{digest.hexdigest()[:10]}"
+
+
 # -- the client ----------------------------------------------------------------------------------
 class LlamaCppClient:
     """A GGUF model run in process by llama-cpp-python; thread-safe (calls are serialised by a lock)."""
@@ -122,7 +136,7 @@ class LlamaCppClient:
                  cache_dir: str | Path | None = None, verbose: bool = False):
         self._lib = require("llama_cpp", "running a GGUF model in process", "llama-cpp-python")
         self.path = resolve_model_path(model, cache_dir)
-        self.model_id = self.path.name if Path(model).expanduser().is_file() else model
+        self.model_id = model_identity(self.path) if Path(model).expanduser().is_file() else model
         self.defaults = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
         self.reasoning_effort, self.reasoning_budget = reasoning_effort, max(1, reasoning_budget)
         if n_batch < 1 or n_ubatch < 1:

@@ -82,7 +82,7 @@ class OpenAICompatClient:
                  n_ctx: int = 0):
         self.url = chat_url(base_url)
         self.n_ctx = n_ctx  # the served model's context as configured (llm.n_ctx); sizes extract's chunks
-        self.model_id = model or "default"
+        self._model = model  # "" : ask the server which model it serves (see model_id)
         self.api_key_env = api_key_env
         self._api_key = os.environ.get(api_key_env, "") if api_key_env else ""
         warn_clear_key(self.url, api_key_env, bool(self._api_key))
@@ -95,6 +95,7 @@ class OpenAICompatClient:
         self._format_level = 0              # index in FORMAT_LADDER, lowered on a 400
         self._send_reasoning_hint = bool(reasoning_effort)
         self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, cfg: "LLMConfig") -> "OpenAICompatClient":
@@ -103,6 +104,33 @@ class OpenAICompatClient:
                    temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed,
                    reasoning_effort=cfg.reasoning_effort,
                    backoff=cfg.retry_backoff, n_ctx=cfg.n_ctx)
+
+    @property
+    def model_id(self) -> str:
+        """The model named in requests and in cache keys: llm.server_model, else the one the server lists at
+        /models (llama-server serves one), else "default". Asked once; switching the model a server loads then
+        never reuses the previous model's cached answers."""
+        if not self._model:
+            with self._model_lock:
+                if not self._model:
+                    self._model = self._served_model() or "default"
+        return self._model
+
+    def _served_model(self) -> str:
+        url = self.url.removesuffix("/chat/completions") + "/models"
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+                models = [m.get("id") for m in json.loads(response.read()).get("data", []) if isinstance(m, dict)]
+        except (OSError, ValueError, AttributeError, http.client.HTTPException) as exc:
+            log.warning("%s: could not list the served models (%s); cached answers are keyed 'default': set "
+                        "llm.server_model to tell models apart", url, self._scrub(str(exc)))
+            return ""
+        if len(models) != 1 or not isinstance(models[0], str):
+            log.warning("%s lists %d models; set llm.server_model to the one to use (cached answers are keyed "
+                        "'default')", url, len(models))
+            return ""
+        return models[0]
 
     @property
     def response_format_mode(self) -> str:
