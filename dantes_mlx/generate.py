@@ -205,12 +205,16 @@ class GenerateSummary:
     rejected: Counter
     seconds: float
     stats: RunStats | None = None
+    short: Counter | None = None  # citations that kept fewer than K pairs: "model" wrote fewer, "filters" cut
 
     def lines(self) -> list[str]:
         out = [f"wrote {self.kept} rows from {self.items} items to {self.out} in {self.seconds:.1f}s"]
         if self.rejected:
             reasons = ", ".join(f"{reason} {n}" for reason, n in self.rejected.most_common())
             out.append(f"rejected {sum(self.rejected.values())} ({reasons}); details in {self.rejects_path}")
+        if self.short:
+            out.append(f"{sum(self.short.values())} citation(s) kept fewer than K pairs: the model wrote fewer in "
+                       f"{self.short['model']}, the filters left fewer in {self.short['filters']}")
         s = self.stats
         if s is not None:
             out.append(f"LLM: {s.calls} calls ({s.cached} items cached, {s.failed} failed, "
@@ -300,7 +304,7 @@ def generate_pairs(citations: list[dict], client, out: str | Path, cfg: Generate
     stats = run_tasks(tasks, client, store, concurrency=concurrency, unit="citation", sampling=sampling,
                       progress=progress)
     settings = filter_settings(cfg, character)
-    rows, rejects, seen = [], [], set()
+    rows, rejects, seen, short = [], [], set(), Counter()
     for row, task in zip(citations, tasks):
         if task.key in seen or task.key not in store:
             continue  # a repeated citation is generated once; a failed one is retried next run
@@ -311,9 +315,13 @@ def generate_pairs(citations: list[dict], client, out: str | Path, cfg: Generate
                 "provenance": row["provenance"]}
         kept, filtered = filtered_rows(pairs, settings, base, k=cfg.pairs_per_citation,
                                        citation=row["citation"])
+        if len(kept) < cfg.pairs_per_citation:
+            short["model" if len(pairs) < cfg.pairs_per_citation else "filters"] += 1
         rows += kept
         rejects += unparsed + filtered
-    return finish(out, rows, rejects, len(seen), started, stats)
+    summary = finish(out, rows, rejects, len(seen), started, stats)
+    summary.short = short
+    return summary
 
 
 # -- raw outputs of another tool -> pairs -----------------------------------------------------------

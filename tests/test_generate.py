@@ -241,8 +241,11 @@ def test_k_pairs_and_unparseable_answers_are_reported(tmp_path):
     messy = "Voici :\n" + "".join(json.dumps(p, ensure_ascii=False) for p in good_reply(
         [{"content": "x" * 40}])["pairs"]) + '\n{"instruction": "coupé", "respo'
     fake = FakeLLM([messy, "Je refuse de répondre en JSON."])
-    generate_pairs(citations, fake, tmp_path / "p.jsonl", GenerateConfig(pairs_per_citation=2), DANTES,
-                   progress=False)
+    summary = generate_pairs(citations, fake, tmp_path / "p.jsonl", GenerateConfig(pairs_per_citation=2), DANTES,
+                             progress=False)
+    assert summary.short == Counter({"model": 1})  # the refusal: no pair at all, and said so
+    assert "1 citation(s) kept fewer than K pairs: the model wrote fewer in 1, the filters left fewer in 0" \
+        in summary.lines()
     assert fake.calls[0]["json_schema"]["properties"]["pairs"]["maxItems"] == 2
     assert len(read_rows(tmp_path / "p.jsonl")) == 2
     reasons = [(r["reason"], r.get("detail", "")[:16], r["line"]) for r in read_rows(tmp_path / "p.rejects.jsonl")]
