@@ -425,12 +425,36 @@ def _progress(total: int, cached: int, enabled: bool):
                 file=sys.stderr, dynamic_ncols=True)
 
 
+def settle_rejects(rejects: list[dict], rows: list[dict]) -> list[dict]:
+    """Ungrounded citations as the run's verdict, not each chunk's: one seen in two overlapping chunks is one
+    reject (listing both chunks), and one that another chunk grounded is no reject at all (its words lie
+    outside the chunk that quoted them, not outside the book)."""
+    from dantes_mlx.grounding import normalize
+
+    grounded = {(r["book"], normalize(text)) for r in rows
+                for text in (r["citation"], r.get("model_citation")) if text}
+    first: dict[tuple, dict] = {}
+    settled = []
+    for reject in rejects:
+        if reject["reason"] == "low_grounding":
+            key = (reject["book"], normalize(reject["citation"]))
+            if key in grounded:
+                continue
+            if key in first:
+                first[key].setdefault("also_in", []).append(reject["chunk"])
+                continue
+            first[key] = reject
+        settled.append(reject)
+    return settled
+
+
 def _finish(summary: ExtractSummary, rows: list[dict], rejects: list[dict], out: Path, rejects_path: Path,
             started: float) -> None:
     from dantes_mlx.store import write_jsonl_atomic
 
     kept, summary.merged = dedupe(rows)
     summary.kept = write_jsonl_atomic(out, (output_row(r) for r in kept))
+    rejects = settle_rejects(rejects, kept)
     write_jsonl_atomic(rejects_path, rejects)
     summary.rejected.update(r["reason"] for r in rejects)
     summary.seconds = time.monotonic() - started

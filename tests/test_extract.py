@@ -240,6 +240,27 @@ def test_every_citation_carries_provenance(tmp_path):
     assert summary.kept == 3 and summary.tokens["prompt_tokens"] > 0
 
 
+def test_an_invention_in_two_chunks_is_one_reject_and_a_line_grounded_elsewhere_none(tmp_path):
+    """Rejects are the run's verdict: the overlap does not double an invention, and a chunk quoting a line
+    that lies in the next chunk (its words outside the chunk, not outside the book) is no invention."""
+    book = Book("b", numbered_text(9, every=3))  # replies at paragraphs 0, 3, 6; chunks 0-3, 3-6, 6-8
+    later = "--Voici la réplique numéro 6 !"  # only in the third chunk
+
+    def reply(messages):
+        cited = quotes_in(messages)["citations"] + [
+            {"contexte": "c", "citation": "Je n'ai jamais prononcé ces mots-là de ma vie.", "kind": "parole"},
+            {"contexte": "c", "citation": later, "kind": "parole"}]
+        return {"citations": cited}
+
+    summary = extract_llm([book], DANTES, ExtractConfig(chunk_lines=4, overlap=1, prefilter=False),
+                          tmp_path / "c.jsonl", fake_from_function(reply), progress=False)
+    rejects = rows(tmp_path / "c.rejects.jsonl")
+    assert [(r["reason"], r["chunk"], r.get("also_in")) for r in rejects] == [
+        ("low_grounding", "b#0000", ["b#0001", "b#0002"])]
+    assert summary.rejected == {"low_grounding": 1}
+    assert "— Voici la réplique numéro 6 !" in [r["citation"] for r in rows(tmp_path / "c.jsonl")]
+
+
 def test_rejects_file_lists_reasons(tmp_path):
     llm = FakeLLM(['{"citations": [{"contexte": "x", "citation": "Tout ceci est inventé de bout en bout.", '
                    '"kind": "écrit"}, {"contexte": "x", "citation": "", "kind": "parole"}]}'])
