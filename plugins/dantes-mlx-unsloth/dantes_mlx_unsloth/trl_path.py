@@ -30,6 +30,8 @@ def sft_config(cfg, out_dir: Path, iters: int, device: str, unsloth: bool):
         data_seed=cfg.seed, max_length=cfg.max_seq_length, packing=False, remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, dataloader_drop_last=True, report_to="none",
         bf16=bf16, fp16=device == "cuda" and not bf16, use_cpu=device not in ("cuda", "mps"),
+        # Log a NaN loss as NaN (the Trainer's default hides it behind the window's mean), so it is seen as diverged.
+        logging_nan_inf_filter=False,
         # Explicit: TRL's default is True. Unsloth checkpoints through get_peft_model(use_gradient_checkpointing=...).
         gradient_checkpointing=cfg.grad_checkpoint and not unsloth)
 

@@ -155,3 +155,46 @@ def test_training_without_valid_jsonl_says_there_is_no_validation(tiny_model_dir
     assert result.steps == 2
     assert "no valid.jsonl" in said.out + said.err and "dantes-mlx prepare" in said.out + said.err
     assert not [r for r in MetricsLog(tmp_path / "adapters" / "metrics.jsonl").rows() if "val_loss" in r]
+
+
+def poison_embeddings_after(monkeypatch, calls: int) -> None:
+    """Make every training forward after the first `calls` NaN (the embeddings' output), as a diverging run."""
+    from dantes_mlx_unsloth.run import TorchRun
+
+    original = TorchRun.load
+
+    def load(self, model_dir, n_layers):
+        model, tokenizer = original(self, model_dir, n_layers)
+        seen = [0]
+
+        def hook(module, args, output):
+            if module.training:
+                seen[0] += 1
+                if seen[0] > calls:
+                    return output * float("nan")
+            return None
+
+        model.get_input_embeddings().register_forward_hook(hook)
+        return model, tokenizer
+
+    monkeypatch.setattr(TorchRun, "load", load)
+
+
+@pytest.mark.parametrize("path", ["loop", "trl"])
+def test_a_nan_loss_ends_the_run_with_an_error_even_without_validation(tiny_model_dir, tmp_path, monkeypatch, path):
+    """The Trainer's logging_nan_inf_filter logged a NaN step as the window's mean (0.0 when all were NaN): with
+    no valid.jsonl to show NaN too, a diverged adapter was reported as a success with train loss 0."""
+    from dantes_mlx.errors import ModelError
+
+    if path == "trl":
+        pytest.importorskip("trl", reason="trl is an optional extra (pip install 'dantes-mlx-unsloth[trl]')")
+    monkeypatch.setenv(PATH_ENV, path)
+    data = write_dataset(tmp_path / "data", n_train=8, n_valid=4)
+    (data / "valid.jsonl").unlink()
+    poison_embeddings_after(monkeypatch, calls=5)
+    with pytest.raises(ModelError, match="diverged.*from step 8") as err:
+        train(tiny_settings(tiny_model_dir, iters=12), data, tmp_path / "adapters")
+    assert "--restart" in err.value.fix
+    rows = [r for r in MetricsLog(tmp_path / "adapters" / "metrics.jsonl").rows() if "step" in r]
+    assert [(r["step"], r.get("train_loss"), r.get("non_finite")) for r in rows][1:] == [
+        (8, None, ["train_loss"]), (12, None, ["train_loss"])]
