@@ -86,6 +86,7 @@ class TorchLoop:
         self.checkpoint = checkpoint  # callable(step, optimizer, scheduler) writing a resumable checkpoint
         self.last_train: dict = {}
         self.last_val: dict = {}
+        self.updated = 0  # micro-batch step of the last optimizer update (where a Ctrl-C saves)
 
     def build(self, iters: int):
         """Optimizer and schedule over the updates `iters` micro-batches make."""
@@ -120,6 +121,7 @@ class TorchLoop:
         model.train()
         # Throughput counts step time only (not batching, validation or saving), as mlx-lm's trainer does.
         window, step_time, window_tokens = [], 0.0, self.collator.tokens
+        self.updated = start
         batches = self.batches(start)
         with tqdm(total=iters, initial=start, desc="train", unit="step", file=sys.stderr,
                   dynamic_ncols=True) as bar:
@@ -134,6 +136,7 @@ class TorchLoop:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                    self.updated = step
                 window.append(float(loss.detach()))
                 step_time += time.perf_counter() - tic
                 bar.update(1)

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 from dantes_mlx.backends import TrainResult
+from dantes_mlx.backends.mlx_backend import interrupted
 from dantes_mlx.errors import ConfigError, ModelError
-from dantes_mlx.train import (METRICS_FILE, PLOT_FILE, MetricsLog, checkpoint_name, clear_run_outputs,
+from dantes_mlx.train import (METRICS_FILE, PLOT_FILE, STATE_FILE, MetricsLog, checkpoint_name, clear_run_outputs,
                               load_dataset, plot_losses, read_state, resolve_iters, resolve_model,
                               validation_note, write_chat_template, write_resolved_config, write_state)
 from dantes_mlx_unsloth.data import Collator, encode_rows, warn_if_truncated
@@ -66,6 +67,7 @@ class TorchRun:
         self.metrics = MetricsLog(self.adapter_dir / METRICS_FILE)
         self.device = torch_device()
         self.path = choose_path(self.device)
+        self.last_saved = 0  # step of the newest resumable checkpoint
 
     def say(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -139,8 +141,10 @@ class TorchRun:
                 (self.adapter_dir / name).unlink(missing_ok=True)
             shutil.rmtree(self.adapter_dir / "checkpoints", ignore_errors=True)
             return None
-        if self.path != "loop":
-            return None  # the Trainer resumes from its own checkpoint-N folder
+        if self.path != "loop":  # the Trainer resumes from its own checkpoint-N folder
+            if (self.adapter_dir / STATE_FILE).is_file():
+                read_state(self.adapter_dir, self.cfg)  # refuses changed shape settings
+            return None
         state = read_state(self.adapter_dir, self.cfg)
         self.metrics.keep_until(int(state["step"]))
         return state
@@ -197,7 +201,14 @@ class TorchRun:
                 self.say("warning: optimizer state missing; Adam's moments restart from zero")
             prior = int(self.metrics.last("trained_tokens") or 0)
             self.say(f"Resuming from step {start} ({state['checkpoint']}); training to step {iters}")
-        loop.run(iters, optimizer, scheduler, start=start, prior_tokens=prior)
+        self.last_saved = start
+        try:
+            loop.run(iters, optimizer, scheduler, start=start, prior_tokens=prior)
+        except KeyboardInterrupt:
+            if loop.updated > self.last_saved:  # weights, moments and data position agree at an update
+                self.checkpoint(model, loop.updated, iters, optimizer, scheduler)
+                self.save_adapter(model)
+            raise interrupted(self.last_saved, self.adapter_dir) from None
         return loop
 
     def checkpoint(self, model, step: int, iters: int, optimizer, scheduler) -> None:
@@ -212,6 +223,7 @@ class TorchRun:
         tmp.replace(path)
         save_optimizer(self.adapter_dir / OPTIMIZER_STATE, optimizer, scheduler)
         write_state(self.adapter_dir, self.cfg, step, iters, path.name)
+        self.last_saved = step
 
     def save_adapter(self, model) -> None:
         """adapter_model.safetensors + adapter_config.json (PEFT's format), swapped in whole."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from dantes_mlx.backends.mlx_backend import interrupted
 from dantes_mlx.errors import ConfigError
+from dantes_mlx.train import write_state
 from dantes_mlx_unsloth.data import Collator, Example, as_hf_dataset
 from dantes_mlx_unsloth.loop import evaluate, peak_memory_gb
 from dantes_mlx_unsloth.settings import scheduler_name, trl_optimizer
@@ -36,11 +38,24 @@ def sft_config(cfg, out_dir: Path, iters: int, device: str, unsloth: bool):
         gradient_checkpointing=cfg.grad_checkpoint and not unsloth)
 
 
-def metrics_callback(cfg, metrics, collator: Collator, valid: list[Example], iters: int, prior_tokens: int,
-                     device):
+def checkpoint_file(update: int) -> str:
+    """The adapter inside the Trainer's checkpoint after `update` optimizer steps, relative to adapters/."""
+    return f"{CHECKPOINTS}/checkpoint-{update}/adapter_model.safetensors"
+
+
+def save_state(run, update: int, iters: int) -> None:
+    """train_state.json naming the Trainer's newest checkpoint (what --resume and --restart look at)."""
+    ga = run.cfg.grad_accumulation
+    step = iters if update >= max(iters // ga, 1) else update * ga
+    write_state(run.adapter_dir, run.cfg, step, iters, checkpoint_file(update))
+    run.last_saved = step
+
+
+def metrics_callback(run, collator: Collator, valid: list[Example], iters: int, prior_tokens: int):
     """A TrainerCallback writing metrics.jsonl rows like the mlx backend's (steps in micro-batches)."""
     from transformers import TrainerCallback
 
+    cfg, metrics, device = run.cfg, run.metrics, run.device
     ga = cfg.grad_accumulation
 
     class MetricsCallback(TrainerCallback):
@@ -94,6 +109,9 @@ def metrics_callback(cfg, metrics, collator: Collator, valid: list[Example], ite
             metrics.append(self.last_train)
             self.tic, self.window_tokens, self.logged_step = time.perf_counter(), 0, step
 
+        def on_save(self, args, state, control, **kwargs):
+            save_state(run, state.global_step, iters)  # the checkpoint-N folder is complete: the resume point
+
         def on_train_end(self, args, state, control, model=None, **kwargs):
             self.validate(model, state.global_step * ga)
 
@@ -121,10 +139,19 @@ def train_with_trl(run, model, tokenizer, train: list[Example], valid: list[Exam
             raise ConfigError("nothing to resume: no Trainer checkpoint", path=out_dir,
                               fix="run without --resume to start training from scratch")
         run.metrics.keep_until(int(resume_from.name.split("-")[-1]) * cfg.grad_accumulation)
+        run.last_saved = int(resume_from.name.split("-")[-1]) * cfg.grad_accumulation
     prior = 0 if resume_from is None else int(run.metrics.last("trained_tokens") or 0)
-    callback = metrics_callback(cfg, run.metrics, collator, valid, iters, prior, run.device)
+    callback = metrics_callback(run, collator, valid, iters, prior)
     trainer = SFTTrainer(model=model, args=sft_config(cfg, out_dir, iters, run.device.type, unsloth),
                          train_dataset=as_hf_dataset(train), data_collator=collator, processing_class=tokenizer,
                          callbacks=[callback])
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except KeyboardInterrupt:
+        update = trainer.state.global_step  # weights, optimizer and data position agree at an update
+        if update * cfg.grad_accumulation > run.last_saved:
+            trainer._save_checkpoint(trainer.model, trial=None)  # what the Trainer writes at save_steps
+            save_state(run, update, iters)
+            run.save_adapter(model)
+        raise interrupted(run.last_saved, run.adapter_dir) from None
     return callback

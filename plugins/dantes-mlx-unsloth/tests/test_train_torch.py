@@ -157,20 +157,22 @@ def test_training_without_valid_jsonl_says_there_is_no_validation(tiny_model_dir
     assert not [r for r in MetricsLog(tmp_path / "adapters" / "metrics.jsonl").rows() if "val_loss" in r]
 
 
-def poison_embeddings_after(monkeypatch, calls: int) -> None:
-    """Make every training forward after the first `calls` NaN (the embeddings' output), as a diverging run."""
+def on_training_forward(monkeypatch, after: int, effect: str) -> dict:
+    """From training forward `after` + 1 on, make the output NaN (a diverging run) or raise KeyboardInterrupt
+    (Ctrl-C), through a hook on the embeddings; set the returned dict's "on" to False to stop."""
     from dantes_mlx_unsloth.run import TorchRun
 
-    original = TorchRun.load
+    original, switch = TorchRun.load, {"on": True, "seen": 0}
 
     def load(self, model_dir, n_layers):
         model, tokenizer = original(self, model_dir, n_layers)
-        seen = [0]
 
         def hook(module, args, output):
-            if module.training:
-                seen[0] += 1
-                if seen[0] > calls:
+            if module.training and switch["on"]:
+                switch["seen"] += 1
+                if switch["seen"] > after:
+                    if effect == "interrupt":
+                        raise KeyboardInterrupt
                     return output * float("nan")
             return None
 
@@ -178,6 +180,7 @@ def poison_embeddings_after(monkeypatch, calls: int) -> None:
         return model, tokenizer
 
     monkeypatch.setattr(TorchRun, "load", load)
+    return switch
 
 
 @pytest.mark.parametrize("path", ["loop", "trl"])
@@ -191,10 +194,38 @@ def test_a_nan_loss_ends_the_run_with_an_error_even_without_validation(tiny_mode
     monkeypatch.setenv(PATH_ENV, path)
     data = write_dataset(tmp_path / "data", n_train=8, n_valid=4)
     (data / "valid.jsonl").unlink()
-    poison_embeddings_after(monkeypatch, calls=5)
+    on_training_forward(monkeypatch, after=5, effect="nan")
     with pytest.raises(ModelError, match="diverged.*from step 8") as err:
         train(tiny_settings(tiny_model_dir, iters=12), data, tmp_path / "adapters")
     assert "--restart" in err.value.fix
     rows = [r for r in MetricsLog(tmp_path / "adapters" / "metrics.jsonl").rows() if "step" in r]
     assert [(r["step"], r.get("train_loss"), r.get("non_finite")) for r in rows][1:] == [
         (8, None, ["train_loss"]), (12, None, ["train_loss"])]
+
+
+@pytest.mark.parametrize("path", ["loop", "trl"])
+def test_ctrl_c_saves_at_the_last_update_and_a_fresh_run_over_it_is_refused(tiny_model_dir, chat_data, tmp_path,
+                                                                           monkeypatch, path):
+    """As with backend mlx: Ctrl-C saves adapter, optimizer and train_state.json at the last optimizer update
+    and says --resume; a fresh run over it is refused (it would delete the checkpoints); --resume finishes it."""
+    from dantes_mlx.errors import ConfigError, DantesError
+
+    if path == "trl":
+        pytest.importorskip("trl", reason="trl is an optional extra (pip install 'dantes-mlx-unsloth[trl]')")
+    monkeypatch.setenv(PATH_ENV, path)
+    cfg = tiny_settings(tiny_model_dir, iters=12, grad_accumulation=2, save_every=6, steps_per_report=2, rank=2)
+    out = tmp_path / "adapters"
+    switch = on_training_forward(monkeypatch, after=9, effect="interrupt")  # steps 1-9 done: last update at 8
+    with pytest.raises(DantesError) as err:
+        train(cfg, chat_data, out)
+    assert "saved at step 8" in str(err.value) and "--resume" in err.value.fix
+    state = json.loads((out / "train_state.json").read_text())
+    assert (state["step"], state["iters"]) == (8, 12) and (out / state["checkpoint"]).is_file()
+    with pytest.raises(ConfigError, match="interrupted run \\(step 8 of 12\\)"):
+        train(cfg, chat_data, out)  # forgot --resume: refused before anything is cleared
+    assert (out / state["checkpoint"]).is_file()
+    switch["on"] = False
+    result = train(cfg, chat_data, out, resume=True)
+    assert result.steps == 12
+    assert [r["step"] for r in MetricsLog(out / "metrics.jsonl").rows() if "train_loss" in r] == [2, 4, 6, 8, 10, 12]
+    assert json.loads((out / "train_state.json").read_text())["step"] == 12
