@@ -15,7 +15,8 @@ from dantes_mlx.errors import ConfigError, ModelError
 from dantes_mlx.train import (METRICS_FILE, PLOT_FILE, STATE_FILE, MetricsLog, checkpoint_name, clear_run_outputs,
                               load_dataset, plot_losses, read_state, resolve_iters, resolve_model,
                               validation_note, write_chat_template, write_resolved_config, write_state)
-from dantes_mlx_unsloth.data import Collator, encode_rows, warn_if_truncated
+from dantes_mlx_unsloth.data import (Collator, check_answers_fit, check_dropped_system, encode_rows,
+                                     warn_if_truncated)
 from dantes_mlx_unsloth.loop import OPTIMIZER_STATE, TorchLoop, load_optimizer, save_optimizer
 from dantes_mlx_unsloth.settings import BACKEND, is_bnb_quantized, lora_kwargs, read_model_config
 
@@ -167,7 +168,13 @@ class TorchRun:
         mask = cfg.mask_prompt and data.format != "text"
         if cfg.mask_prompt and not mask:
             self.say("note: text rows have no prompt to mask; training on every token")
+        if data.format == "chat":
+            check_dropped_system(tokenizer, data.train[0]["messages"], mask, self.data_dir / "train.jsonl", self.say)
         train, valid = (encode_rows(rows, data.format, tokenizer, mask) for rows in (data.train, data.valid))
+        if mask:
+            for name, examples in (("train", train), ("valid", valid)):
+                check_answers_fit(examples, cfg.max_seq_length, cfg.batch_size, self.data_dir / f"{name}.jsonl",
+                                  self.say)
         warn_if_truncated(train, cfg.max_seq_length, "train")
         note = validation_note(self.data_dir, len(valid), cfg.batch_size)
         if note:  # the loops skip validation below a batch

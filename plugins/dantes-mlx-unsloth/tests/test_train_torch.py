@@ -229,3 +229,32 @@ def test_ctrl_c_saves_at_the_last_update_and_a_fresh_run_over_it_is_refused(tiny
     assert result.steps == 12
     assert [r["step"] for r in MetricsLog(out / "metrics.jsonl").rows() if "train_loss" in r] == [2, 4, 6, 8, 10, 12]
     assert json.loads((out / "train_state.json").read_text())["step"] == 12
+
+
+@pytest.mark.parametrize("backend", ["mlx", "unsloth"])
+def test_rows_whose_prompt_fills_max_seq_length_are_refused_as_with_mlx(tiny_model_dir, chat_data, tmp_path, backend):
+    """Masked rows that keep no answer token after truncation: a batch of them trains on nothing (TRL: loss 0)
+    or to NaN (the loop). Backend mlx refuses them up front naming file:line; unsloth must too."""
+    from dantes_mlx.errors import InputError
+
+    with pytest.raises(InputError, match="keep no answer token within max_seq_length=8") as err:
+        train(tiny_settings(tiny_model_dir, backend=backend, max_seq_length=8, iters=2), chat_data,
+              tmp_path / "adapters")
+    assert "train.jsonl:1" in str(err.value) and "dantes-mlx validate" in err.value.fix
+    assert not (tmp_path / "adapters" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("backend", ["mlx", "unsloth"])
+def test_a_system_message_the_template_drops_is_refused_with_mask_prompt(tiny_model_dir, tmp_path, backend):
+    """Mistral v0.3's template drops the system message of a row ending with the answer but keeps it in the
+    prompt mask_prompt masks: the mask then covers the answer. Backend mlx refuses it; unsloth must too."""
+    from dantes_mlx.errors import InputError
+
+    data = write_dataset(tmp_path / "data", n_train=8, n_valid=4)
+    rows = [{"messages": [{"role": "system", "content": "Tu es Edmond Dantès."},
+                          {"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in [("Qui êtes-vous ?", "Edmond Dantès.")] * 8]
+    (data / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    with pytest.raises(InputError, match="drops the system message") as err:
+        train(tiny_settings(tiny_model_dir, backend=backend, iters=2), data, tmp_path / "adapters")
+    assert "train.jsonl:1" in str(err.value) and "dantes-mlx prepare" in err.value.fix
