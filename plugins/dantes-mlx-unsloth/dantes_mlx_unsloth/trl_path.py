@@ -34,6 +34,7 @@ def sft_config(cfg, out_dir: Path, iters: int, device: str, unsloth: bool):
         bf16=bf16, fp16=device == "cuda" and not bf16, use_cpu=device not in ("cuda", "mps"),
         # Log a NaN loss as NaN (the Trainer's default hides it behind the window's mean), so it is seen as diverged.
         logging_nan_inf_filter=False,
+        max_grad_norm=0.0,  # mlx-lm (and the built-in loop) clip no gradient; the Trainer's default clips to 1.0
         # Explicit: TRL's default is True. Unsloth checkpoints through get_peft_model(use_gradient_checkpointing=...).
         gradient_checkpointing=cfg.grad_checkpoint and not unsloth)
 

@@ -258,3 +258,23 @@ def test_a_system_message_the_template_drops_is_refused_with_mask_prompt(tiny_mo
     with pytest.raises(InputError, match="drops the system message") as err:
         train(tiny_settings(tiny_model_dir, backend=backend, iters=2), data, tmp_path / "adapters")
     assert "train.jsonl:1" in str(err.value) and "dantes-mlx prepare" in err.value.fix
+
+
+def test_trl_path_takes_the_same_update_as_the_loop_and_mlx_lm_no_gradient_clipping(tiny_model_dir, tmp_path,
+                                                                                    monkeypatch):
+    """mlx-lm clips no gradient; the Trainer clipped to max_grad_norm=1.0 by default, so with the same settings
+    the TRL path took smaller steps than the loop (and backend mlx). One SGD step on one full batch: equal."""
+    from safetensors.numpy import load_file
+
+    pytest.importorskip("trl", reason="trl is an optional extra (pip install 'dantes-mlx-unsloth[trl]')")
+    data = write_dataset(tmp_path / "data", n_train=8, n_valid=4)
+    cfg = tiny_settings(tiny_model_dir, optimizer="sgd", learning_rate=0.5, batch_size=8, iters=1, save_every=1,
+                        steps_per_report=1, rank=2)
+    for path in ("loop", "trl"):
+        monkeypatch.setenv(PATH_ENV, path)
+        train(cfg, data, tmp_path / path)
+    loop, trl = (load_file(str(tmp_path / p / "adapter_model.safetensors")) for p in ("loop", "trl"))
+    assert loop.keys() == trl.keys()
+    assert max(np.abs(loop[k]).max() for k in loop if "lora_B" in k) > 1e-3  # the step moved B away from 0
+    for key in loop:
+        np.testing.assert_allclose(trl[key], loop[key], atol=1e-5, rtol=1e-4)
