@@ -410,6 +410,22 @@ def test_mask_prompt_with_a_system_message_the_template_drops_is_refused(tiny_mo
     assert not (tmp_path / "adapters" / "adapters.safetensors").exists()
 
 
+def test_a_row_the_chat_template_cannot_format_names_its_line(tiny_model_dir, tmp_path):
+    """The tiny model's template has no tool roles: a tools row is an error naming train.jsonl:line before
+    training starts, not a jinja traceback in the middle of the run."""
+    plain = {"messages": [{"role": "user", "content": "Qui ?"}, {"role": "assistant", "content": "Edmond."}]}
+    call = {"messages": [{"role": "user", "content": "Quelle heure ?"},
+                         {"role": "assistant", "content": None, "tool_calls": [
+                             {"type": "function", "function": {"name": "heure", "arguments": "{}"}}]},
+                         {"role": "tool", "content": "midi"}, {"role": "assistant", "content": "Il est midi."}],
+            "tools": [{"type": "function", "function": {"name": "heure", "parameters": {"type": "object"}}}]}
+    data = write_rows(tmp_path / "data", [plain] * 4 + [call] + [plain] * 3, [plain] * 4)
+    with pytest.raises(InputError) as err:
+        train(tiny_cfg(tiny_model_dir, iters=2, save_every=2), data, tmp_path / "adapters")
+    assert f"{data / 'train.jsonl'}:5" in str(err.value) and "chat template" in str(err.value)
+    assert not (tmp_path / "adapters" / "adapters.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_rows_whose_prompt_fills_max_seq_length_are_reported(tiny_model_dir, tmp_path, capfd):
     """A prompt of max_seq_length tokens or more leaves no answer token after mlx-lm's truncation; a batch of

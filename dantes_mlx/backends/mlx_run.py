@@ -109,11 +109,27 @@ class MLXRun:
         if note:  # mlx-lm's trainer skips validation when it has no dataset
             self.say(note)
         valid = None if note else CacheDataset(create_dataset(data.valid, tokenizer, spec))
-        if mask:
-            for name, dataset in (("train", train), ("valid", valid)):
-                if dataset is not None:
-                    self.check_answers_fit(dataset, self.data_dir / f"{name}.jsonl")
+        for name, dataset in (("train", train), ("valid", valid)):
+            if dataset is not None:
+                items = self.encode_all(dataset, self.data_dir / f"{name}.jsonl")
+                if mask:
+                    self.check_answers_fit(items, self.data_dir / f"{name}.jsonl")
         return train, valid, mask
+
+    def encode_all(self, dataset, path: Path) -> list:
+        """Every row through the chat template now (mlx-lm's cache keeps them for training): a row the template
+        cannot format (tool roles a template lacks...) is an error naming its line, not a traceback mid-run."""
+        items = []
+        for i in range(len(dataset)):
+            try:
+                items.append(dataset[i])
+            except Exception as exc:  # jinja2's TemplateError, a KeyError in a template...
+                line = [n for n, _ in read_jsonl(path)][i]
+                raise InputError(f"the base model's chat template cannot format this row ({type(exc).__name__}: "
+                                 f"{str(exc)[:300]})", path=path, line=line,
+                                 fix="check the row's roles against the template (tool rows need a template "
+                                     "with tool support), or fix the row") from None
+        return items
 
     def check_dropped_system(self, tokenizer, messages: list[dict], mask: bool) -> None:
         """Mistral v0.3's template drops the system message of a conversation ending with the answer, but
@@ -132,11 +148,11 @@ class MLXRun:
         self.say(f"warning: {path}: this chat template drops the system message from training rows (Mistral "
                  "v0.3's does), so the persona in it is not learnt; `dantes-mlx prepare` folds it into the user turn")
 
-    def check_answers_fit(self, dataset, path: Path) -> None:
+    def check_answers_fit(self, items: list, path: Path) -> None:
         """Rows whose prompt alone fills max_seq_length keep no answer token after mlx-lm's truncation; a batch
         of them has a NaN loss that poisons the adapter: warn about a few, refuse enough to fill a batch."""
         limit, batch = self.cfg.max_seq_length, max(self.cfg.batch_size // self.world_size, 1)  # rows per process
-        empty = [i for i in range(len(dataset)) if dataset[i][1] >= min(len(dataset[i][0]), limit)]
+        empty = [i for i, (ids, offset) in enumerate(items) if offset >= min(len(ids), limit)]
         if not empty:
             return
         line = [n for n, _ in read_jsonl(path)][empty[0]]
