@@ -272,6 +272,43 @@ def write_chat_template(template: str | None, adapter_dir: Path) -> Path | None:
     return path
 
 
+# ---------------------------------------------------------------- rows that would train on nothing
+def check_dropped_system(tokenizer, messages: list[dict], mask: bool, path: Path, say) -> None:
+    """Mistral v0.3's template drops the system message of a conversation ending with the answer, but keeps
+    it in the prompt mask_prompt masks: the mask then covers the answer (a NaN or truncated loss). Any backend
+    that masks as mlx-lm does calls this with its first training row."""
+    if not messages or messages[0].get("role") != "system":
+        return
+    if messages[0].get("content", "") in tokenizer.apply_chat_template(messages, tokenize=False):
+        return
+    if mask:
+        raise InputError("this chat template drops the system message from a training row but keeps it in "
+                         "the prompt that mask_prompt masks (Mistral v0.3's does), so the mask covers the "
+                         "answer", path=path, line=1,
+                         fix="rebuild the rows with `dantes-mlx prepare` (it folds the persona into the user "
+                             "turn), or set train.mask_prompt: false (the persona is then still not learnt)")
+    say(f"warning: {path}: this chat template drops the system message from training rows (Mistral v0.3's "
+        "does), so the persona in it is not learnt; `dantes-mlx prepare` folds it into the user turn")
+
+
+def check_answers_fit(rows: list[tuple[int, int]], max_seq_length: int, batch_rows: int, path: Path, say) -> None:
+    """Rows (tokens, prompt tokens) whose prompt alone fills max_seq_length keep no answer token after
+    truncation; a batch of them has a NaN loss that poisons the adapter: warn about a few, refuse enough to
+    fill a batch of `batch_rows` (rows per process)."""
+    empty = [i for i, (length, offset) in enumerate(rows) if offset >= min(length, max_seq_length)]
+    if not empty:
+        return
+    line = [n for n, _ in read_jsonl(path)][empty[0]]
+    fix = (f"raise train.max_seq_length, or drop the over-long rows: "
+           f"`dantes-mlx validate {path.parent} --max-seq-length {max_seq_length} --drop`")
+    if len(empty) >= max(batch_rows, 1):
+        raise InputError(f"{len(empty)} rows keep no answer token within max_seq_length={max_seq_length} (the "
+                         "prompt alone fills it): a batch of them has a NaN loss that ruins the adapter",
+                         path=path, line=line, fix=fix)
+    say(f"warning: {len(empty)} row{'s' if len(empty) > 1 else ''} of {path} (first: line {line}) keep no answer "
+        f"token: the prompt alone is max_seq_length={max_seq_length} tokens or more; they train on nothing ({fix})")
+
+
 # ---------------------------------------------------------------- resume state
 def checkpoint_name(step: int) -> str:
     """mlx-lm's numbered checkpoint file name."""

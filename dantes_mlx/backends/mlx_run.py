@@ -11,7 +11,8 @@ from dantes_mlx.backends.mlx_backend import (OPTIMIZERS, build_lr_schedule, copy
                                              make_optimizer, mlx_lm_adapter_config, tqdm_progress)
 from dantes_mlx.errors import ConfigError, InputError, ModelError
 from dantes_mlx.store import read_jsonl
-from dantes_mlx.train import (METRICS_FILE, PLOT_FILE, MetricsLog, checkpoint_name, clear_run_outputs,
+from dantes_mlx.train import (METRICS_FILE, PLOT_FILE, MetricsLog, check_answers_fit, check_dropped_system,
+                              checkpoint_name, clear_run_outputs,
                               load_dataset, plot_losses, read_state, resolve_iters, resolve_model,
                               validation_note, write_chat_template, write_resolved_config, write_state)
 
@@ -102,7 +103,7 @@ class MLXRun:
         if self.cfg.mask_prompt and not mask:
             self.say("note: text rows have no prompt to mask; training on every token")
         if data.format == "chat":
-            self.check_dropped_system(tokenizer, data.train[0]["messages"], mask)
+            check_dropped_system(tokenizer, data.train[0]["messages"], mask, self.data_dir / "train.jsonl", self.say)
         spec = types.SimpleNamespace(mask_prompt=mask)
         train = CacheDataset(create_dataset(data.train, tokenizer, spec))
         note = validation_note(self.data_dir, len(data.valid), self.cfg.batch_size)
@@ -112,8 +113,10 @@ class MLXRun:
         for name, dataset in (("train", train), ("valid", valid)):
             if dataset is not None:
                 items = self.encode_all(dataset, self.data_dir / f"{name}.jsonl")
-                if mask:
-                    self.check_answers_fit(items, self.data_dir / f"{name}.jsonl")
+                if mask:  # rows per process: each one masks and truncates its own batch
+                    check_answers_fit([(len(ids), offset) for ids, offset in items], self.cfg.max_seq_length,
+                                      self.cfg.batch_size // self.world_size, self.data_dir / f"{name}.jsonl",
+                                      self.say)
         return train, valid, mask
 
     def encode_all(self, dataset, path: Path) -> list:
@@ -130,41 +133,6 @@ class MLXRun:
                                  fix="check the row's roles against the template (tool rows need a template "
                                      "with tool support), or fix the row") from None
         return items
-
-    def check_dropped_system(self, tokenizer, messages: list[dict], mask: bool) -> None:
-        """Mistral v0.3's template drops the system message of a conversation ending with the answer, but
-        keeps it in the prompt mlx-lm masks: the mask then covers the answer (a NaN or truncated loss)."""
-        if not messages or messages[0].get("role") != "system":
-            return
-        if messages[0].get("content", "") in tokenizer.apply_chat_template(messages, tokenize=False):
-            return
-        path = self.data_dir / "train.jsonl"
-        if mask:
-            raise InputError("this chat template drops the system message from a training row but keeps it in "
-                             "the prompt that mask_prompt masks (Mistral v0.3's does), so the mask covers the "
-                             "answer", path=path, line=1,
-                             fix="rebuild the rows with `dantes-mlx prepare` (it folds the persona into the user "
-                                 "turn), or set train.mask_prompt: false (the persona is then still not learnt)")
-        self.say(f"warning: {path}: this chat template drops the system message from training rows (Mistral "
-                 "v0.3's does), so the persona in it is not learnt; `dantes-mlx prepare` folds it into the user turn")
-
-    def check_answers_fit(self, items: list, path: Path) -> None:
-        """Rows whose prompt alone fills max_seq_length keep no answer token after mlx-lm's truncation; a batch
-        of them has a NaN loss that poisons the adapter: warn about a few, refuse enough to fill a batch."""
-        limit, batch = self.cfg.max_seq_length, max(self.cfg.batch_size // self.world_size, 1)  # rows per process
-        empty = [i for i, (ids, offset) in enumerate(items) if offset >= min(len(ids), limit)]
-        if not empty:
-            return
-        line = [n for n, _ in read_jsonl(path)][empty[0]]
-        what = (f"{len(empty)} row{'s' if len(empty) > 1 else ''} of {path} (first: line {line}) keep no answer "
-                f"token: the prompt alone is max_seq_length={limit} tokens or more")
-        fix = (f"raise train.max_seq_length, or drop the over-long rows: "
-               f"`dantes-mlx validate {path.parent} --max-seq-length {limit} --drop`")
-        if len(empty) >= batch:
-            raise InputError(f"{len(empty)} rows keep no answer token within max_seq_length={limit} (the prompt "
-                             f"alone fills it): a batch of them has a NaN loss that ruins the adapter",
-                             path=path, line=line, fix=fix)
-        self.say(f"warning: {what}; they train on nothing ({fix})")
 
     def optimizer(self, updates: int):
         """The optimizer with mlx-lm's schedule; on resume its saved state (moments and step count)."""

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-from dantes_mlx.errors import InputError
-from dantes_mlx.store import read_jsonl
 
 IGNORE = -100  # label of a token the loss skips (transformers' convention)
 
@@ -63,40 +59,6 @@ def warn_if_truncated(examples: list[Example], max_seq_length: int, split: str) 
     if long:
         print(f"note: {long} {split} rows are longer than max_seq_length={max_seq_length} tokens and are "
               "truncated", file=sys.stderr)
-
-
-def check_dropped_system(tokenizer, messages: list[dict], mask: bool, path: Path, say) -> None:
-    """Backend mlx's check: Mistral v0.3's template drops the system message of a conversation ending with the
-    answer but keeps it in the prompt mask_prompt masks, so the mask covers the answer."""
-    if not messages or messages[0].get("role") != "system":
-        return
-    if messages[0].get("content", "") in tokenizer.apply_chat_template(messages, tokenize=False):
-        return
-    if mask:
-        raise InputError("this chat template drops the system message from a training row but keeps it in "
-                         "the prompt that mask_prompt masks (Mistral v0.3's does), so the mask covers the "
-                         "answer", path=path, line=1,
-                         fix="rebuild the rows with `dantes-mlx prepare` (it folds the persona into the user "
-                             "turn), or set train.mask_prompt: false (the persona is then still not learnt)")
-    say(f"warning: {path}: this chat template drops the system message from training rows (Mistral v0.3's "
-        "does), so the persona in it is not learnt; `dantes-mlx prepare` folds it into the user turn")
-
-
-def check_answers_fit(examples: list[Example], max_seq_length: int, batch_size: int, path: Path, say) -> None:
-    """Backend mlx's check: rows whose prompt alone fills max_seq_length keep no answer token after truncation;
-    warn about a few, refuse enough to fill a batch (it would train on nothing, or to a NaN loss)."""
-    empty = [i for i, e in enumerate(examples) if e.offset >= min(len(e.ids), max_seq_length)]
-    if not empty:
-        return
-    line = [n for n, _ in read_jsonl(path)][empty[0]]
-    fix = (f"raise train.max_seq_length, or drop the over-long rows: "
-           f"`dantes-mlx validate {path.parent} --max-seq-length {max_seq_length} --drop`")
-    if len(empty) >= batch_size:
-        raise InputError(f"{len(empty)} rows keep no answer token within max_seq_length={max_seq_length} (the "
-                         "prompt alone fills it): a batch of them has a NaN loss that ruins the adapter",
-                         path=path, line=line, fix=fix)
-    say(f"warning: {len(empty)} row{'s' if len(empty) > 1 else ''} of {path} (first: line {line}) keep no answer "
-        f"token: the prompt alone is max_seq_length={max_seq_length} tokens or more; they train on nothing ({fix})")
 
 
 def length_batches(examples: list[Example], batch_size: int) -> list[list[int]]:

@@ -12,11 +12,11 @@ from pathlib import Path
 from dantes_mlx.backends import TrainResult
 from dantes_mlx.backends.mlx_backend import interrupted
 from dantes_mlx.errors import ConfigError, ModelError
-from dantes_mlx.train import (METRICS_FILE, PLOT_FILE, STATE_FILE, MetricsLog, checkpoint_name, clear_run_outputs,
-                              load_dataset, plot_losses, read_state, resolve_iters, resolve_model,
-                              validation_note, write_chat_template, write_resolved_config, write_state)
-from dantes_mlx_unsloth.data import (Collator, check_answers_fit, check_dropped_system, encode_rows,
-                                     warn_if_truncated)
+from dantes_mlx.train import (METRICS_FILE, PLOT_FILE, STATE_FILE, MetricsLog, check_answers_fit,
+                              check_dropped_system, checkpoint_name, clear_run_outputs, load_dataset, plot_losses,
+                              read_state, resolve_iters, resolve_model, validation_note, write_chat_template,
+                              write_resolved_config, write_state)
+from dantes_mlx_unsloth.data import Collator, encode_rows, warn_if_truncated
 from dantes_mlx_unsloth.loop import OPTIMIZER_STATE, TorchLoop, load_optimizer, save_optimizer
 from dantes_mlx_unsloth.settings import BACKEND, is_bnb_quantized, lora_kwargs, read_model_config
 
@@ -173,8 +173,8 @@ class TorchRun:
         train, valid = (encode_rows(rows, data.format, tokenizer, mask) for rows in (data.train, data.valid))
         if mask:
             for name, examples in (("train", train), ("valid", valid)):
-                check_answers_fit(examples, cfg.max_seq_length, cfg.batch_size, self.data_dir / f"{name}.jsonl",
-                                  self.say)
+                check_answers_fit([(len(e.ids), e.offset) for e in examples], cfg.max_seq_length, cfg.batch_size,
+                                  self.data_dir / f"{name}.jsonl", self.say)
         warn_if_truncated(train, cfg.max_seq_length, "train")
         note = validation_note(self.data_dir, len(valid), cfg.batch_size)
         if note:  # the loops skip validation below a batch
