@@ -344,6 +344,7 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
     HTTP clients (those with `iter_chat`) get `concurrency` requests in flight; llama.cpp runs one at a time.
     """
     from dantes_mlx.extract_chunks import chunk_budget, token_counter
+    from dantes_mlx.llm.base import call_sampling
     from dantes_mlx.store import Store
 
     started, out = time.monotonic(), Path(out)
@@ -356,13 +357,13 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
     if cfg.focus_window < 0:
         raise ConfigError(f"focus_window={cfg.focus_window}: need 0 (off) or more paragraphs",
                           path="dantes.yaml [extract]", fix="e.g. focus_window: 0")
+    effective = call_sampling(client, sampling)
     budget = chunk_budget(client, prompt, character.name, list(character.aliases),
-                          int(sampling.get("max_tokens") or getattr(client, "defaults", {}).get("max_tokens") or 0),
-                          cfg.chunk_tokens)
+                          int(effective.get("max_tokens") or 0), cfg.chunk_tokens)
     summary.chunk_tokens = budget
     for book in books:
         for chunk, keep in chunks_to_send(book, character, cfg, budget, token_counter(client)):
-            work.append((book, chunk, chunk_key(prompt, client.model_id, chunk, character, sampling, schema)
+            work.append((book, chunk, chunk_key(prompt, client.model_id, chunk, character, effective, schema)
                          if keep else None))
     summary.chunks = len(work)
     summary.skipped = sum(1 for *_, key in work if key is None)

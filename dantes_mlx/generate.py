@@ -12,6 +12,7 @@ from typing import Iterable
 
 from dantes_mlx.config import CharacterConfig, GenerateConfig
 from dantes_mlx.errors import ConfigError, InputError
+from dantes_mlx.llm.base import call_sampling
 from dantes_mlx.prompt_files import read_prompt
 from dantes_mlx.pair_filters import FilterSettings, filter_group, normalize
 from dantes_mlx.pairs_parser import ParsedPair, parse_file, parse_pairs
@@ -265,11 +266,6 @@ def filtered_rows(pairs: list[ParsedPair], settings: FilterSettings, base: dict,
 
 
 # -- citations -> pairs -----------------------------------------------------------------------------
-def call_sampling(client, sampling: dict | None = None) -> dict:
-    """The sampling a call runs with: the client's defaults (llm.temperature, max_tokens, seed) < `sampling`."""
-    return {**(getattr(client, "defaults", None) or {}), **(sampling or {})}
-
-
 def make_task(stage: str, prompt_version: str, model_id: str, messages: list[dict], schema: dict,
               sampling: dict) -> Task:
     """A call keyed by everything that shapes its answer: the messages (persona, name, k and data

@@ -10,8 +10,9 @@ from pathlib import Path
 from dantes_mlx.config import CharacterConfig, GenerateConfig
 from dantes_mlx.dataset_formats import decode_text, read_records
 from dantes_mlx.errors import InputError
-from dantes_mlx.generate import (call_sampling, filter_settings, filtered_rows, finish, load_prompt, make_task,
-                                 output_paths, pairs_schema, run_tasks, salvage, text_id)
+from dantes_mlx.generate import (filter_settings, filtered_rows, finish, load_prompt, make_task, output_paths,
+                                 pairs_schema, run_tasks, salvage, text_id)
+from dantes_mlx.llm.base import call_sampling
 from dantes_mlx.pairs_parser import ParsedPair
 from dantes_mlx.store import Store
 

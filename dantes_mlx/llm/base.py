@@ -37,6 +37,12 @@ def check_sampling(sampling: dict) -> dict:
     return {k: v for k, v in sampling.items() if v is not None}
 
 
+def call_sampling(client, sampling: dict | None = None) -> dict:
+    """The sampling a call runs with: the client's defaults (llm.temperature, max_tokens, seed) < `sampling`.
+    What the LLM stages key their stored answers by."""
+    return {**(getattr(client, "defaults", None) or {}), **(sampling or {})}
+
+
 @runtime_checkable
 class LLMClient(Protocol):
     """A chat model: messages in, text (and token counts) out."""
