@@ -396,15 +396,22 @@ class _Attributor:
         """Index of the paragraph holding pos."""
         return max(0, bisect.bisect_right(self.starts, pos) - 1)
 
-    def _expand_recent(self) -> list[Mention]:
-        """The last mentions, reading the subjects of the narration stretches only when needed."""
-        tail = self.recent[-30:]
-        if any(isinstance(x, tuple) for x in tail):
-            expanded = []
-            for x in tail:
-                expanded.extend(_subjects(self.source, *x) if isinstance(x, tuple) else [x])
-            self.recent[-30:] = expanded
-        return self.recent[-30:]
+    def _expand_recent(self, want: int = 30) -> list[Mention]:
+        """The last `want` mentions, reading the subjects of narration stretches only when needed.
+
+        Stretches are expanded in place from the end backwards until `want` mentions follow the
+        current entry: one that holds no subject shrinks the list, so older entries come into reach
+        and are expanded in turn; every entry returned is a Mention."""
+        recent, i, mentions = self.recent, len(self.recent), 0
+        while i > 0 and mentions < want:
+            i -= 1
+            if isinstance(recent[i], tuple):
+                found = _subjects(self.source, *recent[i])
+                recent[i:i + 1] = found
+                mentions += len(found)
+            else:
+                mentions += 1
+        return recent[-want:]
 
     def resolve(self, pron: Mention, prev: Mention | None) -> Mention | None:
         """Antecedent of il/elle: the latest compatible named mention, preferring, inside an
