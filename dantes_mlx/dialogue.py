@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dantes_mlx.dialogue_boundaries import (SECOND_PERSON, cut_narrative_clause, drop_narration, match_incise,
                                             split_incises, trim_span)
+from dantes_mlx.dialogue_narrator import is_first_person
 from dantes_mlx.dialogue_speakers import attribute, fold, is_character, normalise_speaker
 from dantes_mlx.errors import InputError
 
@@ -293,9 +294,12 @@ def find_quotations(text: str) -> list[Quote]:
     return attribute(text, detect_quotations(text, paras), paras)
 
 
-def character_quotes(text: str, name: str, aliases=()) -> list[Quote]:
-    """The rule method of extraction: quotations whose speaker is the character or an alias."""
-    return [q for q in find_quotations(text) if is_character(q.speaker, name, aliases)]
+def character_quotes(text: str, name: str, aliases=(), narrator: bool = False,
+                     quotes: list[Quote] | None = None) -> list[Quote]:
+    """The rule method of extraction: quotations whose speaker is the character or an alias, and, when
+    the character is the narrator, those the narration's "je" speaks (see dialogue_narrator)."""
+    return [q for q in (find_quotations(text) if quotes is None else quotes)
+            if is_character(q.speaker, name, aliases) or narrator and is_first_person(q.speaker)]
 
 
 @lru_cache(maxsize=64)

@@ -16,8 +16,9 @@ proclam prononc propos protest questionn racont rappel râl récit réclam recom
 remarqu répét répliqu rétorqu ricann ripost sanglot siffl song soupir souffl suggér suppli tonn
 trépign""".split()
 IRREGULAR = """dit dis disait disaient dirent disais fit fis faisait faisaient firent reprit repris
-reprenait reprenaient reprirent reprend répondit répondis répondait répondaient répondirent répond
-interrompit interrompis interrompait interrompt poursuivit poursuivait poursuit conclut conclus
+reprenait reprenaient reprirent reprend reprenais répondit répondis répondait répondaient répondirent
+répond répondais interrompit interrompis interrompait interrompais interrompt poursuivit poursuivis
+poursuivait poursuivais poursuit conclut conclus
 concluait repartit repartis repartait enquit gémit gémissait rugit glapit mugit sourit souriait rit
 riait écrivit écrivait écrit écrivis lut lisait admit admettait consentit promit promettait convint
 convenait avertit avertissait bondit frémit pâlit rougit geignit plaignit""".split()
@@ -33,6 +34,13 @@ def er_forms(stem: str) -> list[str]:
 
 SPEECH_FORMS = frozenset(f for s in ER_STEMS for f in er_forms(s)) | frozenset(IRREGULAR)
 PRESENT_FORMS = frozenset(f for s in ER_STEMS for f in (s + "e", s + "ent")) | {"répond", "reprend", "interrompt"}
+# "il entendit sa maîtresse disant à voix basse :": a noun phrase and a speech participle
+SPEECH_PARTICIPLES = frozenset(s + "ant" for s in ER_STEMS) | {
+    "disant", "répondant", "reprenant", "interrompant", "poursuivant", "concluant", "repartant", "s'écriant"}
+# compound tenses: "Paul a répondu :", "ma mère m'avait dit :"
+AUXILIARIES = {"a", "ai", "as", "avait", "avais", "eut", "ont", "avaient", "aura", "est", "était", "fut"}
+SPEECH_PARTICIPLES_PAST = frozenset(s + "é" for s in ER_STEMS) | {
+    "dit", "répondu", "repris", "interrompu", "poursuivi", "conclu", "écrit", "reparti", "écrié", "écriée"}
 
 PRONOUNS = {"il": "m", "ils": "m", "elle": "f", "elles": "f", "je": "1", "j'": "1", "on": None,
             "celui-ci": "m", "celle-ci": "f", "celui-là": "m", "celle-là": "f", "nous": "1",

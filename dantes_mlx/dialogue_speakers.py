@@ -8,10 +8,11 @@ import re
 import unicodedata
 from functools import lru_cache
 
-from dantes_mlx.dialogue_lexicon import (ADVERBS, CLITICS, DETS, DETS_F, DETS_M, ER_STEMS, FUNCTION, INVERTED,
-                                         NOT_VERBS, NP_STOP, PRONOUNS, SPEECH_FORMS, TITLES_F, TITLES_M, TOKEN,
-                                         VERB_END, names_in, person_like)
-
+from dantes_mlx.dialogue_lexicon import (ADVERBS, AUXILIARIES, CLITICS, DETS, DETS_F, DETS_M, FUNCTION, INVERTED,
+                                         NOT_VERBS, NP_STOP, PRONOUNS, SPEECH_FORMS, SPEECH_PARTICIPLES,
+                                         SPEECH_PARTICIPLES_PAST, TITLES_F, TITLES_M, TOKEN, VERB_END, names_in,
+                                         person_like)
+from dantes_mlx.dialogue_narrator import first_person_kind, is_first_person
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,13 +196,6 @@ def subject_verb_pairs(source: str, toks) -> list[tuple[Mention, bool]]:
             for m, verb in subject_verbs(source, toks)]
 
 
-# "il entendit sa maîtresse disant à voix basse :": a noun phrase and a speech participle
-SPEECH_PARTICIPLES = frozenset(s + "ant" for s in ER_STEMS) | {
-    "disant", "répondant", "reprenant", "interrompant", "poursuivant", "concluant", "repartant", "s'écriant"}
-# compound tenses: "Paul a répondu :", "ma mère m'avait dit :"
-_AUXILIARIES = {"a", "ai", "as", "avait", "avais", "eut", "ont", "avaient", "aura", "est", "était", "fut"}
-SPEECH_PARTICIPLES_PAST = frozenset(s + "é" for s in ER_STEMS) | {
-    "dit", "répondu", "repris", "interrompu", "poursuivi", "conclu", "écrit", "reparti", "écrié", "écriée"}
 _COMPLEMENT_PREPS = {"par", "de", "d'", "du", "des", "à", "au", "aux", "avec", "dans", "sur", "pour", "contre"}
 _PARTICIPLE_END = re.compile(r"[^\W\d_]{2,}(?:é|ée|és|ées|i|ie|is|ies|u|ue|us|ues|it|ite|ert|erte|eint|einte)$")
 
@@ -247,7 +241,7 @@ def subject_verbs(source: str, toks) -> list[tuple[Mention, str]]:
             continue
         relative = j < len(toks) and _low(toks[j][0]) == "qui"
         j = _skip_clitics(toks, j + relative)
-        if j + 1 < len(toks) and _low(toks[j][0]) in _AUXILIARIES:
+        if j + 1 < len(toks) and _low(toks[j][0]) in AUXILIARIES:
             k = _skip_adverbs(toks, j + 1)
             if k < len(toks) and _low(toks[k][0]) in SPEECH_PARTICIPLES_PAST:  # "Élisabeth a écrit :"
                 pairs.append((_with_text(mention, source), toks[k][0]))
@@ -451,13 +445,20 @@ class _Attributor:
         pa = self.paras[pi][0]
         if src[max(pa, gap_start):q.start].strip(" \t\u00a0\r\n«"):
             m = _introducer(src, max(pa, gap_start), q.start)
-            return ("before", m) if m else (None, None)
+            return ("before", m) if self._introduces(m, q.start) else (None, None)
         if pi > 0 and gap_start <= self.paras[pi - 1][0]:
             pa, pb = self.paras[pi - 1]
             m = _introducer(src, pa, pb)
-            if m and (src[pa:pb].rstrip().endswith(":") or person_like(m, self.names)):
+            if self._introduces(m, pb) and (src[pa:pb].rstrip().endswith(":") or person_like(m, self.names)):
                 return "previous", m
         return None, None
+
+    def _introduces(self, m: Mention | None, until: int) -> bool:
+        """A subject in the narration ending at `until` names the speaker of the reply after it; the
+        narration's "je" only as dialogue_narrator says ("je lui dis :", not "je ne voyais rien.")."""
+        if m is None or not is_first_person(m.text):
+            return m is not None
+        return first_person_kind(self.source, m.start, m.end, until) is not None
 
     def __call__(self, quotes):
         """The quotations, in order, with their speakers; uncued replies in an exchange alternate."""
@@ -482,7 +483,7 @@ class _Attributor:
                          and f" {_bare(m.text)} " not in said]  # a name in the reply is the addressee
                 if other:
                     cue, speaker = "alternation", other[0]
-            if speaker is not None and speaker.text.lower() not in ("je", "j'"):
+            if speaker is not None and not is_first_person(speaker.text):
                 self.recent.append(speaker)
             if speaker is not None:
                 self.run.append(speaker)
