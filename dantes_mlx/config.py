@@ -49,6 +49,9 @@ class CharacterConfig:
     aliases: list = setting(DANTES_ALIASES, "Other names the book uses for the same character.")
     language: str = setting("fr", "Language of the book and of the generated pairs (ISO 639-1).")
     persona: str = setting(DANTES_PERSONA, "System prompt used in training rows, chat and the Modelfile.")
+    narrator: bool = setting(False, "The character tells the story in the first person: the replies and "
+                                    "thoughts the narration gives to \"je\" (\"répondis-je\", \"je me disais :\") "
+                                    "are theirs, and the pre-filter keeps the chunks whose narration says \"je\".")
 
 
 @dataclass

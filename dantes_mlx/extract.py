@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dantes_mlx import dialogue
+from dantes_mlx.dialogue_narrator import narrator_hint, quote_kind
 from dantes_mlx.errors import ConfigError, InputError
 from dantes_mlx.extract_chunks import chunk_book  # noqa: F401  (re-exported: part of this stage's API)
 from dantes_mlx.prompt_files import read_prompt
@@ -33,6 +35,11 @@ CITATION_SCHEMA = {
         "required": ["contexte", "citation", "kind"]}}},
     "required": ["citations"],
 }
+# Told to the LLM when the character is the first-person narrator (character.narrator).
+NARRATOR_NOTE = ("{{name}} est le narrateur : le récit parle de lui à la première personne. Ses paroles et ses "
+                 "pensées sont celles que la narration donne à « je » (« dis-je », « répondis-je », « je lui dis : », "
+                 "« je me disais : »). Un « je » dans les paroles d'un autre personnage désigne ce personnage, "
+                 "pas le narrateur.")
 # Row keys in the order they are written, so reruns give byte-identical files.
 ROW_KEYS = ("id", "book", "chapter", "start", "end", "segments", "chunk", "method", "model", "prompt_version", "kind",
             "grounding", "grounding_method", "character", "contexte", "citation", "model_citation", "also_in")
@@ -126,20 +133,26 @@ class Prompt:
     version: str
     template: str
 
-    def instructions(self, name: str, aliases: list[str]) -> str:
-        """The fixed part: everything before {{text}}, with the character's names filled in."""
-        return self._fill(self.template.split("{{text}}", 1)[0], name, aliases).rstrip()
+    def instructions(self, name: str, aliases: list[str], narrator: bool = False) -> str:
+        """The fixed part: everything before {{text}}, with the character's names filled in; for a
+        first-person narrator, NARRATOR_NOTE at {{narrator}} (or after the instructions)."""
+        head = self.template.split("{{text}}", 1)[0]
+        if narrator and "{{narrator}}" not in self.template:
+            head = head.rstrip() + "\n\n{{narrator}}"
+        return self._fill(head, name, aliases, narrator).rstrip()
 
-    def messages(self, name: str, aliases: list[str], text: str) -> list[dict]:
+    def messages(self, name: str, aliases: list[str], text: str, narrator: bool = False) -> list[dict]:
         """[system: fixed instructions, user: the chunk]: llama.cpp then re-evaluates only the chunk."""
-        tail = self._fill(self.template.split("{{text}}", 1)[1], name, aliases)
+        tail = self._fill(self.template.split("{{text}}", 1)[1], name, aliases, narrator)
         data = (text + tail).rstrip() if tail.strip() else text
-        return [{"role": "system", "content": self.instructions(name, aliases)}, {"role": "user", "content": data}]
+        return [{"role": "system", "content": self.instructions(name, aliases, narrator)},
+                {"role": "user", "content": data}]
 
     @staticmethod
-    def _fill(part: str, name: str, aliases: list[str]) -> str:
+    def _fill(part: str, name: str, aliases: list[str], narrator: bool = False) -> str:
         names = ", ".join(f"« {a} »" for a in aliases) if aliases else "(aucun autre nom)"
-        return part.replace("{{name}}", name).replace("{{aliases}}", names)
+        note = NARRATOR_NOTE.replace("{{name}}", name) if narrator else ""
+        return part.replace("{{narrator}}", note).replace("{{name}}", name).replace("{{aliases}}", names)
 
 
 def load_prompt(prompt_file: str | Path = "", language: str = "fr") -> Prompt:
@@ -311,9 +324,9 @@ def chunks_to_send(book: Book, character: "CharacterConfig", cfg: "ExtractConfig
     name, aliases = character.name, list(character.aliases)
     out = []
     for chunk in chunk_book(book, cfg.chunk_lines, cfg.overlap, max_tokens, count or estimate_tokens):
-        keep = not cfg.prefilter or prefilter_keeps(chunk.text, name, aliases)
+        keep = not cfg.prefilter or prefilter_keeps(chunk.text, name, aliases, character.narrator)
         if keep and cfg.prefilter and cfg.focus_window > 0:
-            chunk = replace(chunk, focus=focus_text(chunk.text, name, aliases, cfg.focus_window))
+            chunk = replace(chunk, focus=focus_text(chunk.text, name, aliases, cfg.focus_window, character.narrator))
         out.append((chunk, keep))
     return out
 
@@ -325,6 +338,8 @@ def chunk_key(prompt: Prompt, model_id: str, chunk: Chunk, character: "Character
 
     item = {"text": chunk.prompt_text, "name": character.name, "aliases": list(character.aliases),
             "sampling": {k: sampling[k] for k in sorted(sampling)}}
+    if character.narrator:  # another system message; the key of a non-narrator chunk is unchanged
+        item["narrator"] = True
     if schema != CITATION_SCHEMA:
         item["schema"] = schema
     return item_key("extract", prompt.version, model_id, item)
@@ -359,9 +374,10 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
                           path="dantes.yaml [extract]", fix="e.g. focus_window: 0")
     effective = call_sampling(client, sampling)
     budget = chunk_budget(client, prompt, character.name, list(character.aliases),
-                          int(effective.get("max_tokens") or 0), cfg.chunk_tokens)
+                          int(effective.get("max_tokens") or 0), cfg.chunk_tokens, character.narrator)
     summary.chunk_tokens = budget
     for book in books:
+        warn_narrator(book, character)
         for chunk, keep in chunks_to_send(book, character, cfg, budget, token_counter(client)):
             work.append((book, chunk, chunk_key(prompt, client.model_id, chunk, character, effective, schema)
                          if keep else None))
@@ -369,7 +385,8 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
     summary.skipped = sum(1 for *_, key in work if key is None)
     pending = [(chunk, key) for _, chunk, key in work if key is not None and key not in store]
     summary.cached = summary.chunks - summary.skipped - len(pending)
-    requests = [{"messages": prompt.messages(character.name, list(character.aliases), chunk.prompt_text),
+    requests = [{"messages": prompt.messages(character.name, list(character.aliases), chunk.prompt_text,
+                                             character.narrator),
                  "json_schema": schema, **sampling} for chunk, _ in pending]
     _call(client, requests, pending, store, summary, concurrency, progress)
     source = Source("llm", client.model_id, prompt.version, character.name)
@@ -466,8 +483,6 @@ def extract_rules(books: list[Book], character: "CharacterConfig", cfg: "Extract
     """Rule extraction: the French dialogue attributor's quotes of the character, same rows as the LLM's."""
     from tqdm import tqdm
 
-    from dantes_mlx import dialogue
-
     started, out = time.monotonic(), Path(out)
     if character.language != "fr":
         print(f"warning: the dialogue rules are written for French; language is '{character.language}'",
@@ -479,14 +494,31 @@ def extract_rules(books: list[Book], character: "CharacterConfig", cfg: "Extract
         chunks = chunk_book(book, cfg.chunk_lines, cfg.overlap)
         summary.chunks += len(chunks)
         starts = [c.start for c in chunks]
-        for quote in dialogue.character_quotes(book.text, character.name, list(character.aliases)):
+        quotes = dialogue.find_quotations(book.text)
+        mine = dialogue.character_quotes(book.text, character.name, list(character.aliases), character.narrator,
+                                         quotes)
+        warn_narrator(book, character, quotes, bool(mine))
+        for quote in mine:
             start, end = quote.start, quote.end
             chunk = chunks[max(0, bisect.bisect_right(starts, start) - 1)]
             spoken = (list(quote.segments), narration_end(quote.segments, quote.incises, end))
-            rows.append(make_row(book, chunk, start, end, source, "parole", 100.0, "rules",
+            rows.append(make_row(book, chunk, start, end, source, quote_kind(book.text, quote), 100.0, "rules",
                                  context_before(book.text, start), spoken=spoken))
     _finish(summary, rows, [], out, side_paths(out)[2], started)
     return summary
+
+
+def warn_narrator(book: Book, character: "CharacterConfig", quotes=None, speaks: bool | None = None) -> None:
+    """Suggest --narrator on stderr when the book is told in the first person and the rules never hear
+    the character speak (see dialogue_narrator.narrator_hint)."""
+    if character.narrator:
+        return
+    quotes = dialogue.find_quotations(book.text) if quotes is None else quotes
+    if speaks is None:
+        speaks = bool(dialogue.character_quotes(book.text, character.name, list(character.aliases), quotes=quotes))
+    hint = narrator_hint(book.text, quotes, character.name, speaks)
+    if hint:
+        print(f"warning: {book.path or book.id}: {hint}", file=sys.stderr)
 
 
 def context_before(text: str, start: int, limit: int = 200) -> str:
@@ -498,7 +530,6 @@ def context_before(text: str, start: int, limit: int = 200) -> str:
 
 def all_speakers(path: str | Path, out: str | Path) -> int:
     """Every direct-speech quotation of a plain UTF-8 file with its speaker (or null); offsets as read."""
-    from dantes_mlx import dialogue
     from dantes_mlx.store import write_jsonl_atomic
 
     path = Path(path)

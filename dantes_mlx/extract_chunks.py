@@ -25,15 +25,16 @@ def token_counter(client) -> Callable[[str], int]:
 
 
 def chunk_budget(client, prompt: "Prompt", name: str, aliases: list[str], max_tokens: int,
-                 chunk_tokens: int = 0) -> int:
+                 chunk_tokens: int = 0, narrator: bool = False) -> int:
     """Most tokens of book text per chunk: `chunk_tokens` when set, else what the client's context
-    (its `n_ctx`) holds after the instructions and `max_tokens` of reply; 0 (no limit) when unknown."""
+    (its `n_ctx`) holds after the instructions (with the narrator note when asked) and `max_tokens` of
+    reply; 0 (no limit) when unknown."""
     if chunk_tokens < 0:
         raise ConfigError(f"chunk_tokens={chunk_tokens}: need 0 (fit llm.n_ctx) or a positive budget",
                           path="dantes.yaml [extract]", fix="e.g. chunk_tokens: 0")
     n_ctx = int(getattr(client, "n_ctx", 0) or 0)
     count = token_counter(client)
-    instructions = sum(count(m["content"]) for m in prompt.messages(name, aliases, "")) + TEMPLATE_MARGIN
+    instructions = sum(count(m["content"]) for m in prompt.messages(name, aliases, "", narrator)) + TEMPLATE_MARGIN
     room = n_ctx - instructions - max_tokens if n_ctx else 0
     if chunk_tokens:
         if n_ctx and chunk_tokens > room:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import bisect
 
+from dantes_mlx import dialogue
+from dantes_mlx.dialogue_narrator import first_person_offsets, narration_spans
+
 FOCUS_GAP = "\n\n[…]\n\n"  # stands for the paragraphs left out between two windows
 
 
-def prefilter_keeps(text: str, name: str, aliases: list[str]) -> bool:
-    """Whether the rules see the character in a chunk's text: a mention, or a quote attributed to them."""
-    from dantes_mlx import dialogue
-
-    return bool(dialogue.mentions_character(text, name, aliases)
-                or dialogue.character_quotes(text, name, aliases))
+def prefilter_keeps(text: str, name: str, aliases: list[str], narrator: bool = False) -> bool:
+    """Whether the rules see the character in a chunk's text: a mention, a quote attributed to them, or,
+    for a first-person narrator, narration that says "je"."""
+    if dialogue.mentions_character(text, name, aliases):
+        return True
+    quotes = dialogue.find_quotations(text)
+    return bool(dialogue.character_quotes(text, name, aliases, narrator, quotes)
+                or narrator and first_person_offsets(text, narration_spans(text, quotes)))
 
 
 def paragraph_offsets(text: str) -> list[tuple[int, int]]:
@@ -26,27 +31,30 @@ def paragraph_offsets(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def focus_paragraphs(text: str, name: str, aliases: list[str]) -> list[bool]:
+def focus_paragraphs(text: str, name: str, aliases: list[str], narrator: bool = False) -> list[bool]:
     """For each paragraph of text, whether the rules see the character there.
 
-    Seen: the paragraph names them (name or alias), holds a quotation attributed to them, or belongs
-    to an exchange involving them: a run of consecutive paragraphs holding quotations where one
-    paragraph is seen, or right after a seen paragraph (the narration that opens the exchange).
+    Seen: the paragraph names them (name or alias), holds a quotation attributed to them (for a narrator,
+    one the narration's "je" speaks, or narration that says "je"), or belongs to an exchange involving
+    them: a run of consecutive paragraphs holding quotations where one paragraph is seen, or right after
+    a seen paragraph (the narration that opens the exchange).
     Unattributed replies in a long exchange ("--Oui.", "--Et vous?") are kept that way.
     """
-    from dantes_mlx import dialogue
-
     paras = paragraph_offsets(text)
     starts = [a for a, _ in paras]
     seen = [dialogue.mentions_character(text[a:b], name, aliases) for a, b in paras]
     speaking = [False] * len(paras)
-    for quote in dialogue.find_quotations(text):
+    quotes = dialogue.find_quotations(text)
+    mine = {id(q) for q in dialogue.character_quotes(text, name, aliases, narrator, quotes)}
+    for quote in quotes:
         i = bisect.bisect_right(starts, quote.start) - 1
         if i < 0:
             continue
         speaking[i] = True
-        if dialogue.is_character(quote.speaker, name, aliases):
+        if id(quote) in mine:
             seen[i] = True
+    for offset in first_person_offsets(text, narration_spans(text, quotes)) if narrator else ():
+        seen[max(0, bisect.bisect_right(starts, offset) - 1)] = True
     i = 0
     while i < len(paras):
         if not speaking[i]:
@@ -61,9 +69,10 @@ def focus_paragraphs(text: str, name: str, aliases: list[str]) -> list[bool]:
     return seen
 
 
-def focus_windows(text: str, name: str, aliases: list[str], window: int) -> list[tuple[int, int]]:
+def focus_windows(text: str, name: str, aliases: list[str], window: int,
+                  narrator: bool = False) -> list[tuple[int, int]]:
     """(start, end) offsets into text of the runs of paragraphs within `window` of a seen paragraph."""
-    return window_runs(paragraph_offsets(text), focus_paragraphs(text, name, aliases), window)
+    return window_runs(paragraph_offsets(text), focus_paragraphs(text, name, aliases, narrator), window)
 
 
 def window_runs(paras: list[tuple[int, int]], seen: list[bool], window: int) -> list[tuple[int, int]]:
@@ -82,9 +91,9 @@ def window_runs(paras: list[tuple[int, int]], seen: list[bool], window: int) -> 
     return runs
 
 
-def focus_text(text: str, name: str, aliases: list[str], window: int) -> str:
+def focus_text(text: str, name: str, aliases: list[str], window: int, narrator: bool = False) -> str:
     """The windows of text joined by FOCUS_GAP; "" when they cover every paragraph (send the whole text)."""
-    runs = focus_windows(text, name, aliases, window)
+    runs = focus_windows(text, name, aliases, window, narrator)
     paras = paragraph_offsets(text)
     if not runs or (len(runs) == 1 and runs[0] == (paras[0][0], paras[-1][1])):
         return ""

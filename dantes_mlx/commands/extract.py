@@ -59,6 +59,9 @@ def _print_summary(s) -> None:
               help="Any plain UTF-8 text instead of the clean books of dantes.yaml.")
 @click.option("--character", default=None, help="Character name (default: character.name).")
 @click.option("--alias", "aliases", multiple=True, help="Other name of the character (repeatable).")
+@click.option("--narrator/--no-narrator", default=None,
+              help="The character is the first-person narrator: replies and thoughts of the narration's \"je\" "
+                   "(\"répondis-je\", \"je me disais :\") are theirs (character.narrator).")
 @click.option("--language", default=None, help="Language of the text (selects the built-in prompt).")
 @click.option("--method", type=click.Choice(["llm", "rules", "auto"]), default=None,
               help="llm, rules, or auto: llm when a generator model is configured.")
@@ -77,8 +80,8 @@ def _print_summary(s) -> None:
               help="Rules only: write every direct-speech quotation of --input with its speaker or null.")
 @click.option("-o", "--output", default=None, help="Output JSONL (default: <data_dir>/citations/citations.jsonl).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(config_path, input_file, character, aliases, language, method, chunk_lines, overlap, chunk_tokens, prompt_file,
-            prefilter, focus_window, min_grounding, model, url, all_speakers, output, quiet):
+def extract(config_path, input_file, character, aliases, narrator, language, method, chunk_lines, overlap,
+            chunk_tokens, prompt_file, prefilter, focus_window, min_grounding, model, url, all_speakers, output, quiet):
     """Extract what a character says, thinks or writes, with provenance and grounding.
 
     Resumable: finished chunks are stored next to the output; run the same command again after
@@ -97,7 +100,9 @@ def extract(config_path, input_file, character, aliases, language, method, chunk
     project = section(ProjectConfig, cfg)
     # A new name without --alias must not inherit the configured character's aliases.
     alias_list = list(aliases) if aliases else ([] if character else None)
-    person = section(CharacterConfig, cfg, {"name": character, "aliases": alias_list, "language": language})
+    narrator = narrator if narrator is not None else (False if character else None)  # nor its narrator flag
+    person = section(CharacterConfig, cfg, {"name": character, "aliases": alias_list, "language": language,
+                                            "narrator": narrator})
     llm = section(LLMConfig, cfg, {"model": model, "url": url})
     ext = section(ExtractConfig, cfg, {"method": method, "chunk_lines": chunk_lines, "overlap": overlap,
                                        "chunk_tokens": chunk_tokens,
