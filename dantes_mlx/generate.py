@@ -81,22 +81,74 @@ def text_id(prefix: str, text: str) -> str:
 
 def load_citations(paths: Iterable[str | Path]) -> list[dict]:
     """Citations from extract's JSONL (or the original project's {contexte, citation} rows), in order."""
-    rows = []
-    for path in paths:
-        for lineno, record in read_jsonl(path):
-            text = record.get("citation", record.get("text")) if isinstance(record, dict) else None
-            if not isinstance(text, str) or not text.strip():
-                raise InputError("record has no 'citation' text", path=path, line=lineno,
-                                 fix='each line needs {"citation": "...", "contexte": "..."}')
-            source_id = next((str(record[k]) for k in ("id", "citation_id", "source_id")
-                              if record.get(k) not in (None, "")), None) or text_id("cit", text)
-            rows.append({"source_id": source_id, "citation": text.strip(),
-                         "contexte": str(record.get("contexte") or record.get("context") or "").strip(),
-                         "provenance": {k: v for k, v in record.items() if k not in _CITATION_FIELDS}})
+    paths = list(paths)
+    rows = [row for path in paths for row in _read_citations(path)]
     if not rows:
         raise InputError("no citations found", path=", ".join(map(str, paths)) or "(no file)",
                          fix="run `dantes-mlx extract` first, or give citation files")
     return rows
+
+
+def _read_citations(path: str | Path) -> list[dict]:
+    rows = []
+    for lineno, record in read_jsonl(path):
+        text = record.get("citation", record.get("text")) if isinstance(record, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("record has no 'citation' text", path=path, line=lineno,
+                             fix='each line needs {"citation": "...", "contexte": "..."}')
+        source_id = next((str(record[k]) for k in ("id", "citation_id", "source_id")
+                          if record.get(k) not in (None, "")), None) or text_id("cit", text)
+        rows.append({"source_id": source_id, "citation": text.strip(),
+                     "contexte": str(record.get("contexte") or record.get("context") or "").strip(),
+                     "provenance": {k: v for k, v in record.items() if k not in _CITATION_FIELDS}})
+    return rows
+
+
+def select_citations(paths: Iterable[str | Path], character: CharacterConfig,
+                     chosen: bool) -> tuple[list[dict], list[str]]:
+    """The citations to turn into pairs under `character`'s persona, and warnings.
+
+    Rows record whose words they are (`character`, written by extract). Files the user `chosen` are read
+    whole, with a warning when they mix characters or hold someone else's; default files (extract's
+    outputs) give only the rows of character.name or an alias, and it is an error when none does.
+    Files whose rows name no one (the original project's {contexte, citation}) are read when no file
+    names anyone."""
+    paths = [Path(p) for p in paths]
+    read = {p: _read_citations(p) for p in paths}
+    owners = {p: Counter(_owner(r) for r in rows) for p, rows in read.items()}
+    named = {who for counts in owners.values() for who in counts if who}
+    mine = {who for who in named if _is_the_character(who, character)}
+    if chosen or not named:
+        rows = load_citations(paths)
+        others = sorted(named - mine)
+        if others:
+            held = "; ".join(f"{p}: " + ", ".join(f"{n} {who}" for who, n in owners[p].most_common() if who)
+                             for p in paths if any(owners[p]))
+            return rows, [f"these citations are not all {character.name}'s ({held}); every pair will speak as "
+                          f"the persona of character.name ({character.name}): give one character's file"]
+        return rows, []
+    if not mine:
+        held = "; ".join(f"{p.name}: {', '.join(sorted(who for who in owners[p] if who))}" for p in paths if owners[p])
+        raise InputError(f"no citations of {character.name} (character.name)", path=paths[0].parent,
+                         fix=f"the files hold other characters ({held}): give the file to read as an argument, "
+                             f"set character.name in dantes.yaml, or run `dantes-mlx extract`")
+    rows, notes = [], []
+    for p in paths:
+        kept = [r for r in read[p] if _owner(r) in mine]
+        rows += kept
+        if len(kept) < len(read[p]):
+            left = ", ".join(f"{n} of {who or 'no one named'}" for who, n in owners[p].most_common() if who not in mine)
+            notes.append(f"skipped {p}: {left} (character.name is {character.name})")
+    return rows, notes
+
+
+def _owner(row: dict) -> str | None:
+    who = row["provenance"].get("character")
+    return who.strip() if isinstance(who, str) and who.strip() else None
+
+
+def _is_the_character(who: str, character: CharacterConfig) -> bool:
+    return normalize(who) in {normalize(n) for n in (character.name, *character.aliases)}
 
 
 def filter_settings(cfg: GenerateConfig, character: CharacterConfig, **changes) -> FilterSettings:

@@ -130,10 +130,13 @@ def stage_extract(layout: Layout, books: list[Path], character: CharacterConfig,
 
 def stage_generate(layout: Layout, client, character: CharacterConfig, cfg: GenerateConfig,
                    concurrency: int, log) -> Path:
-    from dantes_mlx.generate import generate_pairs, load_citations
+    from dantes_mlx.generate import generate_pairs, select_citations
 
-    summary = generate_pairs(load_citations([layout.citations]), client, layout.pairs, cfg, character,
-                             concurrency=concurrency, progress=False)
+    citations, notes = select_citations([layout.citations], character, chosen=False)
+    for note in notes:
+        log(f"warning: {note}")
+    summary = generate_pairs(citations, client, layout.pairs, cfg, character, concurrency=concurrency,
+                             progress=False)
     log("\n".join(summary.lines()))
     return layout.pairs
 

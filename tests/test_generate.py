@@ -493,6 +493,52 @@ def test_cli_facts_without_llm_labels_and_default_citations_skip_side_files(tmp_
     assert [p.name for p in default_citations("data")] == ["citations.jsonl", "more.jsonl"]
 
 
+def _two_characters(folder: Path) -> None:
+    """extract's outputs for two characters of one book, side files included."""
+    folder.mkdir(parents=True)
+    write_jsonl(folder / "citations.jsonl", [{"id": f"r{i}", "character": "Romuald", "contexte": "c",
+                                              "citation": f"— Demain ! demain ! numéro {i}"} for i in range(2)])
+    write_jsonl(folder / "clarimonde.jsonl", [{"id": f"c{i}", "character": "Clarimonde", "contexte": "c",
+                                               "citation": f"« Je ne mourrai pas ! » numéro {i}"} for i in range(3)])
+    write_jsonl(folder / "citations.rejects.jsonl", [{"reason": "low_grounding", "citation": "x"}])
+
+
+def test_generate_reads_only_the_configured_characters_citations(tmp_path):
+    from dantes_mlx.commands.generate import default_citations
+    from dantes_mlx.generate import select_citations
+
+    _two_characters(tmp_path / "data" / "citations")
+    files = default_citations(str(tmp_path / "data"))
+    rows, notes = select_citations(files, CharacterConfig(name="Romuald", aliases=[]), chosen=False)
+    assert [r["source_id"] for r in rows] == ["r0", "r1"]
+    assert len(notes) == 1 and "clarimonde.jsonl: 3 of Clarimonde" in notes[0]
+    rows, _ = select_citations(files, CharacterConfig(name="Clarimonde", aliases=[]), chosen=False)
+    assert [r["source_id"] for r in rows] == ["c0", "c1", "c2"]
+    with pytest.raises(InputError, match=r"(?s)no citations of Edmond Dantès.*citations.jsonl: Romuald; clarimonde.jsonl: Clarimonde"):
+        select_citations(files, DANTES, chosen=False)
+    rows, notes = select_citations(files, CharacterConfig(name="Romuald", aliases=[]), chosen=True)
+    assert len(rows) == 5 and "not all Romuald's" in notes[0] and "3 Clarimonde" in notes[0]
+    legacy = write_jsonl(tmp_path / "old.jsonl", CITATIONS)  # the original project's rows name no one
+    assert select_citations([legacy], DANTES, chosen=False) == (load_citations([legacy]), [])
+    assert default_citations("data", "elsewhere/c.jsonl") == [Path("elsewhere/c.jsonl")]  # extract.output
+
+
+def test_cli_generate_without_inputs_says_which_files_it_skipped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _two_characters(tmp_path / "data" / "citations")
+    (tmp_path / "dantes.yaml").write_text("character:\n  name: Romuald\n  aliases: []\n", encoding="utf-8")
+    fake = fake_from_function(good_reply)
+    monkeypatch.setattr("dantes_mlx.llm.base.make_client", lambda cfg: fake)
+    result = CliRunner().invoke(main, ["generate", "--quiet", "-o", "p.jsonl"])
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.stderr and "Clarimonde" in result.stderr
+    sent = [call["messages"][-1]["content"] for call in fake.calls]
+    assert len(sent) == 2 and all("Demain" in text for text in sent)
+    (tmp_path / "dantes.yaml").write_text("character:\n  name: Haydée\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["generate", "--quiet", "-o", "p2.jsonl"])
+    assert result.exit_code == 1 and "no citations of Haydée" in result.output
+
+
 def test_cli_ctrl_c_says_how_many_are_done_and_how_to_resume(tmp_path, monkeypatch):
     source = write_jsonl(tmp_path / "c.jsonl", CITATIONS)
 

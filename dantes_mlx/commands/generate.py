@@ -12,10 +12,13 @@ import click
 SIDE_FILES = (".store.jsonl", ".errors.jsonl", ".rejects.jsonl")
 
 
-def default_citations(data_dir: str) -> list[Path]:
-    """Every <data_dir>/citations/*.jsonl written by extract, without its side files."""
+def default_citations(data_dir: str, extract_output: str = "") -> list[Path]:
+    """extract.output when set, else every <data_dir>/citations/*.jsonl written by extract, without its
+    side files (generate then reads only the configured character's rows)."""
     from dantes_mlx.errors import InputError
 
+    if extract_output:
+        return [Path(extract_output)]
     folder = Path(data_dir) / "citations"
     files = sorted(p for p in folder.glob("*.jsonl") if not p.name.endswith(SIDE_FILES))
     if not files:
@@ -48,11 +51,15 @@ def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pai
              model, url, concurrency, min_answer_words, no_llm, quiet):
     """Write instruction/response pairs in the character's voice, each with its source_id.
 
+    INPUTS: citation files; none: extract.output, else data/citations/*.jsonl, and of those only the rows of
+    character.name (the files of other characters are skipped, with a warning).
+
     Resumable: LLM answers are stored next to the output (OUT.store.jsonl); after an interruption run
     the same command again. Rejected pairs and their reasons go to OUT.rejects.jsonl.
     """
     from dantes_mlx import generate as stage
-    from dantes_mlx.config import CharacterConfig, GenerateConfig, LLMConfig, ProjectConfig, load_yaml, section
+    from dantes_mlx.config import (CharacterConfig, ExtractConfig, GenerateConfig, LLMConfig, ProjectConfig, load_yaml,
+                                   section)
 
     if sum(bool(x) for x in (inputs, facts_file, labels_file, raw_file)) > 1:
         raise click.UsageError("give citation files, --facts, --labels or --from-raw: one source per run")
@@ -76,7 +83,11 @@ def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pai
 
         facts = load_facts(facts_file)
     else:
-        citations = stage.load_citations(list(inputs) or default_citations(project.data_dir))
+        citations, notes = stage.select_citations(
+            list(inputs) or default_citations(project.data_dir, section(ExtractConfig, cfg).output), character,
+            chosen=bool(inputs))
+        for note in notes:
+            click.echo(f"warning: {note}", err=True)
     # --model names the GGUF for llama.cpp, or the model a server should run when a URL is set.
     model_key = "server_model" if section(LLMConfig, cfg, {"url": url}).url else "model"
     llm = section(LLMConfig, cfg, {"url": url, "concurrency": concurrency, model_key: model})
