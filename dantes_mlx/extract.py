@@ -16,9 +16,10 @@ from dantes_mlx import dialogue
 from dantes_mlx.dialogue_narrator import narrator_hint, quote_kind
 from dantes_mlx.errors import ConfigError, InputError
 from dantes_mlx.extract_chunks import chunk_book  # noqa: F401  (re-exported: part of this stage's API)
-from dantes_mlx.prompt_files import read_prompt
 from dantes_mlx.grounding import (NormalizedText, dedupe, incises_in_span, join_spoken, locate, narration_end,
                                   quotes_in_span, spoken_segments)
+from dantes_mlx.gutenberg import text_chapters
+from dantes_mlx.prompt_files import read_prompt
 
 if TYPE_CHECKING:
     from dantes_mlx.config import CharacterConfig, ExtractConfig, LLMConfig
@@ -95,13 +96,24 @@ def load_book(path: str | Path, book_id: str | None = None) -> Book:
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 (byte {exc.start})", path=path,
                          fix="convert it: iconv -f latin1 -t utf-8 FILE > FILE.utf8") from exc
-    return Book(book_id or path.stem, text, _chapters(path.with_suffix(".json")), str(path))
+    return Book(book_id or path.stem, text, book_chapters(path, text), str(path))
 
 
-def _chapters(sidecar: Path) -> tuple:
-    """(start, title) pairs from a cleaner sidecar; a missing or chapter-less sidecar gives none."""
-    if not sidecar.is_file():
-        return ()
+def book_chapters(path: Path, text: str) -> tuple:
+    """(start, title) of each chapter: from the cleaner's sidecar `<stem>.json` when there is one and its
+    headings still lie at their offsets, else found in the text by clean's own rules."""
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        rows = _sidecar_chapters(sidecar)
+        if all(not heading or text.startswith(heading, start) for start, _, heading in rows):
+            return tuple(sorted((start, title) for start, title, _ in rows))
+        print(f"warning: {sidecar}: its chapters do not match {path.name} (edited after `clean`?); "
+              "chapters found in the text instead", file=sys.stderr)
+    return tuple((c["start"], c["title"]) for c in text_chapters(text))
+
+
+def _sidecar_chapters(sidecar: Path) -> list[tuple[int, str, str]]:
+    """(start, title, heading) rows of a cleaner sidecar; one without chapters gives none."""
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -111,8 +123,8 @@ def _chapters(sidecar: Path) -> tuple:
     out = []
     for row in rows:
         if isinstance(row, dict) and isinstance(row.get("start", row.get("offset")), int):
-            out.append((row.get("start", row.get("offset")), str(row.get("title", ""))))
-    return tuple(sorted(out))
+            out.append((row.get("start", row.get("offset")), str(row.get("title", "")), str(row.get("heading", ""))))
+    return out
 
 
 def paragraph_spans(text: str) -> list[tuple[int, int, int]]:
@@ -541,4 +553,6 @@ def all_speakers(path: str | Path, out: str | Path) -> int:
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 (byte {exc.start})", path=path,
                          fix="convert it: iconv -f latin1 -t utf-8 FILE > FILE.utf8") from exc
-    return write_jsonl_atomic(out, dialogue.all_speakers_rows(text))
+    book = Book(path.stem, text, book_chapters(path, text), str(path))
+    rows = ({**row, "chapter": book.chapter_at(row["start"])} for row in dialogue.all_speakers_rows(text))
+    return write_jsonl_atomic(out, rows)

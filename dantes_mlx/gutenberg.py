@@ -321,6 +321,20 @@ def find_chapters(paragraphs: list[str], starts: list[int], source_lines: list[i
     return chapters
 
 
+def text_chapters(text: str) -> list[dict]:
+    """Chapters of any text as read (its non-blank lines taken as paragraphs, offsets into `text`), found
+    by the rules `clean` uses: what `extract --input` records when the text has no sidecar."""
+    paragraphs, starts, lines, pos = [], [], [], 0
+    for number, line in enumerate(text.split("\n"), 1):
+        content = line.strip()
+        if content:
+            paragraphs.append(content)
+            starts.append(pos + len(line) - len(line.lstrip()))
+            lines.append(number)
+        pos += len(line) + 1
+    return find_chapters(paragraphs, starts, lines) if paragraphs else []
+
+
 def _titles_follow_numbers(paragraphs: list[str], bare: list[int]) -> bool:
     """Is (nearly) every bare chapter number followed by a short title line, as in Monte-Cristo?"""
     following = [paragraphs[i + 1] for i in bare if i + 1 < len(paragraphs)]

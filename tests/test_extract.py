@@ -588,3 +588,69 @@ def test_a_citation_shortened_with_an_ellipsis_is_grounded_over_the_words_left_o
         reply = json.dumps({"citations": [{"contexte": "c", "citation": text, "kind": "parole"}]})
         kept, rejects = ground_reply(book, chunk_book(book)[0], reply, Source("llm", "m", "v", "Dantès"), 85.0)
         assert kept == [] and rejects[0]["reason"] == "low_grounding" and rejects[0]["score"] < 85, text
+
+
+# -- provenance that survives --input ------------------------------------------------------------------
+DEMO_SCENE = REPO / "dantes_mlx" / "resources" / "demo_scene.txt"
+
+
+def _chapter_before(text: str, start: int, headings: dict[str, str]) -> str | None:
+    """The title of the last chapter heading line before `start` (an independent reading of the text)."""
+    found, text = None, "\n" + text  # a heading may open the text
+    for heading, title in headings.items():
+        at = max(text.rfind(f"\n{heading}\n", 0, start + 1), text.rfind(f"\n{heading}\r\n", 0, start + 1))
+        if at >= 0 and (found is None or at > found[0]):
+            found = (at, title)
+    return found[1] if found else None
+
+
+def test_every_citation_from_input_carries_its_chapter(tmp_path):
+    """Rules and LLM, a raw file without a sidecar (chapters found by clean's rules) and a clean one with it."""
+    from click.testing import CliRunner
+
+    from dantes_mlx.cli import main
+
+    headings = {"I": "I. LE RETOUR", "II": "II. LES CATALANS", "III": "III. LE CHÂTEAU D'IF"}
+    raw = tmp_path / "scene.txt"
+    raw.write_bytes(DEMO_SCENE.read_bytes())
+    runner = CliRunner()
+    result = runner.invoke(main, ["clean", str(raw), "-o", str(tmp_path / "clean" / "scene.txt")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "clean" / "scene.json").is_file()
+    chapters = {}
+    for source in (raw, tmp_path / "clean" / "scene.txt"):
+        text = source.read_bytes().decode("utf-8")
+        out = tmp_path / f"{source.parent.name}.jsonl"
+        result = runner.invoke(main, ["extract", "--method", "rules", "--input", str(source), "-o", str(out),
+                                      "--quiet"])
+        assert result.exit_code == 0, result.output
+        got = rows(out)
+        assert len(got) >= 5 and all(r["chapter"] for r in got)
+        assert [r["chapter"] for r in got] == [_chapter_before(text, r["start"], headings) for r in got]
+        chapters[source.parent.name] = [r["chapter"] for r in got]
+        quotes = tmp_path / f"{source.parent.name}.all.jsonl"
+        result = runner.invoke(main, ["extract", "--all-speakers", "--input", str(source), "-o", str(quotes)])
+        assert result.exit_code == 0 and all(r["chapter"] in headings.values() for r in rows(quotes))
+    assert chapters["clean"] == chapters[tmp_path.name]  # same chapters from the sidecar as found in the raw file
+
+    book = load_book(raw)
+    cite = lambda messages: {"citations": [{"contexte": "c", "citation": line, "kind": "parole"}  # noqa: E731
+                                           for line in messages[-1]["content"].split("\n")
+                                           if line.startswith("--Un grand malheur")]}
+    extract_llm([book], DANTES, ExtractConfig(), tmp_path / "llm.jsonl", fake_from_function(cite), progress=False)
+    assert [r["chapter"] for r in rows(tmp_path / "llm.jsonl")] == ["I. LE RETOUR"]
+
+
+def test_a_sidecar_that_no_longer_matches_its_text_gives_way_to_the_text(tmp_path, capsys):
+    text = "I\n\nLE DÉPART\n\n" + numbered_text(20) + "\nII\n\nLE RETOUR\n\n" + numbered_text(20)
+    (tmp_path / "b.txt").write_text(text, encoding="utf-8")
+    second = text.index("\nII\n") + 1
+    sidecar = {"chapters": [{"heading": "I", "title": "I. LE DÉPART", "start": 0},
+                            {"heading": "II", "title": "II. LE RETOUR", "start": second}]}
+    (tmp_path / "b.json").write_text(json.dumps(sidecar), encoding="utf-8")
+    assert load_book(tmp_path / "b.txt").chapters == ((0, "I. LE DÉPART"), (second, "II. LE RETOUR"))
+    (tmp_path / "b.txt").write_text("Une préface ajoutée.\n\n" + text, encoding="utf-8")  # edited after clean
+    book = load_book(tmp_path / "b.txt")
+    assert "do not match" in capsys.readouterr().err
+    assert [title for _, title in book.chapters] == ["I. LE DÉPART", "II. LE RETOUR"]
+    assert book.chapters[1][0] == second + len("Une préface ajoutée.\n\n")
