@@ -340,8 +340,9 @@ def main(argv: list[str]) -> None:
           f"none {overall['pron_none'] / n:.0%}")
     for label, s in (("La_morte_amoureuse", results.get("La_morte_amoureuse")), ("all texts", overall)):
         if s:
-            print(f"first-person narrator ({label}): {s['narr_found']} of {s['narr_gold']} gold quotations whose speaker "
-                  f"is the narration's \"je\" get \"je\"; {s['narr_right']} of our {s['narr_pred']} \"je\" are such")
+            print(f"first-person narrator ({label}): {s['narr_found']} of {s['narr_gold']} gold quotations whose "
+                  f"speaker is the narration's \"je\" get \"je\"; {s['narr_right']} of our {s['narr_pred']} \"je\" "
+                  "are such")
     print(f"score: {overall['F1']:.4f}")
 
 
