@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 # Files extract and generate keep next to their outputs: never citations themselves.
-SIDE_FILES = (".store.jsonl", ".errors.jsonl", ".rejects.jsonl")
+SIDE_FILES = (".store.jsonl", ".errors.jsonl", ".rejects.jsonl", ".partial.jsonl")
 
 
 def default_citations(data_dir: str) -> list[Path]:
@@ -69,14 +69,16 @@ def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pai
         from dantes_mlx.generate_sources import labels_to_rows
 
         return _report(labels_to_rows(labels_file, out, gen))
-    # Read the input before loading a model, so that a bad file fails fast.
+    # Read the input and check the output before loading a model, so that a bad file fails fast.
     facts = citations = None
+    sources = [facts_file] if facts_file else list(inputs) or default_citations(project.data_dir)
+    stage.check_paths(out, sources, gen.prompt_file)
     if facts_file:
         from dantes_mlx.generate_sources import generate_from_facts, load_facts
 
         facts = load_facts(facts_file)
     else:
-        citations = stage.load_citations(list(inputs) or default_citations(project.data_dir))
+        citations = stage.load_citations(sources)
     # --model names the GGUF for llama.cpp, or the model a server should run when a URL is set.
     model_key = "server_model" if section(LLMConfig, cfg, {"url": url}).url else "model"
     llm = section(LLMConfig, cfg, {"url": url, "concurrency": concurrency, model_key: model})
@@ -84,12 +86,12 @@ def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pai
 
     client = None if (facts_file and no_llm) else make_client(llm)
     try:
+        common = dict(concurrency=llm.concurrency, progress=not quiet, inputs=sources,
+                      max_failures=llm.max_consecutive_failures)
         if facts is not None:
-            summary = generate_from_facts(facts, client, out, gen, character, concurrency=llm.concurrency,
-                                          progress=not quiet)
+            summary = generate_from_facts(facts, client, out, gen, character, **common)
         else:
-            summary = stage.generate_pairs(citations, client, out, gen, character, concurrency=llm.concurrency,
-                                           progress=not quiet)
+            summary = stage.generate_pairs(citations, client, out, gen, character, **common)
     except stage.GenerateInterrupted as exc:
         click.echo(f"\n{exc}", err=True)
         click.echo(f"resume with: {shlex.join(['dantes-mlx', *sys.argv[1:]])}", err=True)
@@ -100,3 +102,6 @@ def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pai
 def _report(summary) -> None:
     for line in summary.lines():
         click.echo(line)
+    failure = summary.failure()
+    if failure is not None:  # after the summary: what was kept, what failed, how to go on
+        raise failure
