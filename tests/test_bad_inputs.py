@@ -220,6 +220,8 @@ CASES = [
     ("export-num-ctx-not-a-number", yaml_file("n.yaml", "export:\n  ollama_parameters: {num_ctx: big}\n"),
      ["export", "--config", "n.yaml", "--adapter-path", "adapters", "-o", "exp"],
      ["n.yaml:2: export.ollama_parameters", "num_ctx", "integer"]),
+    ("run-unknown-quantization", yaml_file("q.yaml", "export:\n  quantization: q3_fancy\n"),
+     ["run", "--config", "q.yaml"], ["q.yaml:2: export.quantization", "q3_fancy", "q4_k_m"]),
     ("run-persona-with-triple-quotes", yaml_file("p.yaml", 'character:\n  persona: \'Je dis """ non\'\n'),
      ["run", "--config", "p.yaml"], ["p.yaml:2: system prompt (character.persona)", '"""']),
 ]

@@ -330,18 +330,24 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
 
 
 def check_export_settings(config: dict, overrides: dict | None = None) -> None:
-    """The persona and the Modelfile values of dantes.yaml checked before any work (export, or `run`'s first
-    stage): a value Ollama cannot read back (e.g. one holding \"\"\") is named with its file and line."""
+    """The export settings of dantes.yaml checked before any work (export, or `run`'s first stage): the persona and
+    Modelfile values Ollama must read back (none holding \"\"\"), the quantization, the model name; the bad one is
+    named with its file and line."""
     from dantes_mlx.config import CharacterConfig, ExportConfig, located, section
     from dantes_mlx.errors import ConfigError
-    from dantes_mlx.export.modelfile import check_modelfile_values
+    from dantes_mlx.export.modelfile import check_model_name, check_modelfile_values
+    from dantes_mlx.export.parity import thresholds_for
 
     cfg = section(ExportConfig, config, overrides)
-    for sec, key, values in (("character", "persona", {"system": section(CharacterConfig, config).persona}),
-                             ("export", "ollama_parameters", {"parameters": cfg.ollama_parameters}),
-                             ("export", "ollama_messages", {"messages": cfg.ollama_messages})):
+    persona = section(CharacterConfig, config).persona
+    checks = (("character", "persona", lambda: check_modelfile_values(system=persona)),
+              ("export", "ollama_parameters", lambda: check_modelfile_values(parameters=cfg.ollama_parameters)),
+              ("export", "ollama_messages", lambda: check_modelfile_values(messages=cfg.ollama_messages)),
+              ("export", "quantization", lambda: thresholds_for(cfg.quantization)),
+              ("export", "ollama_name", lambda: check_model_name(cfg.ollama_name)))
+    for sec, key, check in checks:
         try:
-            check_modelfile_values(**values)
+            check()
         except ConfigError as exc:
             named = exc.detail if f"{sec}.{key}" in exc.detail else f"{sec}.{key}: {exc.detail}"
             raise ConfigError(named, **located(config, sec, key), fix=exc.fix) from None
