@@ -297,7 +297,7 @@ class ExtractSummary:
         if not self.failed:
             return None
         return failed_run("extract", self.failure_note, Path(self.target or self.output), Path(self.output),
-                          f"{self.kept} citations", Path(self.store), f"{self.cached + self.called} chunk replies")
+                          f"{self.kept} citations", Path(self.store), self.cached + self.called, "chunk replies")
 
 
 class ExtractInterrupted(Exception):

@@ -234,7 +234,7 @@ class GenerateSummary:
             return None
         target = self.target or self.out
         return failed_run("generate", self.stats.failure_note, target, self.out, f"{self.kept} rows",
-                          output_paths(target)[2], f"{self.stats.cached + self.stats.calls} answers")
+                          output_paths(target)[2], self.stats.cached + self.stats.calls, "answers")
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path, Path]:

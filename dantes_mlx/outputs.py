@@ -161,13 +161,15 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(f"{out.stem}.partial{out.suffix}")
 
 
-def failed_run(stage: str, note: str, target: Path, written: Path, rows: str, store: Path, stored: str) -> StageFailed:
+def failed_run(stage: str, note: str, target: Path, written: Path, rows: str, store: Path, stored: int,
+               unit: str) -> StageFailed:
     """The error an LLM stage whose calls failed ends with: what failed, where the result went, how to go on."""
     where = (f"the previous {target.name} is kept; this run's {rows} are in {written}" if written != target
              else f"{target.name} holds the {rows} of the calls that answered")
-    return StageFailed(f"{stage}: {note}; {where}", path=target,
+    kept = f": the {stored} {unit} stored in {store} are not asked again" if stored else ""
+    return StageFailed(f"{stage}: {note}\n  {where}", path=target,
                        fix=f"fix the cause above (is the LLM server up? llm.url / llm.model), then run the same "
-                           f"command again: the {stored} stored in {store} are not asked again")
+                           f"command again{kept}")
 
 
 def publish_jsonl(out: str | Path, rows, *, complete: bool) -> tuple[Path, int]:

@@ -124,9 +124,11 @@ class FailureLimit:
 
 
 def describe_error(exc: BaseException) -> str:
-    """An error on one line: our errors as they read (with their fix), others with their type."""
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, DantesError) else f"{type(exc).__name__}: {text}"
+    """An error on one line: ours as they read, their fix in brackets; others with their type."""
+    if not isinstance(exc, DantesError):
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    text = " ".join(str(exc.message).split("\n  fix: ")[0].split())
+    return f"{text} (fix: {exc.fix})" if exc.fix else text
 
 
 def map_chat(client: LLMClient, requests: Iterable, concurrency: int = 1,
