@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 from dantes_mlx.errors import DantesError, InputError, ModelError
+from dantes_mlx.models.weights import check_weights
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (new system prompt), /exit"
 
@@ -58,6 +59,11 @@ class MLXEngine:
 
         self.name = f"mlx:{model}" + (f"+{adapter_path}" if adapter_path else "")
         path = resolve_model(model)
+        check_weights(path)
+        if adapter_path:
+            check_weights(Path(adapter_path) / "adapters.safetensors",
+                          fix="train again (`dantes-mlx train --resume` continues from its last checkpoint), or copy "
+                              "the adapter folder again")
         try:
             self.model, self.tokenizer = load(str(path), adapter_path=str(adapter_path) if adapter_path else None)
         except (ValueError, FileNotFoundError) as exc:

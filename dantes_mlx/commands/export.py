@@ -31,6 +31,7 @@ def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quanti
     from dantes_mlx.config import CharacterConfig, ProjectConfig, TrainConfig, load_yaml, section
     from dantes_mlx.export.parity import run_parity
     from dantes_mlx.export.peft import recorded_base_model
+    from dantes_mlx.outputs import check_output
     from dantes_mlx.store import write_text_atomic
 
     if adapter is not None and no_adapter:
@@ -43,6 +44,8 @@ def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quanti
     # As export does: the base the adapter was trained on, before train.base_model.
     model = model or (recorded_base_model(adapter) if adapter and not no_adapter else None) \
         or section(TrainConfig, config).base_model
+    if json_out:  # before the long comparison
+        check_output(json_out, inputs=[gguf_path, lora_path, prompts_file], flag="--json", example="parity.json")
     report = run_parity(model, gguf_path, adapter=None if no_adapter else adapter, lora_path=lora_path,
                         quantization=quantization, prompts_file=prompts_file,
                         system=section(CharacterConfig, config).persona, enforce=not report_only)

@@ -47,9 +47,10 @@ def _print_summary(s) -> None:
         if s.chunks and s.skipped == s.chunks:
             click.echo("the pre-filter found the character in no chunk: check --character/--alias "
                        "(character.name/aliases), or pass --no-prefilter")
-        if s.failed:
-            click.echo("some chunks failed (see the .errors.jsonl file); run the same command again to retry them")
     click.echo(f"time: {s.seconds:.1f} s")
+    failure = s.failure()
+    if failure is not None:  # after the summary: what was kept, what failed, how to go on
+        raise failure
 
 
 @click.command("extract")
@@ -115,6 +116,7 @@ def extract(config_path, input_file, character, aliases, narrator, language, met
         if chosen == "rules":
             click.echo("no generator model configured (llm.model / llm.url): using the rule method", err=True)
     books = _books(project, input_file)
+    stage.check_paths(out, books, ext.prompt_file)  # before a model is loaded
     if chosen == "rules":
         _print_summary(stage.extract_rules(books, person, ext, out, progress=not quiet))
         return
@@ -124,7 +126,8 @@ def extract(config_path, input_file, character, aliases, narrator, language, met
     sampling = stage.llm_sampling(ext, llm)
     try:
         summary = stage.extract_llm(books, person, ext, out, client, sampling=sampling,
-                                    concurrency=llm.concurrency, progress=not quiet)
+                                    concurrency=llm.concurrency, progress=not quiet,
+                                    max_failures=llm.max_consecutive_failures)
     except stage.ExtractInterrupted as exc:
         click.echo(f"\n{exc}", err=True)
         click.echo(f"resume with: {shlex.join(['dantes-mlx', *sys.argv[1:]])}", err=True)

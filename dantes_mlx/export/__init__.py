@@ -251,25 +251,34 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     """
     from dantes_mlx.errors import ConfigError, DantesError
     from dantes_mlx.export.gguf import quant_name, read_config
-    from dantes_mlx.export.modelfile import check_model_name, create_commands, default_license, template_mismatch
+    from dantes_mlx.export.modelfile import (check_model_name, check_modelfile_values, create_commands, default_license,
+                                             template_mismatch)
     from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
     from dantes_mlx.export.parity import default_prompts, make_reference, thresholds_for
     from dantes_mlx.export.peft import check_adapter, load_adapter
+    from dantes_mlx.models.weights import check_weights
+    from dantes_mlx.outputs import check_output
     from dantes_mlx.store import write_text_atomic
     from dantes_mlx.train import resolve_model
 
     quantization = quant_name(quantization)
     thresholds_for(quantization)
     check_model_name(name)
+    # The Modelfile's values (persona, PARAMETERs, MESSAGEs) are checked now, not after the long fuse.
+    check_modelfile_values(system=persona, parameters=parameters, messages=messages)
+    check_output(out_dir, kind="dir", inputs=[adapter_dir], flag="-o/--output")  # its PEFT files would replace ours
+    for weights in ("adapters.safetensors", "adapter_model.safetensors"):  # a file cut short is named, not a traceback
+        check_weights(Path(adapter_dir) / weights)
     adapter = load_adapter(adapter_dir)
     base_name = str(base_model or adapter.base_model or "")
     if not base_name:
         raise ConfigError("no base model given and none recorded in the adapter", path=adapter.path,
                           fix="pass --base-model (the model the adapter was trained on)")
     base_dir = resolve_model(base_name)
+    check_weights(base_dir)
     config = read_config(base_dir)
     check_adapter(adapter, config)
-    out = Path(out_dir)
+    out = check_output(out_dir, kind="dir", inputs=[adapter.path, base_dir], flag="-o/--output")
     result = ExportResult(out)
     check_base(adapter.path, base_dir, base_name, allow_other_base, result)
     ollama_base = _library_base(ollama_base, config, result)
@@ -320,20 +329,47 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     return result
 
 
+def check_export_settings(config: dict, overrides: dict | None = None) -> None:
+    """The export settings of dantes.yaml checked before any work (export, or `run`'s first stage): the persona and
+    Modelfile values Ollama must read back (none holding \"\"\"), the quantization, the model name; the bad one is
+    named with its file and line."""
+    from dantes_mlx.config import CharacterConfig, ExportConfig, located, section
+    from dantes_mlx.errors import ConfigError
+    from dantes_mlx.export.modelfile import check_model_name, check_modelfile_values
+    from dantes_mlx.export.parity import thresholds_for
+
+    cfg = section(ExportConfig, config, overrides)
+    persona = section(CharacterConfig, config).persona
+    checks = (("character", "persona", lambda: check_modelfile_values(system=persona)),
+              ("export", "ollama_parameters", lambda: check_modelfile_values(parameters=cfg.ollama_parameters)),
+              ("export", "ollama_messages", lambda: check_modelfile_values(messages=cfg.ollama_messages)),
+              ("export", "quantization", lambda: thresholds_for(cfg.quantization)),
+              ("export", "ollama_name", lambda: check_model_name(cfg.ollama_name)))
+    for sec, key, check in checks:
+        try:
+            check()
+        except ConfigError as exc:
+            named = exc.detail if f"{sec}.{key}" in exc.detail else f"{sec}.{key}: {exc.detail}"
+            raise ConfigError(named, **located(config, sec, key), fix=exc.fix) from None
+
+
 def export_project(config: dict, overrides: dict | None = None, *, adapter_path: str | Path | None = None,
                    base_model: str | None = None, allow_other_base: bool = False,
                    log: Callable[[str], None] = _stderr) -> ExportResult:
     """`export` with settings from dantes.yaml (< overrides) and the project's default paths."""
     from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig, TrainConfig, section
     from dantes_mlx.export.peft import recorded_base_model
+    from dantes_mlx.outputs import output_lock
 
     cfg = section(ExportConfig, config, overrides)
+    check_export_settings(config, overrides)
     project = section(ProjectConfig, config)
     adapter_path = adapter_path or project.adapters_dir
     base_model = base_model or recorded_base_model(adapter_path) or section(TrainConfig, config).base_model
-    return export_all(base_model, adapter_path, cfg.out_dir, quantization=cfg.quantization,
-                      name=cfg.ollama_name, persona=section(CharacterConfig, config).persona,
-                      messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
-                      ollama_base=cfg.ollama_base, books=project.books, parity=cfg.parity,
-                      ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model,
-                      allow_other_base=allow_other_base, log=log)
+    with output_lock(cfg.out_dir):  # one export at a time into a folder
+        return export_all(base_model, adapter_path, cfg.out_dir, quantization=cfg.quantization,
+                          name=cfg.ollama_name, persona=section(CharacterConfig, config).persona,
+                          messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
+                          ollama_base=cfg.ollama_base, books=project.books, parity=cfg.parity,
+                          ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model,
+                          allow_other_base=allow_other_base, log=log)

@@ -112,9 +112,20 @@ def _parameter_value(name: str, value) -> str:
         raise ConfigError(f"unknown Ollama parameter {name!r}", fix=f"use one of {', '.join(PARAMETER_TYPES)}")
     if kind is bool:
         return "true" if value else "false"
-    if kind is int and (isinstance(value, bool) or not float(value).is_integer()):
+    try:
+        whole = not isinstance(value, bool) and float(value).is_integer()
+    except (TypeError, ValueError):
+        whole = False
+    if kind is int and not whole:
         raise ConfigError(f"Ollama parameter {name} must be an integer, not {value!r}", fix="use an integer")
     return str(int(value)) if kind is int else quote(str(value), f"parameter {name}")
+
+
+def check_modelfile_values(*, system: str | None = None, parameters: Mapping | None = None,
+                           messages: Iterable[Mapping] = ()) -> None:
+    """ConfigError now for a persona, PARAMETER or MESSAGE a Modelfile cannot hold (e.g. one with \"\"\"),
+    before any export work."""
+    build_modelfile("./model.gguf", system=system, parameters=parameters, messages=messages)
 
 
 def build_modelfile(source: str, *, adapter: str | None = None, system: str | None = None,

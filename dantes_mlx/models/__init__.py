@@ -1,0 +1,1 @@
+"""Base models and their files: checks made before a library loads them."""
