@@ -20,6 +20,7 @@ import numpy as np
 
 from dantes_mlx.errors import ConfigError, MissingDependency, ModelError
 from dantes_mlx.export.vocab import Vocab, load_vocab
+from dantes_mlx.models.config import rope_scaling, rope_theta
 
 OUTTYPES = ("f32", "f16", "bf16")
 # quantization name -> llama.cpp's LLAMA_FTYPE_* value (include/llama.h).
@@ -86,9 +87,10 @@ def read_config(model_dir: str | Path) -> dict:
     if config.get("model_type") not in ("mistral", "llama"):
         raise ModelError(f"model_type {config.get('model_type')!r} is not supported", path=path,
                          fix="the GGUF writer handles model_type 'mistral' and 'llama'")
-    if config.get("rope_scaling"):
-        raise ModelError("rope_scaling is not supported by this writer", path=path,
-                         fix="use a model without rope_scaling (Mistral-7B v0.3 has none)")
+    if rope_scaling(config):
+        raise ModelError("rope scaling (rope_scaling, or a rope_type in rope_parameters) is not supported by "
+                         "this writer", path=path, fix="use a model without rope scaling (Mistral-7B v0.3, "
+                                                       "Llama 3 before 3.1, SmolLM2 and Qwen2.5 have none)")
     return config
 
 
@@ -164,7 +166,7 @@ def _add_model_metadata(writer, config: dict, name: str, outtype: str) -> None:
     if head_dim != hidden // heads:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    writer.add_rope_freq_base(rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-5)))
     writer.add_file_type(QUANT_TYPES[outtype])
 
