@@ -76,6 +76,10 @@ class CachedReference:
         self.reference, self._logits = reference, {}
         self.name = getattr(reference, "name", "the trained model")
 
+    @property
+    def rope_thetas(self) -> dict:
+        return getattr(self.reference, "rope_thetas", {})
+
     def render(self, messages):
         return self.reference.render(messages)
 
@@ -94,9 +98,10 @@ class CachedReference:
 
 
 def parity_gate(reference: "Reference", checks: Sequence[tuple[str, Path, Path | None, str]],
-                prompts: Sequence) -> dict[str, "ParityReport"]:
-    """Run check_parity for each (label, gguf, lora, quantization); a file llama.cpp refuses to load
-    (e.g. LoRA matrices not transposed) is a failed check, not a crash."""
+                prompts: Sequence, base: "Reference | None" = None) -> dict[str, "ParityReport"]:
+    """Run check_parity for each (label, gguf, lora, quantization), with the base model when given (a
+    CachedReference computes its logits once); a file llama.cpp refuses to load (e.g. LoRA matrices
+    not transposed) is a failed check, not a crash."""
     from dantes_mlx.errors import ModelError, ParityError
     from dantes_mlx.export.parity import ParityReport, check_parity, thresholds_for
 
@@ -104,7 +109,7 @@ def parity_gate(reference: "Reference", checks: Sequence[tuple[str, Path, Path |
     for label, gguf_path, lora_path, quantization in checks:
         try:
             reports[label] = check_parity(reference, gguf_path, lora_path, prompts=prompts,
-                                          quantization=quantization, enforce=False,
+                                          quantization=quantization, enforce=False, base=base,
                                           release_reference=isinstance(reference, CachedReference))
         except (ModelError, ParityError) as exc:
             inf = float("inf")
@@ -253,7 +258,8 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     from dantes_mlx.export.gguf import quant_name, read_config
     from dantes_mlx.export.modelfile import check_model_name, create_commands, default_license, template_mismatch
     from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
-    from dantes_mlx.export.parity import default_prompts, make_reference, thresholds_for
+    from dantes_mlx.export.parity import (LazyReference, default_prompts, make_base_reference, make_reference,
+                                          thresholds_for)
     from dantes_mlx.export.peft import check_adapter, load_adapter
     from dantes_mlx.store import write_text_atomic
     from dantes_mlx.train import resolve_model
@@ -295,8 +301,10 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
             checks.append(("base f16 + GGUF LoRA", result.files["base_f16"], result.files["gguf_lora"], "f16"))
         # A plugin's own reference for the adapters it trained; logits shared by all checks.
         reference = CachedReference(make_reference(base_dir, adapter.path, result.files.get("mlx_adapter")))
-        log(f"parity gate: {reference.name} against each GGUF in llama.cpp")
-        result.reports = parity_gate(reference, checks, prompts or default_prompts(persona))
+        # The base model too, loaded once the trained one is released: a GGUF must carry the fine-tune.
+        base = CachedReference(LazyReference(lambda: make_base_reference(base_dir, adapter.path)))
+        log(f"parity gate: {reference.name} (and the base without the fine-tune) against each GGUF in llama.cpp")
+        result.reports = parity_gate(reference, checks, prompts or default_prompts(persona), base)
         write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
         gate_verdict(result.reports, manifest)
     else:
