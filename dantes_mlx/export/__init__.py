@@ -175,7 +175,7 @@ def _adapter_targets(adapter, base_name: str, out: Path, result: ExportResult, p
 
 
 def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, result: ExportResult,
-           want_base: bool, log: Callable[[str], None]) -> None:
+           want_base: bool, vocab, log: Callable[[str], None]) -> None:
     """Fused f16 GGUF, its quantized copy, the GGUF LoRA and (when wanted) the base f16 GGUF."""
     from dantes_mlx.export.fuse import fuse_adapter
     from dantes_mlx.export.gguf import load_weights, quantize, write_gguf
@@ -190,7 +190,8 @@ def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, res
     log("fusing the adapter into the base weights")
     fused = fuse_adapter(load_weights(base_dir), adapter)
     log("writing the fused f16 GGUF")
-    result.files["fused_f16"] = write_gguf(base_dir, out / f"{name}-f16.gguf", weights=fused, name=name)
+    result.files["fused_f16"] = write_gguf(base_dir, out / f"{name}-f16.gguf", weights=fused, name=name,
+                                           vocab=vocab)
     del fused
     if quantization != "f16":
         log(f"quantizing to {quantization} with llama.cpp")
@@ -200,7 +201,7 @@ def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, res
         result.files["fused"] = result.files["fused_f16"]
     if "gguf_lora" in result.files and want_base:
         log("writing the base f16 GGUF (for llama.cpp --lora and the parity gate)")
-        result.files["base_f16"] = write_gguf(base_dir, out / BASE_GGUF)
+        result.files["base_f16"] = write_gguf(base_dir, out / BASE_GGUF, vocab=vocab)
 
 
 def _modelfiles(out: Path, name: str, result: ExportResult, *, system, parameters, messages,
@@ -255,7 +256,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     Raises ModelError when the base is not the one train fingerprinted, unless `allow_other_base`.
     """
     from dantes_mlx.errors import ConfigError, DantesError
-    from dantes_mlx.export.gguf import quant_name, read_config
+    from dantes_mlx.export.gguf import quant_name, read_config, read_vocab
     from dantes_mlx.export.modelfile import check_model_name, create_commands, default_license, template_mismatch
     from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
     from dantes_mlx.export.parity import (LazyReference, default_prompts, make_base_reference, make_reference,
@@ -274,6 +275,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
                           fix="pass --base-model (the model the adapter was trained on)")
     base_dir = resolve_model(base_name)
     config = read_config(base_dir)
+    vocab = read_vocab(base_dir, config)  # an unsupported tokenizer is refused before any file is written
     check_adapter(adapter, config)
     out = Path(out_dir)
     result = ExportResult(out)
@@ -291,7 +293,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     if adapter.kind != "full" and config.get("quantization") and not peft_base_model:
         result.notes.append(f"the PEFT adapter names {base_name} (an MLX quantized model) as its base; set "
                             "export.peft_base_model to the original repo (e.g. mistralai/Mistral-7B-Instruct-v0.3)")
-    _ggufs(adapter, base_dir, out, name, quantization, result, parity or not ollama_base, log)
+    _ggufs(adapter, base_dir, out, name, quantization, result, parity or not ollama_base, vocab, log)
     manifest = out / EXPORT_MANIFEST
     if parity:
         checks = [("fused f16", result.files["fused_f16"], None, "f16")]
