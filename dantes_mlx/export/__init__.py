@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 EXPORT_MANIFEST = "export.json"
 BASE_GGUF = "base-f16.gguf"
+# export.ollama_route -> the Modelfile `ollama create` registers
+ROUTES = {"fused": "modelfile", "adapter": "modelfile_adapter"}
 
 
 @dataclass
@@ -206,7 +208,7 @@ def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, res
 
 def _modelfiles(out: Path, name: str, result: ExportResult, *, system, parameters, messages,
                 license_text: str, ollama_base: str) -> None:
-    from dantes_mlx.export.modelfile import build_modelfile
+    from dantes_mlx.export.modelfile import ADAPTER_NOTE, build_modelfile
     from dantes_mlx.store import write_text_atomic
 
     common = dict(system=system, parameters=parameters, messages=messages, license_text=license_text)
@@ -217,7 +219,7 @@ def _modelfiles(out: Path, name: str, result: ExportResult, *, system, parameter
     if "gguf_lora" in result.files:
         base = ollama_base or f"./{BASE_GGUF}"
         header = (f"Adapter-only route: {base} + the GGUF LoRA, written by `dantes-mlx export`.\n"
-                  f"ollama create {name}-adapter -f Modelfile.adapter")
+                  f"{ADAPTER_NOTE}\nollama create {name}-adapter -f Modelfile.adapter")
         text = build_modelfile(base, adapter=f"./{result.files['gguf_lora'].name}", header=header, **common)
         write_text_atomic(out / "Modelfile.adapter", text)
         result.files["modelfile_adapter"] = out / "Modelfile.adapter"
@@ -241,17 +243,28 @@ def _library_base(ollama_base: str, config: Mapping, result: ExportResult) -> st
     return ""
 
 
+def _check_route(route: str, adapter) -> None:
+    from dantes_mlx.errors import ConfigError
+
+    if route not in ROUTES:
+        raise ConfigError(f"unknown export.ollama_route {route!r}", fix=f"use one of {', '.join(ROUTES)}")
+    if route == "adapter" and adapter.kind != "lora":
+        raise ConfigError(f"export.ollama_route adapter needs a LoRA adapter; this is a {adapter.kind} fine-tune",
+                          path=adapter.path, fix="set export.ollama_route: fused")
+
+
 def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: str | Path = "export", *,
                quantization: str = "q4_k_m", name: str = "dantes", persona: str | None = None,
                messages: Iterable[Mapping] = (), parameters: Mapping | None = None, ollama_base: str = "",
                books: Iterable[str] = (), parity: bool = True, prompts: Sequence | None = None,
                ollama_create: bool = False, peft_base_model: str = "", allow_other_base: bool = False,
-               log: Callable[[str], None] = _stderr) -> ExportResult:
+               ollama_route: str = "fused", log: Callable[[str], None] = _stderr) -> ExportResult:
     """Export an adapter (mlx-lm or PEFT) to the four targets, gate them, then write the Modelfiles.
 
     `base_model`: folder or HF repo id (None: the one recorded in the adapter). `ollama_base`: library
     model for Modelfile.adapter's FROM (empty: our base f16 GGUF). `parameters`: Modelfile sampling
-    PARAMETERs (None: export.ollama_parameters' defaults). Raises ParityError, with the
+    PARAMETERs (None: export.ollama_parameters' defaults). `ollama_route`: which Modelfile `ollama create`
+    registers, "fused" or "adapter" (refused by Ollama 0.34.1 and later). Raises ParityError, with the
     figures, when a GGUF does not predict like MLX base + adapter; then no Modelfile is written.
     Raises ModelError when the base is not the one train fingerprinted, unless `allow_other_base`.
     """
@@ -269,6 +282,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     thresholds_for(quantization)
     check_model_name(name)
     adapter = load_adapter(adapter_dir)
+    _check_route(ollama_route, adapter)
     base_name = str(base_model or adapter.base_model or "")
     if not base_name:
         raise ConfigError("no base model given and none recorded in the adapter", path=adapter.path,
@@ -319,11 +333,11 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
                 license_text=default_license(base_name, books), ollama_base=ollama_base)
     if ollama_create:
         try:
-            _, result.ollama = run_ollama_create(name, result.files["modelfile"])
+            _, result.ollama = run_ollama_create(name, result.files[ROUTES[ollama_route]])
         except DantesError as exc:  # the export is done and sound: report, do not lose it
             result.ollama, result.ollama_failed = f"ollama create failed: {exc}", True
     else:
-        steps = "\n".join("  " + shlex.join(c) for c in create_commands(name, result.files["modelfile"].resolve()))
+        steps = "\n".join("  " + shlex.join(c) for c in create_commands(name, result.files[ROUTES[ollama_route]].resolve()))
         result.ollama = "to register it with Ollama, run:\n" + steps
     result.files["manifest"] = manifest
     write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
@@ -346,4 +360,4 @@ def export_project(config: dict, overrides: dict | None = None, *, adapter_path:
                       messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
                       ollama_base=cfg.ollama_base, books=project.books, parity=cfg.parity,
                       ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model,
-                      allow_other_base=allow_other_base, log=log)
+                      allow_other_base=allow_other_base, ollama_route=cfg.ollama_route, log=log)
