@@ -198,7 +198,7 @@ def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, res
     if quantization != "f16":
         log(f"quantizing to {quantization} with llama.cpp")
         result.files["fused"] = quantize(result.files["fused_f16"], out / f"{name}-{quantization}.gguf",
-                                         quantization)
+                                         quantization, log=log)
     else:
         result.files["fused"] = result.files["fused_f16"]
     if "gguf_lora" in result.files and want_base:

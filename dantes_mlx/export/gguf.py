@@ -8,13 +8,15 @@ training tokenizer. This writer takes pieces, scores and types from tokenizer.mo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -319,8 +321,37 @@ def _tensor_order(hf_name: str) -> tuple[int, str]:
     return (int(match.group(1)) + 1 if match else (0 if "embed" in hf_name else 10**9), hf_name)
 
 
-def quantize(src_gguf: str | Path, dst_gguf: str | Path, qtype: str, *, threads: int = 0) -> Path:
-    """Quantize a GGUF in-process with llama.cpp (`llama_model_quantize`): q8_0, q4_k_m, q5_k_m..."""
+@contextlib.contextmanager
+def _stderr_into(path: Path):
+    """Send stderr to `path` meanwhile: file descriptor 2 (llama.cpp's C code) and sys.stderr (where
+    llama-cpp-python's log callback prints)."""
+    sys.stderr.flush()
+    saved_fd, saved_stream = os.dup(2), sys.stderr
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+    try:
+        os.dup2(target, 2)
+        with open(path, "a", encoding="utf-8", buffering=1) as stream:
+            sys.stderr = stream
+            try:
+                yield
+            finally:
+                sys.stderr = saved_stream
+    finally:
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        os.close(target)
+
+
+_FALLBACK = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quantization")
+
+
+def quantize(src_gguf: str | Path, dst_gguf: str | Path, qtype: str, *, threads: int = 0,
+             log: Callable[[str], None] | None = None) -> Path:
+    """Quantize a GGUF in-process with llama.cpp (`llama_model_quantize`): q8_0, q4_k_m, q5_k_m...
+
+    llama.cpp's own log (a line per tensor it could not give the k-quant type) is kept off the terminal;
+    `log` gets one line saying how many tensors fell back, and a failure quotes the end of that log.
+    """
     key = quant_name(qtype)
     try:
         import llama_cpp
@@ -330,7 +361,7 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, qtype: str, *, threads:
     if not src.is_file():
         raise ModelError("GGUF file not found", path=src, fix="write it first with write_gguf()")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
+    tmp, log_path = dst.with_name(dst.name + ".tmp"), dst.with_name(dst.name + ".log")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[key]
     params.nthread = threads
@@ -340,14 +371,21 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, qtype: str, *, threads:
     level = llama_log.level
     llama_log.setLevel(max(level, logging.ERROR))
     try:
-        status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
-                                                ctypes.byref(params))
+        with _stderr_into(log_path):
+            status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     finally:
         llama_log.setLevel(level)
+        quantizer_log = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
+        log_path.unlink(missing_ok=True)
     if status != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
-        raise ModelError(f"llama.cpp could not quantize to {key} (status {status})", path=src,
-                         fix="check that the file loads in llama.cpp; k-quants need row sizes "
-                             "that are multiples of 256")
+        tail = " | ".join(quantizer_log.strip().splitlines()[-3:])
+        raise ModelError(f"llama.cpp could not quantize to {key} (status {status}){': ' + tail if tail else ''}",
+                         path=src, fix="check that the file loads in llama.cpp; k-quants need row sizes "
+                                       "that are multiples of 256")
+    fallback = _FALLBACK.search(quantizer_log)
+    if fallback and log is not None:
+        log(f"llama.cpp gave {fallback.group(1)} of {fallback.group(2)} tensors another type than {key} "
+            "(k-quants need rows that are multiples of 256)")
     os.replace(tmp, dst)
     return dst
