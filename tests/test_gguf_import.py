@@ -159,3 +159,17 @@ def test_import_gguf_command(tiny_gguf, tmp_path):
     assert "dantes-mlx train --base-model" in result.output
     neither = CliRunner().invoke(main, ["import-gguf"])
     assert neither.exit_code == 1 and "either a GGUF file or --embedded" in neither.output
+
+
+def test_embedded_import_goes_to_the_cache_by_default(tiny_gguf, tmp_path, monkeypatch):
+    """`import-gguf --embedded` resolves the embedded GGUF (here the tiny one stands in) and writes the folder
+    into the dantes-mlx cache."""
+    from dantes_mlx.models import gguf_import
+
+    monkeypatch.setenv("DANTES_MLX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gguf_import, "resolve", lambda model: tiny_gguf)
+    result = CliRunner().invoke(main, ["import-gguf", "--embedded"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cache" / "SmolLM2-135M-Instruct" / "config.json").is_file()
+    both = CliRunner().invoke(main, ["import-gguf", str(tiny_gguf), "--embedded"])
+    assert both.exit_code == 1 and "either a GGUF file or --embedded" in both.output
