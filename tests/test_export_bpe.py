@@ -49,7 +49,8 @@ def test_vocabulary_merges_and_specials_are_written_for_llama_cpps_gpt2_tokenize
     merges = tokenizer_json["model"]["merges"]
     assert fields["tokenizer.ggml.merges"].contents() == [" ".join(m) if isinstance(m, list) else m for m in merges]
     assert "tokenizer.ggml.scores" not in fields and "tokenizer.ggml.add_space_prefix" not in fields
-    assert fields["tokenizer.ggml.bos_token_id"].contents() == 1 and fields["tokenizer.ggml.eos_token_id"].contents() == 2
+    assert fields["tokenizer.ggml.bos_token_id"].contents() == 1
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == 2
     assert fields["tokenizer.ggml.add_bos_token"].contents() is False  # the HF tokenizer adds none
     assert "<|im_start|>" in fields["tokenizer.chat_template"].contents()
     assert fields["llama.rope.freq_base"].contents() == 100000.0

@@ -22,7 +22,8 @@ from dantes_mlx.models.config import imported_from
 from dantes_mlx.models.gguf_import import import_gguf
 
 CHAT = [{"role": "system", "content": "Tu es Dantès."}, {"role": "user", "content": "Bonjour, êtes-vous là ?"},
-        {"role": "assistant", "content": "Oui  l'abbé — « non » 🚢 1815"}, {"role": "user", "content": "Et ensuite ?"}]
+        {"role": "assistant", "content": "Oui  l'abbé — « non » 🚢 1815"},
+        {"role": "user", "content": "Et ensuite ?"}]
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +74,21 @@ def test_mlx_lm_computes_the_same_logits_on_the_imported_folder(imported_tiny, t
     assert np.allclose(np.array(before(ids)), np.array(after(ids)), atol=1e-4)
 
 
-def test_byte_level_bpe_round_trip(tiny_bpe_model_dir, tmp_path):
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_byte_level_bpe_round_trip(tiny_bpe_model_dir, tmp_path, model_type):
     from transformers import AutoTokenizer
 
-    out = write_gguf(tiny_bpe_model_dir, tmp_path / "bpe-f16.gguf")
+    from dantes_mlx.tinymodel_bpe import build_tiny_bpe_model
+
+    model = (tiny_bpe_model_dir if model_type == "llama"
+             else build_tiny_bpe_model(tmp_path / "qwen2", model_type="qwen2"))
+    out = write_gguf(model, tmp_path / "bpe-f16.gguf")
     back = import_gguf(out, tmp_path / "back", dtype="float32").out_dir
     config = json.loads((back / "config.json").read_text())
-    assert config["tie_word_embeddings"] is True and "lm_head.weight" not in load_weights(back)
+    assert config["model_type"] == model_type and config["tie_word_embeddings"] is True
+    original, weights = load_weights(model), load_weights(back)
+    assert set(weights) == set(original) and "lm_head.weight" not in weights
+    assert all(np.array_equal(np.array(original[k]), np.array(weights[k])) for k in original)  # qwen2 biases too
     assert imported_from(back)["tokenizer_pre"] == "smollm"
     tokenizer = AutoTokenizer.from_pretrained(back)
     llm = llama_cpp.Llama(str(out), vocab_only=True, verbose=False)

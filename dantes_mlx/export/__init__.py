@@ -337,7 +337,8 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
         except DantesError as exc:  # the export is done and sound: report, do not lose it
             result.ollama, result.ollama_failed = f"ollama create failed: {exc}", True
     else:
-        steps = "\n".join("  " + shlex.join(c) for c in create_commands(name, result.files[ROUTES[ollama_route]].resolve()))
+        modelfile = result.files[ROUTES[ollama_route]].resolve()
+        steps = "\n".join("  " + shlex.join(c) for c in create_commands(name, modelfile))
         result.ollama = "to register it with Ollama, run:\n" + steps
     result.files["manifest"] = manifest
     write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
