@@ -69,8 +69,10 @@ def _structure_pre(tokenizer_json: dict) -> str | None:
     """The pre-tokenizer name read from tokenizer.json's pre_tokenizer, for the recipes known by heart:
     ByteLevel's own regex (gpt-2), digits split first (smollm), or a Split regex transformers' GGUF
     support maps to a llama.cpp name (llama-bpe, qwen2...)."""
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
-
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+    except ImportError:  # an older transformers: the Split-regex recipes are not recognized
+        GGUF_PRE_TOKENIZER_SPLITS = {}
     pre = tokenizer_json.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
     kinds = [s.get("type") for s in steps or []]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from dantes_mlx import __version__
 from dantes_mlx.errors import ConfigError, ModelError
@@ -31,9 +32,6 @@ DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # dtype "auto": exact float32 for small models (the embedded 135M one: 0.5 GB), bfloat16 from this size on
 AUTO_FLOAT32_BELOW = 2_000_000_000
 MAX_SHARD_BYTES = 4 << 30
-# tokenizer.ggml.* keys whose arrays are big and which only the tokenizer reads
-_BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-               "tokenizer.ggml.scores")
 
 
 @dataclass
@@ -132,9 +130,16 @@ def hf_tokenizer(meta: dict):
     feeds the same converter (`convert_gguf_tokenizer`) with what gguf-py read, mirroring its
     `get_gguf_tokenizer`: special tokens by id, chat template, add_bos/add_eos.
     """
+    import transformers
     from transformers import PreTrainedTokenizerFast
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import (GGUF_TOKENIZER_MAPPING,
-                                                                         convert_gguf_tokenizer)
+
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (GGUF_TOKENIZER_MAPPING,
+                                                                             convert_gguf_tokenizer)
+    except ImportError as exc:
+        raise ModelError(f"transformers {transformers.__version__} has no GGUF tokenizer converter that runs "
+                         "without torch (transformers.integrations.gguf)",
+                         fix="pip install -U transformers (5.x)") from exc
 
     groups = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items()
                       if f"tokenizer.{key}" in meta}
@@ -193,7 +198,6 @@ def write_weights(reader, config: dict, arch: str, out: Path, dtype: str,
                   max_shard_bytes: int = MAX_SHARD_BYTES) -> list[str]:
     """Dequantize every tensor into safetensors files (one, or shards + index); returns the file names."""
     import mlx.core as mx
-    from tqdm import tqdm
 
     shards = _shards(reader, dtype, max_shard_bytes)
     names = (["model.safetensors"] if len(shards) == 1 else
