@@ -1,7 +1,8 @@
 """Tiny random Llama / Qwen2 models with a French byte-level BPE tokenizer (ChatML), as Hugging Face folders.
 
 The byte-level counterpart of tinymodel.py (SentencePiece Mistral): same random weights, a GPT-2-style
-tokenizer trained with `tokenizers` that splits digits first, as SmolLM2's does, and tied embeddings.
+tokenizer trained with `tokenizers` (digits split first, as SmolLM2's; or GPT-2's or Llama 3's
+pre-tokenizer), and tied embeddings.
 """
 
 from __future__ import annotations
@@ -24,18 +25,32 @@ CHATML_TEMPLATE = (
 MODEL_TYPES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
-def train_bpe_tokenizer(corpus: str, vocab_size: int = 1024, split_digits: bool = True):
-    """A byte-level BPE `tokenizers.Tokenizer` trained on `corpus`: GPT-2's byte-level regex (llama.cpp's
-    `gpt-2` pre-tokenizer), after splitting digits one by one when `split_digits` (its `smollm`)."""
+def _pre_tokenizer(pre: str):
+    """The `tokenizers` pre-tokenizer llama.cpp runs under the name `pre` (smollm, gpt-2, llama-bpe)."""
+    from tokenizers import Regex, pre_tokenizers
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if pre == "smollm":  # digits one by one, then GPT-2's regex
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    if pre == "gpt-2":
+        return byte_level
+    if pre == "llama-bpe":  # Llama 3's split regex, then bytes
+        split = pre_tokenizers.Split(Regex(GGUF_PRE_TOKENIZER_SPLITS[pre]), behavior="isolated")
+        return pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    raise ValueError(f"unknown pre-tokenizer {pre!r}: smollm, gpt-2 or llama-bpe")
+
+
+def train_bpe_tokenizer(corpus: str, vocab_size: int = 1024, pre: str = "smollm"):
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `corpus` after llama.cpp's pre-tokenizer `pre`
+    (Llama 3's `llama-bpe` also takes whole words found in the vocabulary, as Llama 3 does)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     lines = [line.strip() for line in corpus.splitlines() if line.strip()]
     if not lines:
         raise ValueError("the tokenizer corpus is empty")
-    tokenizer = Tokenizer(models.BPE())
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-                               if split_digits else byte_level)
+    tokenizer = Tokenizer(models.BPE(ignore_merges=pre == "llama-bpe"))
+    tokenizer.pre_tokenizer = _pre_tokenizer(pre)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BPE_SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -82,14 +97,14 @@ def save_bpe_tokenizer(tokenizer, out_dir: Path, max_positions: int = 2048) -> N
 
 
 def build_tiny_bpe_model(out_dir: str | Path, corpus: str | None = None, *, model_type: str = "llama",
-                         split_digits: bool = True, vocab_size: int = 1024, hidden_size: int = 256,
+                         pre: str = "smollm", vocab_size: int = 1024, hidden_size: int = 256,
                          num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2,
                          intermediate_size: int = 768, seed: int = 0) -> Path:
     """Write a tiny random Llama or Qwen2 model with a byte-level BPE tokenizer; returns the folder."""
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
-    tokenizer = train_bpe_tokenizer(corpus if corpus is not None else builtin_corpus(), vocab_size, split_digits)
+    tokenizer = train_bpe_tokenizer(corpus if corpus is not None else builtin_corpus(), vocab_size, pre)
     config = bpe_config(model_type, tokenizer.get_vocab_size(), hidden_size, num_layers, num_heads, num_kv_heads,
                         intermediate_size)
     tmp = out.with_name(out.name + ".tmp")

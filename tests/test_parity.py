@@ -231,7 +231,7 @@ def test_a_gguf_without_the_fine_tune_fails_even_within_the_quantization_bounds(
     result = export_all(tiny_model_dir, adapter, tmp_path / "out", quantization="q4_k_m", log=lambda m: None)
     assert result.passed, result.summary()
     carried = result.reports["fused q4_k_m"].finetune
-    assert carried.effect > 0.03 and carried.share > 0.6
+    assert carried.effect > 0.03 and carried.share > 0.5
     base_q4 = quantize(tiny_gguf, tmp_path / "base-q4_k_m.gguf", "q4_k_m")
     report = check_parity(tuned_reference, base_q4, enforce=False, base=reference)
     # Inside q4_k_m's KL and top-1 bounds (quantization noise is larger than this fine-tune's effect)...
@@ -239,7 +239,7 @@ def test_a_gguf_without_the_fine_tune_fails_even_within_the_quantization_bounds(
     # ...but no closer to the fine-tuned model than the base is: the fine-tune check alone fails it.
     assert not report.passed and report.finetune.share < -0.5 and len(report.failures) == 1
     assert "was the adapter left out?" in report.failures[0], report.summary()
-    with pytest.raises(ParityError, match="carries -"):
+    with pytest.raises(ParityError, match=r"fine-tune share -[01]\.\d\d < 0\.25"):
         check_parity(tuned_reference, tiny_gguf, base=reference)
 
 

@@ -151,7 +151,7 @@ def test_f16_exports_pass_with_identical_tokens(gate, label):
 def test_quantized_exports_pass_and_carry_the_fine_tune(gate, label):
     report = gate[label]
     assert report.passed and report.tokens_match, report.summary()
-    assert report.finetune.applies and report.finetune.share > 0.6
+    assert report.finetune.applies and report.finetune.share > 0.5
 
 
 def test_a_q4_k_m_gguf_without_the_adapter_fails(gate):
