@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 from dantes_mlx.errors import DantesError, InputError, ModelError
+from dantes_mlx.models.config import mlx_model_config
 from dantes_mlx.models.weights import check_weights
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (new system prompt), /exit"
@@ -65,7 +66,8 @@ class MLXEngine:
                           fix="train again (`dantes-mlx train --resume` continues from its last checkpoint), or copy "
                               "the adapter folder again")
         try:
-            self.model, self.tokenizer = load(str(path), adapter_path=str(adapter_path) if adapter_path else None)
+            self.model, self.tokenizer = load(str(path), adapter_path=str(adapter_path) if adapter_path else None,
+                                              model_config=mlx_model_config(path))
         except (ValueError, FileNotFoundError) as exc:
             raise ModelError(f"mlx-lm cannot load it: {exc}", path=adapter_path or path,
                              fix="check that the adapter was trained on this base model") from exc

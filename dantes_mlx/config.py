@@ -282,6 +282,8 @@ class ExportConfig:
     parity: bool = setting(True, "Run the parity gate at the end of export.")
     out_dir: str = setting("export", "Folder the exported files go to.")
     ollama_create: bool = setting(True, "Run `ollama create` when ollama is on PATH (else print the commands).")
+    ollama_route: str = setting("fused", "What `ollama create` registers: fused (Modelfile: the fused GGUF) or "
+                                         "adapter (Modelfile.adapter: base + ADAPTER; Ollama 0.34.0 or older).")
     ollama_parameters: dict = setting({"temperature": 0.7, "top_p": 0.9, "repeat_penalty": 1.1,
                                        "num_ctx": 4096},
                                       "Default sampling PARAMETERs written to the Modelfile (stop tokens are added).")
