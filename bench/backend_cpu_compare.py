@@ -38,7 +38,7 @@ REPORT = re.compile(r"^\s*(\d+)\s+([\d.]+)\s+[▼▲]\s+([\d,]+)\s+[\d.]+k", re.
 
 def build_inputs(work: Path) -> tuple[Path, Path]:
     """The 4-layer model and 32 chat rows whose answers are 3-6 sentences of the package's French prose."""
-    from dantes_mlx.tinymodel import build_tiny_model, builtin_corpus
+    from dantes_mlx.models.tiny import build_tiny_model, builtin_corpus
 
     model = build_tiny_model(work / "model", num_layers=4, hidden_size=256)
     text = builtin_corpus().replace("\n", " ")

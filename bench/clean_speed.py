@@ -1,4 +1,4 @@
-"""Clean speed on a 4-volume-sized Gutenberg book: dantes_mlx.gutenberg vs a naive line-by-line cleaner.
+"""Clean speed on a 4-volume-sized Gutenberg book: dantes_mlx.book.clean vs a naive line-by-line cleaner.
 
 No real 4-volume book can be downloaded here, so the book is synthesized in Gutenberg layout (BOM, CRLF,
 licence header and footer, "Produced by", chapter headings, paragraphs hard-wrapped at 70 columns with
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dantes_mlx.config import CleanConfig  # noqa: E402
-from dantes_mlx.gutenberg import clean_file, clean_text  # noqa: E402
+from dantes_mlx.book.clean import clean_file, clean_text  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "gutenberg" / "morte_amoureuse.expected.txt"
 DEMO = ROOT / "dantes_mlx" / "resources" / "demo_scene.txt"

@@ -30,7 +30,7 @@ LINEAR_KEYS = "self_attn.q_proj,self_attn.k_proj,self_attn.v_proj,self_attn.o_pr
 
 def build_inputs(work: Path, layers: int, hidden: int) -> tuple[Path, Path]:
     """A random Mistral and 64 chat rows of the package's French prose (3-6 sentence answers)."""
-    from dantes_mlx.tinymodel import build_tiny_model, builtin_corpus
+    from dantes_mlx.models.tiny import build_tiny_model, builtin_corpus
 
     model = build_tiny_model(work / "model", num_layers=layers, hidden_size=hidden, intermediate_size=3 * hidden,
                              num_heads=max(hidden // 64, 4), num_kv_heads=max(hidden // 256, 2))

@@ -112,8 +112,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dantes_mlx.dialogue import find_quotations, normalise_speaker
-from dantes_mlx.dialogue_narrator import is_first_person
+from dantes_mlx.fr.dialogue import find_quotations, normalise_speaker
+from dantes_mlx.fr.narrator import is_first_person
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fr-litbank-dev"
 TUNE = ["Bouvard_et_Pecuchet", "La_morte_amoureuse", "Mademoiselle_Fifi_nouveaux_contes-1", "Pauline",

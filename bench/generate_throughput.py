@@ -9,7 +9,7 @@ Extraction (citations of the chosen speaker):
 - original: every 100-paragraph chunk sent, the chunk in the middle of the instructions (task line,
   chunk, then names, rules and output format), no JSON schema, chunks without overlap, a context
   large enough for the longest chunk (about 17k tokens here; its gpt-oss-20b had it).
-- ours: `dantes_mlx.extract.extract_llm` with its defaults: instructions first and the chunk last
+- ours: `dantes_mlx.extract.llm_method.extract_llm` with its defaults: instructions first and the chunk last
   (llama.cpp re-evaluates only what follows the shared prefix), JSON schema, 10-paragraph overlap,
   chunks also cut to fit llm.n_ctx's default 8192 tokens (the overlap shrinks with them), and the rule
   pre-filter that skips chunks where the speaker is neither named nor quoted.
@@ -18,7 +18,7 @@ speaker's gold quotations (incises cut out, as extract writes them), with the na
 as context:
 - original: one prompt per citation, the citation in the middle of the instructions, no schema, the
   3 pairs asked as JSON objects written one after the other (as in reference/raw_generation_outputs).
-- ours: `dantes_mlx.generate.generate_pairs`: fixed instructions first, the citation last, JSON schema.
+- ours: `dantes_mlx.generate.pairs.generate_pairs`: fixed instructions first, the citation last, JSON schema.
 
 Prompt tokens "evaluated" are those llama.cpp actually decoded after reusing the previous prompt's
 prefix, as LlamaCppClient measures them. Generated tokens come from a random model: printed, not
@@ -101,7 +101,7 @@ def is_name(mention: str) -> bool:
 def chosen_speaker(spans: dict, sources: list) -> tuple[str, list[str], list[list[tuple[int, int]]]]:
     """The most frequent named speaker, their aliases, and the spans (incises cut out) of each gold quotation
     whose Source mention is the name or an alias."""
-    from dantes_mlx.dialogue import normalise_speaker
+    from dantes_mlx.fr.dialogue import normalise_speaker
 
     counts = Counter(spans[e][2] for e, _ in sources if is_name(spans[e][2]))
     name = counts.most_common(1)[0][0]
@@ -120,7 +120,7 @@ class Text:
     """One fr-litbank text, its chosen speaker, their gold quotations and the pronoun-attributed ones."""
 
     def __init__(self, path: Path):
-        from dantes_mlx.extract import Book
+        from dantes_mlx.extract.llm_method import Book
 
         self.book = Book(path.stem, path.read_text(encoding="utf-8"))
         spans, sources = read_gold(path.with_suffix(".ann"))
@@ -133,8 +133,8 @@ class Text:
 def our_chunks(text: Text, cfg, client, max_tokens: int) -> list:
     """(chunk, kept by the pre-filter) exactly as extract_llm cuts and filters them for this client."""
     from dantes_mlx.config import CharacterConfig
-    from dantes_mlx.extract import chunks_to_send, load_prompt
-    from dantes_mlx.extract_chunks import chunk_budget, token_counter
+    from dantes_mlx.extract.llm_method import chunks_to_send, load_prompt
+    from dantes_mlx.extract.chunks import chunk_budget, token_counter
 
     budget = chunk_budget(client, load_prompt(), text.name, text.aliases, max_tokens, cfg.chunk_tokens)
     who = CharacterConfig(name=text.name, aliases=text.aliases, language="fr")
@@ -146,7 +146,7 @@ def recall_study(texts: list[Text], cfg, client, max_tokens: int) -> dict:
 
     N = None is the chunk pre-filter alone; N >= 0 adds focus windows of N paragraphs.
     """
-    from dantes_mlx.extract_focus import focus_paragraphs, paragraph_offsets, window_runs
+    from dantes_mlx.extract.focus import focus_paragraphs, paragraph_offsets, window_runs
 
     study: dict = {}
     for text in texts:
@@ -229,8 +229,8 @@ def gutenberg_layout(text: str) -> str:
 
 def citations_of(text: Text) -> list[dict]:
     """The chosen speaker's gold quotations as citation rows (what extract writes, what generate reads)."""
-    from dantes_mlx.extract import context_before
-    from dantes_mlx.grounding import join_spoken
+    from dantes_mlx.extract.llm_method import context_before
+    from dantes_mlx.extract.grounding import join_spoken
 
     rows = []
     for spans in text.quotes:
@@ -258,7 +258,7 @@ class Cost:
 
 
 def run_original_extraction(client, texts, prompt, chunk_lines, sampling, layout) -> Cost:
-    from dantes_mlx.extract import Book, chunk_book
+    from dantes_mlx.extract.llm_method import Book, chunk_book
 
     cost, t0 = Cost("original"), time.monotonic()
     for text in texts:
@@ -273,7 +273,7 @@ def run_original_extraction(client, texts, prompt, chunk_lines, sampling, layout
 
 def run_our_extraction(client, texts, cfg, sampling, tmp: Path, label: str) -> Cost:
     from dantes_mlx.config import CharacterConfig
-    from dantes_mlx.extract import extract_llm
+    from dantes_mlx.extract.llm_method import extract_llm
 
     cost, t0 = Cost(label), time.monotonic()
     for text in texts:
@@ -289,7 +289,7 @@ def run_our_extraction(client, texts, cfg, sampling, tmp: Path, label: str) -> C
 
 def run_original_generation(client, texts, sampling, k: int) -> Cost:
     from dantes_mlx.config import CharacterConfig
-    from dantes_mlx.generate import load_prompt
+    from dantes_mlx.generate.pairs import load_prompt
 
     prompt, cost, t0 = load_prompt("generate", "fr"), Cost("original"), time.monotonic()
     for text in texts:
@@ -306,7 +306,7 @@ def run_original_generation(client, texts, sampling, k: int) -> Cost:
 
 def run_our_generation(client, texts, sampling, k: int, tmp: Path) -> Cost:
     from dantes_mlx.config import CharacterConfig, GenerateConfig
-    from dantes_mlx.generate import generate_pairs
+    from dantes_mlx.generate.pairs import generate_pairs
 
     cost, t0 = Cost("ours"), time.monotonic()
     for text in texts:
@@ -326,7 +326,7 @@ def build_model(workdir: Path, corpus: str) -> Path:
     Its tokenizer learns the texts, so a token is about 4 characters, as with a real model's vocabulary.
     """
     from dantes_mlx.export.gguf import write_gguf
-    from dantes_mlx.tinymodel import build_tiny_model, builtin_corpus
+    from dantes_mlx.models.tiny import build_tiny_model, builtin_corpus
 
     folder = build_tiny_model(workdir / "tiny", builtin_corpus() + "\n" + corpus, vocab_size=16384,
                               hidden_size=32, num_layers=1, num_heads=1, num_kv_heads=1, intermediate_size=64)
@@ -369,7 +369,7 @@ def main() -> None:
         sys.exit(f"{args.data}: fr-litbank dev folder not found (clone the shared data next to the repo)")
 
     from dantes_mlx.config import LLMConfig
-    from dantes_mlx.extract import load_prompt
+    from dantes_mlx.extract.llm_method import load_prompt
     from dantes_mlx.llm.llamacpp import LlamaCppClient
 
     texts = [Text(path) for path in sorted(args.data.glob("*.txt"))]

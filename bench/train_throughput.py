@@ -38,7 +38,7 @@ QUESTIONS = ["Racontez-moi votre arrivée à Marseille.", "Que voyez-vous depuis
 
 def build_inputs(work: Path) -> tuple[Path, Path]:
     """The tiny model and a chat dataset whose answers are 1-4 sentences of the built-in French text."""
-    from dantes_mlx.tinymodel import build_tiny_model, builtin_corpus
+    from dantes_mlx.models.tiny import build_tiny_model, builtin_corpus
 
     model = build_tiny_model(work / "model", num_layers=4, hidden_size=256)
     sentences = [s.strip() + "." for s in re.split(r"[.!?»]\s", builtin_corpus().replace("\n", " ")) if len(s) > 30]

@@ -1,4 +1,4 @@
-"""The `dantes-mlx` command: a lazy click group that dispatches to one module per stage."""
+"""The `dantes-mlx` command: a lazy click group that dispatches to each stage package's cli module."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from dantes_mlx.errors import DantesError
 # transformers only tokenizes here: its "PyTorch was not found" advice at import is noise on a Mac.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-# name -> (module in dantes_mlx.commands, attribute, one-line help). Modules import only on use,
-# so `dantes-mlx --help` stays fast and never loads mlx, llama.cpp or torch.
+# name -> (package, attribute of its cli module, one-line help): dantes_mlx.<package>.cli:<attribute>. Modules import
+# only on use, so `dantes-mlx --help` stays fast and never loads mlx, llama.cpp or torch.
 COMMANDS = {
-    "init": ("project", "init", "Write a commented dantes.yaml for a new project."),
+    "init": ("pipeline", "init", "Write a commented dantes.yaml for a new project."),
     "fetch": ("book", "fetch", "Download Project Gutenberg ebooks (or copy a local file) into data/raw/."),
     "clean": ("book", "clean", "Strip licence text, unwrap lines, record chapters; print stats."),
     "extract": ("extract", "extract", "Extract a character's citations (local LLM or French dialogue rules)."),
@@ -72,8 +72,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS:
             return None
-        module, attr, _ = COMMANDS[name]
-        return getattr(importlib.import_module(f"dantes_mlx.commands.{module}"), attr)
+        package, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"dantes_mlx.{package}.cli"), attr)
 
     def format_commands(self, ctx, formatter):
         rows = [(name, COMMANDS[name][2]) for name in COMMANDS]

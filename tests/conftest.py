@@ -21,7 +21,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Mistral model as a Hugging Face folder (built in about two seconds)."""
-    from dantes_mlx.tinymodel import build_tiny_model, builtin_corpus
+    from dantes_mlx.models.tiny import build_tiny_model, builtin_corpus
 
     # The built-in text always; the shared Gutenberg text too when present, for a richer vocabulary.
     corpus = builtin_corpus()
@@ -42,6 +42,6 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
 def tiny_bpe_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama model with a French byte-level BPE tokenizer (SmolLM2's layout: ChatML, tied
     embeddings, digits split one by one)."""
-    from dantes_mlx.tinymodel_bpe import build_tiny_bpe_model
+    from dantes_mlx.models.tiny_bpe import build_tiny_bpe_model
 
     return build_tiny_bpe_model(tmp_path_factory.mktemp("tiny-bpe") / "model")

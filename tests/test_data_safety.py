@@ -149,10 +149,10 @@ def test_generate_partly_failing_then_answered_swaps_the_output_in(tmp_path):
 
 # ---------------------------------------------------------------- eval's judge failing
 def test_a_failing_judge_leaves_its_questions_unscored_and_says_so(tmp_path):
-    from dantes_mlx.evaluate import EvalResult, Side, Task, eval_failure, run_judge
-    from dantes_mlx.judge import Judge, JudgeSettings
+    from dantes_mlx.evaluate.compare import EvalResult, Side, Task, eval_failure, run_judge
+    from dantes_mlx.evaluate.judge import Judge, JudgeSettings
     from dantes_mlx.llm.fake import FakeLLM
-    from dantes_mlx.report import write_report
+    from dantes_mlx.evaluate.report import write_report
 
     def down(messages):
         raise ConnectionError("judge server went away")

@@ -184,7 +184,7 @@ def ollama_rendering(messages: Iterable[Mapping]) -> str:
 def template_mismatch(model_dir: str | Path) -> str | None:
     """A warning when the base's own chat template (what training saw) formats a chat unlike the Modelfile's
     TEMPLATE, else None (also when no tokenizer can be loaded: nothing to compare)."""
-    from dantes_mlx.validate import load_tokenizer
+    from dantes_mlx.dataset.validate import load_tokenizer
 
     tokenizer, _ = load_tokenizer(str(model_dir))
     if tokenizer is None:

@@ -347,7 +347,7 @@ def run_parity(model: str | Path, gguf_path: str | Path, *, adapter: str | Path 
                enforce: bool = True) -> ParityReport:
     """The `dantes-mlx parity` stage: the trained model (+ adapter) against a GGUF (+ GGUF LoRA); with an
     adapter, the base model too, to check that the GGUF carries the fine-tune."""
-    from dantes_mlx.train import resolve_model
+    from dantes_mlx.train.stage import resolve_model
 
     prompts = load_prompts(prompts_file) if prompts_file else default_prompts(system)
     model = resolve_model(str(model))  # a Hub id not in the cache offline: a ModelError, not a traceback

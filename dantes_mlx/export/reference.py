@@ -144,7 +144,7 @@ def make_reference(model: str | Path, adapter: str | Path | None = None,
         import tempfile
 
         from dantes_mlx.export.peft import load_adapter, write_mlx_adapter
-        from dantes_mlx.train import resolve_model
+        from dantes_mlx.train.stage import resolve_model
 
         peft = load_adapter(adapter)
         config = json.loads((resolve_model(str(model)) / "config.json").read_text(encoding="utf-8"))

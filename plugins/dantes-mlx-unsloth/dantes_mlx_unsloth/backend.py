@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
-from dantes_mlx.backends import TrainResult
+from dantes_mlx.train.backends import TrainResult
 from dantes_mlx_unsloth.settings import BACKEND, check_settings
 
 

@@ -16,7 +16,7 @@ class TorchReference:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from dantes_mlx.train import resolve_model
+        from dantes_mlx.train.stage import resolve_model
 
         folder = resolve_model(str(model_dir))
         self.name = f"transformers {folder}" + (f" + PEFT {adapter_dir}" if adapter_dir else "")

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from dantes_mlx.backends import TrainResult
-from dantes_mlx.backends.mlx_backend import interrupted
+from dantes_mlx.train.backends import TrainResult
+from dantes_mlx.train.backends.mlx import interrupted
 from dantes_mlx.errors import ConfigError, ModelError
-from dantes_mlx.train import (METRICS_FILE, PLOT_FILE, STATE_FILE, MetricsLog, check_answers_fit,
+from dantes_mlx.train.stage import (METRICS_FILE, PLOT_FILE, STATE_FILE, MetricsLog, check_answers_fit,
                               check_dropped_system, checkpoint_name, clear_run_outputs, load_dataset, plot_losses,
                               read_state, resolve_iters, resolve_model, validation_note, write_chat_template,
                               write_resolved_config, write_state)

@@ -54,8 +54,8 @@ def tiny_settings(model_dir: Path, **overrides):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random Mistral model as a Hugging Face folder (dantes_mlx.tinymodel, about two seconds)."""
-    from dantes_mlx.tinymodel import build_tiny_model
+    """A tiny random Mistral model as a Hugging Face folder (dantes_mlx.models.tiny, about two seconds)."""
+    from dantes_mlx.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from conftest import row, tiny_settings
 
-from dantes_mlx.backends import entry_points, get_backend, list_backends
+from dantes_mlx.train.backends import entry_points, get_backend, list_backends
 from dantes_mlx.cli import main
 from dantes_mlx.config import TrainConfig
 from dantes_mlx.errors import ConfigError

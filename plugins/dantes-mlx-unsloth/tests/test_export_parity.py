@@ -13,7 +13,7 @@ from conftest import tiny_settings
 
 from dantes_mlx.cli import main
 from dantes_mlx.export.parity import MLXReference, check_parity, default_prompts, make_reference
-from dantes_mlx.train import train
+from dantes_mlx.train.stage import train
 from dantes_mlx_unsloth.parity import TorchReference
 from dantes_mlx_unsloth.run import PATH_ENV
 

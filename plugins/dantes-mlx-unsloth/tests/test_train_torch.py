@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import tiny_settings, write_dataset
 
 from dantes_mlx.cli import main
-from dantes_mlx.train import MetricsLog, train
+from dantes_mlx.train.stage import MetricsLog, train
 from dantes_mlx_unsloth.run import PATH_ENV
 
 pytestmark = pytest.mark.slow

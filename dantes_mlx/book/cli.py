@@ -1,0 +1,68 @@
+"""`dantes-mlx fetch` and `dantes-mlx clean`: get Project Gutenberg books into data/raw/ and clean them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dantes_mlx.book import clean as gutenberg, fetch as gutenberg_fetch
+from dantes_mlx.config import CleanConfig, ProjectConfig, load_yaml, section
+
+CONFIG_HELP = "Project file (default: dantes.yaml when present)."
+
+
+@click.command()
+@click.argument("ids", nargs=-1)
+@click.option("--file", "files", multiple=True, type=click.Path(path_type=Path),
+              help="Copy this local text file into raw/ instead of downloading (repeatable).")
+@click.option("--raw-dir", type=click.Path(path_type=Path), help="Where books go (default: <data_dir>/raw).")
+@click.option("--base-url", help="Project Gutenberg site or a mirror with the same layout.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds before a download gives up.")
+@click.option("--force", is_flag=True, help="Download again even when the book is already in raw/.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
+def fetch(ids, files, raw_dir, base_url, timeout, force, config_path):
+    """Download Project Gutenberg ebooks (or copy a local file) into data/raw/.
+
+    With no ID and no --file, fetches the books listed under `project.books` in dantes.yaml.
+    """
+    project = section(ProjectConfig, load_yaml(config_path), {"gutenberg_url": base_url})
+    if not ids and not files:
+        ids = tuple(map(str, project.books))
+    results = gutenberg_fetch.fetch_books(ids, raw_dir or Path(project.data_dir) / "raw", files=files,
+                                          base_url=project.gutenberg_url, timeout=timeout, force=force)
+    for item in results:
+        origin = f"  <- {item.source}" if item.source else ""
+        click.echo(f"{item.status:>10}  {item.path} ({item.path.stat().st_size:,} bytes){origin}")
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output file for one input, or folder (default: <data_dir>/clean/).")
+@click.option("--raw-dir", type=click.Path(path_type=Path),
+              help="Books cleaned when no INPUT is given (default: <data_dir>/raw).")
+@click.option("--strip-italics/--keep-italics", default=None,
+              help="Remove the _underscores_ that mark italics (default: keep them).")
+@click.option("--encoding", help="Input encoding, e.g. latin-1 (default: UTF-8, with a hint when it is not).")
+@click.option("--max-line-chars", type=int, help="Longest input line accepted (default: 1,000,000).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
+def clean(inputs, output, raw_dir, strip_italics, encoding, max_line_chars, config_path):
+    """Strip licence text, unwrap lines, record chapters; print stats.
+
+    `dantes-mlx clean` cleans every .txt of data/raw/ into data/clean/; `dantes-mlx clean INPUT... -o OUTPUT`
+    cleans any files. Each output gets a `<name>.json` sidecar with chapters, source, encoding and stats.
+    """
+    config = load_yaml(config_path)
+    project = section(ProjectConfig, config)
+    settings = section(CleanConfig, config, {
+        "keep_italics": None if strip_italics is None else not strip_italics,
+        "encoding": encoding, "max_line_chars": max_line_chars})
+    data_dir = Path(project.data_dir)
+    done = gutenberg.clean_books(inputs, output, raw_dir or data_dir / "raw", data_dir / "clean", settings)
+    for src, dst, result in done:
+        for warning in result.warnings:
+            click.echo(f"warning: {src}: {warning}", err=True)
+        s = result.stats
+        click.echo(f"{src} -> {dst}\n  paragraphs {s['paragraphs']:,} (dialogue {s['dialogue_paragraphs']:,}), "
+                   f"chapters {s['chapters']:,}, words {s['words']:,}, chars {s['chars']:,}")

