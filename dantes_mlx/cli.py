@@ -54,17 +54,26 @@ def os_error(exc: OSError) -> DantesError | None:
     return DantesError(exc.strerror or str(exc), path=exc.filename, fix=_OS_FIXES[exc.errno])
 
 
+def click_error(exc: DantesError) -> click.ClickException:
+    """The click error a DantesError becomes: its message without a traceback, its exit status."""
+    error = click.ClickException(exc.message)
+    error.exit_code = exc.exit_code
+    return error
+
+
 class LazyGroup(click.Group):
     """A click group whose commands are imported the first time they are used."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except DantesError as exc:
+            raise click_error(exc) from exc
         except OSError as exc:
             error = os_error(exc)
             if error is None:
                 raise
-            raise error from exc
+            raise click_error(error) from exc
 
     def list_commands(self, ctx):
         return list(COMMANDS)

@@ -1,14 +1,15 @@
-"""One exception family whose messages name the file, the line and the fix."""
+"""One plain exception family whose messages name the file, the line and the fix; only the CLI makes them click errors."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-import click
 
+class DantesError(Exception):
+    """A user-facing error: the command line prints it without a traceback and exits with `exit_code`."""
 
-class DantesError(click.ClickException):
-    """A user-facing error: click prints it without a traceback and exits with status 1."""
+    exit_code = 1
 
     def __init__(self, message: str, *, path: str | Path | None = None,
                  line: int | None = None, fix: str | None = None):
@@ -16,10 +17,11 @@ class DantesError(click.ClickException):
         where = ""
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
-        text = where + message
-        if fix:
-            text += f"\n  fix: {fix}"
-        super().__init__(text)
+        self.message = where + message + (f"\n  fix: {fix}" if fix else "")
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class InputError(DantesError):
@@ -43,7 +45,19 @@ class MissingDependency(DantesError):
 
 
 class StageFailed(DantesError):
-    """Some LLM calls of a stage failed: what finished is stored and the previous output kept; exit status 1."""
+    """Some LLM calls of a stage failed: what finished is stored and the previous output kept; exit status 1.
+    `stops_run` False: the stage's outputs are complete and `run` goes on (only a last step, such as
+    registering with Ollama, failed)."""
+
+    def __init__(self, message: str, *, stops_run: bool = True, **where):
+        super().__init__(message, **where)
+        self.stops_run = stops_run
+
+
+class Interrupted(DantesError):
+    """Ctrl-C during a stage: what it finished is stored; running the same command again resumes."""
+
+    exit_code = 130
 
 
 class ParityError(DantesError):
@@ -52,8 +66,6 @@ class ParityError(DantesError):
 
 def require(module: str, purpose: str, pip_name: str | None = None):
     """Import an optional module or raise MissingDependency with the exact pip command."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:
