@@ -7,8 +7,8 @@ import re
 import statistics
 from dataclasses import dataclass
 
-from dantes_mlx.generate.pairs import load_prompt
 from dantes_mlx.llm.base import LLMClient
+from dantes_mlx.llm.prompt import load_prompt
 from dantes_mlx.store import Store, item_key
 
 STAGE = "eval-judge"
@@ -157,9 +157,8 @@ class Judge:
 
     def __init__(self, client: LLMClient, settings: JudgeSettings, store: Store | None = None):
         self.client, self.settings, self.store = client, settings, store
-        self.rubric_prompt = load_prompt("judge_rubric", settings.language, data_fields=("question", "answer"))
-        self.pairwise_prompt = load_prompt("judge_pairwise", settings.language,
-                                           data_fields=("question", "answer_a", "answer_b"))
+        self.rubric_prompt = load_prompt("judge_rubric", settings.language)
+        self.pairwise_prompt = load_prompt("judge_pairwise", settings.language)
         self.asked = 0  # calls that reached the client (cache misses)
 
     def rubric(self, question: str, answer: str) -> dict:

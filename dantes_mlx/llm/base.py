@@ -1,13 +1,12 @@
-"""The LLMClient protocol shared by every LLM stage, and the factory that picks a client."""
+"""The LLMClient protocol shared by every LLM stage: a chat call, its result and its sampling options."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Protocol, runtime_checkable
+from typing import Iterable, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from dantes_mlx.config import LLMConfig
+from dantes_mlx.errors import ConfigError
 
 
 @dataclass
@@ -29,8 +28,6 @@ SAMPLING_KEYS = frozenset({"temperature", "max_tokens", "top_p", "top_k", "min_p
 
 def check_sampling(sampling: dict) -> dict:
     """The sampling options that are set, or ConfigError listing the valid names."""
-    from dantes_mlx.errors import ConfigError
-
     unknown = sorted(set(sampling) - SAMPLING_KEYS)
     if unknown:
         raise ConfigError(f"unknown sampling option(s): {', '.join(unknown)}",
@@ -66,18 +63,3 @@ class LLMClient(Protocol):
     def chat(self, messages: list[dict], json_schema: dict | None = None, **sampling) -> ChatResult:
         """One chat completion; with json_schema the output is forced (or asked) to match it."""
         ...
-
-
-def make_client(cfg: "LLMConfig") -> LLMClient:
-    """The client a stage config asks for: an HTTP server when `url` is set, else llama.cpp."""
-    from dantes_mlx.errors import ConfigError
-
-    if cfg.url:
-        from dantes_mlx.llm.openai_compat import OpenAICompatClient
-        return OpenAICompatClient.from_config(cfg)
-    if cfg.model:
-        from dantes_mlx.llm.llamacpp import LlamaCppClient
-        return LlamaCppClient.from_config(cfg)
-    raise ConfigError("no generator LLM configured", path="dantes.yaml [llm]",
-                      fix="set llm.model (a GGUF path or HF_REPO:FILE.gguf) or llm.url (or pass --model/--url); "
-                          "without an LLM: `extract --method rules`, `generate --facts FILE --no-llm`; `--labels` needs none")

@@ -139,3 +139,18 @@ def map_chat(client: LLMClient, requests: Iterable, concurrency: int = 1,
     for index, result in iter_chat(client, requests, concurrency, return_exceptions):
         results[index] = result
     return results
+
+
+def iter_results(client: LLMClient, requests: list, concurrency: int = 1):
+    """(index, result or exception) as calls finish: the client's own threads when it has them (HTTP servers,
+    `concurrency` in flight), else one call at a time (in-process models serialise anyway)."""
+    if hasattr(client, "iter_chat"):
+        return client.iter_chat(requests, concurrency, return_exceptions=True)
+    return iter_chat(client, requests, 1, return_exceptions=True)
+
+
+def reply_record(result: ChatResult) -> dict:
+    """What a store keeps of one reply: its text, token counts and why it stopped."""
+    return {"text": result.text, "prompt_tokens": result.prompt_tokens,
+            "evaluated_tokens": result.evaluated_tokens, "completion_tokens": result.completion_tokens,
+            "reasoning_tokens": result.reasoning_tokens, "finish_reason": getattr(result, "finish_reason", "")}

@@ -14,6 +14,7 @@ apart from the text with its own token count.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -115,8 +116,6 @@ def _gguf_choices(hub, repo: str) -> str:
 def model_identity(path: Path, samples: int = 16, sample_bytes: int = 1 << 16) -> str:
     """A local GGUF's name plus a digest of its size and of samples spread over its bytes: two files both
     called `ggml-model-Q4_K_M.gguf` never share cached answers, and a file is read only ~1 MB for it."""
-    import hashlib
-
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with open(path, "rb") as fh:

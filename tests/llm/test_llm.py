@@ -14,7 +14,8 @@ import pytest
 
 from dantes_mlx.config import LLMConfig
 from dantes_mlx.errors import ConfigError, ModelError
-from dantes_mlx.llm import batch, make_client
+from dantes_mlx.llm import batch
+from dantes_mlx.llm.clients import make_client
 from dantes_mlx.llm.fake import FakeLLM
 from dantes_mlx.llm.llamacpp import build_messages, resolve_model_path
 from dantes_mlx.llm.openai_compat import OpenAICompatClient, chat_url
