@@ -6,7 +6,6 @@ import hashlib
 import math
 import random
 import re
-import unicodedata
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -15,24 +14,14 @@ import numpy as np
 
 from dantes_mlx.config import split_ratios
 from dantes_mlx.errors import ConfigError
+from dantes_mlx.fr.text import fold, strip_accents
 
 SPLITS = ("train", "valid", "test")
 # group: a group's rows share one split (valid/test: unseen sources); row: memorisation (see split_within_groups).
 SPLIT_MODES = ("group", "row")
 WORD = re.compile(r"\w+")
-_COMBINING = re.compile(r"[\u0300-\u036f]")
 TEMPLATE_CHARS = 4000  # a prompt template is looked for in the first and last characters of a text
 MIN_LINK_SIMILARITY = 0.05  # floor for small files, where most random pairs share no word at all
-
-
-def normalize(text: str) -> str:
-    """Lower-case NFKC words only: punctuation, quotes, dashes and spacing variants all drop out."""
-    return " ".join(WORD.findall(unicodedata.normalize("NFKC", text).lower()))
-
-
-def fold_accents(text: str) -> str:
-    """Lower-case text without diacritics (for word statistics, where 'pensée' and 'pensee' are one word)."""
-    return _COMBINING.sub("", unicodedata.normalize("NFKD", text.lower()))
 
 
 def parse_split(spec: str) -> tuple[float, float, float]:
@@ -49,7 +38,7 @@ def parse_split(spec: str) -> tuple[float, float, float]:
 
 def shingles(text: str, n: int = 3) -> np.ndarray:
     """Sorted unique 32-bit hashes of the word n-grams of normalised text (one hash when shorter than n)."""
-    words = normalize(text).split()
+    words = fold(text).split()
     if not words:
         return np.zeros(0, dtype=np.uint64)
     h = np.fromiter((zlib.crc32(w.encode("utf-8")) for w in words), dtype=np.uint64, count=len(words))
@@ -192,7 +181,7 @@ def find_duplicates(texts: list[str], threshold: float, answers: list[str] | Non
     drops: dict[int, Drop] = {}
     first: dict[str, int] = {}
     for i, (text, answer) in enumerate(zip(texts, answers)):
-        key = hashlib.sha1(f"{normalize(text)}\x1f{normalize(answer)}".encode("utf-8")).hexdigest()
+        key = hashlib.sha1(f"{fold(text)}\x1f{fold(answer)}".encode("utf-8")).hexdigest()
         if key in first:
             drops[i] = Drop(i, "exact duplicate", first[key])
         else:
@@ -253,7 +242,7 @@ with would your""".split())
 
 def content_words(text: str) -> list[str]:
     """Words longer than 3 letters, accents folded, cut to 6 letters (a crude stemmer), stop words left out."""
-    return [w[:6] for w in WORD.findall(fold_accents(text)) if len(w) > 3 and w not in STOP_WORDS]
+    return [w[:6] for w in WORD.findall(strip_accents(text)) if len(w) > 3 and w not in STOP_WORDS]
 
 
 def consecutive_runs(texts: list[str], strictness: float = 0.98, window: int = 2,

@@ -8,7 +8,8 @@ import unicodedata
 from collections import Counter
 from typing import Iterable
 
-from dantes_mlx.dataset.split import content_words, fold_accents
+from dantes_mlx.dataset.split import content_words
+from dantes_mlx.fr.text import fold, strip_accents
 
 # Words (letters, digits, accented letters) with an elided clitic kept whole: "l'", "qu'", "t'".
 _ELIDED = r"(?:jusqu|lorsqu|puisqu|quoiqu|presqu|qu|[cdjlmnst])['’]"
@@ -59,7 +60,7 @@ def rouge_l(candidate: str, reference: str) -> dict:
 
 def guess_language(text: str) -> str:
     """'fr', 'en' or 'unknown' (fewer than two function words, or a tie), from stop-word counts."""
-    tokens = [fold_accents(t) for t in tokenize_fr(text)]
+    tokens = [strip_accents(t) for t in tokenize_fr(text)]
     fr = sum(t in _FRENCH for t in tokens)
     en = sum(t in _ENGLISH for t in tokens)
     if max(fr, en) < 2 or fr == en:
@@ -150,7 +151,7 @@ OTHER = "(other)"
 
 
 def _label_key(text: str) -> str:
-    return " ".join(re.sub(r"[\W_]+", " ", fold_accents(text)).split())
+    return fold(text, accents=False)
 
 
 def normalize_label(text: str, labels: Iterable[str]) -> str:

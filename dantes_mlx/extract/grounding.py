@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from rapidfuzz import fuzz
+
 from dantes_mlx.fr import dialogue
 from dantes_mlx.fr.dialogue import split_incises, trim_span
+from dantes_mlx.fr.text import fold_char
 
 # Characters that open or close a reply around its words: dialogue dashes, quotes, guillemets.
 _OPENERS = set("-—–―‒«»\"“”„'‘’ \u00a0\u202f\t")
@@ -76,14 +78,7 @@ class NormalizedText:
         return self.index[nstart], self.index[nend - 1] + 1
 
 
-def fold_char(ch: str) -> str:
-    """One character folded for matching: letters and digits lower-cased, anything else a space."""
-    if ch.isalnum():
-        return unicodedata.normalize("NFC", ch.casefold())
-    return " "
-
-
-def normalize(text: str) -> str:
+def fold_for_matching(text: str) -> str:
     """Text folded the way NormalizedText folds a source span (quotes, dashes, punctuation, case)."""
     return NormalizedText(text).text.strip()
 
@@ -147,7 +142,7 @@ def locate(citation: str, text: str, lo: int = 0, hi: int | None = None,
         if pos not in taken:
             return Grounding(pos, pos + len(needle), 100.0, "exact")
     norm = norm or NormalizedText(text, lo, hi)
-    nneedle = normalize(needle)
+    nneedle = fold_for_matching(needle)
     if not nneedle:
         return Grounding(lo, lo, 0.0, "none")
     lead, trail = not needle[0].isalnum(), not needle[-1].isalnum()
@@ -173,7 +168,7 @@ def locate(citation: str, text: str, lo: int = 0, hi: int | None = None,
 def _elided(needle: str, text: str, lo: int, hi: int, taken, norm, speech) -> Grounding | None:
     """A citation the model shortened with "…" or "[...]" inside it: each piece found in order, close
     to the previous one; the span runs over the words left out, the score is the weakest piece's."""
-    pieces = [p for p in _ELLIPSIS.split(needle) if normalize(p)]
+    pieces = [p for p in _ELLIPSIS.split(needle) if fold_for_matching(p)]
     if len(pieces) < 2:
         return None
     found: list[Grounding] = []
@@ -191,8 +186,6 @@ def _elided(needle: str, text: str, lo: int, hi: int, taken, norm, speech) -> Gr
 
 def _fuzzy(nneedle: str, text: str, norm: NormalizedText, lo: int, hi: int, lead: bool, trail: bool) -> Grounding:
     """The best partial-ratio window of a folded text, widened to whole words and the reply's marks."""
-    from rapidfuzz import fuzz
-
     if not norm.text:
         return Grounding(lo, lo, 0.0, "none")
     if len(nneedle) > len(norm.text):
@@ -291,15 +284,13 @@ def join_spoken(text: str, segments, tail: int | None = None) -> str:
 
 def _same_quote(a: dict, b: dict) -> bool:
     """Two grounded citations that overlap enough, or read nearly the same, are one quote."""
-    from rapidfuzz import fuzz
-
     overlap = min(a["end"], b["end"]) - max(a["start"], b["start"])
     if overlap <= 0:
         return False
     shorter = min(a["end"] - a["start"], b["end"] - b["start"]) or 1
     if overlap >= 0.5 * shorter:
         return True
-    return fuzz.ratio(normalize(a["citation"]), normalize(b["citation"])) >= 90
+    return fuzz.ratio(fold_for_matching(a["citation"]), fold_for_matching(b["citation"])) >= 90
 
 
 def _better(a: dict, b: dict) -> dict:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 from dantes_mlx.fr.lexicon import ADJ_COMPLEMENT, DETS, INVERTED, PRESENT_FORMS, SPEECH_FORMS
-from dantes_mlx.fr.speakers import is_verb_like, subject_after_verb, subject_verbs, tokens
-
+from dantes_mlx.fr.mentions import is_verb_like, subject_after_verb, subject_verbs, tokens
 
 # --- incises: where the narrator interrupts a reply, and where the reply gives way to narration
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from dantes_mlx.fr.boundaries import (SECOND_PERSON, cut_narrative_clause, drop_narration, match_incise,
                                             split_incises, trim_span)
 from dantes_mlx.fr.narrator import is_first_person
-from dantes_mlx.fr.speakers import attribute, fold, is_character, normalise_speaker
+from dantes_mlx.fr.speakers import attribute, is_character, normalise_speaker
+from dantes_mlx.fr.text import fold_name
 from dantes_mlx.errors import InputError
 
 __all__ = ["Quote", "find_quotations", "character_quotes", "mentions_character", "all_speakers_rows",
@@ -314,7 +315,7 @@ def mentions_character(text: str, name: str, aliases=()) -> bool:
     """Whether text names the character or an alias (case, accents, hyphens and apostrophes ignored):
     the pre-filter that lets the LLM method skip chunks."""
     pattern = _alias_regex(name, tuple(aliases))
-    return pattern is not None and pattern.search(fold(text)) is not None
+    return pattern is not None and pattern.search(fold_name(text)) is not None
 
 
 def all_speakers_rows(text: str) -> list[dict]:

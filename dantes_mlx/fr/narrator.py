@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import re
 
-from dantes_mlx.fr.lexicon import (ADVERBS, CLITICS, SPEECH_FORMS, SPEECH_PARTICIPLES_PAST, TOKEN,
-                                         er_forms)
+from dantes_mlx.fr.lexicon import ADVERBS, CLITICS, SPEECH_FORMS, SPEECH_PARTICIPLES_PAST, TOKEN, er_forms
 
 FIRST_PERSON = frozenset({"je", "j'"})
 # verbs of thought: what the narrator "pense", "songe", "se dit" or "se demande" is a thought, not speech

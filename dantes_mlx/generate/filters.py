@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
+
+from rapidfuzz import fuzz
+
+from dantes_mlx.fr.text import fold
 
 # Reasons, in the order they are checked.
 EMPTY, TOO_SHORT, TOO_LONG = "empty", "too_short", "too_long"
@@ -45,13 +48,6 @@ class FilterSettings:
     names: tuple[str, ...] = ()
 
 
-def normalize(text: str) -> str:
-    """Lower case, no accents, no dialogue dashes or punctuation, single spaces."""
-    text = unicodedata.normalize("NFKD", text.lower())
-    text = "".join(c for c in text if not unicodedata.combining(c))
-    return " ".join(re.sub(r"[\W_]+", " ", text).split())
-
-
 def words(text: str) -> int:
     return len(text.split())
 
@@ -60,7 +56,7 @@ def wrong_language(text: str, language: str) -> bool:
     """Cheap check: more function words of the other language (fr/en only) than of the expected one."""
     if language not in _STOPWORDS:
         return False
-    tokens = normalize(text).split()
+    tokens = fold(text, accents=False).split()
     expected = sum(t in _STOPWORDS[language] for t in tokens)
     other = max(sum(t in _STOPWORDS[lang] for t in tokens) for lang in _STOPWORDS if lang != language)
     return other >= 3 and other > 2 * expected
@@ -78,8 +74,6 @@ def narration_pattern(names: tuple[str, ...]) -> re.Pattern:
 def pair_reason(instruction: str, response: str, settings: FilterSettings, *, citation: str = "",
                 fact: str = "", narration: re.Pattern | None = None) -> str | None:
     """The first reason this pair fails, or None when it is kept."""
-    from rapidfuzz import fuzz
-
     if not instruction.strip() or not response.strip():
         return EMPTY
     if words(response) < settings.min_answer_words:
@@ -92,12 +86,13 @@ def pair_reason(instruction: str, response: str, settings: FilterSettings, *, ci
         return MARKUP
     if narration is not None and narration.search(response):
         return NARRATION
-    if citation and fuzz.ratio(normalize(response), normalize(citation)) >= settings.max_citation_similarity:
+    answer = fold(response, accents=False)
+    if citation and fuzz.ratio(answer, fold(citation, accents=False)) >= settings.max_citation_similarity:
         return COPIES_CITATION
     # A model that gives the question back as its answer (long questions get past too_short).
-    if fuzz.ratio(normalize(response), normalize(instruction)) >= settings.duplicate_question_similarity:
+    if fuzz.ratio(answer, fold(instruction, accents=False)) >= settings.duplicate_question_similarity:
         return COPIES_QUESTION
-    if fact and fuzz.partial_ratio(normalize(fact), normalize(response)) < 80:
+    if fact and fuzz.partial_ratio(fold(fact, accents=False), answer) < 80:
         return MISSING_FACT
     if wrong_language(response, settings.language) or wrong_language(instruction, settings.language):
         return WRONG_LANGUAGE
@@ -111,14 +106,12 @@ def filter_group(pairs: list, settings: FilterSettings, *, k: int = 0, citation:
     `pairs` hold `.instruction` and `.response`; questions near-duplicating an earlier kept one are
     rejected, and with k > 0 only the first k good pairs are kept.
     """
-    from rapidfuzz import fuzz
-
     narration = narration_pattern(settings.names) if settings.names else None
     kept, rejected, questions = [], [], []
     for pair in pairs:
         reason = pair_reason(pair.instruction, pair.response, settings, citation=citation, fact=fact,
                              narration=narration)
-        question = normalize(pair.instruction)
+        question = fold(pair.instruction, accents=False)
         if reason is None and any(fuzz.ratio(question, q) >= settings.duplicate_question_similarity
                                   for q in questions):
             reason = DUPLICATE_QUESTION

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dantes_mlx.fr.dialogue import (all_speakers_rows, character_quotes, find_quotations, is_character,
-                                 mentions_character, normalise_speaker, paragraphs, read_text)
+from dantes_mlx.fr.dialogue import (all_speakers_rows, character_quotes, find_quotations, mentions_character, paragraphs, read_text)
+from dantes_mlx.fr.speakers import is_character, normalise_speaker
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 LITBANK = SHARED / "fr-litbank-dev"

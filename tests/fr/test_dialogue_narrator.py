@@ -17,7 +17,9 @@ from dantes_mlx.cli import main
 from dantes_mlx.config import CharacterConfig, ExtractConfig
 from dantes_mlx.fr.dialogue import character_quotes, find_quotations, read_text
 from dantes_mlx.fr.narrator import first_person_share, narrator_hint, quote_kind
-from dantes_mlx.extract.llm_method import NARRATOR_NOTE, Book, chunk_key, chunks_to_send, extract_llm, load_prompt
+from dantes_mlx.extract.chunks import Book
+from dantes_mlx.extract.llm_method import chunk_key, chunks_to_send, extract_llm
+from dantes_mlx.extract.prompt import NARRATOR_NOTE, citation_prompt as load_prompt
 from dantes_mlx.llm.fake import fake_from_function
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"

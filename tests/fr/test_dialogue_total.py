@@ -21,8 +21,11 @@ from dantes_mlx.config import CharacterConfig, ExtractConfig
 from dantes_mlx.fr.dialogue import (all_speakers_rows, character_quotes, detect_quotations, find_quotations,
                                  paragraphs, read_text)
 from dantes_mlx.fr.narrator import narrator_hint, quote_kind
-from dantes_mlx.fr.speakers import Mention, _Attributor
-from dantes_mlx.extract.llm_method import Book, chunks_to_send, extract_rules
+from dantes_mlx.fr.mentions import Mention
+from dantes_mlx.fr.speakers import _Attributor
+from dantes_mlx.extract.chunks import Book
+from dantes_mlx.extract.llm_method import chunks_to_send
+from dantes_mlx.extract.rules_method import extract_rules
 from dantes_mlx.extract.focus import focus_paragraphs, focus_text, focus_windows, prefilter_keeps
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
