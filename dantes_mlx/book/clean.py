@@ -9,9 +9,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dantes_mlx.errors import InputError
 from dantes_mlx.book.notes import move_notes
 from dantes_mlx.book.read import normalize_newlines, read_book
+from dantes_mlx.errors import InputError
 from dantes_mlx.outputs import check_output
 from dantes_mlx.store import write_text_atomic
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from dantes_mlx.book import clean as gutenberg, fetch as gutenberg_fetch
-from dantes_mlx.config import CleanConfig, ProjectConfig, load_yaml, section
+from dantes_mlx.book.stage import CleanSettings, FetchSettings, run_clean, run_fetch
+from dantes_mlx.cli_common import project, run_stage
 
 CONFIG_HELP = "Project file (default: dantes.yaml when present)."
 
@@ -26,14 +26,10 @@ def fetch(ids, files, raw_dir, base_url, timeout, force, config_path):
 
     With no ID and no --file, fetches the books listed under `project.books` in dantes.yaml.
     """
-    project = section(ProjectConfig, load_yaml(config_path), {"gutenberg_url": base_url})
-    if not ids and not files:
-        ids = tuple(map(str, project.books))
-    results = gutenberg_fetch.fetch_books(ids, raw_dir or Path(project.data_dir) / "raw", files=files,
-                                          base_url=project.gutenberg_url, timeout=timeout, force=force)
-    for item in results:
-        origin = f"  <- {item.source}" if item.source else ""
-        click.echo(f"{item.status:>10}  {item.path} ({item.path.stat().st_size:,} bytes){origin}")
+    config, workspace = project(config_path)
+    settings = FetchSettings.from_config(config, ids=ids, files=files, raw_dir=raw_dir, base_url=base_url,
+                                         timeout=timeout, force=force)
+    run_stage(run_fetch, settings, workspace)
 
 
 @click.command()
@@ -53,16 +49,8 @@ def clean(inputs, output, raw_dir, strip_italics, encoding, max_line_chars, conf
     `dantes-mlx clean` cleans every .txt of data/raw/ into data/clean/; `dantes-mlx clean INPUT... -o OUTPUT`
     cleans any files. Each output gets a `<name>.json` sidecar with chapters, source, encoding and stats.
     """
-    config = load_yaml(config_path)
-    project = section(ProjectConfig, config)
-    settings = section(CleanConfig, config, {
-        "keep_italics": None if strip_italics is None else not strip_italics,
-        "encoding": encoding, "max_line_chars": max_line_chars})
-    data_dir = Path(project.data_dir)
-    done = gutenberg.clean_books(inputs, output, raw_dir or data_dir / "raw", data_dir / "clean", settings)
-    for src, dst, result in done:
-        for warning in result.warnings:
-            click.echo(f"warning: {src}: {warning}", err=True)
-        s = result.stats
-        click.echo(f"{src} -> {dst}\n  paragraphs {s['paragraphs']:,} (dialogue {s['dialogue_paragraphs']:,}), "
-                   f"chapters {s['chapters']:,}, words {s['words']:,}, chars {s['chars']:,}")
+    config, workspace = project(config_path)
+    settings = CleanSettings.from_config(config, inputs=inputs, output=output, raw_dir=raw_dir,
+                                         keep_italics=None if strip_italics is None else not strip_italics,
+                                         encoding=encoding, max_line_chars=max_line_chars)
+    run_stage(run_clean, settings, workspace)

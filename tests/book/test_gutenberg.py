@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dantes_mlx.cli import main
 from dantes_mlx.book.clean import clean_text, join_lines, parse_heading, strip_italics
+from dantes_mlx.cli import main
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gutenberg"
 RAW, EXPECTED = SHARED / "morte_amoureuse.raw.txt", SHARED / "morte_amoureuse.expected.txt"

@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
-from dantes_mlx.config import CleanConfig
-from dantes_mlx.errors import InputError
 from dantes_mlx.book.clean import clean_file
 from dantes_mlx.book.fetch import fetch_books
+from dantes_mlx.config import CleanConfig
+from dantes_mlx.errors import InputError
 
 BOOK = "Le château d'If, où Dantès fut enfermé.\n".encode("utf-8") * 50
 

@@ -10,9 +10,9 @@ import json
 
 import pytest
 
+from dantes_mlx.book.clean import clean_file, clean_text
 from dantes_mlx.config import CleanConfig
 from dantes_mlx.errors import InputError
-from dantes_mlx.book.clean import clean_file, clean_text
 
 BODY = ("CHAPITRE PREMIER\n\n"
         "Il était une fois un roi qui avait trois filles, et la plus jeune était\n"

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 
-from dantes_mlx.config import CleanConfig
 from dantes_mlx.book.clean import clean_file, clean_text
 from dantes_mlx.book.notes import move_notes
+from dantes_mlx.config import CleanConfig
 
 HEADER = "*** START OF THE PROJECT GUTENBERG EBOOK LE CONTE ***\n\n\n"
 FOOTER = "\n\n*** END OF THE PROJECT GUTENBERG EBOOK LE CONTE ***\n"
