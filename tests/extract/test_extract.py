@@ -15,9 +15,15 @@ import pytest
 
 from dantes_mlx.config import CharacterConfig, ExtractConfig
 from dantes_mlx.errors import ConfigError, InputError
-from dantes_mlx.extract.llm_method import (CITATION_SCHEMA, Book, ExtractInterrupted, chunk_book, extract_llm,
-                                extract_rules, ground_reply, load_book, load_prompt, parse_reply, Source)
+from dantes_mlx.extract.chunks import Book, chunk_book, load_book
 from dantes_mlx.extract.grounding import locate
+from dantes_mlx.extract.llm_method import extract_llm
+from dantes_mlx.extract.output import ExtractInterrupted
+from dantes_mlx.extract.prompt import CITATION_SCHEMA
+from dantes_mlx.extract.prompt import citation_prompt as load_prompt
+from dantes_mlx.extract.prompt import parse_reply
+from dantes_mlx.extract.rows import Source, ground_reply
+from dantes_mlx.extract.rules_method import extract_rules
 from dantes_mlx.llm.fake import FakeLLM, fake_from_function
 
 REPO = Path(__file__).resolve().parents[2]
@@ -498,7 +504,7 @@ def test_end_to_end_on_the_tiny_gguf(tiny_gguf, tmp_path):
 def test_cli_ctrl_c_says_how_many_chunks_are_done_and_how_to_resume(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import dantes_mlx.llm.base as base
+    import dantes_mlx.llm as base
     from dantes_mlx.cli import main
 
     def interrupt_second(messages, calls=[]):
@@ -519,7 +525,7 @@ def test_cli_ctrl_c_says_how_many_chunks_are_done_and_how_to_resume(tmp_path, mo
 def test_cli_focus_window_option_reaches_the_stage(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import dantes_mlx.llm.base as base
+    import dantes_mlx.llm as base
     from dantes_mlx.cli import main
 
     llm = fake_from_function(quotes_in)

@@ -9,7 +9,9 @@ import pytest
 
 from dantes_mlx.config import CharacterConfig, ExtractConfig
 from dantes_mlx.errors import ConfigError
-from dantes_mlx.extract.llm_method import CITATION_SCHEMA, Book, chunk_book, extract_llm, load_prompt
+from dantes_mlx.extract.chunks import Book, chunk_book
+from dantes_mlx.extract.llm_method import extract_llm
+from dantes_mlx.extract.prompt import CITATION_SCHEMA, citation_prompt as load_prompt
 from dantes_mlx.extract.chunks import chunk_budget, estimate_tokens
 
 WHO = CharacterConfig(name="Edmond Dantès", aliases=["Dantès"], language="fr")
