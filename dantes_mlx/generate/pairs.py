@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from tqdm import tqdm
+
 from dantes_mlx.config import CharacterConfig, GenerateConfig
-from dantes_mlx.errors import ConfigError, InputError, StageFailed
-from dantes_mlx.llm.base import call_sampling
-from dantes_mlx.llm.batch import FailureLimit
-from dantes_mlx.outputs import check_output, failed_run, output_lock, partial_path, publish_jsonl
-from dantes_mlx.llm.prompt import read_prompt
-from dantes_mlx.generate.filters import FilterSettings, filter_group, normalize
+from dantes_mlx.errors import ConfigError, InputError, Interrupted, StageFailed
+from dantes_mlx.fr.text import fold
+from dantes_mlx.generate.filters import FilterSettings, filter_group
 from dantes_mlx.generate.parser import ParsedPair, parse_file, parse_pairs
+from dantes_mlx.llm.base import call_sampling
+from dantes_mlx.llm.batch import FailureLimit, iter_results, reply_record
+from dantes_mlx.llm.prompt import Prompt, load_prompt
+from dantes_mlx.outputs import check_output, failed_run, output_lock, partial_path, publish_jsonl
 from dantes_mlx.store import Store, item_key, read_jsonl, write_jsonl_atomic
 
 STAGE = "generate"
@@ -25,41 +27,6 @@ _CITATION_FIELDS = ("citation", "text", "contexte", "context")
 
 
 # -- prompts ----------------------------------------------------------------------------------------
-_PLACEHOLDER = re.compile(r"{{(\w+)}}")
-
-
-@dataclass
-class Prompt:
-    """A versioned prompt: fixed instructions ({{name}}, {{persona}}, {{k}}) first, the item's data last."""
-    text: str
-    version: str
-    source: str
-    data_fields: tuple[str, ...] = ("contexte", "citation")
-
-    def messages(self, **values) -> list[dict]:
-        """[system: the fixed instructions, user: the data]: llama.cpp then re-evaluates only the data."""
-        unknown = sorted(set(_PLACEHOLDER.findall(self.text)) - set(values))
-        if unknown:
-            raise ConfigError(f"unknown placeholder(s) {', '.join('{{%s}}' % u for u in unknown)} in the prompt",
-                              path=self.source, fix=f"use only {', '.join('{{%s}}' % k for k in sorted(values))}")
-        first = min(self.text.index("{{%s}}" % f) for f in self.data_fields)
-        cut = self.text.rfind("\n", 0, first) + 1  # the data section starts on the line of its first field
-        fill = lambda part: _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), part).strip()
-        return [{"role": "system", "content": fill(self.text[:cut])},
-                {"role": "user", "content": fill(self.text[cut:])}]
-
-
-def load_prompt(kind: str, language: str, prompt_file: str = "",
-                data_fields: tuple[str, ...] = ("contexte", "citation")) -> Prompt:
-    """The built-in prompt `<kind>_<language>_v1`, or a file overriding it (versioned by its hash)."""
-    text, version, path = read_prompt(kind, language, prompt_file)
-    missing = [f for f in data_fields if "{{%s}}" % f not in text]
-    if missing:
-        raise InputError(f"the prompt has no {', '.join('{{%s}}' % f for f in missing)} placeholder", path=path,
-                         fix=f"end the prompt with the data: {', '.join('{{%s}}' % f for f in data_fields)}")
-    return Prompt(text, version, str(path), data_fields)
-
-
 def pairs_schema(k: int, max_instruction_chars: int = 0, max_response_chars: int = 0) -> dict:
     """JSON schema of one answer: exactly k {instruction, response} objects under "pairs" (0: no maxLength)."""
     def text(limit: int) -> dict:
@@ -76,7 +43,7 @@ def pairs_schema(k: int, max_instruction_chars: int = 0, max_response_chars: int
 # -- inputs -----------------------------------------------------------------------------------------
 def text_id(prefix: str, text: str) -> str:
     """A stable id for a record that has none: a hash of its normalized text."""
-    return f"{prefix}-{hashlib.sha1(normalize(text).encode('utf-8')).hexdigest()[:12]}"
+    return f"{prefix}-{hashlib.sha1(fold(text, accents=False).encode('utf-8')).hexdigest()[:12]}"
 
 
 def load_citations(paths: Iterable[str | Path]) -> list[dict]:
@@ -148,7 +115,8 @@ def _owner(row: dict) -> str | None:
 
 
 def _is_the_character(who: str, character: CharacterConfig) -> bool:
-    return normalize(who) in {normalize(n) for n in (character.name, *character.aliases)}
+    names = (character.name, *character.aliases)
+    return fold(who, accents=False) in {fold(n, accents=False) for n in names}
 
 
 def filter_settings(cfg: GenerateConfig, character: CharacterConfig, **changes) -> FilterSettings:
@@ -168,7 +136,7 @@ class Task:
     request: dict
 
 
-class GenerateInterrupted(Exception):
+class GenerateInterrupted(Interrupted):
     """Ctrl-C during the LLM calls: finished items are stored; the same command resumes after them."""
 
     def __init__(self, done: int, total: int, unit: str, store: Path):
@@ -199,27 +167,10 @@ class RunStats:
             setattr(self, name, getattr(self, name) + int(value.get(name) or 0))
 
 
-def _stored(result) -> dict:
-    return {"text": result.text, "prompt_tokens": result.prompt_tokens,
-            "evaluated_tokens": result.evaluated_tokens, "completion_tokens": result.completion_tokens,
-            "reasoning_tokens": result.reasoning_tokens, "finish_reason": getattr(result, "finish_reason", "")}
-
-
-def _results(client, requests: list[dict], concurrency: int):
-    """(index, result or exception) as calls finish; threads only for clients built for them."""
-    from dantes_mlx.llm import batch
-
-    if concurrency > 1 and hasattr(client, "iter_chat"):
-        return client.iter_chat(requests, concurrency, return_exceptions=True)
-    return batch.iter_chat(client, requests, 1, return_exceptions=True)  # in-process models serialise
-
-
 def run_tasks(tasks: list[Task], client, store: Store, *, concurrency: int = 1, unit: str = "item",
               sampling: dict | None = None, progress: bool = True, max_failures: int = 5) -> RunStats:
     """Call the LLM for every task not yet in the store, storing each answer as soon as it arrives; after
     `max_failures` failed calls in a row the rest are not sent (they count as failed)."""
-    from tqdm import tqdm
-
     unique = list({t.key: t for t in tasks}.values())
     pending = [t for t in unique if t.key not in store]
     stats = RunStats(items=len(unique), cached=len(unique) - len(pending))
@@ -228,14 +179,14 @@ def run_tasks(tasks: list[Task], client, store: Store, *, concurrency: int = 1, 
                disable=not progress)
     limit = FailureLimit(max_failures)
     try:
-        for index, result in limit.watch(_results(client, requests, concurrency)):
+        for index, result in limit.watch(iter_results(client, requests, concurrency)):
             bar.update(1)
             if isinstance(result, ConfigError):
                 raise result
             if isinstance(result, Exception):
                 stats.errors.append(f"{type(result).__name__}: {result}")
                 continue
-            value = _stored(result)
+            value = reply_record(result)
             store.put(pending[index].key, value)
             stats.add(value)
     except KeyboardInterrupt:
@@ -262,7 +213,11 @@ class GenerateSummary:
     short: Counter | None = None  # citations that kept fewer than K pairs: "model" wrote fewer, "filters" cut
     target: Path | None = None    # the output asked for; `out` is OUT.partial.jsonl when a previous one was kept
 
+    def summary(self) -> str:
+        return "\n".join(self.lines())
+
     def lines(self) -> list[str]:
+        """Rows written, rejects, short citations, what the LLM calls cost: one line each."""
         out = [f"wrote {self.kept} rows from {self.items} items to {self.out} in {self.seconds:.1f}s"]
         if self.rejected:
             reasons = ", ".join(f"{reason} {n}" for reason, n in self.rejected.most_common())

@@ -6,6 +6,7 @@ import bisect
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 INSTRUCTION_KEYS = ("instruction", "question", "prompt")
 RESPONSE_KEYS = ("response", "answer", "completion", "output")
@@ -182,6 +183,4 @@ def parse_pairs(text: str, first_line: int = 1) -> ParseResult:
 
 def parse_file(path) -> ParseResult:
     """parse_pairs over a whole file, line numbers counted from its first line."""
-    from pathlib import Path
-
     return parse_pairs(Path(path).read_text(encoding="utf-8", errors="replace"))

@@ -10,11 +10,12 @@ from pathlib import Path
 from dantes_mlx.config import CharacterConfig, GenerateConfig
 from dantes_mlx.dataset.formats import decode_text, read_records
 from dantes_mlx.errors import InputError
-from dantes_mlx.generate.pairs import (check_paths, filter_settings, filtered_rows, finish, load_prompt, make_task,
-                                 output_paths, pairs_schema, run_tasks, salvage, text_id)
-from dantes_mlx.llm.base import call_sampling
-from dantes_mlx.outputs import output_lock
+from dantes_mlx.generate.pairs import (check_paths, filter_settings, filtered_rows, finish, make_task, output_paths,
+                                       pairs_schema, run_tasks, salvage, text_id)
 from dantes_mlx.generate.parser import ParsedPair
+from dantes_mlx.llm.base import call_sampling
+from dantes_mlx.llm.prompt import load_prompt
+from dantes_mlx.outputs import output_lock
 from dantes_mlx.store import Store
 
 SUBJECT_KEYS = ("term", "acronym", "sigle", "subject", "name", "key", "question")
@@ -124,7 +125,7 @@ def _from_facts(facts, client, out: Path, cfg: GenerateConfig, character: Charac
     settings = filter_settings(cfg, character, min_answer_words=1, max_citation_similarity=101.0)
     stats, results, model, version = None, {}, "template", f"facts_template_{character.language}"
     if client is not None:
-        prompt = load_prompt("facts", character.language, cfg.prompt_file, data_fields=("subject", "fact"))
+        prompt = load_prompt("facts", character.language, cfg.prompt_file)
         model, version = client.model_id, prompt.version
         store = Store(output_paths(out)[2])
         tasks = []

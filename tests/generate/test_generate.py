@@ -17,17 +17,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fake_openai import FakeServer, completion
 
 from dantes_mlx.cli import main
 from dantes_mlx.config import CharacterConfig, GenerateConfig
 from dantes_mlx.errors import ConfigError, InputError
-from dantes_mlx.generate.pairs import (GenerateInterrupted, generate_pairs, group_raw_pairs,
-                                 load_citations, load_prompt, pairs_schema)
+from dantes_mlx.generate.filters import FilterSettings, filter_group, pair_reason
+from dantes_mlx.generate.pairs import GenerateInterrupted, generate_pairs, group_raw_pairs, load_citations, pairs_schema
+from dantes_mlx.generate.parser import ParsedPair, parse_pairs
 from dantes_mlx.generate.sources import generate_from_facts, labels_to_rows, load_facts
 from dantes_mlx.llm.fake import FakeLLM, fake_from_function
-from dantes_mlx.generate.filters import FilterSettings, filter_group, pair_reason
-from fake_openai import FakeServer, completion
-from dantes_mlx.generate.parser import ParsedPair, parse_pairs
+from dantes_mlx.llm.prompt import load_prompt
+from dantes_mlx.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
 RAW_DEV = "reference/raw_generation_outputs.dev.txt"
@@ -59,6 +60,11 @@ def good_reply(messages) -> dict:
                  "Comment avez-vous supporté tant d'années de captivité ?",
                  "Quel conseil donneriez-vous à un jeune homme trahi par ses amis ?"]
     return {"pairs": [{"instruction": q, "response": answer(len(data) + i)} for i, q in enumerate(questions)]}
+
+
+def default_citations(data_dir: str, extract_output: str = "") -> list[Path]:
+    """What generate reads by default: extract.output, else the citation files under the data folder."""
+    return Workspace(data=Path(data_dir), citations_file=extract_output).citation_files()
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -484,8 +490,6 @@ def test_cli_facts_without_llm_labels_and_default_citations_skip_side_files(tmp_
     mails = write_jsonl(tmp_path / "mails.jsonl", [{"text": "Facture fausse.", "label": "compta"}])
     result = CliRunner().invoke(main, ["generate", "--labels", str(mails), "-o", "l.jsonl"])
     assert result.exit_code == 0 and read_rows(tmp_path / "l.jsonl")[0]["completion"] == "compta"
-    from dantes_mlx.generate.cli import default_citations
-
     folder = tmp_path / "data" / "citations"
     folder.mkdir(parents=True)
     for name in ("citations.jsonl", "citations.store.jsonl", "citations.rejects.jsonl", "more.jsonl"):
@@ -504,7 +508,6 @@ def _two_characters(folder: Path) -> None:
 
 
 def test_generate_reads_only_the_configured_characters_citations(tmp_path):
-    from dantes_mlx.generate.cli import default_citations
     from dantes_mlx.generate.pairs import select_citations
 
     _two_characters(tmp_path / "data" / "citations")
@@ -529,7 +532,7 @@ def test_cli_generate_without_inputs_says_which_files_it_skipped(tmp_path, monke
     _two_characters(tmp_path / "data" / "citations")
     (tmp_path / "dantes.yaml").write_text("character:\n  name: Romuald\n  aliases: []\n", encoding="utf-8")
     fake = fake_from_function(good_reply)
-    monkeypatch.setattr("dantes_mlx.llm.base.make_client", lambda cfg: fake)
+    monkeypatch.setattr("dantes_mlx.llm.make_client", lambda cfg: fake)
     result = CliRunner().invoke(main, ["generate", "--quiet", "-o", "p.jsonl"])
     assert result.exit_code == 0, result.output
     assert "skipped" in result.stderr and "Clarimonde" in result.stderr
@@ -546,11 +549,11 @@ def test_cli_ctrl_c_says_how_many_are_done_and_how_to_resume(tmp_path, monkeypat
     def interrupt(messages):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("dantes_mlx.llm.base.make_client", lambda cfg: FakeLLM([good_reply, interrupt]))
+    monkeypatch.setattr("dantes_mlx.llm.make_client", lambda cfg: FakeLLM([good_reply, interrupt]))
     result = CliRunner().invoke(main, ["generate", str(source), "-o", str(tmp_path / "p.jsonl"), "--quiet"])
     assert result.exit_code == 130
     assert "1/3 citations done" in result.output and "resume with: dantes-mlx" in result.output
-    monkeypatch.setattr("dantes_mlx.llm.base.make_client", lambda cfg: FakeLLM([good_reply, good_reply]))
+    monkeypatch.setattr("dantes_mlx.llm.make_client", lambda cfg: FakeLLM([good_reply, good_reply]))
     result = CliRunner().invoke(main, ["generate", str(source), "-o", str(tmp_path / "p.jsonl"), "--quiet"])
     assert result.exit_code == 0 and "LLM: 2 calls (1 items cached" in result.output
 
