@@ -14,10 +14,10 @@ from dantes_mlx.dataset.formats import (Example, conversation_problems, message_
                                         template_drops_system, to_output_row)
 from dantes_mlx.dataset.split import (SPLIT_MODES, SPLITS, consecutive_runs, find_duplicates, group_ids, parse_split,
                                       split_groups, split_within_groups, strip_template)
-from dantes_mlx.errors import ConfigError, InputError, require
+from dantes_mlx.dataset.validate import PREPARE_REPORT, ValidationReport, validate_dir
+from dantes_mlx.errors import ConfigError, DantesError, InputError, require
 from dantes_mlx.outputs import check_output, output_lock, same_file
 from dantes_mlx.store import write_jsonl_atomic, write_text_atomic
-from dantes_mlx.dataset.validate import PREPARE_REPORT, ValidationReport, validate_dir
 
 MAX_LABEL_WORDS = 3
 
@@ -68,6 +68,12 @@ class PrepareReport:
         if self.validation is not None:
             lines.append("validation:\n  " + self.validation.summary().replace("\n", "\n  "))
         return "\n".join(lines)
+
+    def failure(self) -> DantesError | None:
+        """Validation errors in the folder just written: it is not ready to train on."""
+        if self.validation is None or not self.validation.errors:
+            return None
+        return DantesError(f"{len(self.validation.errors)} validation error(s) in {self.out_dir}")
 
     def to_dict(self) -> dict:
         data = {k: v for k, v in self.__dict__.items() if k != "validation"}
@@ -321,19 +327,3 @@ def _prepare(inputs: list[str | Path], out_dir: Path, cfg: PrepareConfig, person
                                      batch_size=batch_size, split_by=cfg.split_by)
     write_text_atomic(out_dir / PREPARE_REPORT, json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
     return report
-
-
-def default_inputs(data_dir: str | Path, output: str | Path = "") -> list[Path]:
-    """What `prepare` reads by default: generate.output when set, else every pairs file under <data_dir>/pairs/
-    (without generate's side files: store, errors, rejects)."""
-    if output:
-        if not Path(output).is_file():
-            raise InputError("no pairs file", path=output, fix="run `dantes-mlx generate` first (it writes "
-                             "generate.output of dantes.yaml), or give input files")
-        return [Path(output)]
-    folder = Path(data_dir) / "pairs"
-    side = (".store.jsonl", ".errors.jsonl", ".rejects.jsonl", ".partial.jsonl")
-    files = sorted(p for p in folder.glob("*.jsonl") if not p.name.endswith(side))
-    if not files:
-        raise InputError("no pairs file", path=folder, fix="run `dantes-mlx generate` first, or give input files")
-    return files

@@ -6,9 +6,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dantes_mlx.dataset.split import normalize
 from dantes_mlx.dataset.validate import (Problem, count_tokens, qa_pairs, read_split, row_problems, split_files,
-                                 token_summary)
+                                         token_summary)
+from dantes_mlx.errors import InputError
+from dantes_mlx.fr.text import fold
 
 
 @dataclass
@@ -23,10 +24,14 @@ class DatasetStats:
     answers: int = 0
     plot: str | None = None
     unreadable: list = field(default_factory=list)  # Problems: lines left out of every number (validate errors)
+    token_note: str = ""  # why lengths are in words (no tokenizer)
+    top: int = 10         # answer openings listed
 
-    def summary(self, top: int = 10) -> str:
-        lines = [f"{self.folder}: " + ", ".join(f"{s} {n}" for s, n in self.rows.items())
-                 + f" rows (total {sum(self.rows.values())})"]
+    def summary(self, top: int | None = None) -> str:
+        top = self.top if top is None else top
+        lines = [f"lengths in words ({self.token_note})"] if self.unit == "words" and self.token_note else []
+        lines.append(f"{self.folder}: " + ", ".join(f"{s} {n}" for s, n in self.rows.items())
+                     + f" rows (total {sum(self.rows.values())})")
         if self.unreadable:
             lines.append(f"{len(self.unreadable)} row(s) left out of these numbers: not valid training rows "
                          f"(first: {self.unreadable[0]}); `dantes-mlx validate` lists them all")
@@ -52,9 +57,20 @@ class DatasetStats:
         return "\n".join(lines)
 
 
+    def failure(self) -> InputError | None:
+        """Rows that are not valid training rows: counted, the first named, the numbers computed without them."""
+        if not self.unreadable:
+            return None
+        first = self.unreadable[0]
+        return InputError(f"{len(self.unreadable)} row(s) are not valid training rows and were left out of the "
+                          f"numbers above; this is the first: {first.message}", path=first.path, line=first.line,
+                          fix=f"`dantes-mlx validate {self.folder}` lists every one; repair them or rebuild the "
+                              "folder with `dantes-mlx prepare`")
+
+
 def answer_opening(answer: str, words: int = 4) -> str:
     """The first words of an answer, normalised (case, quotes, punctuation)."""
-    return " ".join(normalize(answer).split()[:words])
+    return " ".join(fold(answer).split()[:words])
 
 
 def plot_lengths(lengths: dict[str, list[int]], unit: str, path: Path) -> Path:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dantes_mlx.dataset.formats import CONTROL_CHARS, conversation_problems, template_drops_system
-from dantes_mlx.dataset.split import SPLITS, near_duplicate_qa, normalize, strip_template
-from dantes_mlx.errors import InputError, ModelError
+from dantes_mlx.dataset.split import SPLITS, near_duplicate_qa, strip_template
+from dantes_mlx.errors import DantesError, InputError
+from dantes_mlx.fr.text import fold
 from dantes_mlx.outputs import output_lock
 from dantes_mlx.store import write_bytes_atomic, write_jsonl_atomic
 
@@ -63,6 +63,13 @@ class ValidationReport:
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 
+    def failure(self) -> DantesError | None:
+        """The error a folder with errors ends `validate` with (they are listed in the summary)."""
+        if not self.errors:
+            return None
+        return DantesError(f"{len(self.errors)} error(s); see the list above", path=self.folder,
+                           fix="repair the rows named above, or rebuild the folder with `dantes-mlx prepare`")
+
     def summary(self) -> str:
         lines = [f"{self.folder}: " + ", ".join(f"{s} {n} rows" for s, n in self.rows.items())]
         lines.append(f"tokens: {self.token_note}")
@@ -78,52 +85,6 @@ class ValidationReport:
         warnings = len(self.problems) - len(self.errors)
         lines.append(f"{len(self.errors)} error(s), {warnings} warning(s)")
         return "\n".join(lines)
-
-
-def load_tokenizer(name: str | None):
-    """(tokenizer, note): a local folder or HF id via AutoTokenizer (no remote code); None and why if unavailable."""
-    if not name or name.lower() == "none":
-        return None, "skipped: no tokenizer given (--tokenizer PATH_OR_HF_ID or train.base_model)"
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        return None, "skipped: transformers is not installed (pip install transformers)"
-    local = Path(name).expanduser()
-    try:
-        if local.is_dir():
-            return AutoTokenizer.from_pretrained(str(local), trust_remote_code=False), f"tokenizer {local}"
-        try:  # the cache first: no network call at all when the tokenizer is there
-            return AutoTokenizer.from_pretrained(name, trust_remote_code=False, local_files_only=True), \
-                f"tokenizer {name}"
-        except OSError:
-            require_hub(name)
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=False), f"tokenizer {name}"
-    except ModelError:
-        raise
-    except Exception as exc:  # any download/parse failure only disables the token checks
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return None, f"skipped: could not load tokenizer {name} ({reason})"
-
-
-def require_hub(repo_id: str, timeout: float = 5.0) -> None:
-    """Fail fast when a repo missing from the HF cache cannot be downloaded (huggingface_hub retries ~45 s)."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    why, hint = "HF_HUB_OFFLINE is set", ""
-    if not offline:
-        try:  # one HEAD, no retry, no token sent: can the Hub (or its proxy) be reached at all?
-            get_session().head(constants.ENDPOINT, timeout=timeout)
-            return
-        except Exception as exc:  # DNS, refused, timeout, proxy: all mean offline here
-            why = f"{constants.ENDPOINT} cannot be reached ({type(exc).__name__})"
-            hint = "; offline, set HF_HUB_OFFLINE=1 to skip this check"
-    raise ModelError(f"tokenizer '{repo_id}' is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
-                     f"and {why}", path=f"https://huggingface.co/{repo_id}",
-                     fix=f"run once online, or `hf download {repo_id}` (huggingface-cli download), or set "
-                         f"--tokenizer (prepare.tokenizer) to a local folder, or to none to skip the token "
-                         f"checks{hint}")
 
 
 def row_format(data: dict) -> str | None:
@@ -263,7 +224,7 @@ def leak_problems(rows: list[Row], threshold: float, shared_sources: bool = Fals
     first: dict[str, Row] = {}
     exact: set[tuple[int, int]] = set()
     for n, (row, q, a) in enumerate(pairs):
-        key = normalize(q) + "\x1f" + normalize(a)
+        key = fold(q) + "\x1f" + fold(a)
         other = first.setdefault(key, row)
         if other.split != row.split:
             problems.append(Problem(row.path, row.line, f"leak: same (question, answer) as {other.where}"))

@@ -174,7 +174,7 @@ def test_round_trip_through_mlx_lm_loader_and_one_training_step(tmp_path, tiny_m
     from mlx_lm.tuner.trainer import TrainingArgs, train
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from dantes_mlx.dataset.validate import load_tokenizer
+    from dantes_mlx.models.hub import load_tokenizer
 
     hf_tokenizer, _ = load_tokenizer(str(tiny_model_dir))
     out = tmp_path / "ds"

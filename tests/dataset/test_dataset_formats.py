@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dantes_mlx.dataset.formats import (conversation_problems, detect_format, read_examples, render_text,
-                                        to_output_row, unwrap_inst)
+from dantes_mlx.dataset.formats import (conversation_problems, detect_format, read_examples, render_text, to_output_row,
+                                        unwrap_inst)
 from dantes_mlx.errors import InputError
 
 Q, A = "Qui êtes-vous ?", "Je suis Edmond Dantès, marin du Pharaon."

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from dantes_mlx.config import GenerateConfig, PrepareConfig
-from dantes_mlx.dataset.prepare import prepare
 from dantes_mlx.dataset.formats import read_records
+from dantes_mlx.dataset.prepare import prepare
 from dantes_mlx.errors import InputError
 from dantes_mlx.generate.sources import labels_to_rows, load_facts
 

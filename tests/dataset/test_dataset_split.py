@@ -14,9 +14,8 @@ from hypothesis import strategies as st
 
 from dantes_mlx.config import PrepareConfig
 from dantes_mlx.dataset.prepare import prepare
-from dantes_mlx.dataset.split import (consecutive_runs, find_duplicates, group_ids, jaccard,
-                                      near_duplicate_pairs, parse_split, shingles, split_groups,
-                                      split_within_groups, strip_template)
+from dantes_mlx.dataset.split import (consecutive_runs, find_duplicates, group_ids, jaccard, near_duplicate_pairs,
+                                      parse_split, shingles, split_groups, split_within_groups, strip_template)
 from dantes_mlx.errors import ConfigError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"

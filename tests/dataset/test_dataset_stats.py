@@ -11,7 +11,7 @@ from dantes_mlx.cli import main
 from dantes_mlx.config import PrepareConfig
 from dantes_mlx.dataset.prepare import prepare
 from dantes_mlx.dataset.stats import answer_opening, dataset_stats
-from dantes_mlx.dataset.validate import load_tokenizer
+from dantes_mlx.models.hub import load_tokenizer
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from dantes_mlx.cli import main
-from dantes_mlx.dataset.validate import load_tokenizer, truncate_row, validate_dir
+from dantes_mlx.dataset.validate import truncate_row, validate_dir
+from dantes_mlx.models.hub import load_tokenizer
 
 SYSTEM = {"role": "system", "content": "Tu es Edmond Dantès."}
 
