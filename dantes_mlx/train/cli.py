@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import click
 
-from dantes_mlx.config import TrainConfig
+from dantes_mlx.cli_common import CONFIG_OPTION, run_stage
+from dantes_mlx.config import TrainConfig, load_yaml
+from dantes_mlx.errors import ConfigError
+from dantes_mlx.train.backends import choose_auto, list_backends
+from dantes_mlx.train.mlx_lm_config import mlx_lm_config_error, read_mlx_lm_config
+from dantes_mlx.train.stage import Settings, run
+from dantes_mlx.workspace import Workspace
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -44,15 +49,10 @@ def config_options(cls):
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --adapter-path.")
 @click.option("--restart", is_flag=True,
               help="Start again from step 0 over an interrupted run in --adapter-path (its checkpoints are deleted).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Project config [default: dantes.yaml if present].")
+@CONFIG_OPTION
 @config_options(TrainConfig)
 def train(data_dir, adapter_path, resume, restart, config_path, **overrides):
     """Fine-tune the base model on the prepared dataset (LoRA, DoRA, QLoRA or full)."""
-    from dantes_mlx.config import ProjectConfig, load_yaml, section
-    from dantes_mlx.errors import ConfigError
-    from dantes_mlx.train.stage import mlx_lm_config_error, read_mlx_lm_config, summary, train as run_training
-
     try:
         config = load_yaml(config_path)
     except ConfigError:
@@ -60,13 +60,9 @@ def train(data_dir, adapter_path, resume, restart, config_path, **overrides):
         if flat is not None:
             raise mlx_lm_config_error(config_path, flat) from None
         raise
-    cfg = section(TrainConfig, config, overrides)
-    project = section(ProjectConfig, config)
-    data_dir = Path(data_dir) if data_dir else Path(project.data_dir) / "dataset"
-    adapter_path = Path(adapter_path or project.adapters_dir)
-    result = run_training(cfg, data_dir, adapter_path, resume=resume, restart=restart,
-                          warn=lambda message: click.secho(f"warning: {message}", fg="yellow", err=True))
-    click.echo(summary(result))
+    settings = Settings.from_config(config, data_dir=data_dir, adapter_path=adapter_path, resume=resume,
+                                    restart=restart, **overrides)
+    run_stage(run, settings, Workspace.from_config(config))
 
 
 @click.command()
@@ -74,9 +70,6 @@ def train(data_dir, adapter_path, resume, restart, config_path, **overrides):
               help="Project config [default: dantes.yaml if present] (unused; for symmetry).")
 def backends(config_path):
     """List the installed training backends, whether each can run here, and which `auto` picks."""
-    from dantes_mlx.train.backends import choose_auto, list_backends
-    from dantes_mlx.errors import ConfigError
-
     infos = list_backends()
     for info in infos:
         status = click.style("usable", fg="green") if info.usable else click.style("not usable", fg="red")

@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 import dantes_mlx.train.backends as backends
-from dantes_mlx.train.backends import TrainBackend, choose_auto, entry_points, get_backend, list_backends
 from dantes_mlx.cli import main
 from dantes_mlx.errors import ConfigError
+from dantes_mlx.train.backends import choose_auto, entry_points, get_backend, list_backends
+from dantes_mlx.train.backends.base import TrainBackend
 
 
 class FakeBackend:

@@ -15,11 +15,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dantes_mlx.train.backends.mlx import MLXBackend
 from dantes_mlx.cli import main
 from dantes_mlx.config import TrainConfig
 from dantes_mlx.errors import ConfigError, DantesError, InputError, ModelError
-from dantes_mlx.train.stage import MetricsLog, load_dataset, resolve_iters, resolve_model, train
+from dantes_mlx.models.hub import resolve_model
+from dantes_mlx.train.backends.mlx import MLXBackend
+from dantes_mlx.train.data import load_dataset, resolve_iters
+from dantes_mlx.train.metrics import MetricsLog
+from dantes_mlx.train.stage import train
 
 QA = [("Qui êtes-vous ?", "Je suis Edmond Dantès, marin de Marseille."),
       ("D'où venez-vous ?", "Je viens du château d'If, où j'ai souffert."),
@@ -77,7 +80,7 @@ def test_unsupported_setting_names_setting_and_backend():
 def test_resume_names_every_changed_shape_setting_at_once(tmp_path):
     import dataclasses
 
-    from dantes_mlx.train.stage import read_state
+    from dantes_mlx.train.state import read_state
 
     saved = TrainConfig(base_model="/models/tiny", rank=8, num_layers=-1)
     (tmp_path / "train_state.json").write_text(json.dumps(
@@ -152,7 +155,8 @@ def test_lora_writes_adapter_that_mlx_lm_loads(lora_run, tiny_model_dir):
 
 @pytest.mark.slow
 def test_train_records_the_base_models_fingerprint(lora_run, tiny_model_dir, tmp_path):
-    from dantes_mlx.train.stage import BASE_FINGERPRINT_FILE, model_fingerprint
+    from dantes_mlx.models.fingerprint import model_fingerprint
+    from dantes_mlx.workspace import BASE_FINGERPRINT_FILE
 
     _, out, result = lora_run
     record = json.loads((out / BASE_FINGERPRINT_FILE).read_text(encoding="utf-8"))
@@ -281,7 +285,7 @@ def test_train_without_valid_jsonl_says_there_is_no_validation_file(tiny_model_d
 
 
 def test_validation_note_tells_absent_from_too_small(tmp_path):
-    from dantes_mlx.train.stage import validation_note
+    from dantes_mlx.train.data import validation_note
 
     assert validation_note(tmp_path, 0, 4).startswith(f"note: no valid.jsonl in {tmp_path}")
     (tmp_path / "valid.jsonl").write_text("", encoding="utf-8")
@@ -485,7 +489,8 @@ def test_ctrl_c_between_checkpoints_saves_the_adapter_and_resumes_there(lora_run
 
 
 def test_a_finished_run_may_be_trained_over_and_resume_with_restart_is_refused(tmp_path):
-    from dantes_mlx.train.stage import STATE_FILE, check_unfinished
+    from dantes_mlx.train.state import check_unfinished
+    from dantes_mlx.workspace import STATE_FILE
 
     (tmp_path / STATE_FILE).write_text(json.dumps({"step": 20, "iters": 20, "checkpoint": "x"}))
     check_unfinished(tmp_path)  # finished: a new run over it is what the user asked for
@@ -513,7 +518,7 @@ def test_a_diverged_run_is_an_error_and_its_metrics_stay_strict_json(tmp_path):
 
 
 def test_ctrl_c_before_any_update_does_not_send_to_resume(tmp_path):
-    from dantes_mlx.train.backends.mlx import interrupted
+    from dantes_mlx.train.state import interrupted
 
     text = str(interrupted(0, tmp_path))
     assert "--resume" not in text.replace("without --resume", "") and "nothing saved" in text

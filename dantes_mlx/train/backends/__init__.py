@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 
-from dantes_mlx.train.backends.base import AUTO_ORDER, TrainBackend, TrainResult
 from dantes_mlx.errors import ConfigError
+from dantes_mlx.train.backends.base import AUTO_ORDER, TrainBackend, TrainResult
 
 GROUP = "dantes_mlx.backends"
 __all__ = ["AUTO_ORDER", "GROUP", "BackendInfo", "TrainBackend", "TrainResult", "choose_auto",

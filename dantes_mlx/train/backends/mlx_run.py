@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import sys
 import time
+import types
 from pathlib import Path
 
-from dantes_mlx.train.backends.base import TrainResult
-from dantes_mlx.train.backends.mlx import (OPTIMIZERS, build_lr_schedule, copy_checkpoint, interrupted,
-                                             make_optimizer, mlx_lm_adapter_config, tqdm_progress)
+import numpy as np
+
 from dantes_mlx.errors import ConfigError, InputError, ModelError
 from dantes_mlx.models.config import mlx_model_config
+from dantes_mlx.models.hub import resolve_model
 from dantes_mlx.models.weights import check_weights
 from dantes_mlx.store import read_jsonl
-from dantes_mlx.train.stage import (METRICS_FILE, PLOT_FILE, MetricsLog, check_answers_fit, check_dropped_system,
-                              checkpoint_name, clear_run_outputs,
-                              load_dataset, plot_losses, read_state, resolve_iters, resolve_model,
-                              validation_note, write_chat_template, write_resolved_config, write_state)
-
-OPTIMIZER_FILE = "optimizer.safetensors"
+from dantes_mlx.train.backends.base import TrainResult
+from dantes_mlx.train.backends.mlx_tuner import (OPTIMIZERS, build_lr_schedule, copy_checkpoint, make_optimizer,
+                                                 mlx_lm_adapter_config, tqdm_progress)
+from dantes_mlx.train.data import check_answers_fit, check_dropped_system, load_dataset, resolve_iters, validation_note
+from dantes_mlx.train.metrics import MetricsLog, plot_losses
+from dantes_mlx.train.state import (clear_run_outputs, interrupted, read_state, write_chat_template,
+                                    write_resolved_config, write_state)
+from dantes_mlx.workspace import (ADAPTER_CONFIG, METRICS_FILE, MLX_WEIGHTS, OPTIMIZER_FILE, PLOT_FILE,
+                                  TRAIN_CONFIG_FILE, checkpoint_name)
 
 
 class MLXRun:
@@ -98,8 +102,6 @@ class MLXRun:
 
     def datasets(self, tokenizer, data):
         """mlx-lm datasets (ChatDataset / CompletionsDataset / TextDataset) for train and valid."""
-        import types
-
         from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 
         mask = self.cfg.mask_prompt and data.format != "text"
@@ -154,7 +156,6 @@ class MLXRun:
     def batch_iterator(self, optimizer, iters: int):
         """mlx-lm's iterate_batches, plus: skip batches already trained (resume), keep evaluation from
         moving the shuffle's random state, and record each checkpoint the trainer writes."""
-        import numpy as np
         from mlx_lm.tuner.trainer import iterate_batches
 
         run = self
@@ -213,7 +214,7 @@ class MLXRun:
         tmp = self.adapter_dir / "adapters.tmp.safetensors"
         mx.save_safetensors(str(tmp), weights)
         copy_checkpoint(tmp, self.adapter_dir / checkpoint_name(step))
-        tmp.replace(self.adapter_dir / "adapters.safetensors")
+        tmp.replace(self.adapter_dir / MLX_WEIGHTS)
         self.save_state(optimizer, step, iters)
         self.last_saved = step
         return step
@@ -264,7 +265,6 @@ class MLXRun:
 
     def run(self) -> TrainResult:
         import mlx.core as mx
-        import numpy as np
         from mlx_lm.tuner import trainer
 
         cfg, adapter_dir, tic = self.cfg, self.adapter_dir, time.perf_counter()
@@ -288,7 +288,7 @@ class MLXRun:
             batch_size=cfg.batch_size, iters=iters - self.start, val_batches=cfg.val_batches,
             steps_per_report=cfg.steps_per_report, steps_per_eval=cfg.steps_per_eval,
             steps_per_save=cfg.save_every, max_seq_length=cfg.max_seq_length,
-            adapter_file=str(adapter_dir / "adapters.safetensors"), grad_checkpoint=cfg.grad_checkpoint,
+            adapter_file=str(adapter_dir / MLX_WEIGHTS), grad_checkpoint=cfg.grad_checkpoint,
             grad_accumulation_steps=cfg.grad_accumulation)
         callback = self.callback()
         # mlx-lm's grad_checkpoint patches the block class itself; undo it so later models are untouched.
@@ -305,7 +305,7 @@ class MLXRun:
         if self.rank == 0:
             final = adapter_dir / checkpoint_name(iters)
             if not final.is_file():
-                copy_checkpoint(adapter_dir / "adapters.safetensors", final)
+                copy_checkpoint(adapter_dir / MLX_WEIGHTS, final)
             self.save_state(optimizer, iters, iters)
         return self.result(iters, tic, callback.last_train, callback.last_val)
 
@@ -314,7 +314,7 @@ class MLXRun:
         from mlx_lm.utils import save_config
 
         save_config(mlx_lm_adapter_config(self.cfg, self.data_dir, iters, self.cfg.base_model),
-                    self.adapter_dir / "adapter_config.json")
+                    self.adapter_dir / ADAPTER_CONFIG)
         write_resolved_config(self.cfg, self.adapter_dir, backend="mlx", iters=iters, data=str(self.data_dir),
                               data_format=fmt, mask_prompt=mask, qlora=quantized, trainable_parameters=trainable,
                               resumed_from=self.start)
@@ -322,9 +322,9 @@ class MLXRun:
 
     def result(self, iters, tic, last_train: dict, last_val: dict) -> TrainResult:
         """TrainResult (rank 0 also renders the loss plot)."""
-        files = {"adapters": self.adapter_dir / "adapters.safetensors",
-                 "adapter_config": self.adapter_dir / "adapter_config.json",
-                 "config": self.adapter_dir / "train_config.yaml", "metrics": self.metrics.path}
+        files = {"adapters": self.adapter_dir / MLX_WEIGHTS,
+                 "adapter_config": self.adapter_dir / ADAPTER_CONFIG,
+                 "config": self.adapter_dir / TRAIN_CONFIG_FILE, "metrics": self.metrics.path}
         if self.rank == 0 and self.metrics.path.is_file():
             files["plot"] = plot_losses(self.metrics.path, self.adapter_dir / PLOT_FILE,
                                         title=f"{self.cfg.fine_tune_type} on {Path(self.cfg.base_model).name}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
-from dantes_mlx.train.backends import TrainResult
 from dantes_mlx_unsloth.settings import BACKEND, check_settings
+
+from dantes_mlx.train.sdk import TrainResult
 
 
 def _version(dist: str) -> str | None:
@@ -50,7 +51,6 @@ class UnslothBackend:
 
     def check(self, cfg) -> None:
         import torch
-
         from dantes_mlx_unsloth.run import has
 
         check_settings(cfg, cuda=torch.cuda.is_available(), bnb=has("bitsandbytes"))

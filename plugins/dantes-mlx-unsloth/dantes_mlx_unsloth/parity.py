@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dantes_mlx.errors import ModelError
+from dantes_mlx.train.sdk import PEFT_WEIGHTS, ModelError, resolve_model
 
 
 class TorchReference:
@@ -16,8 +16,6 @@ class TorchReference:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from dantes_mlx.train.stage import resolve_model
-
         folder = resolve_model(str(model_dir))
         self.name = f"transformers {folder}" + (f" + PEFT {adapter_dir}" if adapter_dir else "")
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -26,7 +24,7 @@ class TorchReference:
         if adapter_dir is not None:
             from peft import PeftModel
 
-            if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
+            if not (Path(adapter_dir) / PEFT_WEIGHTS).is_file():
                 raise ModelError("no PEFT adapter (adapter_model.safetensors) here", path=adapter_dir,
                                  fix="point --adapter-path at the folder `dantes-mlx train --backend unsloth` wrote")
             model = PeftModel.from_pretrained(model, str(adapter_dir))

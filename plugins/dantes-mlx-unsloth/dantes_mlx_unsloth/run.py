@@ -9,18 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-from dantes_mlx.train.backends import TrainResult
-from dantes_mlx.train.backends.mlx import interrupted
-from dantes_mlx.errors import ConfigError, ModelError
-from dantes_mlx.train.stage import (METRICS_FILE, PLOT_FILE, STATE_FILE, MetricsLog, check_answers_fit,
-                              check_dropped_system, checkpoint_name, clear_run_outputs, load_dataset, plot_losses,
-                              read_state, resolve_iters, resolve_model, validation_note, write_chat_template,
-                              write_resolved_config, write_state)
 from dantes_mlx_unsloth.data import Collator, encode_rows, warn_if_truncated
 from dantes_mlx_unsloth.loop import OPTIMIZER_STATE, TorchLoop, load_optimizer, save_optimizer
 from dantes_mlx_unsloth.settings import BACKEND, is_bnb_quantized, lora_kwargs, read_model_config
 
-PEFT_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+from dantes_mlx.train.sdk import (ADAPTER_CONFIG, METRICS_FILE, PEFT_WEIGHTS, PLOT_FILE, STATE_FILE, ConfigError,
+                                  MetricsLog, ModelError, TrainResult, check_answers_fit, check_dropped_system,
+                                  checkpoint_name, clear_run_outputs, interrupted, load_dataset, plot_losses,
+                                  read_state, resolve_iters, resolve_model, validation_note, write_chat_template,
+                                  write_resolved_config, write_state)
+
 PATH_ENV = "DANTES_UNSLOTH_PATH"  # force a path: unsloth, trl or loop
 PATHS = {"unsloth": "Unsloth FastLanguageModel + TRL SFTTrainer",
          "trl": "transformers + peft + TRL SFTTrainer",

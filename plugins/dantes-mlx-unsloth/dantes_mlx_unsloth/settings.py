@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dantes_mlx.errors import ConfigError
+from dantes_mlx.train.sdk import ConfigError
 
 BACKEND = "unsloth"
 FINE_TUNE_TYPES = ("lora", "dora")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dantes_mlx.train.backends.mlx import interrupted
-from dantes_mlx.errors import ConfigError
-from dantes_mlx.train.stage import write_state
 from dantes_mlx_unsloth.data import Collator, Example, as_hf_dataset
 from dantes_mlx_unsloth.loop import evaluate, peak_memory_gb
 from dantes_mlx_unsloth.settings import scheduler_name, trl_optimizer
+
+from dantes_mlx.train.sdk import ConfigError, interrupted, write_state
 
 CHECKPOINTS = "checkpoints"  # the Trainer's own checkpoint-N folders, inside adapters/
 

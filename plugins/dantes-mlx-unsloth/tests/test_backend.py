@@ -9,15 +9,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import row, tiny_settings
-
-from dantes_mlx.train.backends import entry_points, get_backend, list_backends
-from dantes_mlx.cli import main
-from dantes_mlx.config import TrainConfig
-from dantes_mlx.errors import ConfigError
 from dantes_mlx_unsloth.backend import UnslothBackend
 from dantes_mlx_unsloth.data import IGNORE, Collator, Example, encode_row
 from dantes_mlx_unsloth.run import PATH_ENV, choose_path, torch_device
 from dantes_mlx_unsloth.settings import layers_to_transform, lora_kwargs, peft_module_names
+
+from dantes_mlx.cli import main
+from dantes_mlx.config import TrainConfig
+from dantes_mlx.errors import ConfigError
+from dantes_mlx.train.backends import entry_points, get_backend, list_backends
 
 EXPECTED_DEVICE = "cuda" if torch.cuda.is_available() else "cpu-torch"
 

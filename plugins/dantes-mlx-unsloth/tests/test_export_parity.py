@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import tiny_settings
-
-from dantes_mlx.cli import main
-from dantes_mlx.export.parity import MLXReference, check_parity, default_prompts, make_reference
-from dantes_mlx.train.stage import train
 from dantes_mlx_unsloth.parity import TorchReference
 from dantes_mlx_unsloth.run import PATH_ENV
+
+from dantes_mlx.cli import main
+from dantes_mlx.export.parity import check_parity, default_prompts
+from dantes_mlx.export.reference import MLXReference, make_reference
+from dantes_mlx.train.stage import train
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llama_cpp", reason="the parity gate runs llama.cpp (llama-cpp-python)")

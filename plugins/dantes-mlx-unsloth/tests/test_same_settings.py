@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 from conftest import tiny_settings
+from dantes_mlx_unsloth.run import PATH_ENV
 
 from dantes_mlx.export.peft import load_adapter
 from dantes_mlx.train.stage import train
-from dantes_mlx_unsloth.run import PATH_ENV
 
 pytestmark = pytest.mark.slow
 

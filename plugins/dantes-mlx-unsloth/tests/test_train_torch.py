@@ -15,10 +15,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 from conftest import tiny_settings, write_dataset
+from dantes_mlx_unsloth.run import PATH_ENV
 
 from dantes_mlx.cli import main
-from dantes_mlx.train.stage import MetricsLog, train
-from dantes_mlx_unsloth.run import PATH_ENV
+from dantes_mlx.train.metrics import MetricsLog
+from dantes_mlx.train.stage import train
 
 pytestmark = pytest.mark.slow
 
