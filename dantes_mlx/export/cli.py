@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
+
+from dantes_mlx.cli_common import CONFIG_OPTION, project, run_stage
+from dantes_mlx.export.stage import ParitySettings, Settings, run, run_parity_check
 
 
 @click.command("parity")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Settings file (default: dantes.yaml if present).")
+@CONFIG_OPTION
 @click.option("--gguf", "gguf_path", required=True, type=click.Path(dir_okay=False),
               help="The GGUF to check (fused model, or the base when --lora is given).")
 @click.option("--lora", "lora_path", type=click.Path(dir_okay=False), default=None,
@@ -28,36 +27,17 @@ import click
 def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quantization, prompts_file,
            json_out, report_only):
     """Check that an exported GGUF predicts like the trained model (tokens, top-1, KL)."""
-    from dantes_mlx.config import CharacterConfig, ProjectConfig, TrainConfig, load_yaml, section
-    from dantes_mlx.export.parity import run_parity
-    from dantes_mlx.export.peft import recorded_base_model
-    from dantes_mlx.outputs import check_output
-    from dantes_mlx.store import write_text_atomic
-
     if adapter is not None and no_adapter:
         raise click.UsageError("--adapter and --no-adapter cannot be used together; keep one")
-    config = load_yaml(config_path)
-    if adapter is None and not no_adapter:
-        default = Path(section(ProjectConfig, config).adapters_dir)
-        trained = any((default / f).is_file() for f in ("adapters.safetensors", "adapter_model.safetensors"))
-        adapter = str(default) if trained else None
-    # As export does: the base the adapter was trained on, before train.base_model.
-    model = model or (recorded_base_model(adapter) if adapter and not no_adapter else None) \
-        or section(TrainConfig, config).base_model
-    if json_out:  # before the long comparison
-        check_output(json_out, inputs=[gguf_path, lora_path, prompts_file], flag="--json", example="parity.json")
-    report = run_parity(model, gguf_path, adapter=None if no_adapter else adapter, lora_path=lora_path,
-                        quantization=quantization, prompts_file=prompts_file,
-                        system=section(CharacterConfig, config).persona, enforce=not report_only)
-    click.echo(report.summary())
-    if json_out:
-        write_text_atomic(json_out, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-        click.echo(f"report -> {json_out}")
+    config, workspace = project(config_path)
+    settings = ParitySettings.from_config(config, gguf=gguf_path, lora=lora_path, model=model, adapter=adapter,
+                                          no_adapter=no_adapter, quantization=quantization, prompts_file=prompts_file,
+                                          json_out=json_out, enforce=not report_only)
+    run_stage(run_parity_check, settings, workspace)
 
 
 @click.command("export")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Settings file (default: dantes.yaml if present).")
+@CONFIG_OPTION
 @click.option("--adapter-path", default=None,
               help="Adapter folder, mlx-lm or PEFT format (default: project.adapters_dir).")
 @click.option("--base-model", default=None,
@@ -78,14 +58,10 @@ def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quanti
 def export(config_path, adapter_path, base_model, out_dir, quantization, name, ollama_base, parity,
            ollama_create, ollama_route, allow_other_base):
     """Export PEFT adapter, GGUF LoRA, fused GGUF and Modelfile; fail when parity fails."""
-    from dantes_mlx.config import load_yaml
-    from dantes_mlx.export.targets import export_project
-
+    config, workspace = project(config_path)
     overrides = {"out_dir": out_dir, "quantization": quantization, "ollama_name": name,
                  "ollama_base": ollama_base, "parity": parity, "ollama_create": ollama_create,
                  "ollama_route": ollama_route}
-    result = export_project(load_yaml(config_path), overrides, adapter_path=adapter_path, base_model=base_model,
-                            allow_other_base=allow_other_base, log=lambda msg: click.echo(msg, err=True))
-    click.echo(result.summary())
-    if result.ollama_failed:  # the files are written and listed above; only the registration failed
-        raise click.exceptions.Exit(1)
+    settings = Settings.from_config(config, overrides, adapter_path=adapter_path, base_model=base_model,
+                                    allow_other_base=allow_other_base)
+    run_stage(run, settings, workspace)

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig
 from dantes_mlx.errors import ConfigError, InputError, ModelError
+from dantes_mlx.export.gguf import quant_name
+from dantes_mlx.models.hub import load_tokenizer
 
 # Ollama's library template for Mistral v0.3 (tools included), with one change: an assistant turn
 # starts with a space, as in Mistral's own chat template (`[/INST] answer</s>`), which is what the
@@ -184,8 +187,6 @@ def ollama_rendering(messages: Iterable[Mapping]) -> str:
 def template_mismatch(model_dir: str | Path) -> str | None:
     """A warning when the base's own chat template (what training saw) formats a chat unlike the Modelfile's
     TEMPLATE, else None (also when no tokenizer can be loaded: nothing to compare)."""
-    from dantes_mlx.dataset.validate import load_tokenizer
-
     tokenizer, _ = load_tokenizer(str(model_dir))
     if tokenizer is None:
         return None
@@ -214,10 +215,6 @@ def default_license(base_model: str, books: Iterable[str] = ()) -> str:
 
 def example_modelfile() -> str:
     """The repository's example Modelfile: the default config's Mistral export (see the root `Modelfile`)."""
-    from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig
-
-    from dantes_mlx.export.gguf import quant_name
-
     export, project = ExportConfig(), ProjectConfig()
     return build_modelfile(f"./{export.out_dir}/{export.ollama_name}-{quant_name(export.quantization)}.gguf",
                            system=CharacterConfig().persona, parameters=export.ollama_parameters,

@@ -15,11 +15,13 @@ from typing import Sequence
 
 import numpy as np
 
-from dantes_mlx.errors import ConfigError, MissingDependency, ModelError, ParityError
+from dantes_mlx.errors import ConfigError, InputError, MissingDependency, ModelError, ParityError
 from dantes_mlx.export.finetune_check import FineTuneCheck, finetune_check, kl_divergence, rope_mismatch
+from dantes_mlx.export.gguf import QUANT_TYPES, quant_name
 from dantes_mlx.export.reference import (REFERENCE_GROUP, LazyReference, Messages, MLXReference,  # noqa: F401
                                          Reference, make_base_reference, make_reference, trained_by)
-
+from dantes_mlx.models.hub import resolve_model
+from dantes_mlx.store import read_jsonl
 
 DEFAULT_SYSTEM = "Tu es Edmond Dantès, le comte de Monte-Cristo. Réponds en français."
 # Accents, both apostrophes, digits, guillemets, dashes, a multi-turn exchange, a system prompt.
@@ -167,8 +169,6 @@ class ParityReport:
 
 def thresholds_for(quantization: str) -> Thresholds:
     """The pass bounds of a quantization name (f16, q8_0, q4_k_m...)."""
-    from dantes_mlx.export.gguf import quant_name
-
     key = quant_name(quantization)
     if key not in THRESHOLDS:
         raise ConfigError(f"no parity thresholds for quantization {quantization!r}",
@@ -179,8 +179,6 @@ def thresholds_for(quantization: str) -> Thresholds:
 def gguf_quantization(gguf_path: str | Path) -> str:
     """The quantization name recorded in a GGUF's general.file_type (f16, q4_k_m...)."""
     import gguf
-
-    from dantes_mlx.export.gguf import QUANT_TYPES
 
     if not Path(gguf_path).is_file():
         raise ModelError("GGUF file not found", path=gguf_path, fix="run `dantes-mlx export` first")
@@ -273,8 +271,6 @@ def check_parity(reference: Reference, gguf_path: str | Path, lora_path: str | P
     Raises ParityError when `enforce` and the GGUF fails; otherwise returns the report either way.
     `release_reference` frees the reference (and base) model once its logits are known.
     """
-    from dantes_mlx.export.gguf import quant_name
-
     quantization = quant_name(quantization or gguf_quantization(gguf_path))
     limits = thresholds_for(quantization)
     named = _named(prompts if prompts is not None else default_prompts())
@@ -318,9 +314,6 @@ def check_parity(reference: Reference, gguf_path: str | Path, lora_path: str | P
 def load_prompts(path: str | Path) -> list[tuple[str, Messages]]:
     """Prompts from a JSONL file: per line a question string, a list of messages, or
     {"name": ..., "messages": [...]}."""
-    from dantes_mlx.errors import InputError
-    from dantes_mlx.store import read_jsonl
-
     prompts = []
     for lineno, record in read_jsonl(path):
         if isinstance(record, dict) and isinstance(record.get("messages"), list):
@@ -347,8 +340,6 @@ def run_parity(model: str | Path, gguf_path: str | Path, *, adapter: str | Path 
                enforce: bool = True) -> ParityReport:
     """The `dantes-mlx parity` stage: the trained model (+ adapter) against a GGUF (+ GGUF LoRA); with an
     adapter, the base model too, to check that the GGUF carries the fine-tune."""
-    from dantes_mlx.train.stage import resolve_model
-
     prompts = load_prompts(prompts_file) if prompts_file else default_prompts(system)
     model = resolve_model(str(model))  # a Hub id not in the cache offline: a ModelError, not a traceback
     base = LazyReference(lambda: make_base_reference(model, adapter)) if adapter else None

@@ -6,13 +6,19 @@ entry-point group; adapters that backend trained are then compared in its own fr
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import tempfile
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
+import yaml
 
+from dantes_mlx.export.peft import load_adapter, write_mlx_adapter
 from dantes_mlx.models.config import mlx_model_config, read_model_config, rope_theta
+from dantes_mlx.models.hub import resolve_model
+from dantes_mlx.workspace import MLX_WEIGHTS, TRAIN_CONFIG_FILE
 
 Messages = list[dict]
 
@@ -78,9 +84,7 @@ REFERENCE_GROUP = "dantes_mlx.references"
 
 def trained_by(adapter_dir: str | Path | None) -> str | None:
     """The training backend recorded in an adapter folder's train_config.yaml (derived.backend), if any."""
-    import yaml
-
-    path = Path(adapter_dir) / "train_config.yaml" if adapter_dir else None
+    path = Path(adapter_dir) / TRAIN_CONFIG_FILE if adapter_dir else None
     if path is None or not path.is_file():
         return None
     try:
@@ -92,8 +96,6 @@ def trained_by(adapter_dir: str | Path | None) -> str | None:
 
 def _plugin_reference(adapter: str | Path | None):
     """The Reference class a plugin registered for the backend that trained `adapter`, or None."""
-    import importlib.metadata
-
     backend = trained_by(adapter)
     for ep in importlib.metadata.entry_points(group=REFERENCE_GROUP):
         if backend and ep.name == backend:
@@ -140,12 +142,7 @@ def make_reference(model: str | Path, adapter: str | Path | None = None,
     plugin = _plugin_reference(adapter)
     if plugin is not None:
         return plugin(model, adapter)
-    if mlx_adapter is None and adapter is not None and not (Path(adapter) / "adapters.safetensors").is_file():
-        import tempfile
-
-        from dantes_mlx.export.peft import load_adapter, write_mlx_adapter
-        from dantes_mlx.train.stage import resolve_model
-
+    if mlx_adapter is None and adapter is not None and not (Path(adapter) / MLX_WEIGHTS).is_file():
         peft = load_adapter(adapter)
         config = json.loads((resolve_model(str(model)) / "config.json").read_text(encoding="utf-8"))
         with tempfile.TemporaryDirectory() as tmp:  # mlx_lm.load reads it at once

@@ -1,8 +1,5 @@
-"""Export stage: PEFT adapter, GGUF LoRA, fused GGUF and Ollama Modelfile, checked by the parity gate.
-
-Modules: peft.py (adapter formats), fuse.py (merge), gguf.py (our GGUF writer, quantize),
-gguf_lora.py (llama.cpp LoRA), modelfile.py (Ollama), parity.py (the gate). `export_all` runs them.
-"""
+"""The four export targets from one adapter: PEFT adapter, GGUF LoRA, fused GGUF (quantized), Ollama Modelfiles,
+gated by parity before any Modelfile is written."""
 
 from __future__ import annotations
 
@@ -13,10 +10,27 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
-if TYPE_CHECKING:
-    from dantes_mlx.export.parity import ParityReport, Reference
+from dantes_mlx.config import ExportConfig
+from dantes_mlx.errors import ConfigError, DantesError, ModelError, StageFailed
+from dantes_mlx.export.fuse import fuse_adapter
+from dantes_mlx.export.gate import CachedReference, gate_verdict, parity_gate
+from dantes_mlx.export.gguf import load_weights, quant_name, quantize, read_config, read_vocab, write_gguf
+from dantes_mlx.export.gguf_lora import write_gguf_lora
+from dantes_mlx.export.modelfile import (ADAPTER_NOTE, build_modelfile, check_model_name, check_modelfile_values,
+                                         create_commands, default_license)
+from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
+from dantes_mlx.export.modelfile import template_mismatch
+from dantes_mlx.export.parity import (LazyReference, ParityReport, default_prompts, make_base_reference, make_reference,
+                                      thresholds_for)
+from dantes_mlx.export.peft import check_adapter, load_adapter, write_mlx_adapter, write_peft_adapter
+from dantes_mlx.models.fingerprint import model_fingerprint
+from dantes_mlx.models.hub import resolve_model
+from dantes_mlx.models.weights import check_weights
+from dantes_mlx.outputs import check_output
+from dantes_mlx.store import write_text_atomic
+from dantes_mlx.workspace import ADAPTER_CONFIG, BASE_FINGERPRINT_FILE, MLX_WEIGHTS, PEFT_WEIGHTS, AdapterFolder
 
 EXPORT_MANIFEST = "export.json"
 BASE_GGUF = "base-f16.gguf"
@@ -30,7 +44,7 @@ class ExportResult:
 
     out_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
-    reports: dict[str, "ParityReport"] = field(default_factory=dict)
+    reports: dict[str, ParityReport] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ollama: str = ""
     ollama_failed: bool = False  # `ollama create` ran and failed; the exported files are complete
@@ -44,6 +58,14 @@ class ExportResult:
                 "parity": {k: _finite(r.to_dict()) for k, r in self.reports.items()},
                 "passed": self.passed, "notes": self.notes, "ollama": self.ollama,
                 "ollama_failed": self.ollama_failed}
+
+    def failure(self) -> StageFailed | None:
+        """`ollama create` ran and failed: the exported files are complete (exit status 1, but `run` goes on)."""
+        if not self.ollama_failed:
+            return None
+        return StageFailed("the exported files are complete; only `ollama create` failed", path=self.out_dir,
+                           fix="see the Ollama message above: once Ollama runs, register the files it names",
+                           stops_run=False)
 
     def summary(self) -> str:
         """Lines for the terminal: files, parity verdicts, notes, the Ollama step."""
@@ -70,80 +92,13 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-class CachedReference:
-    """A Reference whose logits are computed once and shared by every check, so the trained model is
-    freed before llama.cpp loads the first GGUF (a 7B reference and a 7B GGUF never share memory)."""
-
-    def __init__(self, reference: "Reference"):
-        self.reference, self._logits = reference, {}
-        self.name = getattr(reference, "name", "the trained model")
-
-    @property
-    def rope_thetas(self) -> dict:
-        return getattr(self.reference, "rope_thetas", {})
-
-    def render(self, messages):
-        return self.reference.render(messages)
-
-    def encode(self, text: str) -> list[int]:
-        return self.reference.encode(text)
-
-    def logits(self, token_ids: list[int]):
-        key = tuple(token_ids)
-        if key not in self._logits:
-            self._logits[key] = self.reference.logits(token_ids)
-        return self._logits[key]
-
-    def release(self) -> None:
-        if hasattr(self.reference, "release"):
-            self.reference.release()
-
-
-def parity_gate(reference: "Reference", checks: Sequence[tuple[str, Path, Path | None, str]],
-                prompts: Sequence, base: "Reference | None" = None) -> dict[str, "ParityReport"]:
-    """Run check_parity for each (label, gguf, lora, quantization), with the base model when given (a
-    CachedReference computes its logits once); a file llama.cpp refuses to load (e.g. LoRA matrices
-    not transposed) is a failed check, not a crash."""
-    from dantes_mlx.errors import ModelError, ParityError
-    from dantes_mlx.export.parity import ParityReport, check_parity, thresholds_for
-
-    reports = {}
-    for label, gguf_path, lora_path, quantization in checks:
-        try:
-            reports[label] = check_parity(reference, gguf_path, lora_path, prompts=prompts,
-                                          quantization=quantization, enforce=False, base=base,
-                                          release_reference=isinstance(reference, CachedReference))
-        except (ModelError, ParityError) as exc:
-            inf = float("inf")
-            reports[label] = ParityReport(quantization, str(gguf_path), str(lora_path) if lora_path else None,
-                                          thresholds_for(quantization), [], False, 0.0, 0.0, inf, inf, False,
-                                          [f"llama.cpp could not run it: {exc.detail}"])
-    return reports
-
-
-def gate_verdict(reports: Mapping[str, "ParityReport"], manifest: Path) -> None:
-    """Raise ParityError with every failed check's figures when one fails."""
-    from dantes_mlx.errors import ParityError
-
-    failed = {label: r for label, r in reports.items() if not r.passed}
-    if failed:
-        detail = "\n".join(f"[{label}] {r.summary()}" for label, r in failed.items())
-        raise ParityError(f"the exported files do not predict like the trained model:\n{detail}", path=manifest,
-                          fix="do not ship them (nothing was registered with Ollama); if only the quantized "
-                              "file fails, try --quantization q5_k_m or q8_0")
-
-
 def check_base(adapter_dir: Path, base_dir: Path, base_name: str, allow_other: bool, result: ExportResult) -> None:
     """Refuse a base other than the one `dantes-mlx train` fingerprinted (shapes alone cannot tell)."""
-    from dantes_mlx.errors import ModelError
-    from dantes_mlx.train.stage import BASE_FINGERPRINT_FILE, model_fingerprint
-
-    path = Path(adapter_dir) / BASE_FINGERPRINT_FILE
-    if not path.is_file():
+    recorded = AdapterFolder(adapter_dir).base_fingerprint()
+    if recorded is None:
         result.notes.append(f"warning: the adapter has no base-model fingerprint (trained before dantes-mlx recorded "
                             f"one, or by another tool): nothing checks that {base_name} is the base it was trained on")
         return
-    recorded = json.loads(path.read_text(encoding="utf-8"))
     if recorded.get("sha256") == model_fingerprint(base_dir)["sha256"]:
         return
     trained_on = recorded.get("base_model", "?")
@@ -152,7 +107,7 @@ def check_base(adapter_dir: Path, base_dir: Path, base_name: str, allow_other: b
                             "trained on (the parity gate compares against this other base too)")
         return
     raise ModelError(f"the adapter was trained on {trained_on}, but --base-model {base_name} is a different model "
-                     "(same shapes, other weights or config)", path=path,
+                     "(same shapes, other weights or config)", path=Path(adapter_dir) / BASE_FINGERPRINT_FILE,
                      fix=f"pass --base-model {trained_on} (or a copy of the same files); to export onto "
                          f"{base_name} anyway, add --allow-other-base")
 
@@ -160,15 +115,13 @@ def check_base(adapter_dir: Path, base_dir: Path, base_name: str, allow_other: b
 def _adapter_targets(adapter, base_name: str, out: Path, result: ExportResult, peft_base_model: str,
                      n_layers: int) -> None:
     """Write the PEFT adapter (and, for a PEFT input, an mlx-lm copy the MLX reference loads)."""
-    from dantes_mlx.export.peft import CONFIG, PEFT_WEIGHTS, write_mlx_adapter, write_peft_adapter
-
     if adapter.kind == "full":
         result.notes.append("full fine-tune: no PEFT or GGUF LoRA adapter (only the fused GGUF)")
         return
     peft_dir = out / "peft"
     if adapter.source == "peft":
         peft_dir.mkdir(parents=True, exist_ok=True)
-        for name in (PEFT_WEIGHTS, CONFIG):
+        for name in (PEFT_WEIGHTS, ADAPTER_CONFIG):
             shutil.copyfile(adapter.path / name, peft_dir / name)
         result.files["mlx_adapter"] = write_mlx_adapter(adapter, out / "mlx-adapter", n_layers, base_name)
     else:
@@ -179,10 +132,6 @@ def _adapter_targets(adapter, base_name: str, out: Path, result: ExportResult, p
 def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, result: ExportResult,
            want_base: bool, vocab, log: Callable[[str], None]) -> None:
     """Fused f16 GGUF, its quantized copy, the GGUF LoRA and (when wanted) the base f16 GGUF."""
-    from dantes_mlx.export.fuse import fuse_adapter
-    from dantes_mlx.export.gguf import load_weights, quantize, write_gguf
-    from dantes_mlx.export.gguf_lora import write_gguf_lora
-
     if adapter.kind == "lora":
         log("writing the GGUF LoRA adapter")
         result.files["gguf_lora"] = write_gguf_lora(adapter, base_dir, out / f"{name}-lora-f16.gguf",
@@ -208,9 +157,6 @@ def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, res
 
 def _modelfiles(out: Path, name: str, result: ExportResult, *, system, parameters, messages,
                 license_text: str, ollama_base: str) -> None:
-    from dantes_mlx.export.modelfile import ADAPTER_NOTE, build_modelfile
-    from dantes_mlx.store import write_text_atomic
-
     common = dict(system=system, parameters=parameters, messages=messages, license_text=license_text)
     fused = result.files["fused"].name
     header = f"Ollama Modelfile written by `dantes-mlx export`.\nollama create {name} -f Modelfile"
@@ -244,8 +190,6 @@ def _library_base(ollama_base: str, config: Mapping, result: ExportResult) -> st
 
 
 def _check_route(route: str, adapter) -> None:
-    from dantes_mlx.errors import ConfigError
-
     if route not in ROUTES:
         raise ConfigError(f"unknown export.ollama_route {route!r}", fix=f"use one of {', '.join(ROUTES)}")
     if route == "adapter" and adapter.kind != "lora":
@@ -268,26 +212,13 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     figures, when a GGUF does not predict like MLX base + adapter; then no Modelfile is written.
     Raises ModelError when the base is not the one train fingerprinted, unless `allow_other_base`.
     """
-    from dantes_mlx.errors import ConfigError, DantesError
-    from dantes_mlx.export.gguf import quant_name, read_config, read_vocab
-    from dantes_mlx.export.modelfile import (check_model_name, check_modelfile_values, create_commands, default_license,
-                                             template_mismatch)
-    from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
-    from dantes_mlx.export.parity import (LazyReference, default_prompts, make_base_reference, make_reference,
-                                          thresholds_for)
-    from dantes_mlx.export.peft import check_adapter, load_adapter
-    from dantes_mlx.models.weights import check_weights
-    from dantes_mlx.outputs import check_output
-    from dantes_mlx.store import write_text_atomic
-    from dantes_mlx.train.stage import resolve_model
-
     quantization = quant_name(quantization)
     thresholds_for(quantization)
     check_model_name(name)
     # The Modelfile's values (persona, PARAMETERs, MESSAGEs) are checked now, not after the long fuse.
     check_modelfile_values(system=persona, parameters=parameters, messages=messages)
     check_output(out_dir, kind="dir", inputs=[adapter_dir], flag="-o/--output")  # its PEFT files would replace ours
-    for weights in ("adapters.safetensors", "adapter_model.safetensors"):  # a file cut short is named, not a traceback
+    for weights in (MLX_WEIGHTS, PEFT_WEIGHTS):  # a file cut short is named, not a traceback
         check_weights(Path(adapter_dir) / weights)
     adapter = load_adapter(adapter_dir)
     _check_route(ollama_route, adapter)
@@ -335,8 +266,6 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     else:
         result.notes.append("parity gate skipped (--no-parity): nothing proves these files match the model")
     if parameters is None:  # the defaults of export.ollama_parameters; {} writes none
-        from dantes_mlx.config import ExportConfig
-
         parameters = ExportConfig().ollama_parameters
     _modelfiles(out, name, result, system=persona, parameters=parameters, messages=messages,
                 license_text=default_license(base_name, books), ollama_base=ollama_base)
@@ -352,49 +281,3 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     result.files["manifest"] = manifest
     write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return result
-
-
-def check_export_settings(config: dict, overrides: dict | None = None) -> None:
-    """The export settings of dantes.yaml checked before any work (export, or `run`'s first stage): the persona and
-    Modelfile values Ollama must read back (none holding \"\"\"), the quantization, the model name; the bad one is
-    named with its file and line."""
-    from dantes_mlx.config import CharacterConfig, ExportConfig, located, section
-    from dantes_mlx.errors import ConfigError
-    from dantes_mlx.export.modelfile import check_model_name, check_modelfile_values
-    from dantes_mlx.export.parity import thresholds_for
-
-    cfg = section(ExportConfig, config, overrides)
-    persona = section(CharacterConfig, config).persona
-    checks = (("character", "persona", lambda: check_modelfile_values(system=persona)),
-              ("export", "ollama_parameters", lambda: check_modelfile_values(parameters=cfg.ollama_parameters)),
-              ("export", "ollama_messages", lambda: check_modelfile_values(messages=cfg.ollama_messages)),
-              ("export", "quantization", lambda: thresholds_for(cfg.quantization)),
-              ("export", "ollama_name", lambda: check_model_name(cfg.ollama_name)))
-    for sec, key, check in checks:
-        try:
-            check()
-        except ConfigError as exc:
-            named = exc.detail if f"{sec}.{key}" in exc.detail else f"{sec}.{key}: {exc.detail}"
-            raise ConfigError(named, **located(config, sec, key), fix=exc.fix) from None
-
-
-def export_project(config: dict, overrides: dict | None = None, *, adapter_path: str | Path | None = None,
-                   base_model: str | None = None, allow_other_base: bool = False,
-                   log: Callable[[str], None] = _stderr) -> ExportResult:
-    """`export` with settings from dantes.yaml (< overrides) and the project's default paths."""
-    from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig, TrainConfig, section
-    from dantes_mlx.export.peft import recorded_base_model
-    from dantes_mlx.outputs import output_lock
-
-    cfg = section(ExportConfig, config, overrides)
-    check_export_settings(config, overrides)
-    project = section(ProjectConfig, config)
-    adapter_path = adapter_path or project.adapters_dir
-    base_model = base_model or recorded_base_model(adapter_path) or section(TrainConfig, config).base_model
-    with output_lock(cfg.out_dir):  # one export at a time into a folder
-        return export_all(base_model, adapter_path, cfg.out_dir, quantization=cfg.quantization,
-                          name=cfg.ollama_name, persona=section(CharacterConfig, config).persona,
-                          messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
-                          ollama_base=cfg.ollama_base, books=project.books, parity=cfg.parity,
-                          ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model,
-                          allow_other_base=allow_other_base, ollama_route=cfg.ollama_route, log=log)

@@ -17,10 +17,11 @@ from test_export_peft import make_mlx_adapter
 from test_gguf_export import FRENCH_TEXTS
 
 from dantes_mlx.errors import ModelError
-from dantes_mlx.export.targets import export_all
 from dantes_mlx.export.bpe import CHECK_TEXT, KNOWN_HASHES, PRE_TOKENIZERS, check_hash
 from dantes_mlx.export.gguf import read_config, read_vocab, write_gguf
-from dantes_mlx.export.parity import MLXReference, check_parity
+from dantes_mlx.export.parity import check_parity
+from dantes_mlx.export.reference import MLXReference
+from dantes_mlx.export.targets import export_all
 from dantes_mlx.export.vocab import CONTROL, NORMAL
 from dantes_mlx.models.tiny_bpe import build_tiny_bpe_model
 

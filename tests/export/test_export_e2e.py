@@ -18,9 +18,10 @@ from test_modelfile import fake_ollama
 from dantes_mlx.cli import main
 from dantes_mlx.config import TrainConfig
 from dantes_mlx.errors import ModelError, ParityError
-from dantes_mlx.export.targets import export_all
 from dantes_mlx.export.modelfile import instructions, parse_modelfile
-from dantes_mlx.export.parity import MLXReference, check_parity
+from dantes_mlx.export.parity import check_parity
+from dantes_mlx.export.reference import MLXReference
+from dantes_mlx.export.targets import export_all
 
 pytestmark = pytest.mark.slow
 
@@ -219,7 +220,7 @@ def test_export_warns_when_the_base_chat_format_is_not_the_modelfile_template(ti
 def test_export_refuses_another_base_of_the_same_shapes(tmp_path):
     """Two tiny models of one shape (seeds 0 and 1): the adapter's recorded fingerprint tells them apart."""
     from dantes_mlx.models.tiny import build_tiny_model
-    from dantes_mlx.train.stage import BASE_FINGERPRINT_FILE, write_base_fingerprint
+    from dantes_mlx.workspace import BASE_FINGERPRINT_FILE, write_base_fingerprint
 
     trained_on = build_tiny_model(tmp_path / "seed0", seed=0)
     other = build_tiny_model(tmp_path / "seed1", seed=1)

@@ -14,11 +14,12 @@ import pytest
 from test_export_peft import make_mlx_adapter
 
 from dantes_mlx.errors import ModelError, ParityError
-from dantes_mlx.export.targets import gate_verdict, parity_gate
+from dantes_mlx.export.gate import gate_verdict, parity_gate
 from dantes_mlx.export.gguf import permute_qk
 from dantes_mlx.export.gguf_lora import write_gguf_lora
-from dantes_mlx.export.parity import MLXReference, check_parity
+from dantes_mlx.export.parity import check_parity
 from dantes_mlx.export.peft import load_adapter
+from dantes_mlx.export.reference import MLXReference
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from dantes_mlx.errors import ModelError
-from dantes_mlx.export.peft import (check_adapter, load_adapter, lora_alpha, recorded_base_model,
-                                    write_mlx_adapter, write_peft_adapter)
+from dantes_mlx.export.peft import (check_adapter, load_adapter, lora_alpha, recorded_base_model, write_mlx_adapter,
+                                    write_peft_adapter)
 
 ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 

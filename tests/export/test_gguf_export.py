@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import llama_cpp
+import numpy as np
 import pytest
 
 from dantes_mlx.errors import ConfigError, ModelError

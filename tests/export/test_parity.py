@@ -9,10 +9,9 @@ import pytest
 
 from dantes_mlx.errors import ConfigError, InputError, ParityError
 from dantes_mlx.export.gguf import load_weights, quantize, write_gguf
-from dantes_mlx.export.parity import (MLXReference, check_parity, compare_logits, load_prompts,
-                                      thresholds_for)
+from dantes_mlx.export.parity import check_parity, compare_logits, load_prompts, thresholds_for
+from dantes_mlx.export.reference import MLXReference
 from dantes_mlx.export.vocab import load_vocab
-
 
 
 @pytest.fixture(scope="module")
