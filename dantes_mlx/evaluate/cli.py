@@ -1,8 +1,13 @@
-"""`dantes-mlx eval`: options in, one call to dantes_mlx.evaluate.compare out, a summary and the report's path."""
+"""`dantes-mlx eval`: options in, one call to the eval stage out, a summary and the report's path."""
 
 from __future__ import annotations
 
+import webbrowser
+
 import click
+
+from dantes_mlx.cli_common import CONFIG_OPTION, log, project
+from dantes_mlx.evaluate.stage import Settings, run
 
 
 @click.command("eval")
@@ -26,26 +31,20 @@ import click
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False), default=None,
               help="Report folder [default: <project.reports_dir>/eval-<date>].")
 @click.option("--open", "open_report", is_flag=True, help="Open index.html in the web browser afterwards.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Project config [default: dantes.yaml if present].")
+@CONFIG_OPTION
 def eval_cmd(base_model, adapter_path, data_dir, gguf, judge, judge_model, judge_url, probes, max_tokens,
              temperature, seed, samples, out_dir, open_report, config_path):
     """Compare the base and fine-tuned models; write reports/eval-<date>/index.html and report.md."""
-    from dantes_mlx.config import load_yaml
-    from dantes_mlx.evaluate.compare import eval_failure, evaluate_project
-    from dantes_mlx.evaluate.report import text_summary
-
+    config, workspace = project(config_path)
     overrides = {"judge": judge, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
                  "samples": samples}
-    result, index = evaluate_project(load_yaml(config_path), overrides, extra_probes=list(probes),
-                                     base_model=base_model, adapter_path=adapter_path, data_dir=data_dir, gguf=gguf,
-                                     out_dir=out_dir, judge_model=judge_model, judge_url=judge_url)
-    click.echo(text_summary(result))
-    click.echo(f"report: {index}")
+    settings = Settings.from_config(config, overrides, extra_probes=list(probes), base_model=base_model,
+                                    adapter_path=adapter_path, data_dir=data_dir, gguf=gguf, out_dir=out_dir,
+                                    judge_model=judge_model, judge_url=judge_url)
+    summary = run(settings, workspace, log)
+    click.echo(summary.summary())
     if open_report:
-        import webbrowser
-
-        webbrowser.open(index.resolve().as_uri())
-    failure = eval_failure(result, index)
+        webbrowser.open(summary.index.resolve().as_uri())
+    failure = summary.failure()
     if failure is not None:  # the report holds what was measured; the exit status says what was not
         raise failure

@@ -9,18 +9,28 @@ import random
 import sys
 import types
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
+from tqdm import tqdm
+
+from dantes_mlx.chat.engines import Engine, LlamaCppEngine, MLXEngine
+from dantes_mlx.errors import InputError, require
 from dantes_mlx.evaluate import metrics
-from dantes_mlx.errors import InputError, StageFailed
+from dantes_mlx.evaluate.judge import Judge, JudgeSettings, summarize_pairwise, summarize_rubric
+from dantes_mlx.evaluate.report import write_report
+from dantes_mlx.llm.base import LLMClient
+from dantes_mlx.llm.batch import FailureLimit
 from dantes_mlx.outputs import check_output, output_lock
 from dantes_mlx.store import Store, item_key, read_jsonl
+from dantes_mlx.train.data import read_split
+from dantes_mlx.train.metrics import MetricsLog
+from dantes_mlx.workspace import METRICS_FILE, MLX_WEIGHTS, AdapterFolder
 
 if TYPE_CHECKING:
-    from dantes_mlx.chat.engines import Engine
     from dantes_mlx.config import CharacterConfig, EvalConfig
-    from dantes_mlx.llm.base import LLMClient
 
 STAGE = "eval-answer"
 ROLES = ("base", "tuned")
@@ -70,8 +80,6 @@ class EvalResult:
 # ---------------------------------------------------------------- inputs
 def read_test_rows(data_dir: str | Path) -> tuple[list[dict], str]:
     """test.jsonl rows and their mlx-lm format (chat, completions or text)."""
-    from dantes_mlx.train.stage import read_split
-
     path = Path(data_dir) / "test.jsonl"
     if not path.is_file():
         raise InputError("no test.jsonl in the dataset folder", path=data_dir,
@@ -126,14 +134,6 @@ def read_citations(path: Path) -> list[str]:
     return [row["citation"] for _, row in read_jsonl(path) if isinstance(row.get("citation"), str)]
 
 
-def adapter_settings(adapter_path: str | Path | None) -> dict:
-    """adapter_config.json of an mlx-lm adapter folder ({} when absent)."""
-    path = Path(adapter_path) / "adapter_config.json" if adapter_path else None
-    if path is None or not path.is_file():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def fingerprint(*paths) -> str:
     """Identity of model files for the answer cache: path, size and modification time of each file."""
     parts = []
@@ -162,11 +162,9 @@ def measure_test_loss(model, tokenizer, rows: list[dict], fmt: str, mask_prompt:
     return evaluate(model, dataset, batch_size=size, num_batches=-1, max_seq_length=max_seq_length)
 
 
-def answer_all(engine_factory: Callable[[], "Engine"], key_base: dict, tasks: list[Task], cfg: "EvalConfig",
+def answer_all(engine_factory: Callable[[], Engine], key_base: dict, tasks: list[Task], cfg: "EvalConfig",
                store: Store, side: Side, loss_job: Callable | None = None) -> None:
     """Answers (and the test loss) of one model; cached answers are reused and the model loads only if needed."""
-    from tqdm import tqdm
-
     engine = None
 
     def get_engine():
@@ -209,15 +207,11 @@ def make_loss_job(rows, fmt, mask_prompt, max_seq_length, batch_size, store: Sto
 # ---------------------------------------------------------------- embeddings (optional)
 def embedder(spec: str, n_threads: int = 0) -> tuple[Callable[[list[str]], list] | None, str]:
     """(embed(texts) -> unit vectors, description) or (None, why it is skipped)."""
-    import numpy as np
-
     def unit(vectors):
         array = np.asarray(vectors, dtype=np.float32)
         return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
 
     if spec:
-        from dantes_mlx.errors import require
-
         llama_cpp = require("llama_cpp", "embedding similarity with a GGUF", "llama-cpp-python")
         if not Path(spec).is_file():
             raise InputError("embedding GGUF not found", path=spec, fix="set eval.embedding_model to a .gguf file")
@@ -269,11 +263,6 @@ def run_judge(result: EvalResult, tasks: list[Task], judge, max_failures: int = 
 
     A question the judge fails on (server down, HTTP 500) is left unscored and said in the report; after
     `max_failures` in a row the judging stops. The answers and every other measure are kept either way."""
-    from tqdm import tqdm
-
-    from dantes_mlx.evaluate.judge import summarize_pairwise, summarize_rubric
-    from dantes_mlx.llm.batch import FailureLimit
-
     open_tasks = [t for t in tasks if t.kind in ("probe", "test")]
     rubric = {role: {} for role in result.sides}
     pairwise = {}
@@ -313,7 +302,7 @@ def _judged(judge, result: EvalResult, open_tasks: list[Task]):
 
 def evaluate(cfg: "EvalConfig", character: "CharacterConfig", *, base_model: str, data_dir: str | Path,
              out_dir: str | Path, adapter_path: str | Path | None = None, gguf: str | Path | None = None,
-             citations: "str | Path | list | None" = None, judge_client: "LLMClient | None" = None,
+             citations: "str | Path | list | None" = None, judge_client: LLMClient | None = None,
              cache_dir: str | Path | None = None, max_failures: int = 5) -> EvalResult:
     """Evaluate base vs fine-tuned (MLX base + adapter, or a GGUF) and write the report to out_dir.
 
@@ -335,26 +324,11 @@ def check_report_dir(out_dir: str | Path, data_dir, adapter_path, gguf) -> Path:
     return check_output(out_dir, kind="dir", inputs=[data_dir, adapter_path, gguf], flag="-o/--out-dir")
 
 
-def eval_failure(result: EvalResult, index: Path) -> StageFailed | None:
-    """The error an evaluation that could not measure everything ends with, after its report is written."""
-    if not result.failures:
-        return None
-    return StageFailed("eval: " + "; ".join(result.failures) + f"; the report is written: {index}", path=index,
-                       fix="fix the cause above (is the judge's LLM server up? llm.url / --judge-url), then run the "
-                           "same command again: the answers are cached and not generated again")
-
-
 def _evaluate(cfg, character, base_model, data_dir: Path, out_dir: Path, adapter_path, gguf, citations,
               judge_client, store_path: Path, max_failures: int) -> EvalResult:
-    from datetime import datetime
-
-    from dantes_mlx.chat.engines import LlamaCppEngine, MLXEngine
-    from dantes_mlx.evaluate.report import write_report
-    from dantes_mlx.train.stage import METRICS_FILE, MetricsLog
-
     rows, fmt = read_test_rows(data_dir)
     tasks = build_tasks(cfg, character.persona, rows, data_dir / "test.jsonl")
-    trained = adapter_settings(adapter_path)
+    trained = AdapterFolder(adapter_path).settings() if adapter_path else {}
     mask = bool(trained.get("mask_prompt", True))
     max_seq = cfg.max_seq_length or int(trained.get("max_seq_length", 2048))
     result = EvalResult(created=datetime.now().isoformat(timespec="seconds"), base_model=str(base_model),
@@ -378,7 +352,7 @@ def _evaluate(cfg, character, base_model, data_dir: Path, out_dir: Path, adapter
         result.notes.append(f"fine-tuned answers come from the GGUF {gguf} (llama.cpp); its test loss is not measured")
     else:
         key = {"name": f"mlx:{base_model}+{adapter_path}",
-               "files": fingerprint(_local(base_model), Path(adapter_path) / "adapters.safetensors")}
+               "files": fingerprint(_local(base_model), Path(adapter_path) / MLX_WEIGHTS)}
         answer_all(lambda: MLXEngine(base_model, adapter_path), key, tasks, cfg, store, tuned,
                    make_loss_job(*loss_args, key))
 
@@ -389,8 +363,6 @@ def _evaluate(cfg, character, base_model, data_dir: Path, out_dir: Path, adapter
     score(result, tasks, vocabulary, embed)
 
     if judge_client is not None:
-        from dantes_mlx.evaluate.judge import Judge, JudgeSettings
-
         settings = JudgeSettings(character.name, character.persona, character.language, max_tokens=cfg.judge_max_tokens,
                                  seed=cfg.seed, reasons_max_chars=cfg.judge_reasons_chars)
         run_judge(result, tasks, Judge(judge_client, settings, Store(store.path.with_name("judge.jsonl"))),
@@ -414,56 +386,6 @@ def citation_vocabulary_note(candidates: "list | None") -> tuple[frozenset | Non
     return vocabulary, f"citation overlap against {len(vocabulary)} content words of {found}"
 
 
-def citation_candidates(explicit: str, data_dir: str | Path | None, project_data_dir: str | Path) -> list[str]:
-    """Where eval looks for citations: the explicit setting alone, else beside --data, then the project's."""
-    if explicit:
-        return [explicit]
-    beside = [str(Path(data_dir).parent / "citations" / "citations.jsonl")] if data_dir else []
-    default = str(Path(project_data_dir) / "citations" / "citations.jsonl")
-    return list(dict.fromkeys(beside + [default]))
-
-
 def _local(model: str) -> Path | None:
     path = Path(model).expanduser()
     return path if path.exists() else None
-
-
-def evaluate_project(config: dict, overrides: dict, *, extra_probes: list[str] = (), base_model: str | None = None,
-                     adapter_path: str | None = None, data_dir: str | None = None, gguf: str | None = None,
-                     out_dir: str | None = None, judge_model: str | None = None,
-                     judge_url: str | None = None) -> tuple[EvalResult, Path]:
-    """`dantes-mlx eval`: settings from dantes.yaml and flags, default paths from the project, then evaluate()."""
-    from datetime import date
-
-    from dantes_mlx.chat.engines import adapter_base
-    from dantes_mlx.config import (CharacterConfig, EvalConfig, ExtractConfig, LLMConfig, ProjectConfig,
-                                   TrainConfig, section)
-
-    cfg = section(EvalConfig, config, overrides)
-    cfg.probes = list(cfg.probes) + [p for p in extra_probes if p not in cfg.probes]
-    project, character = section(ProjectConfig, config), section(CharacterConfig, config)
-    adapter = None if gguf and not adapter_path else Path(adapter_path or project.adapters_dir)
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        raise InputError("no adapter_config.json: not an adapter folder from `dantes-mlx train`", path=adapter,
-                         fix="pass --adapter-path ADAPTERS, or --gguf MODEL.gguf to evaluate a GGUF")
-    if not base_model:
-        base_model = adapter_base(adapter) if adapter is not None else section(TrainConfig, config).base_model
-    citations = citation_candidates(cfg.citations or section(ExtractConfig, config).output, data_dir,
-                                    project.data_dir)
-    reports = Path(project.reports_dir)
-    out = Path(out_dir) if out_dir else reports / f"eval-{date.today().isoformat()}"
-    check_report_dir(out, data_dir or Path(project.data_dir) / "dataset", adapter, gguf)  # before a judge model loads
-    client, max_failures = None, 5
-    if cfg.judge:
-        from dantes_mlx.errors import ConfigError
-        from dantes_mlx.llm.base import make_client
-
-        llm = section(LLMConfig, config, {"model": judge_model, "url": judge_url})
-        if not (llm.model or llm.url):
-            raise ConfigError("--judge needs a judge LLM", path="dantes.yaml [llm]",
-                              fix="set llm.model (GGUF) or llm.url (server), or pass --judge-model / --judge-url")
-        client, max_failures = make_client(llm), llm.max_consecutive_failures
-    result = evaluate(cfg, character, base_model=base_model, data_dir=data_dir or Path(project.data_dir) / "dataset",
-                      out_dir=out, adapter_path=adapter, gguf=gguf, citations=citations, judge_client=client,
-                      cache_dir=reports / ".cache", max_failures=max_failures)
-    return result, out / "index.html"

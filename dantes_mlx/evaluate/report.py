@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dantes_mlx.store import write_text_atomic
+from dantes_mlx.train.metrics import plot_losses
+from dantes_mlx.workspace import METRICS_FILE, PLOT_FILE
 
 if TYPE_CHECKING:
     from dantes_mlx.evaluate.compare import EvalResult
@@ -114,8 +116,6 @@ def _compare(col: str, values: list, cols: list, better: str) -> str:
 # ---------------------------------------------------------------- plots
 def plot_training(result: "EvalResult", adapter_path, out_dir: Path) -> Path | None:
     """loss.png: the training run's train/valid loss re-plotted from metrics.jsonl (else its own loss.png)."""
-    from dantes_mlx.train.stage import METRICS_FILE, PLOT_FILE, plot_losses
-
     target = out_dir / "loss.png"
     if adapter_path and (Path(adapter_path) / METRICS_FILE).is_file() and result.train_metrics:
         return plot_losses(Path(adapter_path) / METRICS_FILE, target, title="training loss (adapter)")

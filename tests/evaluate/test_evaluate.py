@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dantes_mlx.evaluate import metrics as m
 from dantes_mlx.cli import main
 from dantes_mlx.config import CharacterConfig, EvalConfig, TrainConfig
 from dantes_mlx.errors import InputError
+from dantes_mlx.evaluate import metrics as m
 from dantes_mlx.evaluate.compare import build_tasks, read_test_rows
 
 PERSONA = "Tu es Edmond Dantès."
@@ -144,8 +144,10 @@ def test_embedding_similarity_is_skipped_with_a_reason_without_a_model(monkeypat
 
 
 def _citations_given_to_evaluate(monkeypatch, tmp_path, data_dir, config=None) -> tuple[list, list]:
-    """Run evaluate_project with evaluate() replaced by a recorder; return (citation candidates, notes)."""
+    """Run the eval stage with evaluate() replaced by a recorder; return (citation candidates, notes)."""
     import dantes_mlx.evaluate.compare as ev
+    from dantes_mlx.evaluate import stage
+    from dantes_mlx.workspace import Workspace
 
     adapters = tmp_path / "adapters"
     adapters.mkdir(exist_ok=True)
@@ -158,7 +160,9 @@ def _citations_given_to_evaluate(monkeypatch, tmp_path, data_dir, config=None) -
                              settings={}, tasks=[])
 
     monkeypatch.setattr(ev, "evaluate", record)
-    ev.evaluate_project(config or {}, {}, base_model="base", adapter_path=str(adapters), data_dir=str(data_dir))
+    settings = stage.Settings.from_config(config or {}, {}, base_model="base", adapter_path=str(adapters),
+                                          data_dir=str(data_dir))
+    stage.run(settings, Workspace.from_config(config or {}), lambda message: None)
     return list(seen["citations"]), seen
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from dantes_mlx.evaluate.judge import (CRITERIA, Judge, JudgeOutputError, JudgeSettings, pairwise_verdict, parse_pairwise,
-                              parse_rubric, rubric_schema, summarize_pairwise, summarize_rubric)
+from dantes_mlx.evaluate.judge import (CRITERIA, Judge, JudgeOutputError, JudgeSettings, pairwise_verdict,
+                                       parse_pairwise, parse_rubric, rubric_schema, summarize_pairwise,
+                                       summarize_rubric)
 from dantes_mlx.llm.fake import FakeLLM, fake_from_function
 from dantes_mlx.store import Store
 

@@ -19,8 +19,8 @@ import pytest
 from dantes_mlx.config import EvalConfig
 from dantes_mlx.evaluate.compare import EvalResult, Side, Task, run_judge, score
 from dantes_mlx.evaluate.judge import Judge, JudgeSettings
-from dantes_mlx.llm.fake import fake_from_function
 from dantes_mlx.evaluate.report import render_markdown, write_report
+from dantes_mlx.llm.fake import fake_from_function
 
 EVIL = "<script>alert('x')</script><img src=x onerror=alert(1)>"
 
@@ -109,13 +109,14 @@ def test_open_uses_webbrowser_with_a_file_uri(tmp_path, monkeypatch):
 
     from click.testing import CliRunner
 
-    from dantes_mlx.evaluate import compare as evaluate
     from dantes_mlx.cli import main
+    from dantes_mlx.evaluate import cli as evaluate
+    from dantes_mlx.evaluate.stage import EvalSummary
 
     result, adapters = make_result(tmp_path)
     index = write_report(result, tmp_path / "report", adapter_path=adapters)
     opened = []
-    monkeypatch.setattr(evaluate, "evaluate_project", lambda *a, **k: (result, index))
+    monkeypatch.setattr(evaluate, "run", lambda *a, **k: EvalSummary(result, index))
     monkeypatch.setattr(webbrowser, "open", lambda uri: opened.append(uri) or True)
     run = CliRunner().invoke(main, ["eval", "--open", "--adapter-path", str(adapters)])
     assert run.exit_code == 0, run.output
