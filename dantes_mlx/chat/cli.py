@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
+
+from dantes_mlx.chat.loop import HELP, build_messages, chat_loop
+from dantes_mlx.chat.session import Settings, open_session
+from dantes_mlx.cli_common import project
 
 
 def engine_options(func):
@@ -39,30 +42,19 @@ def engine_options(func):
     return func
 
 
-def _setup(model, adapter_path, base_only, gguf, lora, n_ctx, system, no_system, config_path):
+def _setup(base_only, adapter_path, gguf, system, no_system, config_path, **options):
     """(engine, system prompt) from the options and the project config."""
-    from dantes_mlx.chat.engines import load_engine
-    from dantes_mlx.config import CharacterConfig, ProjectConfig, TrainConfig, load_yaml, section
-
     for clash, flags in ((base_only and adapter_path, "--base-only and --adapter-path"),
                          (gguf and adapter_path, "--gguf and --adapter-path (a GGUF takes a GGUF LoRA: --lora)"),
                          (no_system and system is not None, "--system and --no-system")):
         if clash:
             raise click.UsageError(f"{flags} cannot be used together; keep one")
-    config = load_yaml(config_path)
-    if not gguf and not base_only and adapter_path is None:
-        default = Path(section(ProjectConfig, config).adapters_dir)
-        adapter_path = default if (default / "adapters.safetensors").is_file() else None
-    if base_only:
-        adapter_path = None
-    if not gguf and not model and not adapter_path:
-        model = section(TrainConfig, config).base_model
-    engine = load_engine(model=model, adapter_path=adapter_path, gguf=gguf, lora=lora,
-                         **({"n_ctx": n_ctx} if gguf else {}))
+    config, workspace = project(config_path)
+    settings = Settings.from_config(config, base_only=base_only, adapter_path=adapter_path, gguf=gguf,
+                                    system=system, no_system=no_system, **options)
+    engine, system = open_session(settings, workspace)
     click.secho(f"[{engine.name}]", err=True, dim=True)
-    if no_system:
-        return engine, None
-    return engine, system if system is not None else section(CharacterConfig, config).persona
+    return engine, system
 
 
 @click.command()
@@ -71,8 +63,6 @@ def _setup(model, adapter_path, base_only, gguf, lora, n_ctx, system, no_system,
 def ask(question, temp, top_p, max_tokens, seed, **options):
     """Ask the fine-tuned model one question; the answer streams to stdout. QUESTION `-` (or none, with
     piped input) reads it from stdin."""
-    from dantes_mlx.chat.engines import build_messages
-
     if question is None and sys.stdin.isatty():
         raise click.UsageError("Missing argument 'QUESTION' (or pipe it: echo '...' | dantes-mlx ask -)")
     if question in (None, "-"):
@@ -90,8 +80,6 @@ def ask(question, temp, top_p, max_tokens, seed, **options):
 @engine_options
 def chat(temp, top_p, max_tokens, seed, **options):
     """Chat with the fine-tuned model (/reset, /system TEXT, /exit)."""
-    from dantes_mlx.chat.engines import HELP, chat_loop
-
     engine, system = _setup(**options)
     click.secho(HELP, err=True, dim=True)
     chat_loop(engine, iter(sys.stdin.readline, ""), lambda text: click.echo(text, nl=False), system=system,

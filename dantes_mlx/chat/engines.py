@@ -1,16 +1,16 @@
-"""CLI generation: MLX (base + adapter) or GGUF (llama.cpp) engines behind one interface, and the chat loop."""
+"""Generation engines behind one interface: MLX (base + adapter) or a GGUF through llama.cpp."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
+from typing import Iterable, Iterator, Protocol, runtime_checkable
 
-from dantes_mlx.errors import DantesError, InputError, ModelError
+from dantes_mlx.errors import InputError, ModelError, require
 from dantes_mlx.models.config import mlx_model_config
+from dantes_mlx.models.hub import resolve_model
 from dantes_mlx.models.weights import check_weights
-
-HELP = "commands: /reset (forget the conversation), /system TEXT (new system prompt), /exit"
+from dantes_mlx.workspace import MLX_WEIGHTS, AdapterFolder
 
 
 @runtime_checkable
@@ -34,35 +34,17 @@ class Engine(Protocol):
         ...
 
 
-def adapter_base(adapter_path: str | Path) -> str:
-    """The base model an mlx-lm adapter was trained on (adapter_config.json's `model`)."""
-    path = Path(adapter_path) / "adapter_config.json"
-    if not path.is_file():
-        raise InputError("no adapter_config.json: not an mlx-lm adapter folder", path=adapter_path,
-                         fix="pass the folder `dantes-mlx train` wrote (--adapter-path)")
-    try:
-        model = json.loads(path.read_text(encoding="utf-8")).get("model")
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno, fix="train again") from exc
-    if not model:
-        raise InputError("adapter_config.json does not name its base model", path=path,
-                         fix="pass --model BASE")
-    return model
-
-
 class MLXEngine:
     """mlx-lm: the base model (HF id or folder) with an optional adapter, sampled by mlx_lm.sample_utils."""
 
     def __init__(self, model: str, adapter_path: str | Path | None = None):
         from mlx_lm import load
 
-        from dantes_mlx.train.stage import resolve_model
-
         self.name = f"mlx:{model}" + (f"+{adapter_path}" if adapter_path else "")
         path = resolve_model(model)
         check_weights(path)
         if adapter_path:
-            check_weights(Path(adapter_path) / "adapters.safetensors",
+            check_weights(Path(adapter_path) / MLX_WEIGHTS,
                           fix="train again (`dantes-mlx train --resume` continues from its last checkpoint), or copy "
                               "the adapter folder again")
         try:
@@ -105,8 +87,6 @@ class LlamaCppEngine:
 
     def __init__(self, gguf: str | Path, lora: str | Path | None = None, n_ctx: int = 4096,
                  n_threads: int = 0, n_gpu_layers: int = -1):
-        from dantes_mlx.errors import require
-
         llama_cpp = require("llama_cpp", "chatting with a GGUF", "llama-cpp-python")
         for path in (gguf, lora):
             if path and not Path(path).is_file():
@@ -187,88 +167,7 @@ def load_engine(model: str | None = None, adapter_path: str | Path | None = None
         raise InputError("--lora is a GGUF LoRA adapter and needs --gguf", path="--lora",
                          fix="add --gguf BASE.gguf, or use --adapter-path for the MLX adapter")
     if adapter_path and not model:
-        model = adapter_base(adapter_path)
+        model = AdapterFolder(adapter_path).base_model()
     if not model:
         raise InputError("no model to chat with", path="--model", fix="pass --model, --adapter-path or --gguf")
     return MLXEngine(model, adapter_path)
-
-
-def build_messages(system: str | None, history: list[dict], user: str) -> list[dict]:
-    """system (if any) + past turns + the new user turn."""
-    head = [{"role": "system", "content": system}] if system else []
-    return head + history + [{"role": "user", "content": user}]
-
-
-def fit_context(engine: Engine, system: str | None, history: list[dict], user: str,
-                max_tokens: int) -> tuple[list[dict], int]:
-    """The messages to send and how many of the oldest exchanges had to go so that the prompt and a reply of
-    max_tokens fit the engine's context (the system prompt and the new message always stay).
-    InputError when the new message alone does not fit."""
-    limit, count = getattr(engine, "context_length", None), getattr(engine, "prompt_length", None)
-    kept = list(history)
-    while True:
-        messages = build_messages(system, kept, user)
-        n = count(messages) if limit and count else None
-        if n is None or n + max_tokens <= limit:
-            return messages, (len(history) - len(kept)) // 2
-        if not kept:
-            raise InputError(f"the message does not fit the context: {n} prompt tokens + {max_tokens} for the "
-                             f"reply > {limit}", path="chat", fix="shorten the message or lower --max-tokens")
-        kept = kept[2:]
-
-
-def chat_loop(engine: Engine, lines: Iterable[str], write: Callable[[str], None], system: str | None = None,
-              prompt: str = "> ", **sampling) -> list[dict]:
-    """Read user lines, stream replies, keep the history; /reset, /system TEXT, /exit. Returns the history."""
-    history: list[dict] = []
-    write(prompt)
-    for raw in lines:
-        line = raw.strip()
-        if line in ("/exit", "/quit"):
-            break
-        if line == "/reset":
-            history.clear()
-            write("(conversation reset)\n")
-        elif line == "/system" or line.startswith("/system "):
-            system = line[len("/system"):].strip() or None
-            history.clear()
-            write(f"(system prompt {'set' if system else 'removed'}; conversation reset)\n")
-        elif line.startswith("/"):
-            write(f"unknown command {line.split()[0]}; {HELP}\n")
-        elif line:
-            reply = _reply(engine, system, history, line, write, sampling)
-            if reply is not None:
-                history += [{"role": "user", "content": line}, {"role": "assistant", "content": reply}]
-        write(prompt)
-    write("\n")
-    return history
-
-
-def _reply(engine: Engine, system: str | None, history: list[dict], line: str, write: Callable[[str], None],
-           sampling: dict) -> str | None:
-    """Stream one reply (dropping the oldest turns that no longer fit); None when it failed or was interrupted."""
-    try:
-        messages, dropped = fit_context(engine, system, history, line, sampling.get("max_tokens", 256))
-    except InputError as exc:
-        write(f"({exc.detail})\n")
-        return None
-    if dropped:
-        del history[:2 * dropped]
-        write(f"({dropped} oldest exchange{'s' * (dropped > 1)} dropped: the conversation no longer fits the "
-              f"{engine.context_length}-token context)\n")
-    pieces, stream = [], engine.stream(messages, **sampling)
-    try:
-        for piece in stream:
-            pieces.append(piece)
-            write(piece)
-    except KeyboardInterrupt:  # Ctrl-C stops the reply, not the chat (as in llama.cpp's interactive mode)
-        write("\n(reply interrupted; this exchange is forgotten)\n")
-        return None
-    except DantesError as exc:
-        write(f"\n({exc.detail})\n")
-        return None
-    finally:
-        if hasattr(stream, "close"):
-            stream.close()
-    write("\n")
-    return "".join(pieces).strip()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dantes_mlx.chat.engines import build_messages, chat_loop, load_engine
+from dantes_mlx.chat.engines import load_engine
+from dantes_mlx.chat.loop import build_messages, chat_loop
 from dantes_mlx.cli import main
 from dantes_mlx.errors import InputError
 
