@@ -1,11 +1,36 @@
-"""`dantes-mlx demo` and `dantes-mlx run`: the whole pipeline in one command."""
+"""`dantes-mlx init`, `demo` and `run`: a new project's dantes.yaml, and the whole pipeline in one command."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from dantes_mlx.config import load_yaml
-from dantes_mlx.pipeline.init import init  # noqa: F401  (the `init` command)
+from dantes_mlx.config import DEFAULT_CONFIG_FILE, load_yaml
+from dantes_mlx.pipeline.demo import demo as run_demo
+from dantes_mlx.pipeline.init import project_values, write_project_file
+from dantes_mlx.pipeline.run import run as run_pipeline
+
+
+@click.command()
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=DEFAULT_CONFIG_FILE, show_default=True,
+              help="Project file to write.")
+@click.option("--character", help="Name of the character the model speaks as (default: Edmond Dantès).")
+@click.option("--alias", "aliases", multiple=True, help="Another name the book uses for the character (repeatable).")
+@click.option("--book", "books", multiple=True, help="Project Gutenberg ebook id (repeatable).")
+@click.option("--language", help="Language of the book, ISO 639-1 (default: fr).")
+@click.option("--persona", help="System prompt of the persona (default: written from the character's name).")
+@click.option("--generator-model", help="Generator LLM: GGUF path or HF_REPO:FILE.gguf (llm.model).")
+@click.option("--base-model", help="Base model to fine-tune: HF repo id or local folder (train.base_model).")
+@click.option("--data-dir", help="Pipeline working folder (default: data).")
+@click.option("--force", is_flag=True, help="Overwrite an existing project file.")
+def init(output, character, aliases, books, language, persona, generator_model, base_model, data_dir, force):
+    """Write a commented dantes.yaml for a new project."""
+    values = project_values(character, aliases, books, language, persona, generator_model, base_model, data_dir)
+    write_project_file(output, values, force)
+    click.echo(f"wrote {output}")
+    if character and not books:
+        click.echo("  no --book given: list your ebook ids under project.books, or use `dantes-mlx fetch --file`")
 
 
 @click.command()
@@ -17,9 +42,7 @@ from dantes_mlx.pipeline.init import init  # noqa: F401  (the `init` command)
 @click.option("--quantization", default="q4_k_m", show_default=True, help="Quantization of the fused GGUF.")
 def demo(workdir, book, iters, quantization):
     """Run the whole pipeline offline on a built-in scene and a tiny model."""
-    from dantes_mlx.pipeline.run import demo as run_demo
-
-    run_demo(workdir, book=book, iters=iters, quantization=quantization)
+    run_demo(workdir, book_id=book, iters=iters, quantization=quantization)
 
 
 @click.command()
@@ -30,6 +53,4 @@ def demo(workdir, book, iters, quantization):
 @click.option("--to", "stop", default=None, help="Last stage to run.")
 def run(config_path, start, stop):
     """Run the whole real pipeline from dantes.yaml, each stage resumable."""
-    from dantes_mlx.pipeline.run import run as run_pipeline
-
     run_pipeline(load_yaml(config_path or "dantes.yaml"), start=start, stop=stop)

@@ -1,4 +1,4 @@
-"""`dantes-mlx init`: write a commented dantes.yaml generated from the settings' own help text."""
+"""A new project's dantes.yaml: every section and setting, commented from the settings' own help text."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import re
 import textwrap
 from pathlib import Path
 
-import click
+import yaml
 
+from dantes_mlx import __version__
 from dantes_mlx.config import DEFAULT_CONFIG_FILE, SECTIONS, CharacterConfig, build, field_help, is_ebook_id
 from dantes_mlx.errors import ConfigError
 from dantes_mlx.outputs import check_output
@@ -26,8 +27,6 @@ PERSONAS = {
 
 def yaml_lines(key: str, value) -> list[str]:
     """`key: value` as YAML lines (lists in flow style, long strings on one line)."""
-    import yaml
-
     # Flow style only for a collection value: a scalar in flow style would print as "{key: value}".
     flow = None if isinstance(value, (list, dict)) else False
     text = yaml.safe_dump({key: value}, allow_unicode=True, default_flow_style=flow, sort_keys=False,
@@ -37,8 +36,6 @@ def yaml_lines(key: str, value) -> list[str]:
 
 def render_project_yaml(values: dict[str, dict]) -> str:
     """A commented dantes.yaml: every section and setting with its help; `values` override the defaults."""
-    from dantes_mlx import __version__
-
     out = [f"# dantes-mlx project file, written by `dantes-mlx init` (dantes-mlx {__version__}).",
            "# Settings merge in this order: built-in defaults < this file < command-line flags.",
            "# Commented-out settings show their default: uncomment a line to change it."]
@@ -87,24 +84,3 @@ def write_project_file(path: Path, values: dict[str, dict], force: bool = False)
     if path.exists() and not force:
         raise ConfigError("already exists", path=path, fix="pass --force to overwrite it, or -o OTHER.yaml")
     write_text_atomic(path, render_project_yaml(values))
-
-
-@click.command()
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=DEFAULT_CONFIG_FILE, show_default=True,
-              help="Project file to write.")
-@click.option("--character", help="Name of the character the model speaks as (default: Edmond Dantès).")
-@click.option("--alias", "aliases", multiple=True, help="Another name the book uses for the character (repeatable).")
-@click.option("--book", "books", multiple=True, help="Project Gutenberg ebook id (repeatable).")
-@click.option("--language", help="Language of the book, ISO 639-1 (default: fr).")
-@click.option("--persona", help="System prompt of the persona (default: written from the character's name).")
-@click.option("--generator-model", help="Generator LLM: GGUF path or HF_REPO:FILE.gguf (llm.model).")
-@click.option("--base-model", help="Base model to fine-tune: HF repo id or local folder (train.base_model).")
-@click.option("--data-dir", help="Pipeline working folder (default: data).")
-@click.option("--force", is_flag=True, help="Overwrite an existing project file.")
-def init(output, character, aliases, books, language, persona, generator_model, base_model, data_dir, force):
-    """Write a commented dantes.yaml for a new project."""
-    values = project_values(character, aliases, books, language, persona, generator_model, base_model, data_dir)
-    write_project_file(output, values, force)
-    click.echo(f"wrote {output}")
-    if character and not books:
-        click.echo("  no --book given: list your ebook ids under project.books, or use `dantes-mlx fetch --file`")

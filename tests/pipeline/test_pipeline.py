@@ -12,11 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from dantes_mlx.cli import main
-from dantes_mlx.pipeline.demo_writer import MODEL_ID, DemoPairWriter, template_pairs
 from dantes_mlx.config import load_yaml
 from dantes_mlx.errors import ConfigError, InputError
 from dantes_mlx.llm.base import LLMClient
-from dantes_mlx.pipeline.run import DEMO_SCENE, STAGES, run, stage_range
+from dantes_mlx.pipeline.demo import DEMO_SCENE
+from dantes_mlx.pipeline.demo_writer import MODEL_ID, DemoPairWriter, template_pairs
+from dantes_mlx.pipeline.run import STAGES, run, stage_range
 
 
 def test_demo_writer_is_a_labelled_llm_stand_in():
@@ -186,7 +187,6 @@ def _citations_reply(messages):
 
 def test_run_extract_reuses_what_the_extract_command_stored(tmp_path, monkeypatch):
     import dantes_mlx.llm as llm
-    import dantes_mlx.llm.base as llm_base
     from dantes_mlx.llm.fake import FakeLLM
 
     _scene_project(tmp_path, monkeypatch)
@@ -194,7 +194,7 @@ def test_run_extract_reuses_what_the_extract_command_stored(tmp_path, monkeypatc
                                           encoding="utf-8")
     run(load_yaml("dantes.yaml"), start="clean", stop="clean", log=lambda m: None)
     by_hand = FakeLLM(default=_citations_reply)
-    monkeypatch.setattr(llm_base, "make_client", lambda cfg: by_hand)
+    monkeypatch.setattr(llm, "make_client", lambda cfg: by_hand)
     result = CliRunner().invoke(main, ["extract", "--quiet"])
     assert result.exit_code == 0 and by_hand.calls, result.output
     assert by_hand.calls[0]["sampling"]["max_tokens"] == 900
@@ -227,8 +227,8 @@ def test_ctrl_c_during_run_generate_says_how_to_resume(tmp_path, monkeypatch):
 
 def _interrupted_training(cfg, data_dir, adapter_dir, resume=False, **kwargs):
     """What the mlx backend does on Ctrl-C after its first checkpoint: a state to resume, then the error."""
-    from dantes_mlx.train.backends.mlx import interrupted
-    from dantes_mlx.train.stage import STATE_FILE
+    from dantes_mlx.train.state import interrupted
+    from dantes_mlx.workspace import STATE_FILE
 
     Path(adapter_dir).mkdir(parents=True, exist_ok=True)
     (Path(adapter_dir) / STATE_FILE).write_text('{"step": 2}', encoding="utf-8")
