@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -369,8 +370,6 @@ def load_yaml(path: str | Path | None) -> ProjectFile:
 
 def _did_you_mean(name: str, valid) -> str:
     """A "did you mean 'seed'? " hint for a misspelt name, else nothing."""
-    import difflib
-
     close = difflib.get_close_matches(name, list(valid), n=1)
     return f"did you mean '{close[0]}'? " if close else ""
 

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+from dantes_mlx.errors import InputError
+
 
 def item_key(stage: str, prompt_version: str, model: str, item: Any) -> str:
     """Stable hash of (stage, prompt version, model, input item)."""
@@ -22,8 +24,6 @@ def _read_records(path: Path) -> tuple[list[dict], int]:
 
     Only the last line can be torn by a kill; a bad line before it is damage the user must see.
     """
-    from dantes_mlx.errors import InputError
-
     if not path.exists():
         return [], 0
     lines = path.read_bytes().splitlines(keepends=True)
@@ -146,8 +146,6 @@ def _write_atomic(path: str | Path, write, binary: bool = False) -> None:
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, record) for each non-blank line; a bad line raises InputError with file:line."""
-    from dantes_mlx.errors import InputError
-
     path = Path(path)
     if not path.is_file():
         raise InputError("is a folder, not a JSONL file" if path.is_dir() else "file not found", path=path,

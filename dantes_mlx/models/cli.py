@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from dantes_mlx.models.gguf_import import import_model
+
 
 @click.command("import-gguf")
 @click.argument("gguf_path", required=False, type=click.Path(dir_okay=False))
@@ -17,8 +19,6 @@ import click
 @click.option("--force", is_flag=True, help="Replace an output folder that holds something else.")
 def import_gguf(gguf_path, embedded, out_dir, dtype, force):
     """Turn a GGUF into a model folder: safetensors, config.json, tokenizer, chat template."""
-    from dantes_mlx.models.gguf_import import import_model
-
     result = import_model(gguf_path, out_dir, embedded=embedded, dtype=dtype, force=force,
                           log=lambda msg: click.echo(msg, err=True))
     click.echo(result.summary())

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -163,21 +164,28 @@ def build_tiny_model(out_dir: str | Path, corpus: str | None = None, *, vocab_si
     package's French text); `vocab_size` is an upper bound, config.json holds the real size.
     Keep `hidden_size` and `intermediate_size` multiples of 256 so k-quants apply to every matrix.
     """
-    from safetensors.numpy import save_file
-
-    out = Path(out_dir)
-    sp_model = train_tokenizer(corpus if corpus is not None else builtin_corpus(), vocab_size)
     import sentencepiece as spm
 
+    sp_model = train_tokenizer(corpus if corpus is not None else builtin_corpus(), vocab_size)
     n_vocab = spm.SentencePieceProcessor(model_proto=sp_model).get_piece_size()
     config = mistral_config(n_vocab, hidden_size, num_layers, num_heads, num_kv_heads,
                             intermediate_size)
+    return write_model_folder(out_dir, config, random_weights(config, seed),
+                              lambda folder: save_tokenizer(sp_model, folder, config["max_position_embeddings"]))
+
+
+def write_model_folder(out_dir: str | Path, config: dict, weights: dict[str, np.ndarray],
+                       save_tokenizer: Callable[[Path], None]) -> Path:
+    """config.json, model.safetensors and the tokenizer, written in a folder beside `out_dir`, then moved there."""
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(random_weights(config, seed), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    save_tokenizer(sp_model, tmp, config["max_position_embeddings"])
+    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_tokenizer(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

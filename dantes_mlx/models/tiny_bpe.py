@@ -7,14 +7,11 @@ pre-tokenizer), and tied embeddings.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from dantes_mlx.models.tiny import builtin_corpus, random_weights
+from dantes_mlx.models.tiny import builtin_corpus, random_weights, write_model_folder
 
 # SmolLM2's special tokens, at its ids, and a ChatML template like its own (without the default system).
 BPE_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -101,19 +98,8 @@ def build_tiny_bpe_model(out_dir: str | Path, corpus: str | None = None, *, mode
                          num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2,
                          intermediate_size: int = 768, seed: int = 0) -> Path:
     """Write a tiny random Llama or Qwen2 model with a byte-level BPE tokenizer; returns the folder."""
-    from safetensors.numpy import save_file
-
-    out = Path(out_dir)
     tokenizer = train_bpe_tokenizer(corpus if corpus is not None else builtin_corpus(), vocab_size, pre)
     config = bpe_config(model_type, tokenizer.get_vocab_size(), hidden_size, num_layers, num_heads, num_kv_heads,
                         intermediate_size)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(_weights(config, seed), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    save_bpe_tokenizer(tokenizer, tmp, config["max_position_embeddings"])
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return write_model_folder(out_dir, config, _weights(config, seed),
+                              lambda folder: save_bpe_tokenizer(tokenizer, folder, config["max_position_embeddings"]))

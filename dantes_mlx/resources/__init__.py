@@ -1,0 +1,1 @@
+"""Package data: the demo scene and the tiny model's French corpus."""

@@ -16,9 +16,11 @@ import pytest
 from test_export_peft import make_mlx_adapter
 
 from dantes_mlx.errors import ModelError
-from dantes_mlx.export.targets import CachedReference, export_all, parity_gate
+from dantes_mlx.export.gate import CachedReference, parity_gate
 from dantes_mlx.export.gguf import quantize
-from dantes_mlx.export.parity import GGUFRunner, LazyReference, MLXReference, compare_logits, default_prompts
+from dantes_mlx.export.parity import GGUFRunner, compare_logits, default_prompts
+from dantes_mlx.export.reference import LazyReference, MLXReference
+from dantes_mlx.export.targets import export_all
 from dantes_mlx.models.embedded import SMOLLM2, resolve
 from dantes_mlx.models.gguf_import import import_gguf
 
