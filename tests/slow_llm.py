@@ -35,7 +35,8 @@ class SlowLLM:
 
 def main(argv: list[str]) -> None:
     from dantes_mlx.config import CharacterConfig, ExtractConfig
-    from dantes_mlx.extract.llm_method import extract_llm, load_book
+    from dantes_mlx.extract.chunks import load_book
+    from dantes_mlx.extract.llm_method import extract_llm
 
     source, out, delay = argv[0], argv[1], float(argv[2])
     character = CharacterConfig(name="Edmond Dantès", aliases=["Dantès"], language="fr")

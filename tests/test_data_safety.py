@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fake_openai import FakeServer, completion
 
 from dantes_mlx.cli import main
 from dantes_mlx.config import SECTIONS
 from dantes_mlx.errors import DantesError
 from dantes_mlx.llm.batch import FailureLimit
 from dantes_mlx.outputs import check_output, lock_path, output_lock, publish_jsonl
-from fake_openai import FakeServer, completion
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "hunter2-pass"
@@ -149,10 +149,11 @@ def test_generate_partly_failing_then_answered_swaps_the_output_in(tmp_path):
 
 # ---------------------------------------------------------------- eval's judge failing
 def test_a_failing_judge_leaves_its_questions_unscored_and_says_so(tmp_path):
-    from dantes_mlx.evaluate.compare import EvalResult, Side, Task, eval_failure, run_judge
+    from dantes_mlx.evaluate.compare import EvalResult, Side, Task, run_judge
     from dantes_mlx.evaluate.judge import Judge, JudgeSettings
-    from dantes_mlx.llm.fake import FakeLLM
     from dantes_mlx.evaluate.report import write_report
+    from dantes_mlx.evaluate.stage import EvalSummary
+    from dantes_mlx.llm.fake import FakeLLM
 
     def down(messages):
         raise ConnectionError("judge server went away")
@@ -172,7 +173,7 @@ def test_a_failing_judge_leaves_its_questions_unscored_and_says_so(tmp_path):
     index = write_report(result, tmp_path / "report")
     assert "judge server went away" in index.read_text(encoding="utf-8")
     assert "judge server went away" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
-    error = eval_failure(result, index)
+    error = EvalSummary(result, index).failure()
     assert error is not None and str(index) in error.message
 
 
