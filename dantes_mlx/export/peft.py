@@ -20,8 +20,8 @@ import numpy as np
 
 from dantes_mlx.errors import ModelError
 from dantes_mlx.store import write_text_atomic
+from dantes_mlx.workspace import ADAPTER_CONFIG, MLX_WEIGHTS, PEFT_WEIGHTS
 
-MLX_WEIGHTS, PEFT_WEIGHTS, CONFIG = "adapters.safetensors", "adapter_model.safetensors", "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
 _MLX_KEY = re.compile(r"^model\.layers\.(\d+)\.(\w+\.\w+)\.(lora_a|lora_b|m)$")
 _PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(\w+\.\w+)\."
@@ -109,9 +109,9 @@ def _load_tensors(path: Path) -> dict[str, np.ndarray]:
 def load_adapter(adapter_dir: str | Path) -> Adapter:
     """Read an adapter folder written by mlx-lm (adapters.safetensors) or by PEFT (adapter_model.safetensors)."""
     folder = Path(adapter_dir)
-    if (folder / MLX_WEIGHTS).is_file() and (folder / CONFIG).is_file():
+    if (folder / MLX_WEIGHTS).is_file() and (folder / ADAPTER_CONFIG).is_file():
         return load_mlx_adapter(folder)
-    if (folder / PEFT_WEIGHTS).is_file() and (folder / CONFIG).is_file():
+    if (folder / PEFT_WEIGHTS).is_file() and (folder / ADAPTER_CONFIG).is_file():
         return load_peft_adapter(folder)
     if (folder / "adapter_model.bin").is_file():
         raise ModelError("PEFT adapter saved as adapter_model.bin (pickle), not safetensors", path=folder,
@@ -121,28 +121,19 @@ def load_adapter(adapter_dir: str | Path) -> Adapter:
                      fix="point --adapter-path at the folder `dantes-mlx train` wrote (default: adapters/)")
 
 
-def recorded_base_model(adapter_dir: str | Path) -> str | None:
-    """The base model an adapter folder says it was trained on (mlx-lm `model`, PEFT `base_model_name_or_path`)."""
-    path = Path(adapter_dir) / CONFIG
-    if not path.is_file():
-        return None
-    config = _read_json(path)
-    return config.get("model") or config.get("base_model_name_or_path") or None
-
-
 def load_mlx_adapter(folder: Path) -> Adapter:
     """mlx-lm's adapter folder (what `dantes-mlx train` and `mlx_lm.lora` write)."""
-    config = _read_json(folder / CONFIG)
+    config = _read_json(folder / ADAPTER_CONFIG)
     kind = config.get("fine_tune_type", "lora")
     tensors = _load_tensors(folder / MLX_WEIGHTS)
     if kind == "full":
         return Adapter("full", [], "mlx", folder, config.get("model"), full_weights=tensors)
     if kind not in ("lora", "dora"):
-        raise ModelError(f"fine_tune_type {kind!r} is not supported", path=folder / CONFIG,
+        raise ModelError(f"fine_tune_type {kind!r} is not supported", path=folder / ADAPTER_CONFIG,
                          fix="export adapters trained with fine_tune_type lora, dora or full")
     params = config.get("lora_parameters") or {}
     if "scale" not in params:
-        raise ModelError("lora_parameters has no 'scale'", path=folder / CONFIG,
+        raise ModelError("lora_parameters has no 'scale'", path=folder / ADAPTER_CONFIG,
                          fix="mlx-lm adapters record lora_parameters.scale; re-train or add it")
     parts: dict[tuple[int, str], dict[str, np.ndarray]] = {}
     for key, value in tensors.items():
@@ -171,7 +162,7 @@ def _pattern_value(patterns: dict, module_name: str, default):
 
 def load_peft_adapter(folder: Path) -> Adapter:
     """A PEFT LoRA/DoRA adapter (what the CUDA plugin, Unsloth or transformers + peft write)."""
-    config_path = folder / CONFIG
+    config_path = folder / ADAPTER_CONFIG
     config = _read_json(config_path)
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise ModelError(f"peft_type {config.get('peft_type')!r} is not LoRA", path=config_path,
@@ -284,7 +275,7 @@ def write_peft_adapter(adapter: Adapter, out_dir: str | Path, base_model: str | 
             tensors[f"{prefix}.lora_magnitude_vector"] = m.magnitude
     _save_safetensors(tensors, out / PEFT_WEIGHTS)
     config = peft_config(adapter, base_model or adapter.base_model or "")
-    write_text_atomic(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    write_text_atomic(out / ADAPTER_CONFIG, json.dumps(config, indent=2) + "\n")
     return out
 
 
@@ -317,5 +308,5 @@ def write_mlx_adapter(adapter: Adapter, out_dir: str | Path, num_model_layers: i
               "lora_parameters": {"rank": rank, "scale": scale, "dropout": adapter.dropout,
                                   "keys": adapter.target_modules},
               "converted_from": str(adapter.path)}
-    write_text_atomic(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    write_text_atomic(out / ADAPTER_CONFIG, json.dumps(config, indent=2) + "\n")
     return out

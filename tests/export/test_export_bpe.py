@@ -13,8 +13,8 @@ import shutil
 import gguf
 import llama_cpp
 import pytest
-from test_export_peft import make_mlx_adapter
-from test_gguf_export import FRENCH_TEXTS
+from helpers import make_mlx_adapter
+from helpers import FRENCH_TEXTS
 
 from dantes_mlx.errors import ModelError
 from dantes_mlx.export.bpe import CHECK_TEXT, KNOWN_HASHES, PRE_TOKENIZERS, check_hash

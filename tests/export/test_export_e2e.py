@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_export_peft import make_mlx_adapter
+from helpers import make_mlx_adapter
 from test_modelfile import fake_ollama
 
 from dantes_mlx.cli import main

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from test_export_peft import make_mlx_adapter
+from helpers import make_mlx_adapter
 
 from dantes_mlx.errors import ModelError, ParityError
 from dantes_mlx.export.gate import gate_verdict, parity_gate

@@ -11,15 +11,8 @@ import pytest
 from dantes_mlx.errors import ConfigError, ModelError
 from dantes_mlx.export.gguf import permute_qk, quantize, write_gguf
 from dantes_mlx.export.vocab import BYTE, CONTROL, NORMAL, UNKNOWN, load_vocab
+from helpers import FRENCH_TEXTS
 
-FRENCH_TEXTS = [
-    "Qui êtes-vous, monsieur le comte ?",
-    "L'été 1815, à Marseille — « Où êtes-vous ? » demanda-t-il.",
-    "C’est l’abbé Faria : il m’a appris 4 langues vivantes et 2 mortes.",
-    "Œuvre, cœur, naïf, maïs, Noël, ÉLÉPHANT, garçon, à bientôt…",
-    "Deux  espaces,\ttabulation,\n\nnouvelle ligne ; 13 000 000 francs, 3,5 %.",
-    "Émoji 🚢 et caractères rares : ß ø ñ 漢字",
-]
 
 
 @pytest.fixture(scope="module")

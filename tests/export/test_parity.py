@@ -132,7 +132,7 @@ def test_parity_command_compares_with_the_base_the_adapter_names(tiny_model_dir,
     # train.base_model is the default Hub repo (not cached here); the adapter records the tiny model,
     # as `train --base-model` writes it: parity must use that base, as export does.
     from click.testing import CliRunner
-    from test_export_peft import make_mlx_adapter
+    from helpers import make_mlx_adapter
 
     from dantes_mlx.cli import main
 
@@ -216,7 +216,7 @@ def test_a_gguf_with_another_rope_theta_fails_the_gate(reference, tiny_model_dir
 @pytest.fixture(scope="module")
 def tuned(tiny_model_dir, tmp_path_factory):
     """A synthetic LoRA (random nonzero B, not trained) whose effect on the predictions is clear."""
-    from test_export_peft import make_mlx_adapter
+    from helpers import make_mlx_adapter
 
     adapter = make_mlx_adapter(tiny_model_dir, tmp_path_factory.mktemp("tuned") / "adapter", b_std=0.01)
     return adapter, MLXReference(tiny_model_dir, adapter)
@@ -243,7 +243,7 @@ def test_a_gguf_without_the_fine_tune_fails_even_within_the_quantization_bounds(
 
 
 def test_an_adapter_that_changes_nothing_skips_the_fine_tune_check(reference, tiny_model_dir, tiny_gguf, tmp_path):
-    from test_export_peft import make_mlx_adapter
+    from helpers import make_mlx_adapter
 
     zero = MLXReference(tiny_model_dir, make_mlx_adapter(tiny_model_dir, tmp_path / "zero", b_std=0.0))
     report = check_parity(zero, tiny_gguf, base=reference)

@@ -13,7 +13,7 @@ import llama_cpp
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_gguf_export import FRENCH_TEXTS
+from helpers import FRENCH_TEXTS
 
 from dantes_mlx.cli import main
 from dantes_mlx.errors import ConfigError, ModelError

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_export_peft import make_mlx_adapter
+from helpers import make_mlx_adapter
 
 from dantes_mlx.errors import ModelError
 from dantes_mlx.export.gate import CachedReference, parity_gate
