@@ -689,6 +689,9 @@ def test_token_sampler_asks_the_grammar_about_one_token(tiny_llama):
         assert sampler.allows(piece[b'"']) and not sampler.allows(piece[b"{"])
     finally:
         sampler.close()
+    broken = type(tiny_llama._grammar(SCHEMA)).from_string('root ::= "{" (', verbose=False)
+    with pytest.raises(ConfigError, match="cannot parse the grammar"):
+        TokenSampler(tiny_llama._lib, llm, {"temperature": 0.0}, broken)
 
 
 @pytest.mark.slow

@@ -151,7 +151,7 @@ class LlamaCppClient:
                               path="dantes.yaml [llm]", fix="e.g. n_batch: 2048, n_ubatch: 512")
         try:
             # n_threads covers the prompt too (llama-cpp-python would give it every core: on a busy machine
-            # those threads spin-wait on each other, 3x slower measured on 2 shared cores)
+            # those threads spin-wait on each other: the prompt 2-3x slower, measured on 2 shared cores)
             self._llm = self._lib.Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or None,
                                         n_threads_batch=n_threads or None, n_gpu_layers=n_gpu_layers,
                                         n_batch=n_batch, n_ubatch=n_ubatch, seed=seed, verbose=verbose)

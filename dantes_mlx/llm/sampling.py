@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from dantes_mlx.errors import ConfigError
+
 # llama_token_data {int32 id; float logit; float p}, as an array numpy can refill in one copy.
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
 
@@ -35,7 +37,9 @@ class TokenSampler:
                 llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
             if not self._grammar:
                 self.close()
-                raise ValueError("llama.cpp refused the grammar")
+                raise ConfigError("llama.cpp cannot parse the grammar built from this JSON schema "
+                                  "(its log says where)", fix="simplify the schema (types, properties, required, "
+                                  "enum, items, maxLength work)")
         self._ids = np.arange(self.n_vocab, dtype=np.int32)
         self._data = np.zeros(self.n_vocab, dtype=TOKEN_DATA)
         self._data_p = self._data.ctypes.data_as(lib.llama_token_data_p)
