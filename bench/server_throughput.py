@@ -18,7 +18,7 @@ the instructions once before timing (the server reuses a slot's cached prefix).
 ratio: calls/s at concurrency N over calls/s at concurrency 1 (>1: the slots overlap requests).
 
 Run: python bench/server_throughput.py [--parallel 4] [--calls 8] [--rounds 2] [--server-python PY]
-(about 3 minutes on 2 busy cores)
+(about 6 minutes on 2 busy cores)
 """
 
 from __future__ import annotations
