@@ -112,7 +112,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dantes_mlx.fr.dialogue import find_quotations, normalise_speaker
+from dantes_mlx.fr.dialogue import find_quotations
+from dantes_mlx.fr.speakers import normalise_speaker
 from dantes_mlx.fr.narrator import is_first_person
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fr-litbank-dev"

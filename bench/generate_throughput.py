@@ -101,7 +101,7 @@ def is_name(mention: str) -> bool:
 def chosen_speaker(spans: dict, sources: list) -> tuple[str, list[str], list[list[tuple[int, int]]]]:
     """The most frequent named speaker, their aliases, and the spans (incises cut out) of each gold quotation
     whose Source mention is the name or an alias."""
-    from dantes_mlx.fr.dialogue import normalise_speaker
+    from dantes_mlx.fr.speakers import normalise_speaker
 
     counts = Counter(spans[e][2] for e, _ in sources if is_name(spans[e][2]))
     name = counts.most_common(1)[0][0]
@@ -120,7 +120,7 @@ class Text:
     """One fr-litbank text, its chosen speaker, their gold quotations and the pronoun-attributed ones."""
 
     def __init__(self, path: Path):
-        from dantes_mlx.extract.llm_method import Book
+        from dantes_mlx.extract.chunks import Book
 
         self.book = Book(path.stem, path.read_text(encoding="utf-8"))
         spans, sources = read_gold(path.with_suffix(".ann"))
@@ -133,7 +133,8 @@ class Text:
 def our_chunks(text: Text, cfg, client, max_tokens: int) -> list:
     """(chunk, kept by the pre-filter) exactly as extract_llm cuts and filters them for this client."""
     from dantes_mlx.config import CharacterConfig
-    from dantes_mlx.extract.llm_method import chunks_to_send, load_prompt
+    from dantes_mlx.extract.llm_method import chunks_to_send
+    from dantes_mlx.extract.prompt import citation_prompt as load_prompt
     from dantes_mlx.extract.chunks import chunk_budget, token_counter
 
     budget = chunk_budget(client, load_prompt(), text.name, text.aliases, max_tokens, cfg.chunk_tokens)
@@ -229,7 +230,7 @@ def gutenberg_layout(text: str) -> str:
 
 def citations_of(text: Text) -> list[dict]:
     """The chosen speaker's gold quotations as citation rows (what extract writes, what generate reads)."""
-    from dantes_mlx.extract.llm_method import context_before
+    from dantes_mlx.extract.rows import context_before
     from dantes_mlx.extract.grounding import join_spoken
 
     rows = []
@@ -258,7 +259,7 @@ class Cost:
 
 
 def run_original_extraction(client, texts, prompt, chunk_lines, sampling, layout) -> Cost:
-    from dantes_mlx.extract.llm_method import Book, chunk_book
+    from dantes_mlx.extract.chunks import Book, chunk_book
 
     cost, t0 = Cost("original"), time.monotonic()
     for text in texts:
@@ -289,7 +290,7 @@ def run_our_extraction(client, texts, cfg, sampling, tmp: Path, label: str) -> C
 
 def run_original_generation(client, texts, sampling, k: int) -> Cost:
     from dantes_mlx.config import CharacterConfig
-    from dantes_mlx.generate.pairs import load_prompt
+    from dantes_mlx.llm.prompt import load_prompt
 
     prompt, cost, t0 = load_prompt("generate", "fr"), Cost("original"), time.monotonic()
     for text in texts:
@@ -369,7 +370,7 @@ def main() -> None:
         sys.exit(f"{args.data}: fr-litbank dev folder not found (clone the shared data next to the repo)")
 
     from dantes_mlx.config import LLMConfig
-    from dantes_mlx.extract.llm_method import load_prompt
+    from dantes_mlx.extract.prompt import citation_prompt as load_prompt
     from dantes_mlx.llm.llamacpp import LlamaCppClient
 
     texts = [Text(path) for path in sorted(args.data.glob("*.txt"))]

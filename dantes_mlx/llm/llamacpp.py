@@ -10,6 +10,10 @@ Reasoning models (gpt-oss harmony channels, `<think>` models): the reasoning-eff
 chat template, the reasoning runs without grammar for at most `reasoning_budget` tokens (then the
 answer is forced open), the JSON grammar applies to the answer only, and the reasoning is returned
 apart from the text with its own token count.
+
+Generation runs our own loop over llama.cpp's low-level API (`_run`): `Llama.generate` puts the
+grammar in its sampler chain, which checks the whole vocabulary at every step; `sampling.TokenSampler`
+draws first and checks only the drawn token (bench/constrained_speed.py).
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+import numpy as np
+
 from dantes_mlx.errors import ConfigError, ModelError, require
 from dantes_mlx.llm import batch
 from dantes_mlx.llm.base import ChatResult, check_sampling
 from dantes_mlx.llm.reasoning import (force_final_marker, inside_open_think, reasoning_finished,
                                       reasoning_style, split_reasoning, THINK_OPEN)
+from dantes_mlx.llm.sampling import TokenSampler
 
 if TYPE_CHECKING:
     from dantes_mlx.config import LLMConfig
@@ -142,9 +149,11 @@ class LlamaCppClient:
             raise ConfigError(f"n_batch={n_batch}, n_ubatch={n_ubatch}: both must be at least 1",
                               path="dantes.yaml [llm]", fix="e.g. n_batch: 2048, n_ubatch: 512")
         try:
+            # n_threads covers the prompt too (llama-cpp-python would give it every core: on a busy machine
+            # those threads spin-wait on each other: the prompt 2-3x slower, measured on 2 shared cores)
             self._llm = self._lib.Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or None,
-                                        n_gpu_layers=n_gpu_layers, n_batch=n_batch, n_ubatch=n_ubatch,
-                                        seed=seed, verbose=verbose)
+                                        n_threads_batch=n_threads or None, n_gpu_layers=n_gpu_layers,
+                                        n_batch=n_batch, n_ubatch=n_ubatch, seed=seed, verbose=verbose)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"llama.cpp could not load the model: {exc}", path=self.path,
                              fix="check that the GGUF is complete (re-download it) and that llama-cpp-python "
@@ -157,6 +166,7 @@ class LlamaCppClient:
         self._grammars: dict[str, object] = {}
         self._lock = threading.Lock()
         self._eval_sizes: list[int] = []
+        self.sampled_tokens = self.grammar_redraws = 0  # draws, and those the grammar refused (then redrawn)
         self._wrap_eval()
 
     @classmethod
@@ -270,35 +280,52 @@ class LlamaCppClient:
     def _run(self, tokens: list[int], grammar, limit: int, options: dict, watch=None,
              keep_eog: frozenset = frozenset()) -> tuple[list[int], str, int]:
         """Generate up to `limit` tokens: (new tokens, finish reason, prompt tokens evaluated)."""
+        if limit <= 0:
+            return [], "length", len(tokens)
+        self._eval_sizes.clear()
+        sampler = TokenSampler(self._lib, self._llm, options, grammar)
+        try:
+            self._feed_prompt(tokens)
+            out, finish = self._generate(sampler, limit, options, watch, keep_eog)
+        finally:
+            sampler.close()
+        self.sampled_tokens += sampler.draws
+        self.grammar_redraws += sampler.redraws
+        return out, finish, self._eval_sizes[0]
+
+    def _generate(self, sampler: TokenSampler, limit: int, options: dict, watch,
+                  keep_eog: frozenset) -> tuple[list[int], str]:
+        """Sample, stop on end-of-generation, the watch, a stop string or `limit`, else decode and go on."""
         stops = options.get("stop") or []
         stops = [stops] if isinstance(stops, str) else list(stops)
-        if options.get("seed") is not None:
-            self._llm.set_seed(int(options["seed"]))
-        self._eval_sizes.clear()
         out: list[int] = []
-        finish = "length"
-        generator = self._llm.generate(
-            tokens, temp=float(options.get("temperature", 0.7)), top_p=float(options.get("top_p", 0.95)),
-            top_k=int(options.get("top_k", 40)), min_p=float(options.get("min_p", 0.05)),
-            repeat_penalty=float(options.get("repeat_penalty", 1.0)),
-            presence_penalty=float(options.get("presence_penalty", 0.0)),
-            frequency_penalty=float(options.get("frequency_penalty", 0.0)), grammar=grammar)
-        for token in generator if limit > 0 else ():
+        while True:
+            token = sampler.sample()
             if self._is_eog(token) and token not in keep_eog:
-                finish = "stop"
-                break
+                return out, "stop"
+            sampler.accept(token)
             out.append(token)
             if watch is not None and watch(out):
-                finish = "watch"
-                break
+                return out, "watch"
             if stops and any(s in self._decode_tail(out) for s in stops):
-                finish = "stop"
-                break
+                return out, "stop"
             if len(out) >= limit:
-                break
-        generator.close()
-        evaluated = self._eval_sizes[0] if self._eval_sizes else len(tokens)
-        return out, finish, evaluated
+                return out, "length"
+            self._llm.eval([token])
+
+    def _feed_prompt(self, tokens: list[int]) -> None:
+        """Decode the prompt, keeping the KV cache of the longest prefix it shares with what was decoded last
+        (at least the last token is decoded again: its logits are the ones sampled)."""
+        llm = self._llm
+        cached = llm.input_ids[:min(llm.n_tokens, len(tokens))]
+        differs = np.flatnonzero(cached != np.asarray(tokens[:len(cached)], dtype=cached.dtype))
+        reuse = min(int(differs[0]) if len(differs) else len(cached), len(tokens) - 1)
+        if reuse > 0 and llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
+            llm.n_tokens = reuse
+        else:  # nothing shared, or a model whose memory cannot drop a suffix (recurrent)
+            llm.reset()
+            reuse = 0
+        llm.eval(tokens[reuse:])
 
     def _is_eog(self, token: int) -> bool:
         try:

@@ -625,6 +625,99 @@ def test_llamacpp_calls_are_serialised_across_threads(tiny_llama):
     assert all(set(json.loads(r.text)) == {"kind", "ok"} for r in results)
 
 
+# Bounded strings: a random model would otherwise write until max_tokens.
+QUOTE_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["citation", "kind"],
+                "properties": {"citation": {"type": "string", "maxLength": 12},
+                               "kind": {"enum": ["parole", "pensée", "écrit"]}}}
+
+
+def stock_tokens(client, messages, json_schema=None, limit=40, **options):
+    """What llama-cpp-python's `Llama.generate` gives (the grammar in its sampler chain): the reference."""
+    llm = client._llm
+    prompt = llm.tokenize(client.render(messages).encode(), add_bos=False, special=True)
+    llm.set_seed(options.get("seed", 0))
+    grammar = client._grammar(json_schema) if json_schema else None
+    out = []
+    generator = llm.generate(prompt, temp=options.get("temperature", 0.0), top_p=0.95, top_k=40, min_p=0.05,
+                             repeat_penalty=1.0, grammar=grammar)
+    for token in generator:
+        if client._is_eog(token) or len(out) >= limit:
+            break
+        out.append(token)
+    generator.close()
+    return out
+
+
+def our_tokens(client, messages, json_schema=None, limit=40, **options):
+    prompt = client._llm.tokenize(client.render(messages).encode(), add_bos=False, special=True)
+    grammar = client._grammar(json_schema) if json_schema else None
+    return client._run(prompt, grammar, limit, {"temperature": 0.0, "seed": 0, **options})[0]
+
+
+@pytest.mark.slow
+def test_llamacpp_sampled_answers_are_always_schema_valid(tiny_llama):
+    """Temperature sampling: a draw the grammar refuses is redrawn from the grammar's tokens, never kept."""
+    redraws = tiny_llama.grammar_redraws
+    for temperature in (0.8, 1.5):
+        for seed in range(6):
+            result = tiny_llama.chat(build_messages("Réponds en JSON.", f"Passage {seed}"), json_schema=QUOTE_SCHEMA,
+                                     temperature=temperature, seed=seed, max_tokens=64)
+            answer = json.loads(result.text)
+            assert set(answer) == {"citation", "kind"} and answer["kind"] in {"parole", "pensée", "écrit"}
+            assert isinstance(answer["citation"], str) and len(answer["citation"]) <= 12
+            assert not any(ord(c) < 0x20 for c in answer["citation"])  # strict JSON strings
+            assert result.finish_reason == "stop"
+    assert tiny_llama.grammar_redraws > redraws  # the random model's draws were refused: the fallback ran
+
+
+@pytest.mark.slow
+def test_llamacpp_same_seed_same_answer_and_max_tokens_cut(tiny_llama):
+    messages = build_messages("Réponds en JSON.", "Un passage.")
+    first, again = (tiny_llama.chat(messages, json_schema=QUOTE_SCHEMA, temperature=1.0, seed=7) for _ in "ab")
+    assert first.text == again.text
+    cut = tiny_llama.chat(messages, json_schema=SCHEMA, temperature=1.0, seed=7, max_tokens=3)
+    assert (cut.finish_reason, cut.completion_tokens) == ("length", 3)  # as before: a cut answer says so
+    assert cut.text.startswith("{")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("json_schema", [SCHEMA, QUOTE_SCHEMA, None])
+def test_llamacpp_greedy_tokens_match_llama_cpp_python(tiny_llama, json_schema):
+    """Greedy: the best token overall, when the grammar allows it, is the best allowed one: same tokens."""
+    for data in ("Premier passage.", "Un autre passage, plus long, du même livre."):
+        messages = build_messages("Réponds en JSON.", data)
+        assert our_tokens(tiny_llama, messages, json_schema) == stock_tokens(tiny_llama, messages, json_schema)
+
+
+@pytest.mark.slow
+def test_llamacpp_free_sampling_matches_llama_cpp_python(tiny_llama):
+    """Without a schema the sampler chain is llama-cpp-python's: temperature, top-k/p, min-p and seed alike."""
+    messages = build_messages("Écris.", "Un passage.")
+    for seed in (1, 2):
+        options = {"temperature": 0.9, "seed": seed}
+        assert our_tokens(tiny_llama, messages, None, **options) == stock_tokens(tiny_llama, messages, None,
+                                                                                  **options)
+
+
+@pytest.mark.slow
+def test_token_sampler_asks_the_grammar_about_one_token(tiny_llama):
+    from dantes_mlx.llm.sampling import TokenSampler
+
+    llm = tiny_llama._llm
+    piece = {llm.detokenize([t]): t for t in range(llm.n_vocab())}
+    sampler = TokenSampler(tiny_llama._lib, llm, {"temperature": 0.0}, tiny_llama._grammar(SCHEMA))
+    try:
+        assert sampler.allows(piece[b"{"]) and not sampler.allows(piece[b"a"])
+        assert not sampler.allows(llm.token_eos())  # the object is not complete
+        sampler.accept(piece[b"{"])
+        assert sampler.allows(piece[b'"']) and not sampler.allows(piece[b"{"])
+    finally:
+        sampler.close()
+    broken = type(tiny_llama._grammar(SCHEMA)).from_string('root ::= "{" (', verbose=False)
+    with pytest.raises(ConfigError, match="cannot parse the grammar"):
+        TokenSampler(tiny_llama._lib, llm, {"temperature": 0.0}, broken)
+
+
 @pytest.mark.slow
 def test_llamacpp_reasoning_is_capped_stripped_and_counted(tiny_gguf, tmp_path):
     LlamaCppClient = llamacpp_client_class()
@@ -693,6 +786,8 @@ def test_llamacpp_from_config_and_errors(tiny_gguf, tmp_path):
     client = make_client(LLMConfig(model=str(tiny_gguf), n_ctx=256, n_threads=1, n_gpu_layers=0, max_tokens=8))
     try:
         assert isinstance(client, LlamaCppClient) and client.n_ctx == 256
+        # llm.n_threads bounds the prompt's threads too (llama-cpp-python's default would be every core)
+        assert (client._llm.context_params.n_threads, client._llm.context_params.n_threads_batch) == (1, 1)
         assert client.model_id.startswith(tiny_gguf.name + "#")
         with pytest.raises(ModelError, match="raise llm.n_ctx"):
             client.chat(user("mot " * 400))
