@@ -20,7 +20,7 @@ class Summary(Protocol):
         ...
 
     def failure(self) -> DantesError | None:
-        """The error the stage ends with once its lines are shown (exit status 1), or None."""
+        """The error the stage ends with once its summary is shown (exit status 1), or None."""
         ...
 
 
