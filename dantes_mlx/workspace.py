@@ -31,9 +31,13 @@ BASE_FINGERPRINT_FILE = "base_fingerprint.json"  # which base the adapter was tr
 DATASET_MARKER = "dataset.sha256"             # what the run learnt from; --resume checks it
 
 
-def stage_outputs(folder: Path) -> list[Path]:
-    """The JSONL outputs an LLM stage wrote in a folder, its side files (store, errors, rejects) left out."""
-    return sorted(p for p in folder.glob("*.jsonl") if not p.name.endswith(SIDE_SUFFIXES))
+def stage_outputs(folder: Path, what: str, fix: str) -> list[Path]:
+    """The JSONL outputs an LLM stage wrote in a folder, its side files (store, errors, rejects) left out; an error
+    naming the folder when there is none."""
+    files = sorted(p for p in folder.glob("*.jsonl") if not p.name.endswith(SIDE_SUFFIXES))
+    if not files:
+        raise InputError(f"no {what} file", path=folder, fix=fix)
+    return files
 
 
 def checkpoint_name(step: int) -> str:
@@ -188,11 +192,8 @@ class Workspace:
         """extract.output when set, else every <data>/citations/*.jsonl extract wrote (side files left out)."""
         if self.citations_file:
             return [Path(self.citations_file)]
-        files = stage_outputs(self.citations_dir)
-        if not files:
-            raise InputError("no citations file", path=self.citations_dir,
-                             fix="run `dantes-mlx extract` first, or give citation files as arguments")
-        return files
+        return stage_outputs(self.citations_dir, "citations",
+                             "run `dantes-mlx extract` first, or give citation files as arguments")
 
     def pairs_files(self) -> list[Path]:
         """What prepare reads by default: generate.output when set, else every <data>/pairs/*.jsonl (side files
@@ -202,11 +203,7 @@ class Workspace:
                 raise InputError("no pairs file", path=self.pairs_file, fix="run `dantes-mlx generate` first (it "
                                  "writes generate.output of dantes.yaml), or give input files")
             return [Path(self.pairs_file)]
-        files = stage_outputs(self.pairs_dir)
-        if not files:
-            raise InputError("no pairs file", path=self.pairs_dir,
-                             fix="run `dantes-mlx generate` first, or give input files")
-        return files
+        return stage_outputs(self.pairs_dir, "pairs", "run `dantes-mlx generate` first, or give input files")
 
     def eval_citation_candidates(self, data_dir: str | Path | None = None) -> list[str]:
         """Where eval looks for citations: eval.citations (or extract.output) alone, else beside the dataset it
