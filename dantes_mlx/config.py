@@ -109,6 +109,10 @@ class ExtractConfig:
     min_grounding: float = setting(85.0, "Minimum fuzzy match score (0-100) of a citation in the source.")
     temperature: float = setting(0.0, "Sampling temperature of the extraction calls (0: the most literal).")
     output: str = setting("", "Citations file; empty: <data_dir>/citations/citations.jsonl.")
+    disputed: str = setting("flag", "An LLM citation the dialogue rules give to someone else: flag (kept, with "
+                                    "disputed_by_rules), drop (to the rejects), or keep.")
+    check_replies: bool = setting(True, "Stop when most of the LLM's first replies are junk (empty where the rules "
+                                        "hear the character, the prompt's example, not JSON, cut by max_tokens).")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dantes_mlx import dialogue
+from dantes_mlx import extract_checks as checks
 from dantes_mlx.dialogue_narrator import narrator_hint, quote_kind
 from dantes_mlx.errors import ConfigError, InputError
 from dantes_mlx.extract_chunks import chunk_book  # noqa: F401  (re-exported: part of this stage's API)
@@ -43,7 +44,8 @@ NARRATOR_NOTE = ("{{name}} est le narrateur : le récit parle de lui à la premi
                  "pas le narrateur.")
 # Row keys in the order they are written, so reruns give byte-identical files.
 ROW_KEYS = ("id", "book", "chapter", "start", "end", "segments", "chunk", "method", "model", "prompt_version", "kind",
-            "grounding", "grounding_method", "character", "contexte", "citation", "model_citation", "also_in")
+            "grounding", "grounding_method", "character", "contexte", "citation", "model_citation", "also_in",
+            "disputed_by_rules")
 
 
 # -- books and chunks ------------------------------------------------------------------------------
@@ -230,10 +232,11 @@ class Source:
 
 
 def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source, min_grounding: float,
-                 finish_reason: str = "") -> tuple[list[dict], list[dict]]:
+                 finish_reason: str = "", names: set | None = None) -> tuple[list[dict], list[dict]]:
     """Rows grounded in the chunk's span and rejects (with reason and score) for one stored reply.
 
-    A reply cut by max_tokens is rejected as `truncated` (its complete citations are still kept).
+    A reply cut by max_tokens is rejected as `truncated` (its complete citations are still kept). A citation
+    repeated in the reply counts once; a placeholder, or with `names` a bare name, is rejected (extract_checks).
     The row's `citation` is the character's words only: the narrator's incises inside the grounded
     span are cut out, whether the model copied them (as the prompt asks) or left them out.
     """
@@ -241,11 +244,17 @@ def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source, min_groun
     if error and finish_reason == "length":
         error = "truncated"
     rejects = [] if error is None else [{"reason": error, "raw": reply[:2000]}]
+    items, repeated = checks.unique_items(items)
+    rejects += repeated
     rows, taken, norm, speech, quotes = [], set(), None, None, []
     for item in items:
         cited = item.get("citation")
         if not isinstance(cited, str) or not cited.strip():
             rejects.append({"reason": "empty_citation", "item": item})
+            continue
+        problem = checks.item_problem(cited, names or set())
+        if problem:
+            rejects.append({"reason": problem, "citation": cited})
             continue
         if norm is None:
             quotes = quotes_in_span(book.text, chunk.start, chunk.end)
@@ -384,6 +393,7 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
     if cfg.focus_window < 0:
         raise ConfigError(f"focus_window={cfg.focus_window}: need 0 (off) or more paragraphs",
                           path="dantes.yaml [extract]", fix="e.g. focus_window: 0")
+    checks.check_chat_template(client)
     effective = call_sampling(client, sampling)
     budget = chunk_budget(client, prompt, character.name, list(character.aliases),
                           int(effective.get("max_tokens") or 0), cfg.chunk_tokens, character.narrator)
@@ -400,7 +410,10 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
     requests = [{"messages": prompt.messages(character.name, list(character.aliases), chunk.prompt_text,
                                              character.narrator),
                  "json_schema": schema, **sampling} for chunk, _ in pending]
-    _call(client, requests, pending, store, summary, concurrency, progress)
+    gates = {book.id: book_gate(book, character, cfg) for book in books}
+    watch = (_watch(client, {chunk.id: book for book, chunk, _ in work}, gates, character)
+             if getattr(cfg, "check_replies", True) else None)
+    _call(client, requests, pending, store, summary, concurrency, progress, watch)
     source = Source("llm", client.model_id, prompt.version, character.name)
     rows, rejects = [], []
     for book, chunk, key in work:
@@ -408,16 +421,38 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
         if value is not None:
             summary.tokens.update({k: v for k, v in value.items() if k.endswith("_tokens")})
             got, bad = ground_reply(book, chunk, value["text"], source, cfg.min_grounding,
-                                    value.get("finish_reason", ""))
+                                    value.get("finish_reason", ""), gates[book.id].names)
+            got, refused = gates[book.id](got)
             rows += got
-            rejects += bad
+            rejects += bad + refused
     _finish(summary, rows, rejects, out, rejects_path, started)
     return summary
 
 
+def book_gate(book: Book, character: "CharacterConfig", cfg: "ExtractConfig") -> checks.Gate:
+    """The checks of a book's LLM citations (extract_checks), with the rules' quotations of the whole book."""
+    return checks.Gate(book.text, dialogue.find_quotations(book.text), character.name, list(character.aliases),
+                       character.narrator, getattr(cfg, "disputed", "flag"))
+
+
+def _watch(client, book_of: dict, gates: dict, character: "CharacterConfig"):
+    """A callback for each new reply that stops the run when the model is not following the prompt."""
+    watch = checks.ReplyWatch(client.model_id)
+
+    def see(chunk: Chunk, value: dict | None) -> None:
+        if value is None:  # the end of the calls: judge what was seen, even when fewer than watch.first
+            return watch.verdict()
+        gate = gates[book_of[chunk.id].id]
+        hears = checks.hears_character(gate.text, chunk.start, chunk.end, gate.quotes, character.name,
+                                       list(character.aliases), character.narrator)
+        watch.see(value["text"], value.get("finish_reason", ""), hears)
+    return see
+
+
 def _call(client, requests: list[dict], pending: list, store, summary: ExtractSummary, concurrency: int,
-          progress: bool) -> None:
-    """Send the requests, storing each reply (or its error) as it arrives; Ctrl-C keeps what is stored."""
+          progress: bool, on_reply=None) -> None:
+    """Send the requests, storing each reply (or its error) as it arrives; Ctrl-C keeps what is stored.
+    `on_reply(chunk, stored value)` sees each new reply, then (chunk None, value None) at the end; it may raise."""
     from dantes_mlx.llm import batch
 
     calls = (client.iter_chat(requests, concurrency, return_exceptions=True) if hasattr(client, "iter_chat")
@@ -434,7 +469,11 @@ def _call(client, requests: list[dict], pending: list, store, summary: ExtractSu
                 value = _stored_reply(chunk, result)
                 store.put(key, value)
                 summary.new_tokens.update({k: v for k, v in value.items() if k.endswith("_tokens")})
+                if on_reply is not None:
+                    on_reply(chunk, value)
             bar.update(1)
+        if on_reply is not None and requests:
+            on_reply(None, None)
     except KeyboardInterrupt:
         raise ExtractInterrupted(summary.cached + summary.called, summary.chunks - summary.skipped,
                                  store.path) from None
