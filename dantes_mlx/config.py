@@ -96,7 +96,8 @@ class CleanConfig:
 @dataclass
 class ExtractConfig:
     """Citation extraction."""
-    method: str = setting("auto", "llm, rules, or auto (llm when a generator model is configured).")
+    method: str = setting("auto", "hybrid (the rules, then the LLM on what they leave open), llm (the LLM reads "
+                                  "every chunk), rules, or auto (hybrid when a generator model is configured).")
     chunk_lines: int = setting(100, "Lines (paragraphs) per LLM chunk.")
     overlap: int = setting(10, "Lines shared by consecutive chunks.")
     chunk_tokens: int = setting(0, "Most tokens of book text per chunk: a chunk also ends before this budget. "

@@ -317,6 +317,8 @@ class ExtractSummary:
     seconds: float = 0.0
     tokens: Counter = field(default_factory=Counter)      # every chunk of the output, cached included
     new_tokens: Counter = field(default_factory=Counter)  # the calls made by this run
+    questions: int = 0  # hybrid: the replies and paragraphs the LLM was asked about (chunks: the passages)
+    added: int = 0      # hybrid: the citations its answers added to the rules' (before dedupe)
 
 
 class ExtractInterrupted(Exception):
@@ -445,7 +447,7 @@ def _watch(client, book_of: dict, gates: dict, character: "CharacterConfig"):
         gate = gates[book_of[chunk.id].id]
         hears = checks.hears_character(gate.text, chunk.start, chunk.end, gate.quotes, character.name,
                                        list(character.aliases), character.narrator)
-        watch.see(value["text"], value.get("finish_reason", ""), hears)
+        watch.see(checks.reply_problem(value["text"], value.get("finish_reason", ""), hears))
     return see
 
 
@@ -538,25 +540,29 @@ def extract_rules(books: list[Book], character: "CharacterConfig", cfg: "Extract
     if character.language != "fr":
         print(f"warning: the dialogue rules are written for French; language is '{character.language}'",
               file=sys.stderr)
-    source = Source("rules", "", RULES_VERSION, character.name)
     summary = ExtractSummary("rules", str(out))
     rows = []
     for book in tqdm(books, desc="extract (rules)", unit="book", disable=not progress, file=sys.stderr):
         chunks = chunk_book(book, cfg.chunk_lines, cfg.overlap)
         summary.chunks += len(chunks)
-        starts = [c.start for c in chunks]
-        quotes = dialogue.find_quotations(book.text)
-        mine = dialogue.character_quotes(book.text, character.name, list(character.aliases), character.narrator,
-                                         quotes)
-        warn_narrator(book, character, quotes, bool(mine))
-        for quote in mine:
-            start, end = quote.start, quote.end
-            chunk = chunks[max(0, bisect.bisect_right(starts, start) - 1)]
-            spoken = (list(quote.segments), narration_end(quote.segments, quote.incises, end))
-            rows.append(make_row(book, chunk, start, end, source, quote_kind(book.text, quote), 100.0, "rules",
-                                 context_before(book.text, start), spoken=spoken))
+        rows += rule_rows(book, character, chunks, dialogue.find_quotations(book.text))
     _finish(summary, rows, [], out, side_paths(out)[2], started)
     return summary
+
+
+def rule_rows(book: Book, character: "CharacterConfig", chunks: list[Chunk], quotes) -> list[dict]:
+    """The rows of the quotations the rules give the character (each in the chunk where it starts)."""
+    source = Source("rules", "", RULES_VERSION, character.name)
+    mine = dialogue.character_quotes(book.text, character.name, list(character.aliases), character.narrator, quotes)
+    warn_narrator(book, character, quotes, bool(mine))
+    starts, rows = [c.start for c in chunks], []
+    for quote in mine:
+        start, end = quote.start, quote.end
+        chunk = chunks[max(0, bisect.bisect_right(starts, start) - 1)]
+        spoken = (list(quote.segments), narration_end(quote.segments, quote.incises, end))
+        rows.append(make_row(book, chunk, start, end, source, quote_kind(book.text, quote), 100.0, "rules",
+                             context_before(book.text, start), spoken=spoken))
+    return rows
 
 
 def warn_narrator(book: Book, character: "CharacterConfig", quotes=None, speaks: bool | None = None) -> None:

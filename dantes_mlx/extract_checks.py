@@ -187,12 +187,13 @@ class ReplyWatch:
         self.seen: Counter = Counter()
         self.count = 0
 
-    def see(self, text: str, finish_reason: str, hears_character: bool) -> None:
-        """Count one reply; after the first `first` (or all, when fewer are sent), stop if most were junk."""
+    def see(self, problem: str | None) -> None:
+        """Count one reply and what is wrong with it (None: nothing); after the first `first`, stop if most
+        were junk."""
         if self.count >= self.first:
             return
         self.count += 1
-        self.seen[reply_problem(text, finish_reason, hears_character)] += 1
+        self.seen[problem] += 1
         self.verdict(final=False)
 
     def verdict(self, final: bool = True) -> None:
@@ -206,7 +207,7 @@ class ReplyWatch:
                              f"{self.count} replies are junk ({why}); stopped before the rest",
                              fix="use an instruct model that follows JSON instructions (7B or more for a whole novel), "
                                  "check llm.chat_template, raise llm.max_tokens if replies are cut, or use "
-                                 "`--method rules` or `--method hybrid`; extract.check_replies: false runs it anyway")
+                                 "`--method rules` (no LLM); extract.check_replies: false runs it anyway")
 
 
 def hears_character(text: str, start: int, end: int, quotes: list[Quote], name: str, aliases,

@@ -118,7 +118,7 @@ def test_cut_and_non_json_replies_count_as_junk_and_good_ones_do_not():
     assert reply_problem('{"citations": []}', "stop", False) is None  # the rules do not hear him either
     watch = ReplyWatch("m", first=4)
     for text in ['{"citations": []}'] * 2 + ['{"citations": [{"citation": "— Je suis là."}]}'] * 2:
-        watch.see(text, "stop", True)
+        watch.see(reply_problem(text, "stop", True))
     watch.verdict()  # 2 of 4: not most
 
 
