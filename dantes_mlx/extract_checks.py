@@ -21,6 +21,7 @@ from dantes_mlx.grounding import normalize
 MIN_WORDS = 3  # fewer words is a fragment, unless it is a whole reply ("— Oui.") or a whole sentence
 PLACEHOLDERS = {"", "...", "…", "citation", "contexte", "texte", "parole", "exemple"}
 DISPUTED_MODES = ("flag", "drop", "keep")
+MIN_VERDICT = 3  # fewest replies on which a run may be judged
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 
 
@@ -197,8 +198,9 @@ class ReplyWatch:
         self.verdict(final=False)
 
     def verdict(self, final: bool = True) -> None:
-        """Raise when more than half of the replies seen are junk (checked at `first` replies, or at the end)."""
-        if not self.count or not final and self.count < self.first:
+        """Raise when more than half of the replies seen are junk (checked at `first` replies, or at the end of
+        a run of at least MIN_VERDICT replies: one or two odd replies are no evidence)."""
+        if self.count < (MIN_VERDICT if final else self.first):
             return
         bad = self.count - self.seen[None]
         if 2 * bad > self.count:

@@ -73,9 +73,9 @@ def test_a_model_that_fails_the_control_question_adds_nothing_and_is_stopped(tmp
     rejects = _rows(tmp_path / "c.rejects.jsonl")
     assert [(r["reason"], r["controls"]) for r in rejects] == [("failed_control", [{"expected": "Marie",
                                                                                      "answer": "Pierre"}])]
-    with pytest.raises(ModelError, match="fake-hybrid is not following"):
-        extract_hybrid([Book("b", SCENE)], PIERRE, ExtractConfig(), tmp_path / "d.jsonl", _answering({"": "Pierre"}),
-                       progress=False)
+    with pytest.raises(ModelError, match="fake-hybrid is not following"):  # judged on 3 replies or more
+        books = [Book(f"b{i}", SCENE.replace("du quai", f"du quai numéro {i}")) for i in range(3)]
+        extract_hybrid(books, PIERRE, ExtractConfig(), tmp_path / "d.jsonl", _answering({"": "Pierre"}), progress=False)
 
 
 def test_stored_answers_are_reused_and_the_key_covers_what_is_sent(tmp_path):
