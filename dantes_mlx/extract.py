@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import re
 import sys
 import time
 from collections import Counter
@@ -16,6 +15,7 @@ from dantes_mlx import dialogue
 from dantes_mlx import extract_checks as checks
 from dantes_mlx.dialogue_narrator import narrator_hint, quote_kind
 from dantes_mlx.errors import ConfigError, InputError
+from dantes_mlx.extract_checks import parse_reply  # noqa: F401  (re-exported: part of this stage's API)
 from dantes_mlx.extract_chunks import chunk_book  # noqa: F401  (re-exported: part of this stage's API)
 from dantes_mlx.grounding import (NormalizedText, dedupe, incises_in_span, join_spoken, locate, narration_end,
                                   quotes_in_span, spoken_segments)
@@ -179,40 +179,6 @@ def load_prompt(prompt_file: str | Path = "", language: str = "fr") -> Prompt:
         print(f"warning: {path}: text after {{{{text}}}} defeats llama.cpp's prefix reuse; "
               "put the chunk last", file=sys.stderr)
     return Prompt(version, template)
-
-
-def parse_reply(text: str) -> tuple[list[dict], str | None]:
-    """Citation objects of a reply and an error (None when it is valid JSON of the expected shape).
-
-    A reply that is not valid JSON (a server without schema support, a truncated answer) still
-    gives back every complete object carrying a "citation" string.
-    """
-    body = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", text.strip())
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError:
-        items = _salvage(body)
-        return items, "invalid_json"
-    items = data.get("citations") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        return [], "no_citations_list"
-    return [i for i in items if isinstance(i, dict)], None
-
-
-def _salvage(text: str) -> list[dict]:
-    decoder, items, pos = json.JSONDecoder(), [], 0
-    while (pos := text.find("{", pos)) >= 0:
-        try:
-            obj, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            pos += 1
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("citation"), str):
-            items.append(obj)
-            pos = end
-        else:
-            pos += 1
-    return items
 
 
 def normalize_kind(kind) -> str:
@@ -412,8 +378,8 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
     requests = [{"messages": prompt.messages(character.name, list(character.aliases), chunk.prompt_text,
                                              character.narrator),
                  "json_schema": schema, **sampling} for chunk, _ in pending]
-    gates = {book.id: book_gate(book, character, cfg) for book in books}
-    watch = (_watch(client, {chunk.id: book for book, chunk, _ in work}, gates, character)
+    gates = {book.id: checks.book_gate(book, character, cfg) for book in books}
+    watch = (checks.extraction_watch(client, {chunk.id: book for book, chunk, _ in work}, gates, character)
              if getattr(cfg, "check_replies", True) else None)
     _call(client, requests, pending, store, summary, concurrency, progress, watch)
     source = Source("llm", client.model_id, prompt.version, character.name)
@@ -429,26 +395,6 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
             rejects += bad + refused
     _finish(summary, rows, rejects, out, rejects_path, started)
     return summary
-
-
-def book_gate(book: Book, character: "CharacterConfig", cfg: "ExtractConfig") -> checks.Gate:
-    """The checks of a book's LLM citations (extract_checks), with the rules' quotations of the whole book."""
-    return checks.Gate(book.text, dialogue.find_quotations(book.text), character.name, list(character.aliases),
-                       character.narrator, getattr(cfg, "disputed", "flag"))
-
-
-def _watch(client, book_of: dict, gates: dict, character: "CharacterConfig"):
-    """A callback for each new reply that stops the run when the model is not following the prompt."""
-    watch = checks.ReplyWatch(client.model_id)
-
-    def see(chunk: Chunk, value: dict | None) -> None:
-        if value is None:  # the end of the calls: judge what was seen, even when fewer than watch.first
-            return watch.verdict()
-        gate = gates[book_of[chunk.id].id]
-        hears = checks.hears_character(gate.text, chunk.start, chunk.end, gate.quotes, character.name,
-                                       list(character.aliases), character.narrator)
-        watch.see(checks.reply_problem(value["text"], value.get("finish_reason", ""), hears))
-    return see
 
 
 def _call(client, requests: list[dict], pending: list, store, summary: ExtractSummary, concurrency: int,

@@ -9,14 +9,20 @@ that goes to the rejects file; `disputed_by_rules` is flagged on the row (or dro
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from dantes_mlx.dialogue import Quote, character_quotes, is_character
+from dantes_mlx.dialogue import Quote, character_quotes, find_quotations, is_character
+from dantes_mlx.dialogue_lexicon import TITLES_F, TITLES_M
 from dantes_mlx.dialogue_narrator import is_first_person
 from dantes_mlx.errors import ConfigError, ModelError
 from dantes_mlx.grounding import normalize
+
+if TYPE_CHECKING:
+    from dantes_mlx.config import CharacterConfig, ExtractConfig
 
 MIN_WORDS = 3  # fewer words is a fragment, unless it is a whole reply ("— Oui.") or a whole sentence
 PLACEHOLDERS = {"", "...", "…", "citation", "contexte", "texte", "parole", "exemple"}
@@ -35,6 +41,40 @@ def is_placeholder(text: str) -> bool:
 
 
 # -- one reply's items, before grounding -------------------------------------------------------------
+def parse_reply(text: str) -> tuple[list[dict], str | None]:
+    """Citation objects of a reply and an error (None when it is valid JSON of the expected shape).
+
+    A reply that is not valid JSON (a server without schema support, a truncated answer) still
+    gives back every complete object carrying a "citation" string.
+    """
+    body = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", text.strip())
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        items = _salvage(body)
+        return items, "invalid_json"
+    items = data.get("citations") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        return [], "no_citations_list"
+    return [i for i in items if isinstance(i, dict)], None
+
+
+def _salvage(text: str) -> list[dict]:
+    decoder, items, pos = json.JSONDecoder(), [], 0
+    while (pos := text.find("{", pos)) >= 0:
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            pos += 1
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("citation"), str):
+            items.append(obj)
+            pos = end
+        else:
+            pos += 1
+    return items
+
+
 def unique_items(items: list[dict]) -> tuple[list[dict], list[dict]]:
     """The items of one reply with each citation once (a model looping one object 40 times gives one row);
     a reject per repeated citation with how many times it came."""
@@ -143,8 +183,6 @@ _MID_SENTENCE_CAPITAL = re.compile(r"(?<=[\w,;] )[A-ZÀ-Ý][\w’'-]*")
 def name_words(text: str, name: str, aliases) -> set[str]:
     """Lower-case words that name someone: the character's names, titles, and the words the text capitalises
     inside a sentence ("Sérapion" in "…dit Sérapion", not "Bonjour" at the start of a reply)."""
-    from dantes_mlx.dialogue_lexicon import TITLES_F, TITLES_M
-
     words = {w.lower() for a in (name, *aliases) for w in _words(a)}
     words |= {m.group().lower() for m in _MID_SENTENCE_CAPITAL.finditer(text)}
     return words | TITLES_M | TITLES_F | {"de", "du", "le", "la", "l"}
@@ -165,8 +203,6 @@ def check_chat_template(client) -> None:
 def reply_problem(text: str, finish_reason: str, hears_character: bool) -> str | None:
     """Why one reply shows the model is not following the prompt: cut by max_tokens, not JSON, the prompt's
     example or placeholders, or no citation where the rules hear the character speak."""
-    from dantes_mlx.extract import parse_reply
-
     if finish_reason == "length":
         return "cut_by_max_tokens"
     items, error = parse_reply(text)
@@ -217,3 +253,24 @@ def hears_character(text: str, start: int, end: int, quotes: list[Quote], name: 
     """Whether the rules find the character speaking inside text[start:end]."""
     inside = [q for q in quotes if start <= q.start and q.end <= end]
     return bool(character_quotes(text, name, aliases, narrator, quotes=inside))
+
+
+# -- wiring for extract_llm -----------------------------------------------------------------------
+def book_gate(book, character: "CharacterConfig", cfg: "ExtractConfig") -> Gate:
+    """The checks of a book's LLM citations, with the rules' quotations of the whole book."""
+    return Gate(book.text, find_quotations(book.text), character.name, list(character.aliases), character.narrator,
+                getattr(cfg, "disputed", "flag"))
+
+
+def extraction_watch(client, book_of: dict, gates: dict, character: "CharacterConfig"):
+    """A callback for each new reply that stops the run when the model is not following the prompt."""
+    watch = ReplyWatch(client.model_id)
+
+    def see(chunk, value: dict | None) -> None:
+        if value is None:  # the end of the calls: judge what was seen, even when fewer than watch.first
+            return watch.verdict()
+        gate = gates[book_of[chunk.id].id]
+        hears = hears_character(gate.text, chunk.start, chunk.end, gate.quotes, character.name,
+                                list(character.aliases), character.narrator)
+        watch.see(reply_problem(value["text"], value.get("finish_reason", ""), hears))
+    return see

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,9 +23,9 @@ from dantes_mlx import extract_checks as checks
 from dantes_mlx.dialogue import Quote, is_character
 from dantes_mlx.dialogue_lexicon import PRONOUNS, names_in, person_like
 from dantes_mlx.dialogue_narrator import is_first_person
-from dantes_mlx.dialogue_ranker import _bare_key
+from dantes_mlx.dialogue_ranker import bare_key
 from dantes_mlx.dialogue_speakers import Mention
-from dantes_mlx.extract import (KINDS, Book, Chunk, ExtractSummary, Prompt, Source, _call, _finish, book_gate,
+from dantes_mlx.extract import (KINDS, Book, Chunk, ExtractSummary, Prompt, Source, _call, _finish,
                                 chunk_book, context_before, make_row, rule_rows, side_paths)
 from dantes_mlx.extract_focus import focus_paragraphs, paragraph_offsets
 from dantes_mlx.grounding import spoken_segments
@@ -40,7 +41,7 @@ ANSWER_KINDS = (*KINDS, "récit")
 PASSAGE_CHARS = 3000      # most characters of book text around one batch of questions
 MAX_QUESTIONS = 8         # questions per call
 MAX_NAMES = 8             # speakers offered besides "autre" and "inconnu"
-QUOTED_CHARS = 300        # how much of a reply or paragraph a question repeats
+QUOTED_CHARS = 60         # how much of a reply or paragraph a question repeats (the passage marks it [n])
 _THOUGHT = re.compile(r"\b(?:pens|song|réfléch|médit|se\s+di[st]|se\s+demand|écri|lettre|billet|journal)\w*|[?!]",
                       re.I)
 _GUESSES = {p for p in PRONOUNS if p not in ("je", "j'", "nous", "moi")}
@@ -56,12 +57,13 @@ class Question:
     quote: Quote | None = None
     expected: str | None = None  # a control: a reply an incise gives to someone else, whose answer is known
 
-    def line(self, text: str, number: int, name: str) -> str:
-        """The question as the LLM reads it."""
+    def line(self, text: str, number: int) -> str:
+        """The question as the LLM reads it: the mark [n] put before it in the passage, and its first words."""
         if self.kind == "reply":
             words = self.quote.speech(text)
-            return f"{number}. Réplique « {_cut(words).rstrip(',; ')} » : qui la prononce ?"
-        return f"{number}. Paragraphe « {_cut(text[self.start:self.end])} » : est-ce une pensée ou un écrit, et de qui ?"
+            return f"{number}. Réplique [{number}] « {_cut(words).rstrip(',; ')} » : qui la prononce ?"
+        return (f"{number}. Paragraphe [{number}] « {_cut(text[self.start:self.end])} » : est-ce une pensée ou un "
+                "écrit, et de qui ?")
 
 
 def _cut(words: str) -> str:
@@ -118,9 +120,9 @@ def control(text: str, passage: Passage, quotes: list[Quote], speakers: dict, ch
         if q.start >= passage.end + reach:
             break
         if (q.start >= passage.start and q.start not in asked and q.cue == "incise" and q.speaker
-                and q.mention == q.speaker and _bare_key(q.speaker) in speakers
+                and q.mention == q.speaker and bare_key(q.speaker) in speakers
                 and not is_character(q.speaker, character.name, list(character.aliases))):
-            return Question("reply", q.start, q.end, q, expected=speakers[_bare_key(q.speaker)])
+            return Question("reply", q.start, q.end, q, expected=speakers[bare_key(q.speaker)])
     return None
 
 
@@ -128,8 +130,6 @@ def with_control(text: str, passage: Passage, check: Question | None) -> Passage
     """The passage with its control question in text order (and the text reaching it)."""
     if check is None:
         return passage
-    from bisect import bisect_right
-
     paras = paragraph_offsets(text)
     end = max(passage.end, paras[max(0, bisect_right([a for a, _ in paras], check.end - 1) - 1)][1])
     ordered = tuple(sorted(passage.questions + (check,), key=lambda q: q.start))
@@ -142,7 +142,6 @@ def passages(text: str, asked: list[Question]) -> list[Passage]:
     starts = [a for a, _ in paras]
 
     def para_index(pos: int) -> int:
-        from bisect import bisect_right
         return max(0, bisect_right(starts, pos) - 1)
 
     out: list[Passage] = []
@@ -162,19 +161,19 @@ def book_speakers(quotes: list[Quote], names) -> dict[str, str]:
     for q in quotes:
         if q.speaker and not q.speaker.lower().replace("’", "'") in PRONOUNS and not is_first_person(q.speaker) \
                 and person_like(Mention(q.speaker, 0, 0), names):
-            out.setdefault(_bare_key(q.speaker), q.speaker.strip())
+            out.setdefault(bare_key(q.speaker), q.speaker.strip())
     return out
 
 
 def speaker_choices(text: str, passage: Passage, speakers: dict[str, str], character: "CharacterConfig") -> list[str]:
     """The character, the expected speakers of control questions, the book's speakers (book_speakers) named in
     the passage, then "autre" and "inconnu"."""
-    names, keys = [character.name], {_bare_key(character.name)}
+    names, keys = [character.name], {bare_key(character.name)}
     for q in passage.questions:
-        if q.expected and _bare_key(q.expected) not in keys:
+        if q.expected and bare_key(q.expected) not in keys:
             names.append(q.expected)
-            keys.add(_bare_key(q.expected))
-    said = f" {_bare_key(text[passage.start:passage.end])} "
+            keys.add(bare_key(q.expected))
+    said = f" {bare_key(text[passage.start:passage.end])} "
     for key, who in speakers.items():
         if key not in keys and f" {key} " in said and not is_character(who, character.name, list(character.aliases)):
             names.append(who)
@@ -191,10 +190,19 @@ def answer_schema(choices: list[str], n: int) -> dict:
             "required": ["answers"]}
 
 
-def user_text(text: str, passage: Passage, choices: list[str], name: str) -> str:
-    """The varying part of a call: the passage, the choices, the numbered questions."""
-    lines = [q.line(text, i, name) for i, q in enumerate(passage.questions, 1)]
-    return (f"Passage :\n{text[passage.start:passage.end].strip()}\n\nNoms proposés : {', '.join(choices)}\n\n"
+def marked_passage(text: str, passage: Passage) -> str:
+    """The passage with [n] before the reply or paragraph of question n (questions are in text order)."""
+    parts, pos = [], passage.start
+    for number, q in enumerate(passage.questions, 1):
+        parts += [text[pos:q.start], f"[{number}] "]
+        pos = q.start
+    return ("".join(parts) + text[pos:passage.end]).strip()
+
+
+def user_text(text: str, passage: Passage, choices: list[str]) -> str:
+    """The varying part of a call: the marked passage, the choices, the numbered questions."""
+    lines = [q.line(text, i) for i, q in enumerate(passage.questions, 1)]
+    return (f"Passage :\n{marked_passage(text, passage)}\n\nNoms proposés : {', '.join(choices)}\n\n"
             "Questions :\n" + "\n".join(lines))
 
 
@@ -213,7 +221,7 @@ def parse_answers(reply: str) -> tuple[list[dict], str | None]:
 def failed_controls(passage: Passage, answers: list[dict]) -> list[dict]:
     """The control questions answered wrongly: {"expected", "answer"} for each."""
     return [{"expected": q.expected, "answer": a.get("speaker")} for q, a in zip(passage.questions, answers)
-            if q.expected and _bare_key(str(a.get("speaker") or "")) != _bare_key(q.expected)]
+            if q.expected and bare_key(str(a.get("speaker") or "")) != bare_key(q.expected)]
 
 
 def answer_problem(reply: str, finish_reason: str, passage: Passage) -> str | None:
@@ -252,7 +260,7 @@ def plan_calls(book: Book, quotes: list[Quote], character: "CharacterConfig", pr
     for index, passage in enumerate(passages(book.text, questions(book, quotes, character))):
         passage = with_control(book.text, passage, control(book.text, passage, quotes, speakers, character))
         choices = speaker_choices(book.text, passage, speakers, character)
-        data = user_text(book.text, passage, choices, character.name)
+        data = user_text(book.text, passage, choices)
         schema = answer_schema(choices, len(passage.questions))
         messages = prompt.messages(character.name, aliases, data, character.narrator)
         key = item_key("extract-hybrid", prompt.version, model_id,
@@ -308,7 +316,7 @@ def extract_hybrid(books: list[Book], character: "CharacterConfig", cfg: "Extrac
     rows, plans, gates = [], [], {}
     for book in books:
         quotes = dialogue.find_quotations(book.text)
-        gates[book.id] = book_gate(book, character, cfg)
+        gates[book.id] = checks.book_gate(book, character, cfg)
         rows += rule_rows(book, character, chunk_book(book, cfg.chunk_lines, cfg.overlap), quotes)
         plans += plan_calls(book, quotes, character, prompt, client.model_id, effective)
     summary.chunks = len(plans)

@@ -53,7 +53,8 @@ def test_answers_add_the_characters_lines_and_a_control_checks_the_model(tmp_pat
     (call,) = llm.calls
     user = call["messages"][-1]["content"]
     assert "Noms proposés : Pierre, Marie, autre, inconnu" in user
-    assert "Réplique « Oui » : qui la prononce ?" in user  # the control: its incise gives it to Marie
+    assert "1. Réplique [1] « Oui » : qui la prononce ?" in user  # the control: its incise gives it to Marie
+    assert "[1] — Oui, répondit Marie.\n\n— Rentrons.\n\n[2] — Pas encore.\n\n[3] Ils s'arrêtèrent" in user
     assert call["json_schema"]["properties"]["answers"]["minItems"] == 3
     rows = _rows(out)
     by_text = {r["citation"]: r for r in rows}
