@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 from dantes_mlx.errors import DantesError, InputError, ModelError
+from dantes_mlx.models.config import mlx_model_config
+from dantes_mlx.models.weights import check_weights
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (new system prompt), /exit"
 
@@ -58,8 +60,14 @@ class MLXEngine:
 
         self.name = f"mlx:{model}" + (f"+{adapter_path}" if adapter_path else "")
         path = resolve_model(model)
+        check_weights(path)
+        if adapter_path:
+            check_weights(Path(adapter_path) / "adapters.safetensors",
+                          fix="train again (`dantes-mlx train --resume` continues from its last checkpoint), or copy "
+                              "the adapter folder again")
         try:
-            self.model, self.tokenizer = load(str(path), adapter_path=str(adapter_path) if adapter_path else None)
+            self.model, self.tokenizer = load(str(path), adapter_path=str(adapter_path) if adapter_path else None,
+                                              model_config=mlx_model_config(path))
         except (ValueError, FileNotFoundError) as exc:
             raise ModelError(f"mlx-lm cannot load it: {exc}", path=adapter_path or path,
                              fix="check that the adapter was trained on this base model") from exc

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 
 import click
 
 from dantes_mlx import __version__
+from dantes_mlx.errors import DantesError
 
 # transformers only tokenizes here: its "PyTorch was not found" advice at import is noise on a Mac.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -23,6 +25,7 @@ COMMANDS = {
     "prepare": ("dataset", "prepare", "Build leak-free train/valid/test splits in mlx-lm's formats."),
     "validate": ("dataset", "validate", "Check a dataset folder the way fine-tuning services do."),
     "stats": ("dataset", "stats", "Counts, token lengths, label balance and answer openings of a dataset."),
+    "import-gguf": ("models", "import_gguf", "Turn a GGUF (or the embedded SmolLM2) into a model folder to train on."),
     "train": ("train", "train", "Fine-tune with LoRA/DoRA/QLoRA/full (mlx-lm, or a plugin backend)."),
     "backends": ("train", "backends", "List the training backends installed and whether they are usable."),
     "export": ("export", "export", "Export PEFT adapter, GGUF LoRA, fused GGUF and an Ollama Modelfile."),
@@ -35,8 +38,33 @@ COMMANDS = {
 }
 
 
+# The last word on file errors no stage foresaw (permissions, a full disk): a message naming the file, not a traceback.
+_OS_FIXES = {errno.EACCES: "check the file's permissions, or choose another path",
+             errno.EPERM: "check the file's permissions, or choose another path",
+             errno.ENOSPC: "free some disk space, then run the same command again (finished work is kept)",
+             errno.EROFS: "choose a path on a writable disk",
+             errno.ENOENT: "check the path", errno.EISDIR: "give the path of a file, not a folder",
+             errno.ENOTDIR: "a folder in this path is a file: check the path"}
+
+
+def os_error(exc: OSError) -> DantesError | None:
+    """A DantesError for an OSError about a file or the disk, or None for any other (a bug: keep its traceback)."""
+    if exc.errno not in _OS_FIXES or (exc.filename is None and exc.errno != errno.ENOSPC):
+        return None
+    return DantesError(exc.strerror or str(exc), path=exc.filename, fix=_OS_FIXES[exc.errno])
+
+
 class LazyGroup(click.Group):
     """A click group whose commands are imported the first time they are used."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            error = os_error(exc)
+            if error is None:
+                raise
+            raise error from exc
 
     def list_commands(self, ctx):
         return list(COMMANDS)

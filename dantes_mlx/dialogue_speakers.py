@@ -385,6 +385,16 @@ class _Attributor:
         self.names = names_in(source)
         self.recent: list[Mention | tuple[int, int]] = []  # mentions, and narration read lazily
         self.run: list[Mention] = []
+        self._persons: dict[Mention, bool] = {}
+
+    def is_person(self, m: Mention) -> bool:
+        """person_like(m, the text's names), remembered: a pronoun looks back at the same 30 mentions again and again."""
+        known = self._persons.get(m)
+        if known is None:
+            if len(self._persons) > 50_000:  # a whole novel: only recent mentions are looked at again
+                self._persons.clear()
+            known = self._persons[m] = person_like(m, self.names)
+        return known
 
     def para_of(self, pos: int) -> int:
         """Index of the paragraph holding pos."""
@@ -419,7 +429,7 @@ class _Attributor:
             return pron  # "l'un d'eux", "quelqu'un": the words themselves are the best name
         want = pron.gender
         near = [m for m in reversed(self._expand_recent())
-                if 0 <= pron.start - m.end < _WINDOW and person_like(m, self.names)]
+                if 0 <= pron.start - m.end < _WINDOW and self.is_person(m)]
         genders = [_gender(m, self.genders) for m in near]
         # a mention of the right known gender beats a more recent one of unknown gender
         cands = [m for m, g in zip(near, genders) if g == want] or \

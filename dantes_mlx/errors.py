@@ -42,6 +42,10 @@ class MissingDependency(DantesError):
                          fix=f"pip install '{pip_name or package}'")
 
 
+class StageFailed(DantesError):
+    """Some LLM calls of a stage failed: what finished is stored and the previous output kept; exit status 1."""
+
+
 class ParityError(DantesError):
     """The exported model does not behave like the trained one."""
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from dantes_mlx import eval_metrics as metrics
-from dantes_mlx.errors import InputError
+from dantes_mlx.errors import InputError, StageFailed
+from dantes_mlx.outputs import check_output, output_lock
 from dantes_mlx.store import Store, item_key, read_jsonl
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class EvalResult:
     classification: dict = field(default_factory=dict)
     judge: dict = field(default_factory=dict)
     train_metrics: list = field(default_factory=list)
+    failures: list = field(default_factory=list)     # what could not be measured (the report says it too)
 
 
 # ---------------------------------------------------------------- inputs
@@ -262,43 +264,94 @@ def score(result: EvalResult, tasks: list[Task], vocabulary, embed) -> None:
         result.metrics["reference"] = metrics.style_markers([t.reference for t in tests], vocabulary)
 
 
-def run_judge(result: EvalResult, tasks: list[Task], judge) -> None:
-    """Rubric scores of every open answer of both sides, and position-swapped pairwise preferences."""
+def run_judge(result: EvalResult, tasks: list[Task], judge, max_failures: int = 5) -> None:
+    """Rubric scores of every open answer of both sides, and position-swapped pairwise preferences.
+
+    A question the judge fails on (server down, HTTP 500) is left unscored and said in the report; after
+    `max_failures` in a row the judging stops. The answers and every other measure are kept either way."""
     from tqdm import tqdm
 
     from dantes_mlx.judge import summarize_pairwise, summarize_rubric
+    from dantes_mlx.llm.batch import FailureLimit
 
     open_tasks = [t for t in tasks if t.kind in ("probe", "test")]
     rubric = {role: {} for role in result.sides}
     pairwise = {}
-    for task in tqdm(open_tasks, desc="judge", unit="q", file=sys.stderr):
-        for role, side in result.sides.items():
-            rubric[role][task.id] = judge.rubric(task.question, side.answers[task.id])
-        if "base" in result.sides and "tuned" in result.sides:
-            pairwise[task.id] = judge.compare(task.question, result.sides["base"].answers[task.id],
-                                              result.sides["tuned"].answers[task.id])
+    limit = FailureLimit(max_failures)
+    outcomes = limit.watch(_judged(judge, result, open_tasks))
+    for index, outcome in tqdm(outcomes, desc="judge", unit="q", file=sys.stderr, total=len(open_tasks)):
+        if isinstance(outcome, Exception):
+            continue
+        for role, verdict in outcome[0].items():
+            rubric[role][open_tasks[index].id] = verdict
+        if outcome[1] is not None:
+            pairwise[open_tasks[index].id] = outcome[1]
     result.judge = {"model": judge.client.model_id, "rubric": rubric, "pairwise": pairwise,
                     "rubric_summary": {role: summarize_rubric(list(r.values())) for role, r in rubric.items()},
                     "pairwise_summary": summarize_pairwise(list(pairwise.values())), "asked": judge.asked}
+    if limit.failed:
+        unjudged = len(open_tasks) - len(next(iter(rubric.values()), {}))
+        note = limit.note("question", len(open_tasks), unjudged).replace(" failed", " could not be judged", 1)
+        result.judge["failed"] = {"questions": unjudged, "note": note}
+        result.failures.append(f"LLM judge: {note}; the judge's scores cover the {len(open_tasks) - unjudged} "
+                               "other question(s), every other measure is complete")
+
+
+def _judged(judge, result: EvalResult, open_tasks: list[Task]):
+    """(index, ({role: rubric verdict}, pairwise verdict or None) or the exception the judge raised) per question."""
+    both = "base" in result.sides and "tuned" in result.sides
+    for index, task in enumerate(open_tasks):
+        try:
+            rubric = {role: judge.rubric(task.question, side.answers[task.id]) for role, side in result.sides.items()}
+            pair = judge.compare(task.question, result.sides["base"].answers[task.id],
+                                 result.sides["tuned"].answers[task.id]) if both else None
+        except Exception as exc:  # a judge that fails must not cost the answers and measures already made
+            yield index, exc
+            continue
+        yield index, (rubric, pair)
 
 
 def evaluate(cfg: "EvalConfig", character: "CharacterConfig", *, base_model: str, data_dir: str | Path,
              out_dir: str | Path, adapter_path: str | Path | None = None, gguf: str | Path | None = None,
              citations: "str | Path | list | None" = None, judge_client: "LLMClient | None" = None,
-             cache_dir: str | Path | None = None) -> EvalResult:
+             cache_dir: str | Path | None = None, max_failures: int = 5) -> EvalResult:
     """Evaluate base vs fine-tuned (MLX base + adapter, or a GGUF) and write the report to out_dir.
 
-    `citations`: a citations.jsonl, or candidate files of which the first existing one is used."""
+    `citations`: a citations.jsonl, or candidate files of which the first existing one is used. A judge that
+    fails leaves its questions unscored: the report is written with what was measured and `failures` says what
+    was not (the eval command then exits 1)."""
+    if not adapter_path and not gguf:
+        raise InputError("nothing fine-tuned to evaluate", path="--adapter-path",
+                         fix="pass --adapter-path ADAPTERS (from `dantes-mlx train`) or --gguf MODEL.gguf")
+    out_dir = check_report_dir(out_dir, data_dir, adapter_path, gguf)
+    store_path = Path(cache_dir or out_dir / "cache") / "answers.jsonl"
+    with output_lock(out_dir), output_lock(store_path):
+        return _evaluate(cfg, character, base_model, Path(data_dir), out_dir, adapter_path, gguf, citations,
+                         judge_client, store_path, max_failures)
+
+
+def check_report_dir(out_dir: str | Path, data_dir, adapter_path, gguf) -> Path:
+    """The report folder checked before any work: a folder, and not the dataset, adapter or GGUF it reads."""
+    return check_output(out_dir, kind="dir", inputs=[data_dir, adapter_path, gguf], flag="-o/--out-dir")
+
+
+def eval_failure(result: EvalResult, index: Path) -> StageFailed | None:
+    """The error an evaluation that could not measure everything ends with, after its report is written."""
+    if not result.failures:
+        return None
+    return StageFailed("eval: " + "; ".join(result.failures) + f"; the report is written: {index}", path=index,
+                       fix="fix the cause above (is the judge's LLM server up? llm.url / --judge-url), then run the "
+                           "same command again: the answers are cached and not generated again")
+
+
+def _evaluate(cfg, character, base_model, data_dir: Path, out_dir: Path, adapter_path, gguf, citations,
+              judge_client, store_path: Path, max_failures: int) -> EvalResult:
     from datetime import datetime
 
     from dantes_mlx.chat import LlamaCppEngine, MLXEngine
     from dantes_mlx.report import write_report
     from dantes_mlx.train import METRICS_FILE, MetricsLog
 
-    if not adapter_path and not gguf:
-        raise InputError("nothing fine-tuned to evaluate", path="--adapter-path",
-                         fix="pass --adapter-path ADAPTERS (from `dantes-mlx train`) or --gguf MODEL.gguf")
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
     rows, fmt = read_test_rows(data_dir)
     tasks = build_tasks(cfg, character.persona, rows, data_dir / "test.jsonl")
     trained = adapter_settings(adapter_path)
@@ -309,7 +362,7 @@ def evaluate(cfg: "EvalConfig", character: "CharacterConfig", *, base_model: str
                         character=character.name, settings={**asdict(cfg), "mask_prompt": mask, "max_seq": max_seq,
                                                              "format": fmt, "test_rows": len(rows)},
                         tasks=[asdict(t) for t in tasks])
-    store = Store(Path(cache_dir or out_dir / "cache") / "answers.jsonl")
+    store = Store(store_path)
     loss_args = (rows, fmt, mask, max_seq, cfg.loss_batch_size, store)
 
     base_key = {"name": f"mlx:{base_model}", "files": fingerprint(_local(base_model))}
@@ -340,7 +393,8 @@ def evaluate(cfg: "EvalConfig", character: "CharacterConfig", *, base_model: str
 
         settings = JudgeSettings(character.name, character.persona, character.language, max_tokens=cfg.judge_max_tokens,
                                  seed=cfg.seed, reasons_max_chars=cfg.judge_reasons_chars)
-        run_judge(result, tasks, Judge(judge_client, settings, Store(store.path.with_name("judge.jsonl"))))
+        run_judge(result, tasks, Judge(judge_client, settings, Store(store.path.with_name("judge.jsonl"))),
+                  max_failures)
     else:
         result.notes.append("LLM judge not run (use --judge with llm.model or llm.url set)")
     if adapter_path and (Path(adapter_path) / METRICS_FILE).is_file():
@@ -396,7 +450,10 @@ def evaluate_project(config: dict, overrides: dict, *, extra_probes: list[str] =
         base_model = adapter_base(adapter) if adapter is not None else section(TrainConfig, config).base_model
     citations = citation_candidates(cfg.citations or section(ExtractConfig, config).output, data_dir,
                                     project.data_dir)
-    client = None
+    reports = Path(project.reports_dir)
+    out = Path(out_dir) if out_dir else reports / f"eval-{date.today().isoformat()}"
+    check_report_dir(out, data_dir or Path(project.data_dir) / "dataset", adapter, gguf)  # before a judge model loads
+    client, max_failures = None, 5
     if cfg.judge:
         from dantes_mlx.errors import ConfigError
         from dantes_mlx.llm.base import make_client
@@ -405,10 +462,8 @@ def evaluate_project(config: dict, overrides: dict, *, extra_probes: list[str] =
         if not (llm.model or llm.url):
             raise ConfigError("--judge needs a judge LLM", path="dantes.yaml [llm]",
                               fix="set llm.model (GGUF) or llm.url (server), or pass --judge-model / --judge-url")
-        client = make_client(llm)
-    reports = Path(project.reports_dir)
-    out = Path(out_dir) if out_dir else reports / f"eval-{date.today().isoformat()}"
+        client, max_failures = make_client(llm), llm.max_consecutive_failures
     result = evaluate(cfg, character, base_model=base_model, data_dir=data_dir or Path(project.data_dir) / "dataset",
                       out_dir=out, adapter_path=adapter, gguf=gguf, citations=citations, judge_client=client,
-                      cache_dir=reports / ".cache")
+                      cache_dir=reports / ".cache", max_failures=max_failures)
     return result, out / "index.html"

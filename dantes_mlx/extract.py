@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -14,9 +15,11 @@ from typing import TYPE_CHECKING
 from dantes_mlx import dialogue
 from dantes_mlx import extract_checks as checks
 from dantes_mlx.dialogue_narrator import narrator_hint, quote_kind
-from dantes_mlx.errors import ConfigError, InputError
+from dantes_mlx.errors import ConfigError, InputError, StageFailed
 from dantes_mlx.extract_checks import parse_reply  # noqa: F401  (re-exported: part of this stage's API)
 from dantes_mlx.extract_chunks import chunk_book  # noqa: F401  (re-exported: part of this stage's API)
+from dantes_mlx.llm.batch import FailureLimit
+from dantes_mlx.outputs import check_output, failed_run, output_lock, partial_path, publish_jsonl
 from dantes_mlx.grounding import (NormalizedText, dedupe, incises_in_span, join_spoken, locate, narration_end,
                                   quotes_in_span, spoken_segments)
 from dantes_mlx.gutenberg import text_chapters
@@ -268,9 +271,13 @@ def output_row(row: dict) -> dict:
 # -- the stage -------------------------------------------------------------------------------------
 @dataclass
 class ExtractSummary:
-    """What a run did: chunks, cache hits, citations kept and rejected, time and tokens."""
+    """What a run did: chunks, cache hits, citations kept and rejected, time and tokens.
+
+    `output` is where the citations went: the output asked for (`target`), or OUT.partial.jsonl beside it when
+    chunks failed and a previous output was there to keep."""
     method: str
     output: str
+    target: str = ""
     chunks: int = 0
     skipped: int = 0
     chunk_tokens: int = 0   # the token budget of a chunk (0: chunk_lines alone)
@@ -283,8 +290,17 @@ class ExtractSummary:
     seconds: float = 0.0
     tokens: Counter = field(default_factory=Counter)      # every chunk of the output, cached included
     new_tokens: Counter = field(default_factory=Counter)  # the calls made by this run
+    failure_note: str = ""  # which calls failed and the first error (empty: none failed)
+    store: str = ""
     questions: int = 0  # hybrid: the replies and paragraphs the LLM was asked about (chunks: the passages)
     added: int = 0      # hybrid: the citations its answers added to the rules' (before dedupe)
+
+    def failure(self) -> StageFailed | None:
+        """The error a run with failed chunks ends with (None when every chunk answered)."""
+        if not self.failed:
+            return None
+        return failed_run("extract", self.failure_note, Path(self.target or self.output), Path(self.output),
+                          f"{self.kept} citations", Path(self.store), self.cached + self.called, "chunk replies")
 
 
 class ExtractInterrupted(Exception):
@@ -299,6 +315,14 @@ def side_paths(out: Path) -> tuple[Path, Path, Path]:
     """(store, store errors, rejects) files kept next to the citations file."""
     return (out.with_name(out.stem + ".store.jsonl"), out.with_name(out.stem + ".errors.jsonl"),
             out.with_name(out.stem + ".rejects.jsonl"))
+
+
+def check_paths(out: str | Path, books: list[Book], prompt_file: str = "") -> Path:
+    """The citations file checked before any work: a file, and neither it nor its side files one of the inputs."""
+    partial = partial_path(out)
+    inputs = [p for b in books if b.path for p in (Path(b.path), Path(b.path).with_suffix(".json"))]
+    return check_output(out, inputs=inputs + ([prompt_file] if prompt_file else []),
+                        writes=[*side_paths(Path(out)), partial, side_paths(partial)[2]], example="citations.jsonl")
 
 
 def chunks_to_send(book: Book, character: "CharacterConfig", cfg: "ExtractConfig", max_tokens: int = 0,
@@ -341,22 +365,31 @@ def llm_sampling(cfg: "ExtractConfig", llm: "LLMConfig") -> dict:
 
 def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractConfig", out: str | Path,
                 client: "LLMClient", *, sampling: dict | None = None, concurrency: int = 1,
-                progress: bool = True, schema: dict = CITATION_SCHEMA) -> ExtractSummary:
+                progress: bool = True, schema: dict = CITATION_SCHEMA, max_failures: int = 5) -> ExtractSummary:
     """LLM extraction: one stored reply per chunk, then citations rebuilt from the store in book order.
 
     `schema` may narrow CITATION_SCHEMA (e.g. maxLength for a small model); it is part of the store key.
     HTTP clients (those with `iter_chat`) get `concurrency` requests in flight; llama.cpp runs one at a time.
+    After `max_failures` failed calls in a row the run stops early; with any failed chunk the previous output is
+    kept (see ExtractSummary.failure).
     """
+    out = check_paths(out, books, cfg.prompt_file)
+    with output_lock(out):
+        return _extract_llm(books, character, cfg, out, client, sampling, concurrency, progress, schema, max_failures)
+
+
+def _extract_llm(books, character, cfg, out: Path, client, sampling, concurrency, progress, schema,
+                 max_failures) -> ExtractSummary:
     from dantes_mlx.extract_chunks import chunk_budget, token_counter
     from dantes_mlx.llm.base import call_sampling
     from dantes_mlx.store import Store
 
-    started, out = time.monotonic(), Path(out)
+    started = time.monotonic()
     sampling = dict(sampling or {"temperature": cfg.temperature})
     prompt = load_prompt(cfg.prompt_file, character.language)
-    store_path, errors_path, rejects_path = side_paths(out)
+    store_path, errors_path, _ = side_paths(out)
     store = Store(store_path, rejects_path=errors_path)
-    summary = ExtractSummary("llm", str(out))
+    summary = ExtractSummary("llm", str(out), str(out), store=str(store_path))
     work = []  # (book, chunk, store key or None when the pre-filter skips the chunk)
     if cfg.focus_window < 0:
         raise ConfigError(f"focus_window={cfg.focus_window}: need 0 (off) or more paragraphs",
@@ -381,7 +414,7 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
     gates = {book.id: checks.book_gate(book, character, cfg) for book in books}
     watch = (checks.extraction_watch(client, {chunk.id: book for book, chunk, _ in work}, gates, character)
              if getattr(cfg, "check_replies", True) else None)
-    _call(client, requests, pending, store, summary, concurrency, progress, watch)
+    _call(client, requests, pending, store, summary, concurrency, progress, FailureLimit(max_failures), watch)
     source = Source("llm", client.model_id, prompt.version, character.name)
     rows, rejects = [], []
     for book, chunk, key in work:
@@ -393,21 +426,22 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
             got, refused = gates[book.id](got)
             rows += got
             rejects += bad + refused
-    _finish(summary, rows, rejects, out, rejects_path, started)
+    _finish(summary, rows, rejects, out, started)
     return summary
 
 
 def _call(client, requests: list[dict], pending: list, store, summary: ExtractSummary, concurrency: int,
-          progress: bool, on_reply=None) -> None:
-    """Send the requests, storing each reply (or its error) as it arrives; Ctrl-C keeps what is stored.
-    `on_reply(chunk, stored value)` sees each new reply, then (chunk None, value None) at the end; it may raise."""
+          progress: bool, limit: FailureLimit, on_reply=None) -> None:
+    """Send the requests, storing each reply (or its error) as it arrives; Ctrl-C keeps what is stored, and
+    `limit` failures in a row end the calls early (the chunks not sent count as failed). `on_reply(chunk,
+    stored value)` sees each new reply, then (None, None) at the end; it may raise (extract_checks)."""
     from dantes_mlx.llm import batch
 
     calls = (client.iter_chat(requests, concurrency, return_exceptions=True) if hasattr(client, "iter_chat")
              else batch.iter_chat(client, requests, 1, return_exceptions=True))
     bar = _progress(len(requests), summary.cached, progress)
     try:
-        for index, result in calls:
+        for index, result in limit.watch(calls):
             chunk, key = pending[index]
             if isinstance(result, Exception):
                 summary.failed += 1
@@ -427,6 +461,9 @@ def _call(client, requests: list[dict], pending: list, store, summary: ExtractSu
                                  store.path) from None
     finally:
         bar.close()
+    if limit.failed:
+        summary.failed = len(requests) - summary.called  # after an early stop the chunks never sent failed too
+        summary.failure_note = limit.note("chunk", len(requests), summary.failed)
 
 
 def _stored_reply(chunk: Chunk, result) -> dict:
@@ -465,14 +502,16 @@ def settle_rejects(rejects: list[dict], rows: list[dict]) -> list[dict]:
     return settled
 
 
-def _finish(summary: ExtractSummary, rows: list[dict], rejects: list[dict], out: Path, rejects_path: Path,
-            started: float) -> None:
+def _finish(summary: ExtractSummary, rows: list[dict], rejects: list[dict], out: Path, started: float) -> None:
+    """Write the citations and their rejects: over the previous ones when every chunk answered (or there were none),
+    else beside them (see publish_jsonl)."""
     from dantes_mlx.store import write_jsonl_atomic
 
     kept, summary.merged = dedupe(rows)
-    summary.kept = write_jsonl_atomic(out, (output_row(r) for r in kept))
+    written, summary.kept = publish_jsonl(out, (output_row(r) for r in kept), complete=not summary.failed)
+    summary.output = str(written)
     rejects = settle_rejects(rejects, kept)
-    write_jsonl_atomic(rejects_path, rejects)
+    write_jsonl_atomic(side_paths(written)[2], rejects)
     summary.rejected.update(r["reason"] for r in rejects)
     summary.seconds = time.monotonic() - started
 
@@ -480,19 +519,26 @@ def _finish(summary: ExtractSummary, rows: list[dict], rejects: list[dict], out:
 def extract_rules(books: list[Book], character: "CharacterConfig", cfg: "ExtractConfig", out: str | Path,
                   progress: bool = True) -> ExtractSummary:
     """Rule extraction: the French dialogue attributor's quotes of the character, same rows as the LLM's."""
+    out = check_paths(out, books)
+    with output_lock(out):
+        return _extract_rules(books, character, cfg, out, progress)
+
+
+def _extract_rules(books: list[Book], character: "CharacterConfig", cfg: "ExtractConfig", out: Path,
+                   progress: bool) -> ExtractSummary:
     from tqdm import tqdm
 
-    started, out = time.monotonic(), Path(out)
+    started = time.monotonic()
     if character.language != "fr":
         print(f"warning: the dialogue rules are written for French; language is '{character.language}'",
               file=sys.stderr)
-    summary = ExtractSummary("rules", str(out))
+    summary = ExtractSummary("rules", str(out), str(out))
     rows = []
     for book in tqdm(books, desc="extract (rules)", unit="book", disable=not progress, file=sys.stderr):
         chunks = chunk_book(book, cfg.chunk_lines, cfg.overlap)
         summary.chunks += len(chunks)
         rows += rule_rows(book, character, chunks, dialogue.find_quotations(book.text))
-    _finish(summary, rows, [], out, side_paths(out)[2], started)
+    _finish(summary, rows, [], out, started)
     return summary
 
 
@@ -538,6 +584,7 @@ def all_speakers(path: str | Path, out: str | Path) -> int:
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path=path, fix="pass an existing UTF-8 text with --input")
+    out = check_output(out, inputs=[path], example="quotes.jsonl")
     try:
         with open(path, encoding="utf-8", newline="") as fh:  # newline="": offsets count \r as read
             text = fh.read()

@@ -25,10 +25,13 @@ from dantes_mlx.dialogue_lexicon import PRONOUNS, names_in, person_like
 from dantes_mlx.dialogue_narrator import is_first_person
 from dantes_mlx.dialogue_ranker import bare_key
 from dantes_mlx.dialogue_speakers import Mention
-from dantes_mlx.extract import (KINDS, Book, Chunk, ExtractSummary, Prompt, Source, _call, _finish,
+from dantes_mlx.extract import (KINDS, Book, Chunk, ExtractSummary, Prompt, Source, _call, _finish, check_paths,
                                 chunk_book, context_before, make_row, rule_rows, side_paths)
 from dantes_mlx.extract_focus import focus_paragraphs, paragraph_offsets
 from dantes_mlx.grounding import spoken_segments
+from dantes_mlx.llm.base import call_sampling
+from dantes_mlx.llm.batch import FailureLimit
+from dantes_mlx.outputs import output_lock
 from dantes_mlx.prompt_files import read_prompt
 from dantes_mlx.store import Store, item_key
 
@@ -301,18 +304,24 @@ def settle(call: _Call, reply: str, source: Source, character: "CharacterConfig"
 
 def extract_hybrid(books: list[Book], character: "CharacterConfig", cfg: "ExtractConfig", out: str | Path,
                    client: "LLMClient", *, sampling: dict | None = None, concurrency: int = 1,
-                   progress: bool = True) -> ExtractSummary:
-    """Rules first; the LLM answers what they leave open (stored, resumable); the union checked and deduped."""
-    from dantes_mlx.llm.base import call_sampling
+                   progress: bool = True, max_failures: int = 5) -> ExtractSummary:
+    """Rules first; the LLM answers what they leave open (stored, resumable); the union checked and deduped.
+    Failures as in extract_llm: `max_failures` failed calls in a row stop the run, the previous output is kept."""
+    out = check_paths(out, books)
+    with output_lock(out):
+        return _extract_hybrid(books, character, cfg, out, client, sampling, concurrency, progress, max_failures)
 
-    started, out = time.monotonic(), Path(out)
+
+def _extract_hybrid(books, character, cfg, out: Path, client, sampling, concurrency, progress,
+                    max_failures) -> ExtractSummary:
+    started = time.monotonic()
     checks.check_chat_template(client)
     template, version, _ = read_prompt("hybrid", character.language)
     prompt = Prompt(version, template)
     effective = call_sampling(client, dict(sampling or {"temperature": cfg.temperature}))
-    store_path, errors_path, rejects_path = side_paths(out)
+    store_path, errors_path, _ = side_paths(out)
     store = Store(store_path, rejects_path=errors_path)
-    summary = ExtractSummary("hybrid", str(out))
+    summary = ExtractSummary("hybrid", str(out), str(out), store=str(store_path))
     rows, plans, gates = [], [], {}
     for book in books:
         quotes = dialogue.find_quotations(book.text)
@@ -323,16 +332,8 @@ def extract_hybrid(books: list[Book], character: "CharacterConfig", cfg: "Extrac
     summary.questions = sum(1 for c in plans for q in c.passage.questions if not q.expected)
     pending = [c for c in plans if c.key not in store]
     summary.cached = len(plans) - len(pending)
-    watch = checks.ReplyWatch(client.model_id) if getattr(cfg, "check_replies", True) else None
-    by_chunk = {c.chunk.id: c for c in pending}
-
-    def see(chunk, value):
-        if watch is not None:
-            watch.verdict() if chunk is None else watch.see(
-                answer_problem(value["text"], value.get("finish_reason", ""), by_chunk[chunk.id].passage))
-
     _call(client, [c.request for c in pending], [(c.chunk, c.key) for c in pending], store, summary, concurrency,
-          progress, see)
+          progress, FailureLimit(max_failures), _watch(client, cfg, pending))
     source = Source("hybrid", client.model_id, prompt.version, character.name)
     added, rejects = [], []
     for c in plans:
@@ -344,6 +345,18 @@ def extract_hybrid(books: list[Book], character: "CharacterConfig", cfg: "Extrac
             added += got
             rejects += bad + refused
     summary.added = len(added)
-    _finish(summary, rows + added, rejects, out, rejects_path, started)
+    _finish(summary, rows + added, rejects, out, started)
     return summary
 
+
+def _watch(client, cfg: "ExtractConfig", pending: list[_Call]):
+    """The reply watch of extract_checks over the hybrid's answers (None when extract.check_replies is off)."""
+    if not getattr(cfg, "check_replies", True):
+        return None
+    watch, by_chunk = checks.ReplyWatch(client.model_id), {c.chunk.id: c for c in pending}
+
+    def see(chunk, value) -> None:
+        if chunk is None:
+            return watch.verdict()
+        watch.see(answer_problem(value["text"], value.get("finish_reason", ""), by_chunk[chunk.id].passage))
+    return see

@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Iterable
 
 from dantes_mlx.config import CharacterConfig, GenerateConfig
-from dantes_mlx.errors import ConfigError, InputError
+from dantes_mlx.errors import ConfigError, InputError, StageFailed
 from dantes_mlx.llm.base import call_sampling
+from dantes_mlx.llm.batch import FailureLimit
+from dantes_mlx.outputs import check_output, failed_run, output_lock, partial_path, publish_jsonl
 from dantes_mlx.prompt_files import read_prompt
 from dantes_mlx.pair_filters import FilterSettings, filter_group, normalize
 from dantes_mlx.pairs_parser import ParsedPair, parse_file, parse_pairs
 from dantes_mlx.store import Store, item_key, read_jsonl, write_jsonl_atomic
 
 STAGE = "generate"
-# Consecutive failed LLM calls after which the run stops (the server is down, not one bad item).
-MAX_CONSECUTIVE_FAILURES = 5
 _CITATION_FIELDS = ("citation", "text", "contexte", "context")
 
 
@@ -190,6 +190,7 @@ class RunStats:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     errors: list = field(default_factory=list)
+    failure_note: str = ""  # which calls failed, whether the run stopped early, the first error
 
     def add(self, value: dict) -> None:
         self.calls += 1
@@ -214,8 +215,9 @@ def _results(client, requests: list[dict], concurrency: int):
 
 
 def run_tasks(tasks: list[Task], client, store: Store, *, concurrency: int = 1, unit: str = "item",
-              sampling: dict | None = None, progress: bool = True) -> RunStats:
-    """Call the LLM for every task not yet in the store, storing each answer as soon as it arrives."""
+              sampling: dict | None = None, progress: bool = True, max_failures: int = 5) -> RunStats:
+    """Call the LLM for every task not yet in the store, storing each answer as soon as it arrives; after
+    `max_failures` failed calls in a row the rest are not sent (they count as failed)."""
     from tqdm import tqdm
 
     unique = list({t.key: t for t in tasks}.values())
@@ -224,19 +226,15 @@ def run_tasks(tasks: list[Task], client, store: Store, *, concurrency: int = 1, 
     requests = [{**t.request, **(sampling or {})} for t in pending]
     bar = tqdm(total=len(unique), initial=stats.cached, unit=unit, desc=STAGE, dynamic_ncols=True,
                disable=not progress)
-    consecutive = 0
+    limit = FailureLimit(max_failures)
     try:
-        for index, result in _results(client, requests, concurrency):
+        for index, result in limit.watch(_results(client, requests, concurrency)):
             bar.update(1)
             if isinstance(result, ConfigError):
                 raise result
             if isinstance(result, Exception):
-                stats.failed, consecutive = stats.failed + 1, consecutive + 1
                 stats.errors.append(f"{type(result).__name__}: {result}")
-                if consecutive >= MAX_CONSECUTIVE_FAILURES:
-                    raise result
                 continue
-            consecutive = 0
             value = _stored(result)
             store.put(pending[index].key, value)
             stats.add(value)
@@ -244,6 +242,9 @@ def run_tasks(tasks: list[Task], client, store: Store, *, concurrency: int = 1, 
         raise GenerateInterrupted(sum(t.key in store for t in unique), len(unique), unit, store.path) from None
     finally:
         bar.close()
+    if limit.failed:
+        stats.failed = len(pending) - stats.calls  # after an early stop the items never sent failed too
+        stats.failure_note = limit.note(unit, len(pending), stats.failed)
     return stats
 
 
@@ -259,6 +260,7 @@ class GenerateSummary:
     seconds: float
     stats: RunStats | None = None
     short: Counter | None = None  # citations that kept fewer than K pairs: "model" wrote fewer, "filters" cut
+    target: Path | None = None    # the output asked for; `out` is OUT.partial.jsonl when a previous one was kept
 
     def lines(self) -> list[str]:
         out = [f"wrote {self.kept} rows from {self.items} items to {self.out} in {self.seconds:.1f}s"]
@@ -275,8 +277,16 @@ class GenerateSummary:
                        f"evaluated {s.evaluated_tokens}, generated {s.completion_tokens} "
                        f"(of which reasoning {s.reasoning_tokens})")
             if s.failed:
-                out.append(f"{s.failed} items failed (first error: {s.errors[0]}); run again to retry them")
+                out.append(f"{s.failure_note}; run again to retry them")
         return out
+
+    def failure(self) -> StageFailed | None:
+        """The error a run with failed LLM calls ends with (None when every call answered)."""
+        if self.stats is None or not self.stats.failed:
+            return None
+        target = self.target or self.out
+        return failed_run("generate", self.stats.failure_note, target, self.out, f"{self.kept} rows",
+                          output_paths(target)[2], self.stats.cached + self.stats.calls, "answers")
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
@@ -285,14 +295,24 @@ def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
     return out, out.with_name(out.stem + ".rejects.jsonl"), out.with_name(out.stem + ".store.jsonl")
 
 
+def check_paths(out: str | Path, inputs=(), prompt_file: str = "", flag: str = "-o") -> Path:
+    """The pairs file checked before any work: a file, and neither it nor its side files one of the inputs."""
+    partial = partial_path(out)
+    writes = [*output_paths(out)[1:], partial, output_paths(partial)[1]]
+    return check_output(out, inputs=[*inputs, *([prompt_file] if prompt_file else [])], writes=writes,
+                        flag=flag, example="pairs.jsonl")
+
+
 def finish(out: Path, rows: list, rejects: list, items: int, started: float,
            stats: RunStats | None = None) -> GenerateSummary:
-    """Write rows and rejects atomically and summarize."""
-    out, rejects_path, _ = output_paths(out)
-    write_jsonl_atomic(out, rows)
+    """Write rows and rejects atomically and summarize: over the previous ones when every LLM call answered (or
+    there were none), else beside them (see publish_jsonl)."""
+    out = Path(out)
+    written, _ = publish_jsonl(out, rows, complete=stats is None or not stats.failed)
+    rejects_path = output_paths(written)[1]
     write_jsonl_atomic(rejects_path, rejects)
-    return GenerateSummary(out, rejects_path, items, len(rows), Counter(r["reason"] for r in rejects),
-                           time.monotonic() - started, stats)
+    return GenerateSummary(written, rejects_path, items, len(rows), Counter(r["reason"] for r in rejects),
+                           time.monotonic() - started, stats, target=out)
 
 
 def salvage(value: dict, source_id: str) -> tuple[list[ParsedPair], list[dict]]:
@@ -338,19 +358,29 @@ def citation_task(row: dict, prompt: Prompt, character: CharacterConfig, cfg: Ge
 
 def generate_pairs(citations: list[dict], client, out: str | Path, cfg: GenerateConfig,
                    character: CharacterConfig, *, concurrency: int = 1, sampling: dict | None = None,
-                   progress: bool = True) -> GenerateSummary:
-    """K filtered pairs per citation; LLM answers are cached so an interrupted run resumes."""
-    started = time.monotonic()
+                   progress: bool = True, inputs=(), max_failures: int = 5) -> GenerateSummary:
+    """K filtered pairs per citation; LLM answers are cached so an interrupted run resumes.
+
+    `inputs`: the files the citations came from (never written). With failed calls the previous output is kept
+    (see GenerateSummary.failure)."""
     if cfg.pairs_per_citation < 1:
         raise ConfigError("pairs_per_citation must be at least 1", path="dantes.yaml [generate]",
                           fix="set generate.pairs_per_citation (or -k) to 1 or more")
+    out = check_paths(out, inputs, cfg.prompt_file)
+    with output_lock(out):
+        return _generate_pairs(citations, client, out, cfg, character, concurrency, sampling, progress, max_failures)
+
+
+def _generate_pairs(citations, client, out: Path, cfg: GenerateConfig, character: CharacterConfig, concurrency,
+                    sampling, progress, max_failures) -> GenerateSummary:
+    started = time.monotonic()
     prompt = load_prompt("generate", character.language, cfg.prompt_file)
     out, _, cache = output_paths(out)
     store = Store(cache)
     tasks = [citation_task(row, prompt, character, cfg, client.model_id, call_sampling(client, sampling))
              for row in citations]
     stats = run_tasks(tasks, client, store, concurrency=concurrency, unit="citation", sampling=sampling,
-                      progress=progress)
+                      progress=progress, max_failures=max_failures)
     settings = filter_settings(cfg, character)
     rows, rejects, seen, short = [], [], set(), Counter()
     for row, task in zip(citations, tasks):
@@ -389,6 +419,7 @@ def import_raw(path: str | Path, out: str | Path, cfg: GenerateConfig,
     started, path = time.monotonic(), Path(path)
     if not path.is_file():
         raise InputError("raw outputs file not found", path=path, fix="check the --from-raw path")
+    out = check_paths(out, [path])
     parsed = parse_file(path)
     rejects = [{"source_id": None, "reason": "unparseable", "detail": r.reason, "line": r.line,
                 "text": r.text} for r in parsed.rejects]

@@ -10,9 +10,10 @@ from pathlib import Path
 from dantes_mlx.config import CharacterConfig, GenerateConfig
 from dantes_mlx.dataset_formats import decode_text, read_records
 from dantes_mlx.errors import InputError
-from dantes_mlx.generate import (filter_settings, filtered_rows, finish, load_prompt, make_task, output_paths,
-                                 pairs_schema, run_tasks, salvage, text_id)
+from dantes_mlx.generate import (check_paths, filter_settings, filtered_rows, finish, load_prompt, make_task,
+                                 output_paths, pairs_schema, run_tasks, salvage, text_id)
 from dantes_mlx.llm.base import call_sampling
+from dantes_mlx.outputs import output_lock
 from dantes_mlx.pairs_parser import ParsedPair
 from dantes_mlx.store import Store
 
@@ -108,8 +109,16 @@ def template_pairs(fact: dict, k: int, language: str) -> list[ParsedPair]:
 
 def generate_from_facts(facts: list[dict], client, out: str | Path, cfg: GenerateConfig,
                         character: CharacterConfig, *, concurrency: int = 1, sampling: dict | None = None,
-                        progress: bool = True):
-    """k questions per fact, answered with the fact; by the LLM (in the character's voice) or templates."""
+                        progress: bool = True, inputs=(), max_failures: int = 5):
+    """k questions per fact, answered with the fact; by the LLM (in the character's voice) or templates.
+    `inputs`: the files the facts came from (never written)."""
+    out = check_paths(out, inputs, cfg.prompt_file)
+    with output_lock(out):
+        return _from_facts(facts, client, out, cfg, character, concurrency, sampling, progress, max_failures)
+
+
+def _from_facts(facts, client, out: Path, cfg: GenerateConfig, character: CharacterConfig, concurrency, sampling,
+                progress, max_failures):
     started, k = time.monotonic(), cfg.pairs_per_citation
     # Fact answers may be one short sentence: only the fact's presence is required of them.
     settings = filter_settings(cfg, character, min_answer_words=1, max_citation_similarity=101.0)
@@ -126,7 +135,7 @@ def generate_from_facts(facts: list[dict], client, out: str | Path, cfg: Generat
                                    pairs_schema(k, cfg.max_instruction_chars, cfg.max_response_chars),
                                    call_sampling(client, sampling)))
         stats = run_tasks(tasks, client, store, concurrency=concurrency, unit="fact", sampling=sampling,
-                          progress=progress)
+                          progress=progress, max_failures=max_failures)
         results = {fact["source_id"]: (task.key, store) for fact, task in zip(facts, tasks)}
     rows, rejects, done = [], [], 0
     for fact in facts:
@@ -149,6 +158,7 @@ def generate_from_facts(facts: list[dict], client, out: str | Path, cfg: Generat
 def labels_to_rows(path: str | Path, out: str | Path, cfg: GenerateConfig):
     """Prompt/completion rows: an instruction naming the labels + the text -> its label (no LLM)."""
     started, records, rejects = time.monotonic(), [], []
+    out = check_paths(out, [path])
     loaded = load_records(path)
     for number, record in loaded:
         text = _field(record, TEXT_KEYS, 0, path, number, "text")

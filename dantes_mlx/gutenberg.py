@@ -12,6 +12,7 @@ from pathlib import Path
 from dantes_mlx.errors import InputError
 from dantes_mlx.gutenberg_notes import move_notes
 from dantes_mlx.gutenberg_read import normalize_newlines, read_book
+from dantes_mlx.outputs import check_output
 from dantes_mlx.store import write_text_atomic
 
 # A reply starts with one of --, —, –, - or «; "-" also covers "--".
@@ -419,8 +420,7 @@ def plan_outputs(inputs: list[Path], output: Path | None, clean_dir: Path) -> li
         if dst.suffix == ".json":
             raise InputError("the output must not end in .json (that name is kept for the sidecar)", path=dst,
                              fix="name the output .txt")
-        if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-            raise InputError("the output would overwrite the input", path=src, fix="choose another -o OUTPUT")
+        check_output(dst, inputs=inputs, writes=[dst.with_suffix(".json")], example=src.with_suffix(".txt").name)
         if dst in seen:
             raise InputError(f"{seen[dst]} and {src} would both be written to {dst}", path=dst,
                              fix="clean them one at a time with -o OUTPUT")

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dantes_mlx import __version__
+from dantes_mlx.config import is_ebook_id
 from dantes_mlx.errors import InputError
+from dantes_mlx.outputs import check_output
 
 DEFAULT_BASE_URL = "https://www.gutenberg.org"
 # The current UTF-8 file first, then the older "-0" (UTF-8) file that many ebooks still have, then the
@@ -36,9 +38,9 @@ class Fetched:
 def fetch_books(ids, raw_dir: str | Path, *, files=(), base_url: str = DEFAULT_BASE_URL,
                 timeout: float = 60.0, force: bool = False) -> list[Fetched]:
     """Download ebooks by id into raw_dir as `<id>.txt` (kept as a cache) and copy local files there."""
-    raw_dir = Path(raw_dir)
+    raw_dir = check_output(raw_dir, kind="dir", flag="--raw-dir")
     for book_id in ids:
-        if not str(book_id).isdigit():
+        if not is_ebook_id(book_id):
             raise InputError(f"'{book_id}' is not a Project Gutenberg ebook id",
                              fix="use the number in the ebook's address, e.g. 17989 for "
                                  "https://www.gutenberg.org/ebooks/17989, or --file PATH for a local file")

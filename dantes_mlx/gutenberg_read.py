@@ -15,8 +15,9 @@ CONTROL_BYTES = bytes(range(0, 9)) + bytes(range(14, 32)) + b"\x7f"
 
 
 def normalize_newlines(text: str) -> str:
-    """Drop a byte-order mark; turn CRLF and lone CR line ends into LF."""
-    return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    """Drop a byte-order mark; turn CRLF (and CR CR LF, a CRLF file converted twice) and lone CR line ends
+    into LF: CR CR LF read as two line ends would make a blank line, a paragraph break, of every line end."""
+    return re.sub(r"\r+\n", "\n", text.lstrip("\ufeff")).replace("\r", "\n")
 
 
 def read_book(path: str | Path, encoding: str = "", max_line_chars: int = 1_000_000) -> tuple[str, dict]:

@@ -13,6 +13,7 @@ from typing import Callable
 from dantes_mlx.config import (SECTIONS, CharacterConfig, CleanConfig, ExtractConfig, GenerateConfig,
                                LLMConfig, PrepareConfig, ProjectConfig, TrainConfig, section)
 from dantes_mlx.errors import ConfigError, DantesError, InputError
+from dantes_mlx.export import check_export_settings
 from dantes_mlx.store import write_text_atomic
 
 STAGES = ["fetch", "clean", "extract", "generate", "prepare", "train", "export", "eval"]
@@ -46,20 +47,6 @@ class Layout:
     citations = property(lambda self: Path(self.citations_file or self.data / "citations" / "citations.jsonl"))
     pairs = property(lambda self: Path(self.pairs_file or self.data / "pairs" / "pairs.jsonl"))
     dataset = property(lambda self: self.data / "dataset")
-
-
-DATASET_MARKER = "dataset.sha256"
-
-
-def dataset_fingerprint(folder: Path) -> str:
-    """sha256 of train.jsonl and valid.jsonl: what a training run learnt from."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in ("train.jsonl", "valid.jsonl"):
-        path = Path(folder) / name
-        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
-    return digest.hexdigest()
 
 
 def _say(message: str) -> None:
@@ -114,33 +101,38 @@ def stage_extract(layout: Layout, books: list[Path], character: CharacterConfig,
     loaded = [load_book(p) for p in books]
     method = ("hybrid" if llm and (llm.model or llm.url) else "rules") if cfg.method == "auto" else cfg.method
     if method in ("llm", "hybrid"):
-        from dantes_mlx.extract import llm_sampling
+        from dantes_mlx.extract import check_paths, llm_sampling
         from dantes_mlx.extract_hybrid import extract_hybrid
         from dantes_mlx.llm import make_client
 
         # The sampling of `dantes-mlx extract` itself: same store keys, so a run reuses its replies.
+        check_paths(layout.citations, loaded, cfg.prompt_file)  # before a model is loaded
         run = extract_hybrid if method == "hybrid" else extract_llm
-        summary = run(loaded, character, cfg, layout.citations, make_client(llm),
-                      sampling=llm_sampling(cfg, llm), concurrency=llm.concurrency, progress=False)
+        summary = run(loaded, character, cfg, layout.citations, make_client(llm), sampling=llm_sampling(cfg, llm),
+                      concurrency=llm.concurrency, progress=False, max_failures=llm.max_consecutive_failures)
     else:
         summary = extract_rules(loaded, character, cfg, layout.citations, progress=False)
     rejected = ", ".join(f"{k} {v}" for k, v in summary.rejected.items()) or "none"
     log(f"{summary.kept} citations of {character.name} kept ({summary.method}; {summary.chunks} chunks, "
         f"{summary.skipped} skipped by the pre-filter, {summary.merged} overlap duplicates merged; "
-        f"rejected: {rejected}) -> {layout.citations}")
+        f"rejected: {rejected}) -> {summary.output}")
+    if summary.failure() is not None:  # `run` stops here: generate must not read a partial or stale file
+        raise summary.failure()
     return layout.citations
 
 
 def stage_generate(layout: Layout, client, character: CharacterConfig, cfg: GenerateConfig,
-                   concurrency: int, log) -> Path:
+                   concurrency: int, log, max_failures: int = 5) -> Path:
     from dantes_mlx.generate import generate_pairs, select_citations
 
     citations, notes = select_citations([layout.citations], character, chosen=False)
     for note in notes:
         log(f"warning: {note}")
     summary = generate_pairs(citations, client, layout.pairs, cfg, character, concurrency=concurrency,
-                             progress=False)
+                             progress=False, inputs=[layout.citations], max_failures=max_failures)
     log("\n".join(summary.lines()))
+    if summary.failure() is not None:  # `run` stops here: prepare must not read a partial or stale file
+        raise summary.failure()
     return layout.pairs
 
 
@@ -157,12 +149,12 @@ def stage_prepare(layout: Layout, cfg: PrepareConfig, persona: str, tokenizer_na
 
 def stage_train(cfg: TrainConfig, dataset: Path, adapters: Path, log) -> None:
     """Train, resuming the last checkpoint only when it was trained on this very dataset."""
-    from dantes_mlx.train import STATE_FILE, summary, train
+    from dantes_mlx.train import DATASET_MARKER, STATE_FILE, dataset_fingerprint, summary, train
 
     marker, fingerprint = adapters / DATASET_MARKER, dataset_fingerprint(dataset)
     resume = (adapters / STATE_FILE).is_file() and marker.is_file() and marker.read_text() == fingerprint
     log("resuming from the last checkpoint" if resume else "training from scratch")
-    write_text_atomic(marker, fingerprint)
+    write_text_atomic(marker, fingerprint)  # train() writes it too; here it also marks a run stopped before it starts
     log(summary(train(cfg, dataset, adapters, resume=resume, restart=not resume)))  # new data: start again
 
 
@@ -261,12 +253,15 @@ def run(config: dict, start: str | None = None, stop: str | None = None,
     """Every stage from dantes.yaml; each resumes where it stopped (stores, caches, checkpoints)."""
     stages = stage_range(start, stop)
     settings = {cls: section(cls, config) for cls in SECTIONS.values()}  # a typo fails now, not hours later
+    if "export" in stages:  # a persona the Modelfile cannot hold fails now, not after training
+        check_export_settings(config)
     llm = settings[LLMConfig]
     if "generate" in stages and not (llm.model or llm.url):
         path = getattr(config, "path", None) or "dantes.yaml"
         raise ConfigError("no generator LLM configured for the generate stage", path=f"{path} [llm]",
                           fix="set llm.model (a GGUF path or HF_REPO:FILE.gguf) or llm.url (llama-server, Ollama), "
                               "or stop before it with `--to extract`")
+    check_layout(settings)
     path = getattr(config, "path", None)
     command = ["dantes-mlx", "run"] + (["--config", str(path)] if path and Path(path) != Path("dantes.yaml") else [])
     for name in stages:
@@ -281,12 +276,32 @@ def run(config: dict, start: str | None = None, stop: str | None = None,
         log(f"[{name}] done in {time.monotonic() - began:.1f} s")
 
 
+def check_layout(settings: dict) -> None:
+    """The files `run` writes, checked before the first stage: no stage's output is another stage's input."""
+    from dantes_mlx.extract import side_paths
+    from dantes_mlx.generate import check_paths
+    from dantes_mlx.outputs import check_output
+
+    layout = _layout(settings)
+    check_output(layout.citations, writes=side_paths(layout.citations), flag="extract.output",
+                 example="citations.jsonl")
+    check_paths(layout.pairs, [layout.citations, *side_paths(layout.citations)], flag="generate.output")
+    check_output(layout.dataset, kind="dir", inputs=[layout.citations, layout.pairs], flag="project.data_dir",
+                 writes=[layout.dataset / f"{s}.jsonl" for s in ("train", "valid", "test")])
+
+
+def _layout(settings: dict) -> Layout:
+    layout = Layout(Path("."), citations_file=settings[ExtractConfig].output,
+                    pairs_file=settings[GenerateConfig].output)
+    layout.data = Path(settings[ProjectConfig].data_dir)
+    return layout
+
+
 def _run_stage(name: str, config: dict, settings: dict, log) -> None:
     """One stage of `run`, reading and writing where dantes.yaml says."""
     project, character, llm = settings[ProjectConfig], settings[CharacterConfig], settings[LLMConfig]
     train_cfg, adapters = settings[TrainConfig], Path(project.adapters_dir)
-    layout = Layout(Path("."), citations_file=settings[ExtractConfig].output, pairs_file=settings[GenerateConfig].output)
-    layout.data = Path(project.data_dir)
+    layout = _layout(settings)
     if name == "fetch":
         from dantes_mlx.gutenberg_fetch import fetch_books
 
@@ -297,10 +312,12 @@ def _run_stage(name: str, config: dict, settings: dict, log) -> None:
     elif name == "extract":
         stage_extract(layout, sorted(layout.clean.glob("*.txt")), character, settings[ExtractConfig], llm, log)
     elif name == "generate":
+        from dantes_mlx.generate import check_paths
         from dantes_mlx.llm import make_client
 
+        check_paths(layout.pairs, [layout.citations], settings[GenerateConfig].prompt_file)  # before a model loads
         stage_generate(layout, make_client(llm), character, settings[GenerateConfig],
-                       llm.concurrency if llm.url else 1, log)
+                       llm.concurrency if llm.url else 1, log, llm.max_consecutive_failures)
     elif name == "prepare":
         prep = section(PrepareConfig, config)
         prep.max_seq_length = min(prep.max_seq_length, train_cfg.max_seq_length)  # what training keeps
@@ -313,8 +330,10 @@ def _run_stage(name: str, config: dict, settings: dict, log) -> None:
 
         log(export_project(config, adapter_path=adapters, log=log).summary())
     elif name == "eval":
-        from dantes_mlx.evaluate import evaluate_project
+        from dantes_mlx.evaluate import eval_failure, evaluate_project
         from dantes_mlx.report import text_summary
 
         result, index = evaluate_project(config, {}, adapter_path=str(adapters))
         log(text_summary(result) + f"\nreport: {index}")
+        if eval_failure(result, index) is not None:
+            raise eval_failure(result, index)

@@ -49,6 +49,7 @@ img{max-width:100%;background:#fff;border:1px solid #ddd6c6}
 .question{font-weight:600;background:#faf8f2}.judge{color:#555;font-size:.85em;margin-top:.5em;
 white-space:normal;border-top:1px dashed #ccc;padding-top:.3em}
 .notes li{color:#555}.verdict{font-size:.85em;color:#333}
+.failures{border:2px solid #b00;padding:.2em 1em;color:#700}
 """
 
 
@@ -249,6 +250,7 @@ def render_html(result: "EvalResult", loss_png: Path | None, lengths_png: Path |
         f"<p class='meta'>{_e(result.created)} · data <code>{_e(result.data_dir)}</code> ({s['test_rows']} test rows, "
         f"{_e(s['format'])}) · temperature {s['temperature']} · max tokens {s['max_tokens']} · seed {s['seed']}</p>",
         f"<ul class='meta'>{engines}</ul>",
+        *_failures_html(result),
         "<h2>Metrics</h2>", _table(header, rows, classes, table_id="metrics"),
         "<p class='meta'>Green: the better of base and fine-tuned. Loss and perplexity: mlx-lm's evaluation on "
         f"test.jsonl{' (answer tokens only)' if s['mask_prompt'] else ''}. Style markers over the probe and test "
@@ -285,6 +287,15 @@ def _md_cell(text) -> str:
     return html.escape(_text(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
+def _failures_html(result: "EvalResult") -> list[str]:
+    """What could not be measured (e.g. the judge's server was down), at the top of the report."""
+    failures = getattr(result, "failures", [])
+    if not failures:
+        return []
+    items = "".join(f"<li>{_e(f)}</li>" for f in failures)
+    return [f"<div class='failures'><p><b>Not everything could be measured:</b></p><ul>{items}</ul></div>"]
+
+
 def render_markdown(result: "EvalResult", plots: tuple = ()) -> str:
     """The report in Markdown; `plots`: the PNG files written beside it, linked by name."""
     header, rows, _ = metric_table(result)
@@ -292,6 +303,9 @@ def render_markdown(result: "EvalResult", plots: tuple = ()) -> str:
            f"{result.created} · data `{result.data_dir}` · {result.settings['test_rows']} test rows", ""]
     out += [f"- {SIDE_NAMES[r]}: `{s.engine}`" + (f" ({s.loss_note})" if s.loss_note else "")
             for r, s in result.sides.items()]
+    failures = getattr(result, "failures", [])
+    if failures:
+        out += ["", "**Not everything could be measured:**", ""] + [f"- {_md_cell(f)}" for f in failures]
     out += ["", "## Metrics", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     out.append("")
@@ -339,4 +353,5 @@ def text_summary(result: "EvalResult") -> str:
     header, rows, _ = metric_table(result)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + rows]
-    return "\n".join(lines + [f"note: {n}" for n in result.notes])
+    failed = [f"not measured: {f}" for f in getattr(result, "failures", [])]
+    return "\n".join(lines + [f"note: {n}" for n in result.notes] + failed)

@@ -123,13 +123,18 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     _write_atomic(path, lambda fh: fh.write(text))
 
 
-def _write_atomic(path: str | Path, write) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write bytes via a temporary file and os.replace."""
+    _write_atomic(path, lambda fh: fh.write(data), binary=True)
+
+
+def _write_atomic(path: str | Path, write, binary: bool = False) -> None:
     """Call write(file) on a temporary file next to path, then rename it over path; on error path is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -145,9 +150,16 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError("file not found", path=path, fix="check the path")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+        raise InputError("is a folder, not a JSONL file" if path.is_dir() else "file not found", path=path,
+                         fix="give the path of a .jsonl file" if path.is_dir() else "check the path")
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM is no JSON
+            except UnicodeDecodeError as exc:
+                raise InputError(f"not UTF-8 (byte {exc.start} of the line): the file must be UTF-8 JSON lines",
+                                 path=path, line=lineno,
+                                 fix=f"convert it: iconv -f latin1 -t utf-8 {path} > {path}.utf8") from None
             if not line.strip():
                 continue
             try:

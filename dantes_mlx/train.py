@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dantes_mlx.errors import ConfigError, InputError, ModelError
+from dantes_mlx.outputs import check_output, output_lock
 from dantes_mlx.store import read_jsonl, write_jsonl_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -29,6 +32,7 @@ STATE_FILE = "train_state.json"
 CONFIG_FILE = "train_config.yaml"
 TEMPLATE_FILE = "chat_template.jinja"
 BASE_FINGERPRINT_FILE = "base_fingerprint.json"  # which base the adapter was trained on; export checks it
+DATASET_MARKER = "dataset.sha256"  # what the run in an adapter folder learnt from; --resume checks it
 _SAMPLE_BYTES = 1 << 16
 # config.json keys that change when a model is only re-saved, not when its weights change.
 _CONFIG_NOISE = ("_name_or_path", "transformers_version")
@@ -459,6 +463,28 @@ def mlx_lm_config_error(path: str | Path, data: dict) -> ConfigError:
                            + "".join(f"  {note}\n" for note in notes))
 
 
+def dataset_fingerprint(folder: Path) -> str:
+    """sha256 of train.jsonl and valid.jsonl: what a training run learnt from."""
+    digest = hashlib.sha256()
+    for name in ("train.jsonl", "valid.jsonl"):
+        path = Path(folder) / name
+        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    return digest.hexdigest()
+
+
+def check_same_dataset(adapter_dir: Path, data_dir: Path, warn) -> None:
+    """--resume continues only on the dataset the checkpoint was trained on."""
+    marker = Path(adapter_dir) / DATASET_MARKER
+    if not marker.is_file():
+        warn(f"{adapter_dir} does not record its dataset (an older run): cannot check that --resume continues on "
+             "the same one")
+    elif marker.read_text(encoding="utf-8").strip() != dataset_fingerprint(data_dir):
+        raise ConfigError(f"--resume on another dataset: {data_dir}/train.jsonl and valid.jsonl are not the files "
+                          "the checkpoint was trained on", path=marker,
+                          fix=f"resume with the --data folder of that run, or train this dataset from step 0 with "
+                              f"--restart (or another --adapter-path)")
+
+
 # ---------------------------------------------------------------- the stage
 def check_unfinished(adapter_dir: Path) -> None:
     """Refuse to start a fresh run over an interrupted one: starting clears its checkpoints."""
@@ -479,20 +505,39 @@ def train(cfg: "TrainConfig", data_dir: str | Path, adapter_dir: str | Path, res
           warn=lambda message: print(f"warning: {message}", file=sys.stderr), restart: bool = False) -> "TrainResult":
     """Pick the backend cfg.backend names (or auto), check the settings against it, and train.
 
-    Without `resume`, an interrupted run in `adapter_dir` is an error unless `restart` says to discard it."""
-    from dantes_mlx.backends import get_backend
-
+    Without `resume`, an interrupted run in `adapter_dir` is an error unless `restart` says to discard it;
+    with it, the dataset must be the one the checkpoint was trained on."""
     if resume and restart:
         raise ConfigError("--resume and --restart contradict each other", fix="pass one of them")
+    adapter_dir = check_output(adapter_dir, kind="dir", inputs=[data_dir], flag="--adapter-path")
+    # Under mlx.launch (or MPI) every rank trains into one folder: rank 0 holds its lock for all of them.
+    with output_lock(adapter_dir) if distributed_rank() == 0 else contextlib.nullcontext():
+        return _train(cfg, Path(data_dir), adapter_dir, resume, warn, restart)
+
+
+def distributed_rank() -> int:
+    """This process's rank in a data-parallel launch (mlx.launch sets MLX_RANK; MPI its own), else 0."""
+    for name in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _train(cfg: "TrainConfig", data_dir: Path, adapter_dir: Path, resume: bool, warn, restart: bool) -> "TrainResult":
+    from dantes_mlx.backends import get_backend
+
     if not resume and not restart:
-        check_unfinished(Path(adapter_dir))
+        check_unfinished(adapter_dir)
+    if resume:
+        check_same_dataset(adapter_dir, data_dir, warn)
     backend, warning = get_backend(cfg.backend)
     if warning:
         warn(warning)
     backend.check(cfg)
-    adapter_dir = Path(adapter_dir)
     adapter_dir.mkdir(parents=True, exist_ok=True)
-    result = backend.train(cfg, Path(data_dir), adapter_dir, resume=resume)
+    if not resume:
+        write_text_atomic(adapter_dir / DATASET_MARKER, dataset_fingerprint(data_dir))
+    result = backend.train(cfg, data_dir, adapter_dir, resume=resume)
     check_diverged(result, cfg)
     fingerprint = write_base_fingerprint(cfg.base_model, adapter_dir)
     if fingerprint:

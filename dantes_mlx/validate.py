@@ -12,7 +12,8 @@ from pathlib import Path
 from dantes_mlx.dataset_formats import CONTROL_CHARS, conversation_problems, template_drops_system
 from dantes_mlx.dataset_split import SPLITS, near_duplicate_qa, normalize, strip_template
 from dantes_mlx.errors import InputError, ModelError
-from dantes_mlx.store import write_jsonl_atomic
+from dantes_mlx.outputs import output_lock
+from dantes_mlx.store import write_bytes_atomic, write_jsonl_atomic
 
 FIX_MODES = ("truncate", "drop")
 PREPARE_REPORT = "prepare_report.json"  # written by `prepare` beside the splits; records how they were split
@@ -56,6 +57,7 @@ class ValidationReport:
     too_long: list = field(default_factory=list)
     fixed: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    backups: list = field(default_factory=list)  # (rewritten split file, where its original was kept)
 
     @property
     def errors(self) -> list[Problem]:
@@ -70,6 +72,7 @@ class ValidationReport:
             lines.append(f"{len(self.too_long)} row(s) over max_seq_length")
         for key, n in self.fixed.items():
             lines.append(f"{key}: {n} row(s), files rewritten")
+        lines += [f"original of {Path(path).name} kept as {backup}" for path, backup in self.backups]
         lines += [f"note: {n}" for n in self.notes]
         lines += [str(p) for p in self.problems]
         warnings = len(self.problems) - len(self.errors)
@@ -354,10 +357,12 @@ def _check_tokens(report: ValidationReport, rows: list[Row], tokenizer, max_seq_
 
 
 def _apply_fix(files: dict[str, Path], rows: list[Row], broken: set[str], too_long: list,
-               tokenizer, max_seq_length: int, fix: str) -> dict:
-    """Rewrite (atomically) the split files holding over-long rows: truncate their answer or drop them."""
+               tokenizer, max_seq_length: int, fix: str) -> tuple[dict, list]:
+    """Rewrite (atomically) the split files holding over-long rows: truncate their answer or drop them. Each
+    original is kept beside (SPLIT.jsonl.orig); a fix that would leave a split with no row writes nothing.
+    (counts, [(rewritten file, its kept original)])."""
     long_rows = {id(row) for row, _ in too_long}
-    fixed = {"truncated": 0, "dropped": 0}
+    fixed, plans = {"truncated": 0, "dropped": 0}, {}
     for split, path in files.items():
         if split in broken or not any(r.split == split and id(r) in long_rows for r in rows):
             continue
@@ -372,8 +377,27 @@ def _apply_fix(files: dict[str, Path], rows: list[Row], broken: set[str], too_lo
                 fixed["truncated"] += 1
             else:
                 fixed["dropped"] += 1
+        if not kept:
+            raise InputError(f"--{fix} would leave no row in {path.name}: every row is over max_seq_length="
+                             f"{max_seq_length}{' and cannot be cut to fit' if fix == 'truncate' else ''}; nothing "
+                             "was rewritten", path=path,
+                             fix="raise --max-seq-length (prepare/train max_seq_length) to what the rows need, or "
+                                 "rebuild the folder with `dantes-mlx prepare`")
+        plans[path] = kept
+    backups = [(path, keep_original(path)) for path in plans]
+    for path, kept in plans.items():
         write_jsonl_atomic(path, kept)
-    return {k: n for k, n in fixed.items() if n}
+    return {k: n for k, n in fixed.items() if n}, backups
+
+
+def keep_original(path: Path) -> Path:
+    """Copy a file about to be rewritten to PATH.orig (PATH.orig.2, .3... when taken: no backup is replaced)."""
+    backup, number = path.with_name(path.name + ".orig"), 1
+    while backup.exists():
+        number += 1
+        backup = path.with_name(f"{path.name}.orig.{number}")
+    write_bytes_atomic(backup, path.read_bytes())
+    return backup
 
 
 def _check_batch_size(report: ValidationReport, files: dict[str, Path], batch_size: int) -> None:
@@ -402,10 +426,11 @@ def validate_dir(folder: str | Path, tokenizer=None, token_note: str = "", max_s
     if tokenizer is not None:
         _check_tokens(report, rows, tokenizer, max_seq_length)
         if fix and report.too_long:
-            fixed = _apply_fix(files, rows, broken, report.too_long, tokenizer, max_seq_length, fix)
+            with output_lock(folder):
+                fixed, backups = _apply_fix(files, rows, broken, report.too_long, tokenizer, max_seq_length, fix)
             report = validate_dir(folder, tokenizer, token_note, max_seq_length, near_threshold, None, batch_size,
                                   split_by)
-            report.fixed = fixed
+            report.fixed, report.backups = fixed, backups
             return report
     elif fix:
         report.problems.append(Problem(str(folder), None, f"--{fix} needs a tokenizer; nothing rewritten"))

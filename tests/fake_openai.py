@@ -32,7 +32,7 @@ class FakeServer:
                 pass
 
             def do_GET(self):
-                if self.path != "/v1/models" or server.models is None:
+                if self.path.split("?")[0] != "/v1/models" or server.models is None:
                     self.send_error(404)
                     return
                 server.model_listings += 1
@@ -53,7 +53,7 @@ class FakeServer:
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
                     status, payload, delay, *extra = server.behave(body, n)
-                    if self.path != "/v1/chat/completions":
+                    if self.path.split("?")[0] != "/v1/chat/completions":
                         status, payload, delay, extra = 404, {"error": "no such route"}, 0, []
                     time.sleep(delay)
                     data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()

@@ -266,6 +266,32 @@ def test_eval_base_vs_adapter_writes_report_and_adapter_loss_is_lower(trained, t
 
 
 @pytest.mark.slow
+def test_eval_with_the_judge_server_failing_writes_the_report_and_exits_1(trained, tmp_path):
+    from fake_openai import FakeServer
+
+    data, adapters = trained
+    server = FakeServer(lambda body, n: (500, {"error": {"message": "judge model crashed"}}, 0))
+    try:
+        config = tmp_path / "dantes.yaml"
+        config.write_text(f"project:\n  reports_dir: {tmp_path / 'reports'}\n"
+                          "llm:\n  retries: 0\n  retry_backoff: 0\n  max_consecutive_failures: 2\n", encoding="utf-8")
+        out = tmp_path / "report"
+        result = CliRunner().invoke(main, ["eval", "--adapter-path", str(adapters), "--data", str(data), "--samples",
+                                           "2", "--max-tokens", "6", "-o", str(out), "--config", str(config),
+                                           "--judge", "--judge-url", server.url])
+    finally:
+        server.close()
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "could not be judged" in result.output and "judge model crashed" in result.output
+    assert f"report: {out / 'index.html'}" in result.output and "fix:" in result.output
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["metrics"]["tuned"]["loss"] is not None  # what was measured is in the report
+    assert all(len(results["sides"][side]["answers"]) == len(results["tasks"]) for side in ("base", "tuned"))
+    assert results["judge"]["failed"]["questions"] == 6 and len(server.requests) == 2  # stopped after 2 in a row
+    assert "judge model crashed" in (out / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
 def test_eval_gguf_as_the_fine_tuned_model(trained, tiny_model_dir, tiny_gguf, tmp_path):
     from dantes_mlx.evaluate import evaluate
 

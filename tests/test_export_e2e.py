@@ -265,3 +265,35 @@ def test_full_finetune_exports_fused_only(tiny_model_dir, tmp_path):
     assert result.passed and list(result.reports) == ["fused f16"] and result.reports["fused f16"].top1 == 1.0
     assert "peft" not in result.files and "gguf_lora" not in result.files
     assert any("full fine-tune" in n for n in result.notes)
+
+
+@pytest.mark.parametrize(("version", "created"), [("ollama version is 0.34.1", False),
+                                                  ("ollama version is 0.34.0", True)])
+def test_adapter_route_checks_the_ollama_version_before_create(tiny_model_dir, tmp_path, monkeypatch, version,
+                                                                created):
+    """export.ollama_route adapter registers Modelfile.adapter, which Ollama 0.34.1 and later refuse."""
+    folder = make_mlx_adapter(tiny_model_dir, tmp_path / "adapter")
+    record = fake_ollama(tmp_path / "bin", version=version)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    result = export_all(tiny_model_dir, folder, tmp_path / "out", quantization="f16", parity=False,
+                        ollama_create=True, ollama_route="adapter", log=lambda m: None)
+    calls = [json.loads(line)[0] for line in record.read_text().splitlines()]
+    assert "0.34.1 and later refuse" in (tmp_path / "out" / "Modelfile.adapter").read_text()
+    if created:
+        assert not result.ollama_failed and calls[0] == ["--version"]
+        assert calls[1] == ["create", "dantes", "-f", str((tmp_path / "out" / "Modelfile.adapter").resolve())]
+    else:
+        assert result.ollama_failed and calls == [["--version"]]
+        assert "refuses Modelfiles with ADAPTER" in result.ollama and "Modelfile" in result.ollama
+
+
+def test_unknown_or_impossible_ollama_routes_are_refused_first(tiny_model_dir, tmp_path):
+    from dantes_mlx.errors import ConfigError
+
+    lora = make_mlx_adapter(tiny_model_dir, tmp_path / "lora")
+    with pytest.raises(ConfigError, match="fused, adapter"):
+        export_all(tiny_model_dir, lora, tmp_path / "out", ollama_route="library", log=lambda m: None)
+    dora = make_mlx_adapter(tiny_model_dir, tmp_path / "dora", kind="dora")
+    with pytest.raises(ConfigError, match="needs a LoRA adapter"):
+        export_all(tiny_model_dir, dora, tmp_path / "out", ollama_route="adapter", log=lambda m: None)
+    assert not (tmp_path / "out").exists()

@@ -25,7 +25,7 @@ def make_mlx_adapter(model_dir: Path, out: Path, *, kind: str = "lora", rank: in
                      keys=ATTENTION + ("mlp.down_proj",), num_layers: int = -1, seed: int = 0,
                      b_std: float = 0.02) -> Path:
     """An mlx-lm adapter folder (adapters.safetensors + adapter_config.json) with random nonzero A and B
-    (and perturbed DoRA magnitudes), laid out exactly as mlx-lm's trainer saves it."""
+    (and perturbed DoRA magnitudes), laid out exactly as mlx-lm's trainer saves it; the same for one seed."""
     import mlx.core as mx
     import mlx_lm
     from mlx.utils import tree_flatten
@@ -34,8 +34,8 @@ def make_mlx_adapter(model_dir: Path, out: Path, *, kind: str = "lora", rank: in
     model, _ = mlx_lm.load(str(model_dir))
     model.freeze()
     params = {"rank": rank, "scale": scale, "dropout": 0.0, "keys": list(keys)}
+    mx.random.seed(seed)  # before the layers are made: mlx-lm draws A at random there
     linear_to_lora_layers(model, num_layers, params, use_dora=kind == "dora")
-    mx.random.seed(seed)
     weights = {}
     for name, value in tree_flatten(model.trainable_parameters()):
         if name.endswith("lora_b"):

@@ -142,3 +142,21 @@ def test_permute_qk_interleaves_rope_halves():
     w = np.arange(4, dtype=np.float32)[:, None]
     assert permute_qk(w, 1)[:, 0].tolist() == [0, 2, 1, 3]
     assert permute_qk(np.arange(8.0)[:, None], 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+
+
+def test_tensors_that_fall_back_to_another_type_are_one_line_not_one_per_tensor(tmp_path, capfd):
+    """A hidden size that is no multiple of 256 (SmolLM2's is 576): llama.cpp gives those rows another type
+    and logs a line per tensor on its own stderr; quantize keeps that off the terminal and says it once."""
+    from dantes_mlx.tinymodel_bpe import build_tiny_bpe_model
+
+    model = build_tiny_bpe_model(tmp_path / "model", hidden_size=192, intermediate_size=512, num_heads=3,
+                                 num_kv_heads=1)
+    f16 = write_gguf(model, tmp_path / "odd-f16.gguf")
+    notes = []
+    capfd.readouterr()
+    out = quantize(f16, tmp_path / "odd-q4_k_m.gguf", "q4_k_m", log=notes.append)
+    err = capfd.readouterr().err
+    assert "falling back" not in err and "warning: blk" not in err, err[:500]
+    assert len(notes) == 1 and "tensors another type than q4_k_m" in notes[0], notes
+    assert llama_cpp.Llama(str(out), n_ctx=64, verbose=False).n_vocab() > 0
+    assert sorted(p.name for p in tmp_path.glob("odd-q4_k_m*")) == ["odd-q4_k_m.gguf"]  # no .log or .tmp left

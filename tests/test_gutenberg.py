@@ -80,6 +80,14 @@ def test_wrapped_paragraphs_come_back_exactly(paragraphs, width, crlf, bom):
     assert result.stats["dialogue_paragraphs"] == len(replies)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(paragraphs=paragraph_sets, width=st.integers(60, 80))
+def test_cr_cr_lf_line_ends_of_a_file_converted_twice_are_one_line_end(paragraphs, width):
+    """CR CR LF read as two line ends would turn every line end into a paragraph break."""
+    raw = gutenberg_book(paragraphs, width)
+    assert clean_text(raw.replace("\n", "\r\r\n")).text == clean_text(raw).text == "\n\n".join(paragraphs) + "\n"
+
+
 @settings(max_examples=30, deadline=None)
 @given(paragraphs=paragraph_sets, width=st.integers(60, 80))
 def test_cleaning_clean_text_changes_nothing(paragraphs, width):

@@ -334,6 +334,29 @@ def test_api_key_is_sent_but_never_logged_or_raised(serve, monkeypatch, caplog):
     assert SECRET not in str(info.value) and SECRET not in caplog.text  # ...and never shown
 
 
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(serve, caplog):
+    import base64
+
+    from dantes_mlx.llm.base import redact
+
+    server = serve(lambda body, n: (500, {"error": f"overloaded, you asked {body['model']}"}, 0) if n < 3
+                   else (200, completion("ok"), 0))
+    url = server.url.replace("http://", "http://dantes:s3cr%C3%A9t@") + "?api_key=k-42&x=1"
+    client = OpenAICompatClient(url, "m", retries=0, backoff=0.0, reasoning_effort="")
+    with caplog.at_level(logging.DEBUG), pytest.raises(ModelError) as info:
+        client.chat(user("x"))
+    retried = OpenAICompatClient(url, "m", retries=2, backoff=0.0, reasoning_effort="")
+    with caplog.at_level(logging.DEBUG):
+        assert retried.chat(user("x")).text == "ok"  # the retry lines are logged (and scrubbed)
+    token = base64.b64encode("dantes:s3crét".encode()).decode()
+    assert server.headers[0]["Authorization"] == f"Basic {token}"
+    assert "retry 1/2" in caplog.text
+    for shown in (str(info.value), caplog.text, client.url):
+        assert "s3cr" not in shown and "k-42" not in shown and token not in shown and "dantes:" not in shown
+    assert client.url == server.url + "/chat/completions?api_key=***&x=1"
+    assert redact("see https://u:p@h/v1?token=abc&b=2 and sk-1", ["sk-1"]) == "see https://***@h/v1?token=***&b=2 and ***"
+
+
 @pytest.mark.parametrize("url, warned", [
     ("http://llm.example.org:8080/v1", True), ("https://llm.example.org/v1", False),
     ("http://127.0.0.1:8080/v1", False), ("http://localhost:11434/v1", False),

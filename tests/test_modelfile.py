@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from dantes_mlx.config import DANTES_PERSONA
 from dantes_mlx.errors import ConfigError, InputError, ModelError
 from dantes_mlx.export.modelfile import (MISTRAL_TEMPLATE, STOP_TOKENS, build_modelfile, default_license,
-                                         example_modelfile, instructions, ollama_create, parse_modelfile, quote)
+                                         example_modelfile, instructions, ollama_create, parse_modelfile,
+                                         parse_ollama_version, quote)
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -190,13 +191,14 @@ def test_parser_errors_name_the_line():
 
 
 # ---------------------------------------------------------------- ollama create
-def fake_ollama(bin_dir: Path, exit_code: int = 0) -> Path:
-    """An `ollama` executable that records its argv and working folder as JSON."""
+def fake_ollama(bin_dir: Path, exit_code: int = 0, version: str = "ollama version is 0.34.0") -> Path:
+    """An `ollama` executable that records its argv and working folder as JSON; `--version` prints `version`."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     record = bin_dir / "calls.jsonl"
     script = bin_dir / "ollama"
     script.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
                       f"open({str(record)!r}, 'a').write(json.dumps([sys.argv[1:], os.getcwd()]) + '\\n')\n"
+                      f"if sys.argv[1:] == ['--version']:\n    print({version!r})\n    sys.exit(0)\n"
                       f"print('Error: could not connect to ollama app', file=sys.stderr) if {exit_code} else None\n"
                       f"sys.exit({exit_code})\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
@@ -253,3 +255,55 @@ def test_without_ollama_the_exact_commands_are_printed(tmp_path, monkeypatch):
 def test_model_name_cannot_become_an_option(tmp_path):
     with pytest.raises(ConfigError, match="valid Ollama model name"):
         ollama_create("-rf", tmp_path / "Modelfile")
+
+
+# `ollama --version` outputs: a server and a client that agree, a client newer than its server, no server.
+SERVER_0_34_0 = "ollama version is 0.34.0"
+OLD_SERVER_NEW_CLIENT = "ollama version is 0.33.2\nWarning: client version is 0.35.0"
+NO_SERVER_0_34_1 = "Warning: could not connect to a running Ollama instance\nWarning: client version is 0.34.1"
+
+
+def test_parse_ollama_version_reads_server_and_client():
+    assert parse_ollama_version(SERVER_0_34_0) == [(0, 34, 0)]
+    assert parse_ollama_version(OLD_SERVER_NEW_CLIENT) == [(0, 33, 2), (0, 35, 0)]
+    assert parse_ollama_version(NO_SERVER_0_34_1) == [(0, 34, 1)]
+    assert parse_ollama_version("ollama version is 0.34.1-rc2") == [(0, 34, 1)]
+    assert parse_ollama_version("command not understood") == []
+
+
+def adapter_modelfile(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Modelfile.adapter").write_text(build_modelfile("./base-f16.gguf", adapter="./dantes-lora-f16.gguf"))
+    return folder / "Modelfile.adapter"
+
+
+@pytest.mark.parametrize("version", [NO_SERVER_0_34_1, OLD_SERVER_NEW_CLIENT, "ollama version is 0.34.1-rc2",
+                                     "ollama version is 1.2.0"])
+def test_adapter_modelfile_is_refused_before_create_by_ollama_0_34_1_and_later(tmp_path, monkeypatch, version):
+    record = fake_ollama(tmp_path / "bin", version=version)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    modelfile = adapter_modelfile(tmp_path / "out")
+    with pytest.raises(ModelError, match="refuses Modelfiles with ADAPTER") as refused:
+        ollama_create("dantes", modelfile)
+    assert "#14969" in str(refused.value) and "ollama create dantes -f" in refused.value.fix
+    assert str(modelfile.with_name("Modelfile")) in refused.value.fix  # the fused route to use instead
+    calls = [json.loads(line)[0] for line in record.read_text().splitlines()]
+    assert calls == [["--version"]]  # `ollama create` never ran
+
+
+def test_adapter_modelfile_is_created_with_ollama_0_34_0(tmp_path, monkeypatch):
+    record = fake_ollama(tmp_path / "bin", version=SERVER_0_34_0)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    modelfile = adapter_modelfile(tmp_path / "out")
+    created, _ = ollama_create("dantes", modelfile)
+    calls = [json.loads(line)[0] for line in record.read_text().splitlines()]
+    assert created and calls == [["--version"], ["create", "dantes", "-f", str(modelfile.resolve())]]
+
+
+def test_fused_modelfile_needs_no_version_check(tmp_path, monkeypatch):
+    record = fake_ollama(tmp_path / "bin", version="ollama version is 9.0.0")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    (tmp_path / "Modelfile").write_text(build_modelfile("./dantes-q4_k_m.gguf"))
+    created, _ = ollama_create("dantes", tmp_path / "Modelfile")
+    calls = [json.loads(line)[0] for line in record.read_text().splitlines()]
+    assert created and calls == [["create", "dantes", "-f", str((tmp_path / "Modelfile").resolve())]]

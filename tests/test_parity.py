@@ -172,3 +172,93 @@ def test_missing_or_broken_gguf_is_a_clear_error(reference, tmp_path):
     broken.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
     with pytest.raises(ModelError, match="broken.gguf"):
         check_parity(reference, broken)
+
+
+def transformers5_config(model_dir, dest, **changes):
+    """A copy of the model whose config.json keeps rope_theta only under rope_parameters, as transformers 5
+    re-saves it (the weights are links to the original files)."""
+    dest.mkdir()
+    for item in model_dir.iterdir():
+        (dest / item.name).symlink_to(item)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "default", "rope_theta": config.pop("rope_theta")}
+    config.update(changes)
+    (dest / "config.json").unlink()
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
+def test_rope_theta_under_rope_parameters_reaches_the_gguf_and_mlx(tiny_model_dir, tmp_path):
+    import gguf
+    import mlx_lm
+
+    model = transformers5_config(tiny_model_dir, tmp_path / "t5")
+    plain, _ = mlx_lm.load(str(model))
+    assert plain.args.rope_theta == 10000  # mlx-lm alone falls back to its default: why the override exists
+    out = write_gguf(model, tmp_path / "t5-f16.gguf")
+    assert gguf.GGUFReader(str(out)).fields["llama.rope.freq_base"].contents() == 1e6
+    reference = MLXReference(model)
+    assert reference.rope_thetas == {"config.json": 1e6, "mlx-lm": 1e6}
+    report = check_parity(reference, out)
+    assert report.passed and report.rope_theta == 1e6
+
+
+def test_a_gguf_with_another_rope_theta_fails_the_gate(reference, tiny_model_dir, tmp_path):
+    wrong = transformers5_config(tiny_model_dir, tmp_path / "wrong")
+    config = json.loads((wrong / "config.json").read_text())
+    config["rope_parameters"]["rope_theta"] = 10000.0
+    (wrong / "config.json").write_text(json.dumps(config))
+    out = write_gguf(wrong, tmp_path / "wrong-f16.gguf")
+    report = check_parity(reference, out, enforce=False)
+    assert not report.passed
+    assert any("rope_theta differs: config.json 1e+06, mlx-lm 1e+06, GGUF 10000" in f for f in report.failures)
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_model_dir, tmp_path_factory):
+    """A synthetic LoRA (random nonzero B, not trained) whose effect on the predictions is clear."""
+    from test_export_peft import make_mlx_adapter
+
+    adapter = make_mlx_adapter(tiny_model_dir, tmp_path_factory.mktemp("tuned") / "adapter", b_std=0.01)
+    return adapter, MLXReference(tiny_model_dir, adapter)
+
+
+def test_a_gguf_without_the_fine_tune_fails_even_within_the_quantization_bounds(tuned, reference, tiny_model_dir,
+                                                                              tiny_gguf, tmp_path):
+    from dantes_mlx.export import export_all
+
+    adapter, tuned_reference = tuned
+    result = export_all(tiny_model_dir, adapter, tmp_path / "out", quantization="q4_k_m", log=lambda m: None)
+    assert result.passed, result.summary()
+    carried = result.reports["fused q4_k_m"].finetune
+    assert carried.effect > 0.03 and carried.share > 0.5
+    base_q4 = quantize(tiny_gguf, tmp_path / "base-q4_k_m.gguf", "q4_k_m")
+    report = check_parity(tuned_reference, base_q4, enforce=False, base=reference)
+    # Inside q4_k_m's KL and top-1 bounds (quantization noise is larger than this fine-tune's effect)...
+    assert report.kl_mean < report.thresholds.max_kl and report.top1 >= report.thresholds.min_top1
+    # ...but no closer to the fine-tuned model than the base is: the fine-tune check alone fails it.
+    assert not report.passed and report.finetune.share < -0.5 and len(report.failures) == 1
+    assert "was the adapter left out?" in report.failures[0], report.summary()
+    with pytest.raises(ParityError, match=r"fine-tune share -[01]\.\d\d < 0\.25"):
+        check_parity(tuned_reference, tiny_gguf, base=reference)
+
+
+def test_an_adapter_that_changes_nothing_skips_the_fine_tune_check(reference, tiny_model_dir, tiny_gguf, tmp_path):
+    from test_export_peft import make_mlx_adapter
+
+    zero = MLXReference(tiny_model_dir, make_mlx_adapter(tiny_model_dir, tmp_path / "zero", b_std=0.0))
+    report = check_parity(zero, tiny_gguf, base=reference)
+    assert report.passed and not report.finetune.applies and "check skipped" in report.summary()
+
+
+def test_finetune_share_is_about_one_with_the_fine_tune_and_minus_one_without():
+    from dantes_mlx.export.finetune_check import finetune_check, kl_divergence
+
+    rng = np.random.default_rng(0)
+    base = [rng.normal(0, 3, (50, 40))]
+    tuned = [base[0] + rng.normal(0, 0.5, (50, 40))]
+    noise = rng.normal(0, 0.7, (50, 40))  # more noise than fine-tune, as a q4 file of a small model
+    for gguf, expected in ((tuned[0] + noise, 1.0), (base[0] + noise, -1.0)):
+        check = finetune_check(tuned, base, [gguf], float(kl_divergence(tuned[0], gguf).mean()))
+        assert abs(check.share - expected) < 0.35, (expected, check)
+    assert finetune_check(tuned, base, [base[0]], float(kl_divergence(tuned[0], base[0]).mean())).share < -0.9

@@ -235,3 +235,42 @@ def test_a_final_tool_call_is_dropped_not_truncated():
     """--truncate cuts the final answer at a word; a row ending with tool_calls has none: drop it, no KeyError."""
     call_only = {"messages": TOOL_ROW["messages"][:2], "tools": TOOL_ROW["tools"], "source_id": "tool-2"}
     assert truncate_row(None, call_only, "chat", 8) is None
+
+
+def test_truncate_keeps_each_original_and_never_replaces_a_backup(tmp_path, tiny_tokenizer):
+    train = clean_rows("train", 5)
+    train[3] = chat("Racontez-moi votre évasion.", " ".join(["la mer immense et noire"] * 40), "long")
+    folder = write_dir(tmp_path / "ds", {"train": train, "valid": clean_rows("valid", 2)})
+    original = (folder / "train.jsonl").read_bytes()
+    report = validate_dir(folder, tiny_tokenizer, "tiny", max_seq_length=64, fix="truncate")
+    assert (folder / "train.jsonl.orig").read_bytes() == original
+    assert report.backups == [(folder / "train.jsonl", folder / "train.jsonl.orig")]
+    assert "original of train.jsonl kept as" in report.summary()
+    assert not (folder / "valid.jsonl.orig").exists()  # a split with nothing to fix is not touched
+    (folder / "train.jsonl").write_bytes(original)  # the user puts the long row back and fixes again
+    validate_dir(folder, tiny_tokenizer, "tiny", max_seq_length=64, fix="drop")
+    assert (folder / "train.jsonl.orig").read_bytes() == original == (folder / "train.jsonl.orig.2").read_bytes()
+
+
+@pytest.mark.parametrize("fix", ["truncate", "drop"])
+def test_a_fix_that_would_empty_a_split_rewrites_nothing(tmp_path, tiny_tokenizer, fix):
+    from dantes_mlx.errors import InputError
+
+    folder = write_dir(tmp_path / "ds", {"train": clean_rows("train", 5), "valid": clean_rows("valid", 2),
+                                         "test": clean_rows("test", 2)})
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(InputError, match="would leave no row in") as info:
+        validate_dir(folder, tiny_tokenizer, "tiny", max_seq_length=10, fix=fix)
+    assert "--max-seq-length" in info.value.fix
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_cli_truncate_to_ten_tokens_is_refused_and_the_splits_stay(tmp_path, tiny_model_dir):
+    folder = write_dir(tmp_path / "ds", {"train": clean_rows("train", 8), "valid": clean_rows("valid", 4),
+                                         "test": clean_rows("test", 4)})
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = CliRunner().invoke(main, ["validate", str(folder), "--tokenizer", str(tiny_model_dir),
+                                       "--truncate", "--max-seq-length", "10"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "would leave no row" in result.output and "fix:" in result.output
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

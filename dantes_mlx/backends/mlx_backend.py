@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 from dantes_mlx.backends.base import TrainResult
+from dantes_mlx.config import QUANTIZE_BITS
 from dantes_mlx.errors import ConfigError, DantesError
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
 SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")
-QUANT_BITS = (0, 2, 3, 4, 5, 6, 8)
+QUANT_BITS = QUANTIZE_BITS  # 0 (as stored), 4 or 8: what the settings (and the plugin) accept
 
 
 def _bad(setting: str, value, allowed: str) -> ConfigError:
@@ -56,7 +57,7 @@ class MLXBackend:
             ("fine_tune_type", cfg.fine_tune_type in FINE_TUNE_TYPES, ", ".join(FINE_TUNE_TYPES)),
             ("lr_schedule", cfg.lr_schedule in SCHEDULES, ", ".join(SCHEDULES)),
             ("optimizer", cfg.optimizer in OPTIMIZERS, ", ".join(OPTIMIZERS)),
-            ("quantize_base", cfg.quantize_base in QUANT_BITS, "0 (as stored), 4 or 8 (2, 3, 5, 6 also work)"),
+            ("quantize_base", cfg.quantize_base in QUANT_BITS, "0 (as stored), 4 or 8"),
             ("rank", cfg.rank >= 1, "a rank of 1 or more"),
             ("dropout", 0.0 <= cfg.dropout < 1.0, "a dropout in [0, 1)"),
             ("num_layers", cfg.num_layers == -1 or cfg.num_layers >= 1, "-1 (all) or a positive count"),
@@ -65,7 +66,7 @@ class MLXBackend:
             ("warmup_steps", cfg.warmup_steps >= 0, "0 or more"),
             ("target_modules", bool(cfg.target_modules) or cfg.fine_tune_type == "full",
              "a list of mlx-lm layer keys such as self_attn.q_proj"),
-            ("save_every", cfg.save_every >= 1 and cfg.save_every % cfg.grad_accumulation == 0,
+            ("save_every", cfg.save_every >= 1 and cfg.save_every % max(1, cfg.grad_accumulation) == 0,
              f"a positive multiple of grad_accumulation={cfg.grad_accumulation} (checkpoints fall on updates)"),
         ]
         for setting, ok, allowed in checks:

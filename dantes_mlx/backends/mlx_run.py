@@ -10,6 +10,8 @@ from dantes_mlx.backends.base import TrainResult
 from dantes_mlx.backends.mlx_backend import (OPTIMIZERS, build_lr_schedule, copy_checkpoint, interrupted,
                                              make_optimizer, mlx_lm_adapter_config, tqdm_progress)
 from dantes_mlx.errors import ConfigError, InputError, ModelError
+from dantes_mlx.models.config import mlx_model_config
+from dantes_mlx.models.weights import check_weights
 from dantes_mlx.store import read_jsonl
 from dantes_mlx.train import (METRICS_FILE, PLOT_FILE, MetricsLog, check_answers_fit, check_dropped_system,
                               checkpoint_name, clear_run_outputs,
@@ -46,8 +48,9 @@ class MLXRun:
 
         cfg = self.cfg
         path = resolve_model(cfg.base_model)
+        check_weights(path)
         try:
-            model, tokenizer, config = load(str(path), return_config=True)
+            model, tokenizer, config = load(str(path), return_config=True, model_config=mlx_model_config(path))
         except (ValueError, FileNotFoundError) as exc:
             raise ModelError(f"mlx-lm cannot load this model: {exc}", path=path,
                              fix="use a Hugging Face model folder with safetensors weights that mlx-lm supports") from exc

@@ -76,9 +76,9 @@ def prepare(inputs, config_path, output, split, seed, fmt, system, group_key, gr
     prep.max_seq_length = _length_limit(cfg, prep, max_seq_length)
     files = list(inputs) or stage.default_inputs(section(ProjectConfig, cfg).data_dir,
                                                  section(GenerateConfig, cfg).output)
+    out = stage.check_paths(files, output or _default_dir(cfg), prep)  # before a tokenizer is loaded
     tok, note = _tokenizer(cfg, tokenizer, prep.tokenizer)
-    report = stage.prepare(files, output or _default_dir(cfg), prep, section(CharacterConfig, cfg).persona,
-                           tok, note, _batch_size(cfg))
+    report = stage.prepare(files, out, prep, section(CharacterConfig, cfg).persona, tok, note, _batch_size(cfg))
     click.echo(report.summary())
     if report.validation is not None and report.validation.errors:
         raise click.ClickException(f"{len(report.validation.errors)} validation error(s) in {report.out_dir}")
@@ -91,8 +91,9 @@ def prepare(inputs, config_path, output, split, seed, fmt, system, group_key, gr
 @click.option("--max-seq-length", type=int, default=None,
               help="Token limit (default: the smaller of prepare.max_seq_length and train.max_seq_length).")
 @click.option("--truncate", "fix", flag_value="truncate", default=None,
-              help="Cut the final answer of over-long rows to fit (files rewritten atomically).")
-@click.option("--drop", "fix", flag_value="drop", help="Drop over-long rows (files rewritten atomically).")
+              help="Cut the final answer of over-long rows to fit (files rewritten atomically, each original kept "
+                   "as SPLIT.jsonl.orig; refused when a split would be left empty).")
+@click.option("--drop", "fix", flag_value="drop", help="Drop over-long rows (as --truncate: originals kept).")
 def validate(folder, config_path, tokenizer, max_seq_length, fix):
     """Check FOLDER's train/valid/test.jsonl: JSON, roles, content, token lengths and cross-split leaks."""
     from dantes_mlx.config import PrepareConfig, load_yaml, section
@@ -116,17 +117,21 @@ def validate(folder, config_path, tokenizer, max_seq_length, fix):
 @CONFIG_OPTION
 @click.option("--tokenizer", default=None, help=TOKENIZER_HELP)
 @click.option("--plot", default=None, help="Histogram PNG (default: FOLDER/lengths.png).")
-@click.option("--top", type=int, default=10, show_default=True, help="Answer openings listed.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Answer openings listed.")
 def stats(folder, config_path, tokenizer, plot, top):
     """Rows per split, token length histogram, label balance and the most repeated answer openings."""
     from dantes_mlx.config import PrepareConfig, load_yaml, section
+    from dantes_mlx.dataset_split import SPLITS
     from dantes_mlx.dataset_stats import dataset_stats
     from dantes_mlx.errors import InputError
+    from dantes_mlx.outputs import check_output
 
     cfg = load_yaml(config_path)
-    tok, note = _tokenizer(cfg, tokenizer, section(PrepareConfig, cfg).tokenizer)
     folder = Path(folder) if folder else _default_dir(cfg)
-    result = dataset_stats(folder, tok, plot or folder / "lengths.png")
+    plot = check_output(plot or folder / "lengths.png", inputs=[folder / f"{s}.jsonl" for s in SPLITS],
+                        flag="--plot", example="lengths.png")
+    tok, note = _tokenizer(cfg, tokenizer, section(PrepareConfig, cfg).tokenizer)
+    result = dataset_stats(folder, tok, plot)
     if tok is None:
         click.echo(f"lengths in words ({note})")
     click.echo(result.summary(top))

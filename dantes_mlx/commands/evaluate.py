@@ -32,7 +32,7 @@ def eval_cmd(base_model, adapter_path, data_dir, gguf, judge, judge_model, judge
              temperature, seed, samples, out_dir, open_report, config_path):
     """Compare the base and fine-tuned models; write reports/eval-<date>/index.html and report.md."""
     from dantes_mlx.config import load_yaml
-    from dantes_mlx.evaluate import evaluate_project
+    from dantes_mlx.evaluate import eval_failure, evaluate_project
     from dantes_mlx.report import text_summary
 
     overrides = {"judge": judge, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
@@ -46,3 +46,6 @@ def eval_cmd(base_model, adapter_path, data_dir, gguf, judge, judge_model, judge
         import webbrowser
 
         webbrowser.open(index.resolve().as_uri())
+    failure = eval_failure(result, index)
+    if failure is not None:  # the report holds what was measured; the exit status says what was not
+        raise failure

@@ -31,6 +31,7 @@ def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quanti
     from dantes_mlx.config import CharacterConfig, ProjectConfig, TrainConfig, load_yaml, section
     from dantes_mlx.export.parity import run_parity
     from dantes_mlx.export.peft import recorded_base_model
+    from dantes_mlx.outputs import check_output
     from dantes_mlx.store import write_text_atomic
 
     if adapter is not None and no_adapter:
@@ -43,6 +44,8 @@ def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quanti
     # As export does: the base the adapter was trained on, before train.base_model.
     model = model or (recorded_base_model(adapter) if adapter and not no_adapter else None) \
         or section(TrainConfig, config).base_model
+    if json_out:  # before the long comparison
+        check_output(json_out, inputs=[gguf_path, lora_path, prompts_file], flag="--json", example="parity.json")
     report = run_parity(model, gguf_path, adapter=None if no_adapter else adapter, lora_path=lora_path,
                         quantization=quantization, prompts_file=prompts_file,
                         system=section(CharacterConfig, config).persona, enforce=not report_only)
@@ -67,16 +70,20 @@ def parity(config_path, gguf_path, lora_path, model, adapter, no_adapter, quanti
 @click.option("--parity/--no-parity", default=None, help="Run the parity gate (default: export.parity).")
 @click.option("--ollama-create/--no-ollama-create", default=None,
               help="Run `ollama create` when ollama is on PATH (default: export.ollama_create).")
+@click.option("--ollama-route", type=click.Choice(["fused", "adapter"]), default=None,
+              help="Modelfile `ollama create` registers: fused GGUF, or base + ADAPTER (Ollama <= 0.34.0) "
+                   "(default: export.ollama_route).")
 @click.option("--allow-other-base", is_flag=True,
               help="Export onto --base-model even when it is not the base the adapter was trained on.")
 def export(config_path, adapter_path, base_model, out_dir, quantization, name, ollama_base, parity,
-           ollama_create, allow_other_base):
+           ollama_create, ollama_route, allow_other_base):
     """Export PEFT adapter, GGUF LoRA, fused GGUF and Modelfile; fail when parity fails."""
     from dantes_mlx.config import load_yaml
     from dantes_mlx.export import export_project
 
     overrides = {"out_dir": out_dir, "quantization": quantization, "ollama_name": name,
-                 "ollama_base": ollama_base, "parity": parity, "ollama_create": ollama_create}
+                 "ollama_base": ollama_base, "parity": parity, "ollama_create": ollama_create,
+                 "ollama_route": ollama_route}
     result = export_project(load_yaml(config_path), overrides, adapter_path=adapter_path, base_model=base_model,
                             allow_other_base=allow_other_base, log=lambda msg: click.echo(msg, err=True))
     click.echo(result.summary())

@@ -53,9 +53,10 @@ def _print_summary(s) -> None:
         if s.chunks and s.skipped == s.chunks:
             click.echo("the pre-filter found the character in no chunk: check --character/--alias "
                        "(character.name/aliases), or pass --no-prefilter")
-        if s.failed:
-            click.echo("some chunks failed (see the .errors.jsonl file); run the same command again to retry them")
     click.echo(f"time: {s.seconds:.1f} s")
+    failure = s.failure()
+    if failure is not None:  # after the summary: what was kept, what failed, how to go on
+        raise failure
 
 
 @click.command("extract")
@@ -98,7 +99,7 @@ def extract(config_path, input_file, character, aliases, narrator, language, met
     from dantes_mlx.config import CharacterConfig, ExtractConfig, LLMConfig, ProjectConfig, load_yaml, section
 
     if all_speakers:
-        if method == "llm" or not input_file or not output:
+        if method in ("llm", "hybrid") or not input_file or not output:
             raise click.UsageError("--all-speakers needs --method rules (or auto), --input FILE and -o OUT.jsonl")
         n = stage.all_speakers(input_file, output)
         click.echo(f"{n} quotations with their speakers -> {output}")
@@ -122,6 +123,7 @@ def extract(config_path, input_file, character, aliases, narrator, language, met
         if chosen == "rules":
             click.echo("no generator model configured (llm.model / llm.url): using the rule method", err=True)
     books = _books(project, input_file)
+    stage.check_paths(out, books, ext.prompt_file)  # before a model is loaded
     if chosen == "rules":
         _print_summary(stage.extract_rules(books, person, ext, out, progress=not quiet))
         return
@@ -133,11 +135,12 @@ def extract(config_path, input_file, character, aliases, narrator, language, met
         if chosen == "hybrid":
             from dantes_mlx.extract_hybrid import extract_hybrid
 
-            summary = extract_hybrid(books, person, ext, out, client, sampling=sampling,
-                                     concurrency=llm.concurrency, progress=not quiet)
+            summary = extract_hybrid(books, person, ext, out, client, sampling=sampling, concurrency=llm.concurrency,
+                                     progress=not quiet, max_failures=llm.max_consecutive_failures)
         else:
             summary = stage.extract_llm(books, person, ext, out, client, sampling=sampling,
-                                        concurrency=llm.concurrency, progress=not quiet)
+                                        concurrency=llm.concurrency, progress=not quiet,
+                                        max_failures=llm.max_consecutive_failures)
     except stage.ExtractInterrupted as exc:
         click.echo(f"\n{exc}", err=True)
         click.echo(f"resume with: {shlex.join(['dantes-mlx', *sys.argv[1:]])}", err=True)

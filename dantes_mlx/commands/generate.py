@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 # Files extract and generate keep next to their outputs: never citations themselves.
-SIDE_FILES = (".store.jsonl", ".errors.jsonl", ".rejects.jsonl")
+SIDE_FILES = (".store.jsonl", ".errors.jsonl", ".rejects.jsonl", ".partial.jsonl")
 
 
 def default_citations(data_dir: str, extract_output: str = "") -> list[Path]:
@@ -76,16 +76,17 @@ def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pai
         from dantes_mlx.generate_sources import labels_to_rows
 
         return _report(labels_to_rows(labels_file, out, gen))
-    # Read the input before loading a model, so that a bad file fails fast.
+    # Read the input and check the output before loading a model, so that a bad file fails fast.
     facts = citations = None
+    sources = [facts_file] if facts_file else \
+        list(inputs) or default_citations(project.data_dir, section(ExtractConfig, cfg).output)
+    stage.check_paths(out, sources, gen.prompt_file)
     if facts_file:
         from dantes_mlx.generate_sources import generate_from_facts, load_facts
 
         facts = load_facts(facts_file)
     else:
-        citations, notes = stage.select_citations(
-            list(inputs) or default_citations(project.data_dir, section(ExtractConfig, cfg).output), character,
-            chosen=bool(inputs))
+        citations, notes = stage.select_citations(sources, character, chosen=bool(inputs))
         for note in notes:
             click.echo(f"warning: {note}", err=True)
     # --model names the GGUF for llama.cpp, or the model a server should run when a URL is set.
@@ -95,12 +96,12 @@ def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pai
 
     client = None if (facts_file and no_llm) else make_client(llm)
     try:
+        common = dict(concurrency=llm.concurrency, progress=not quiet, inputs=sources,
+                      max_failures=llm.max_consecutive_failures)
         if facts is not None:
-            summary = generate_from_facts(facts, client, out, gen, character, concurrency=llm.concurrency,
-                                          progress=not quiet)
+            summary = generate_from_facts(facts, client, out, gen, character, **common)
         else:
-            summary = stage.generate_pairs(citations, client, out, gen, character, concurrency=llm.concurrency,
-                                           progress=not quiet)
+            summary = stage.generate_pairs(citations, client, out, gen, character, **common)
     except stage.GenerateInterrupted as exc:
         click.echo(f"\n{exc}", err=True)
         click.echo(f"resume with: {shlex.join(['dantes-mlx', *sys.argv[1:]])}", err=True)
@@ -111,3 +112,6 @@ def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pai
 def _report(summary) -> None:
     for line in summary.lines():
         click.echo(line)
+    failure = summary.failure()
+    if failure is not None:  # after the summary: what was kept, what failed, how to go on
+        raise failure

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from dantes_mlx.config import DEFAULT_CONFIG_FILE, SECTIONS, CharacterConfig, build, field_help
+from dantes_mlx.config import DEFAULT_CONFIG_FILE, SECTIONS, CharacterConfig, build, field_help, is_ebook_id
 from dantes_mlx.errors import ConfigError
+from dantes_mlx.outputs import check_output
 from dantes_mlx.store import write_text_atomic
 
 # Settings written as live YAML (None: the whole section); the rest are shown commented out at their default,
@@ -56,7 +57,7 @@ def project_values(character=None, aliases=(), books=(), language=None, persona=
                    generator_model=None, base_model=None, data_dir=None) -> dict[str, dict]:
     """The settings `init` writes, by section, from its options (None / empty: keep the default)."""
     for book in books:
-        if not str(book).isdigit():
+        if not is_ebook_id(book):
             raise ConfigError(f"'{book}' is not a Project Gutenberg ebook id",
                               fix="use the number in the ebook's address, e.g. --book 17989")
     if language is not None and not re.fullmatch(r"[a-z]{2,3}", language):
@@ -82,6 +83,7 @@ def project_values(character=None, aliases=(), books=(), language=None, persona=
 
 def write_project_file(path: Path, values: dict[str, dict], force: bool = False) -> None:
     """Write the commented project file; refuses to replace an existing one unless `force`."""
+    check_output(path, example=DEFAULT_CONFIG_FILE)
     if path.exists() and not force:
         raise ConfigError("already exists", path=path, fix="pass --force to overwrite it, or -o OTHER.yaml")
     write_text_atomic(path, render_project_yaml(values))

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 EXPORT_MANIFEST = "export.json"
 BASE_GGUF = "base-f16.gguf"
+# export.ollama_route -> the Modelfile `ollama create` registers
+ROUTES = {"fused": "modelfile", "adapter": "modelfile_adapter"}
 
 
 @dataclass
@@ -76,6 +78,10 @@ class CachedReference:
         self.reference, self._logits = reference, {}
         self.name = getattr(reference, "name", "the trained model")
 
+    @property
+    def rope_thetas(self) -> dict:
+        return getattr(self.reference, "rope_thetas", {})
+
     def render(self, messages):
         return self.reference.render(messages)
 
@@ -94,9 +100,10 @@ class CachedReference:
 
 
 def parity_gate(reference: "Reference", checks: Sequence[tuple[str, Path, Path | None, str]],
-                prompts: Sequence) -> dict[str, "ParityReport"]:
-    """Run check_parity for each (label, gguf, lora, quantization); a file llama.cpp refuses to load
-    (e.g. LoRA matrices not transposed) is a failed check, not a crash."""
+                prompts: Sequence, base: "Reference | None" = None) -> dict[str, "ParityReport"]:
+    """Run check_parity for each (label, gguf, lora, quantization), with the base model when given (a
+    CachedReference computes its logits once); a file llama.cpp refuses to load (e.g. LoRA matrices
+    not transposed) is a failed check, not a crash."""
     from dantes_mlx.errors import ModelError, ParityError
     from dantes_mlx.export.parity import ParityReport, check_parity, thresholds_for
 
@@ -104,7 +111,7 @@ def parity_gate(reference: "Reference", checks: Sequence[tuple[str, Path, Path |
     for label, gguf_path, lora_path, quantization in checks:
         try:
             reports[label] = check_parity(reference, gguf_path, lora_path, prompts=prompts,
-                                          quantization=quantization, enforce=False,
+                                          quantization=quantization, enforce=False, base=base,
                                           release_reference=isinstance(reference, CachedReference))
         except (ModelError, ParityError) as exc:
             inf = float("inf")
@@ -170,7 +177,7 @@ def _adapter_targets(adapter, base_name: str, out: Path, result: ExportResult, p
 
 
 def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, result: ExportResult,
-           want_base: bool, log: Callable[[str], None]) -> None:
+           want_base: bool, vocab, log: Callable[[str], None]) -> None:
     """Fused f16 GGUF, its quantized copy, the GGUF LoRA and (when wanted) the base f16 GGUF."""
     from dantes_mlx.export.fuse import fuse_adapter
     from dantes_mlx.export.gguf import load_weights, quantize, write_gguf
@@ -185,22 +192,23 @@ def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, res
     log("fusing the adapter into the base weights")
     fused = fuse_adapter(load_weights(base_dir), adapter)
     log("writing the fused f16 GGUF")
-    result.files["fused_f16"] = write_gguf(base_dir, out / f"{name}-f16.gguf", weights=fused, name=name)
+    result.files["fused_f16"] = write_gguf(base_dir, out / f"{name}-f16.gguf", weights=fused, name=name,
+                                           vocab=vocab)
     del fused
     if quantization != "f16":
         log(f"quantizing to {quantization} with llama.cpp")
         result.files["fused"] = quantize(result.files["fused_f16"], out / f"{name}-{quantization}.gguf",
-                                         quantization)
+                                         quantization, log=log)
     else:
         result.files["fused"] = result.files["fused_f16"]
     if "gguf_lora" in result.files and want_base:
         log("writing the base f16 GGUF (for llama.cpp --lora and the parity gate)")
-        result.files["base_f16"] = write_gguf(base_dir, out / BASE_GGUF)
+        result.files["base_f16"] = write_gguf(base_dir, out / BASE_GGUF, vocab=vocab)
 
 
 def _modelfiles(out: Path, name: str, result: ExportResult, *, system, parameters, messages,
                 license_text: str, ollama_base: str) -> None:
-    from dantes_mlx.export.modelfile import build_modelfile
+    from dantes_mlx.export.modelfile import ADAPTER_NOTE, build_modelfile
     from dantes_mlx.store import write_text_atomic
 
     common = dict(system=system, parameters=parameters, messages=messages, license_text=license_text)
@@ -211,7 +219,7 @@ def _modelfiles(out: Path, name: str, result: ExportResult, *, system, parameter
     if "gguf_lora" in result.files:
         base = ollama_base or f"./{BASE_GGUF}"
         header = (f"Adapter-only route: {base} + the GGUF LoRA, written by `dantes-mlx export`.\n"
-                  f"ollama create {name}-adapter -f Modelfile.adapter")
+                  f"{ADAPTER_NOTE}\nollama create {name}-adapter -f Modelfile.adapter")
         text = build_modelfile(base, adapter=f"./{result.files['gguf_lora'].name}", header=header, **common)
         write_text_atomic(out / "Modelfile.adapter", text)
         result.files["modelfile_adapter"] = out / "Modelfile.adapter"
@@ -235,41 +243,64 @@ def _library_base(ollama_base: str, config: Mapping, result: ExportResult) -> st
     return ""
 
 
+def _check_route(route: str, adapter) -> None:
+    from dantes_mlx.errors import ConfigError
+
+    if route not in ROUTES:
+        raise ConfigError(f"unknown export.ollama_route {route!r}", fix=f"use one of {', '.join(ROUTES)}")
+    if route == "adapter" and adapter.kind != "lora":
+        raise ConfigError(f"export.ollama_route adapter needs a LoRA adapter; this is a {adapter.kind} fine-tune",
+                          path=adapter.path, fix="set export.ollama_route: fused")
+
+
 def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: str | Path = "export", *,
                quantization: str = "q4_k_m", name: str = "dantes", persona: str | None = None,
                messages: Iterable[Mapping] = (), parameters: Mapping | None = None, ollama_base: str = "",
                books: Iterable[str] = (), parity: bool = True, prompts: Sequence | None = None,
                ollama_create: bool = False, peft_base_model: str = "", allow_other_base: bool = False,
-               log: Callable[[str], None] = _stderr) -> ExportResult:
+               ollama_route: str = "fused", log: Callable[[str], None] = _stderr) -> ExportResult:
     """Export an adapter (mlx-lm or PEFT) to the four targets, gate them, then write the Modelfiles.
 
     `base_model`: folder or HF repo id (None: the one recorded in the adapter). `ollama_base`: library
     model for Modelfile.adapter's FROM (empty: our base f16 GGUF). `parameters`: Modelfile sampling
-    PARAMETERs (None: export.ollama_parameters' defaults). Raises ParityError, with the
+    PARAMETERs (None: export.ollama_parameters' defaults). `ollama_route`: which Modelfile `ollama create`
+    registers, "fused" or "adapter" (refused by Ollama 0.34.1 and later). Raises ParityError, with the
     figures, when a GGUF does not predict like MLX base + adapter; then no Modelfile is written.
     Raises ModelError when the base is not the one train fingerprinted, unless `allow_other_base`.
     """
     from dantes_mlx.errors import ConfigError, DantesError
-    from dantes_mlx.export.gguf import quant_name, read_config
-    from dantes_mlx.export.modelfile import check_model_name, create_commands, default_license, template_mismatch
+    from dantes_mlx.export.gguf import quant_name, read_config, read_vocab
+    from dantes_mlx.export.modelfile import (check_model_name, check_modelfile_values, create_commands, default_license,
+                                             template_mismatch)
     from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
-    from dantes_mlx.export.parity import default_prompts, make_reference, thresholds_for
+    from dantes_mlx.export.parity import (LazyReference, default_prompts, make_base_reference, make_reference,
+                                          thresholds_for)
     from dantes_mlx.export.peft import check_adapter, load_adapter
+    from dantes_mlx.models.weights import check_weights
+    from dantes_mlx.outputs import check_output
     from dantes_mlx.store import write_text_atomic
     from dantes_mlx.train import resolve_model
 
     quantization = quant_name(quantization)
     thresholds_for(quantization)
     check_model_name(name)
+    # The Modelfile's values (persona, PARAMETERs, MESSAGEs) are checked now, not after the long fuse.
+    check_modelfile_values(system=persona, parameters=parameters, messages=messages)
+    check_output(out_dir, kind="dir", inputs=[adapter_dir], flag="-o/--output")  # its PEFT files would replace ours
+    for weights in ("adapters.safetensors", "adapter_model.safetensors"):  # a file cut short is named, not a traceback
+        check_weights(Path(adapter_dir) / weights)
     adapter = load_adapter(adapter_dir)
+    _check_route(ollama_route, adapter)
     base_name = str(base_model or adapter.base_model or "")
     if not base_name:
         raise ConfigError("no base model given and none recorded in the adapter", path=adapter.path,
                           fix="pass --base-model (the model the adapter was trained on)")
     base_dir = resolve_model(base_name)
+    check_weights(base_dir)
     config = read_config(base_dir)
+    vocab = read_vocab(base_dir, config)  # an unsupported tokenizer is refused before any file is written
     check_adapter(adapter, config)
-    out = Path(out_dir)
+    out = check_output(out_dir, kind="dir", inputs=[adapter.path, base_dir], flag="-o/--output")
     result = ExportResult(out)
     check_base(adapter.path, base_dir, base_name, allow_other_base, result)
     ollama_base = _library_base(ollama_base, config, result)
@@ -285,7 +316,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     if adapter.kind != "full" and config.get("quantization") and not peft_base_model:
         result.notes.append(f"the PEFT adapter names {base_name} (an MLX quantized model) as its base; set "
                             "export.peft_base_model to the original repo (e.g. mistralai/Mistral-7B-Instruct-v0.3)")
-    _ggufs(adapter, base_dir, out, name, quantization, result, parity or not ollama_base, log)
+    _ggufs(adapter, base_dir, out, name, quantization, result, parity or not ollama_base, vocab, log)
     manifest = out / EXPORT_MANIFEST
     if parity:
         checks = [("fused f16", result.files["fused_f16"], None, "f16")]
@@ -295,8 +326,10 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
             checks.append(("base f16 + GGUF LoRA", result.files["base_f16"], result.files["gguf_lora"], "f16"))
         # A plugin's own reference for the adapters it trained; logits shared by all checks.
         reference = CachedReference(make_reference(base_dir, adapter.path, result.files.get("mlx_adapter")))
-        log(f"parity gate: {reference.name} against each GGUF in llama.cpp")
-        result.reports = parity_gate(reference, checks, prompts or default_prompts(persona))
+        # The base model too, loaded once the trained one is released: a GGUF must carry the fine-tune.
+        base = CachedReference(LazyReference(lambda: make_base_reference(base_dir, adapter.path)))
+        log(f"parity gate: {reference.name} (and the base without the fine-tune) against each GGUF in llama.cpp")
+        result.reports = parity_gate(reference, checks, prompts or default_prompts(persona), base)
         write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
         gate_verdict(result.reports, manifest)
     else:
@@ -309,15 +342,40 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
                 license_text=default_license(base_name, books), ollama_base=ollama_base)
     if ollama_create:
         try:
-            _, result.ollama = run_ollama_create(name, result.files["modelfile"])
+            _, result.ollama = run_ollama_create(name, result.files[ROUTES[ollama_route]])
         except DantesError as exc:  # the export is done and sound: report, do not lose it
             result.ollama, result.ollama_failed = f"ollama create failed: {exc}", True
     else:
-        steps = "\n".join("  " + shlex.join(c) for c in create_commands(name, result.files["modelfile"].resolve()))
+        modelfile = result.files[ROUTES[ollama_route]].resolve()
+        steps = "\n".join("  " + shlex.join(c) for c in create_commands(name, modelfile))
         result.ollama = "to register it with Ollama, run:\n" + steps
     result.files["manifest"] = manifest
     write_text_atomic(manifest, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return result
+
+
+def check_export_settings(config: dict, overrides: dict | None = None) -> None:
+    """The export settings of dantes.yaml checked before any work (export, or `run`'s first stage): the persona and
+    Modelfile values Ollama must read back (none holding \"\"\"), the quantization, the model name; the bad one is
+    named with its file and line."""
+    from dantes_mlx.config import CharacterConfig, ExportConfig, located, section
+    from dantes_mlx.errors import ConfigError
+    from dantes_mlx.export.modelfile import check_model_name, check_modelfile_values
+    from dantes_mlx.export.parity import thresholds_for
+
+    cfg = section(ExportConfig, config, overrides)
+    persona = section(CharacterConfig, config).persona
+    checks = (("character", "persona", lambda: check_modelfile_values(system=persona)),
+              ("export", "ollama_parameters", lambda: check_modelfile_values(parameters=cfg.ollama_parameters)),
+              ("export", "ollama_messages", lambda: check_modelfile_values(messages=cfg.ollama_messages)),
+              ("export", "quantization", lambda: thresholds_for(cfg.quantization)),
+              ("export", "ollama_name", lambda: check_model_name(cfg.ollama_name)))
+    for sec, key, check in checks:
+        try:
+            check()
+        except ConfigError as exc:
+            named = exc.detail if f"{sec}.{key}" in exc.detail else f"{sec}.{key}: {exc.detail}"
+            raise ConfigError(named, **located(config, sec, key), fix=exc.fix) from None
 
 
 def export_project(config: dict, overrides: dict | None = None, *, adapter_path: str | Path | None = None,
@@ -326,14 +384,17 @@ def export_project(config: dict, overrides: dict | None = None, *, adapter_path:
     """`export` with settings from dantes.yaml (< overrides) and the project's default paths."""
     from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig, TrainConfig, section
     from dantes_mlx.export.peft import recorded_base_model
+    from dantes_mlx.outputs import output_lock
 
     cfg = section(ExportConfig, config, overrides)
+    check_export_settings(config, overrides)
     project = section(ProjectConfig, config)
     adapter_path = adapter_path or project.adapters_dir
     base_model = base_model or recorded_base_model(adapter_path) or section(TrainConfig, config).base_model
-    return export_all(base_model, adapter_path, cfg.out_dir, quantization=cfg.quantization,
-                      name=cfg.ollama_name, persona=section(CharacterConfig, config).persona,
-                      messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
-                      ollama_base=cfg.ollama_base, books=project.books, parity=cfg.parity,
-                      ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model,
-                      allow_other_base=allow_other_base, log=log)
+    with output_lock(cfg.out_dir):  # one export at a time into a folder
+        return export_all(base_model, adapter_path, cfg.out_dir, quantization=cfg.quantization,
+                          name=cfg.ollama_name, persona=section(CharacterConfig, config).persona,
+                          messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
+                          ollama_base=cfg.ollama_base, books=project.books, parity=cfg.parity,
+                          ollama_create=cfg.ollama_create, peft_base_model=cfg.peft_base_model,
+                          allow_other_base=allow_other_base, ollama_route=cfg.ollama_route, log=log)

@@ -3,8 +3,9 @@
 llama.cpp reads general.type = adapter, adapter.type = lora and adapter.lora.alpha, and for each
 adapted base tensor `blk.N.attn_q.weight` a pair `...lora_a` / `...lora_b` with ggml shapes
 [in, rank] and [rank, out] (numpy (rank, in) and (out, rank): PEFT's own layout). It applies
-W x + (alpha / rank) * B (A x). Because the base GGUF's q/k rows are permuted for llama.cpp's
-RoPE layout, the B of q_proj/k_proj (whose rows are those same output features) is permuted too.
+W x + (alpha / rank) * B (A x). Where the base GGUF's q/k rows are permuted for llama.cpp's RoPE
+layout (architecture llama), the B of q_proj/k_proj (whose rows are those same output features) is
+permuted too; qwen2 keeps HF's order.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dantes_mlx.errors import ConfigError, ModelError
-from dantes_mlx.export.gguf import finish_gguf, gguf_tensor_name, permute_qk, read_config
+from dantes_mlx.export.gguf import ARCHITECTURES, finish_gguf, gguf_tensor_name, read_config, rope_layout
 from dantes_mlx.export.peft import Adapter, check_adapter, lora_alpha
 
 LORA_OUTTYPES = ("f32", "f16")
@@ -31,16 +32,10 @@ def lora_tensors(adapter: Adapter, config: dict) -> tuple[float, dict[str, np.nd
                          "plain low-rank deltas only)", path=adapter.path,
                          fix="use the fused GGUF, which the export also writes")
     check_adapter(adapter, config)
-    n_head = config["num_attention_heads"]
-    n_kv = config.get("num_key_value_heads") or n_head
     ref = adapter.modules[0]
     tensors = {}
     for m in adapter.modules:
-        b = m.b * ((m.scale * m.rank) / (ref.scale * ref.rank))
-        if m.module == "self_attn.q_proj":
-            b = permute_qk(b, n_head)
-        elif m.module == "self_attn.k_proj":
-            b = permute_qk(b, n_kv)
+        b = rope_layout(m.b * ((m.scale * m.rank) / (ref.scale * ref.rank)), m.hf_name, config)
         base = gguf_tensor_name(m.hf_name)
         tensors[base + ".lora_a"], tensors[base + ".lora_b"] = m.a, b
     return lora_alpha(ref.scale, ref.rank), tensors
@@ -58,7 +53,7 @@ def write_gguf_lora(adapter: Adapter, base_model_dir: str | Path, out_path: str 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer = gguf.GGUFWriter(str(tmp), ARCHITECTURES[config["model_type"]])
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_name(name or f"{Path(base_model_dir).name} LoRA")
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")

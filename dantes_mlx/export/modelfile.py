@@ -69,6 +69,11 @@ PARAMETER_TYPES = {
 DEPRECATED_PARAMETERS = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only",
                          "use_mlock", "mirostat", "mirostat_tau", "mirostat_eta")
 _INSTRUCTIONS = (set(COMMANDS) - {"from", "parameter"}) | {"model"}
+# Ollama 0.34.1 and later refuse any Modelfile holding ADAPTER (ollama PR #14969, Sept. 2026).
+ADAPTER_REFUSED_SINCE = (0, 34, 1)
+ADAPTER_NOTE = ("ADAPTER is accepted by Ollama up to 0.34.0 only: 0.34.1 and later refuse any Modelfile that "
+                "holds it (ollama PR #14969).\nWith those, use ./Modelfile (the fused GGUF) instead.")
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*(:[A-Za-z0-9._-]+)?$")
 
 
@@ -112,9 +117,20 @@ def _parameter_value(name: str, value) -> str:
         raise ConfigError(f"unknown Ollama parameter {name!r}", fix=f"use one of {', '.join(PARAMETER_TYPES)}")
     if kind is bool:
         return "true" if value else "false"
-    if kind is int and (isinstance(value, bool) or not float(value).is_integer()):
+    try:
+        whole = not isinstance(value, bool) and float(value).is_integer()
+    except (TypeError, ValueError):
+        whole = False
+    if kind is int and not whole:
         raise ConfigError(f"Ollama parameter {name} must be an integer, not {value!r}", fix="use an integer")
     return str(int(value)) if kind is int else quote(str(value), f"parameter {name}")
+
+
+def check_modelfile_values(*, system: str | None = None, parameters: Mapping | None = None,
+                           messages: Iterable[Mapping] = ()) -> None:
+    """ConfigError now for a persona, PARAMETER or MESSAGE a Modelfile cannot hold (e.g. one with \"\"\"),
+    before any export work."""
+    build_modelfile("./model.gguf", system=system, parameters=parameters, messages=messages)
 
 
 def build_modelfile(source: str, *, adapter: str | None = None, system: str | None = None,
@@ -337,10 +353,42 @@ def check_model_name(name: str) -> None:
                           fix="use letters, digits, '.', '_', '-' (e.g. dantes or dantes:q4_k_m)")
 
 
+def parse_ollama_version(text: str) -> list[tuple[int, int, int]]:
+    """Every version `ollama --version` prints: the server's ("ollama version is X") and, when they differ
+    or no server answers, the client's ("Warning: client version is Y"); pre-release suffixes dropped."""
+    return [tuple(int(part) for part in match.groups()) for match in _VERSION.finditer(text)]
+
+
+def ollama_versions(exe: str, timeout: float = 30) -> list[tuple[int, int, int]]:
+    """The versions `exe --version` reports ([] when it cannot be run or says none)."""
+    try:
+        proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return parse_ollama_version(proc.stdout + "\n" + proc.stderr)
+
+
+def check_adapter_route(exe: str, modelfile: Path, name: str) -> None:
+    """Refuse to run `ollama create` on a Modelfile with ADAPTER when this Ollama (client or server) is
+    0.34.1 or later, which would refuse it; say which Modelfile to use instead."""
+    commands = parse_modelfile(modelfile.read_text(encoding="utf-8"), modelfile, check_values=False)
+    if not any(c.name == "adapter" for c in commands):
+        return
+    refusing = [v for v in ollama_versions(exe) if v >= ADAPTER_REFUSED_SINCE]
+    if refusing:
+        version = ".".join(map(str, max(refusing)))
+        fused = modelfile.with_name("Modelfile")
+        raise ModelError(f"Ollama {version} refuses Modelfiles with ADAPTER (since 0.34.1, ollama PR #14969); "
+                         "`ollama create` was not run", path=modelfile,
+                         fix=f"register the fused GGUF instead: {shlex.join(create_commands(name, fused)[0])} "
+                             "(export.ollama_route: fused), or use Ollama 0.34.0 or older for the adapter route")
+
+
 def ollama_create(name: str, modelfile: str | Path, *, timeout: float = 3600) -> tuple[bool, str]:
     """Run `ollama create NAME -f MODELFILE` (argument list, no shell) when ollama is on PATH.
 
     Returns (created, message); the message holds the exact commands to run when ollama is absent.
+    A Modelfile with ADAPTER is refused first when `ollama --version` is 0.34.1 or later.
     """
     check_model_name(name)
     modelfile = Path(modelfile).resolve()
@@ -348,6 +396,7 @@ def ollama_create(name: str, modelfile: str | Path, *, timeout: float = 3600) ->
     if exe is None:
         steps = "\n".join("  " + shlex.join(cmd) for cmd in create_commands(name, modelfile))
         return False, ("ollama is not on PATH; install it (https://ollama.com/download), then run:\n" + steps)
+    check_adapter_route(exe, modelfile, name)
     by_hand = shlex.join(create_commands(name, modelfile)[0])
     try:
         proc = subprocess.run([exe, "create", name, "-f", str(modelfile)], cwd=modelfile.parent,

@@ -1,22 +1,25 @@
 """The parity gate: does an exported GGUF, run by llama.cpp, predict like the trained model?
 
 On fixed chat-templated French prompts it checks that llama.cpp tokenizes the text into the same
-ids as the training tokenizer, that the next-token choice agrees at every position, and that the
-mean KL divergence between the two next-token distributions stays under a per-quantization bound.
+ids as the training tokenizer, that the next-token choice agrees at every position, that the
+mean KL divergence between the two next-token distributions stays under a per-quantization bound,
+that the GGUF's RoPE base is the model's, and (given the base model too) that the GGUF carries the
+fine-tune rather than looking like the base (finetune_check.py).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from dantes_mlx.errors import ConfigError, MissingDependency, ModelError, ParityError
+from dantes_mlx.export.finetune_check import FineTuneCheck, finetune_check, kl_divergence, rope_mismatch
+from dantes_mlx.export.reference import (REFERENCE_GROUP, LazyReference, Messages, MLXReference,  # noqa: F401
+                                         Reference, make_base_reference, make_reference, trained_by)
 
-Messages = list[dict]
 
 DEFAULT_SYSTEM = "Tu es Edmond Dantès, le comte de Monte-Cristo. Réponds en français."
 # Accents, both apostrophes, digits, guillemets, dashes, a multi-turn exchange, a system prompt.
@@ -44,8 +47,9 @@ class Thresholds:
     tie_tol: float = 0.05  # reference logits closer than this to the best one count as ties
 
 
-# f16/f32 must match to numerical noise; quantized files only "close", so the bounds are loose
-# (a random tiny model is more sensitive to quantization than a trained 7B model).
+# f16/f32 must match to numerical noise; quantized files only "close", so the bounds are loose: they
+# catch gross errors (the real SmolLM2-135M measured q8_0 KL 0.012, q4_k_m 0.14; the random tiny model
+# up to 0.17), and finetune_check tells a GGUF with the fine-tune from one without.
 THRESHOLDS: dict[str, Thresholds] = {
     "f32": Thresholds(1.0, 1e-4, 0.01), "f16": Thresholds(1.0, 1e-3), "bf16": Thresholds(1.0, 5e-3, 0.1),
     "q8_0": Thresholds(0.85, 0.02, 0.1), "q6_k": Thresholds(0.8, 0.05, 0.1),
@@ -57,96 +61,6 @@ THRESHOLDS: dict[str, Thresholds] = {
     "q3_k_l": Thresholds(0.4, 1.0, 0.1), "q3_k_m": Thresholds(0.4, 1.0, 0.1),
     "q3_k_s": Thresholds(0.4, 1.0, 0.1), "q2_k": Thresholds(0.3, 1.5, 0.1),
 }
-
-
-class Reference(Protocol):
-    """The trained model the GGUF is compared with (MLX here; a plugin may pass a torch one)."""
-
-    def render(self, messages: Messages) -> str:
-        """The chat-templated text of a conversation, special tokens written out."""
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of templated text, adding no special token the text does not hold."""
-
-    def logits(self, token_ids: list[int]) -> np.ndarray:
-        """Next-token logits at every position: float array of shape (len(token_ids), vocab)."""
-
-
-class MLXReference:
-    """A Reference backed by mlx_lm: base model folder or repo, plus an optional LoRA adapter."""
-
-    def __init__(self, model_dir: str | Path, adapter_dir: str | Path | None = None):
-        import mlx_lm
-
-        self.name = str(model_dir) + (f" + {adapter_dir}" if adapter_dir else "")
-        self.model, self.tokenizer = mlx_lm.load(
-            str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
-
-    def render(self, messages: Messages) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def logits(self, token_ids: list[int]) -> np.ndarray:
-        import mlx.core as mx
-
-        if self.model is None:
-            raise RuntimeError("this MLXReference was released; load a new one")
-        out = self.model(mx.array([token_ids]))[0].astype(mx.float32)
-        return np.array(out)
-
-    def release(self) -> None:
-        """Free the model's memory (tokenizer and chat template stay usable)."""
-        import mlx.core as mx
-
-        self.model = None
-        mx.clear_cache()
-
-
-# Plugins register a Reference class here under their backend's name (e.g. `unsloth`), constructed as
-# Cls(model_dir, adapter_dir); adapters that backend trained are then compared in its own framework.
-REFERENCE_GROUP = "dantes_mlx.references"
-
-
-def trained_by(adapter_dir: str | Path | None) -> str | None:
-    """The training backend recorded in an adapter folder's train_config.yaml (derived.backend), if any."""
-    import yaml
-
-    path = Path(adapter_dir) / "train_config.yaml" if adapter_dir else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        return None
-    return (data.get("derived") or {}).get("backend") if isinstance(data, dict) else None
-
-
-def make_reference(model: str | Path, adapter: str | Path | None = None,
-                   mlx_adapter: str | Path | None = None) -> Reference:
-    """The reference model for `adapter`: the plugin Reference of the backend that trained it when that
-    plugin is installed, else MLX (on `mlx_adapter`, an mlx-lm copy, when given; a PEFT adapter is
-    converted on the fly)."""
-    import importlib.metadata
-
-    backend = trained_by(adapter)
-    for ep in importlib.metadata.entry_points(group=REFERENCE_GROUP):
-        if backend and ep.name == backend:
-            return ep.load()(model, adapter)
-    if mlx_adapter is None and adapter is not None and not (Path(adapter) / "adapters.safetensors").is_file():
-        import tempfile
-
-        from dantes_mlx.export.peft import load_adapter, write_mlx_adapter
-        from dantes_mlx.train import resolve_model
-
-        peft = load_adapter(adapter)
-        config = json.loads((resolve_model(str(model)) / "config.json").read_text(encoding="utf-8"))
-        with tempfile.TemporaryDirectory() as tmp:  # mlx_lm.load reads it at once
-            reference = MLXReference(model, write_mlx_adapter(peft, tmp, config["num_hidden_layers"]))
-        reference.name = f"{model} + {adapter}"
-        return reference
-    return MLXReference(model, mlx_adapter or adapter)
 
 
 class GGUFRunner:
@@ -179,6 +93,12 @@ class GGUFRunner:
     @property
     def n_vocab(self) -> int:
         return self.llm.n_vocab()
+
+    @property
+    def rope_theta(self) -> float:
+        """The GGUF's rope.freq_base (llama.cpp's default 10000 when the file has none)."""
+        meta = self.llm.metadata
+        return float(meta.get(f"{meta.get('general.architecture', 'llama')}.rope.freq_base", 10000.0))
 
     def encode(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -222,6 +142,8 @@ class ParityReport:
     kl_max: float
     passed: bool
     failures: list[str] = field(default_factory=list)
+    finetune: FineTuneCheck | None = None  # with the base model given: does the GGUF carry the fine-tune?
+    rope_theta: float | None = None  # the GGUF's RoPE base
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -231,6 +153,8 @@ class ParityReport:
                  f"{sum(r.tokens_match for r in self.rows)}/{len(self.rows)} prompts, "
                  f"top-1 {self.top1:.1%} (strict {self.top1_strict:.1%}, need {t.min_top1:.0%}), "
                  f"mean KL {self.kl_mean:.2e} (max {self.kl_max:.2e}, need < {t.max_kl:.2g})"]
+        if self.finetune is not None:
+            lines.append("  " + self.finetune.line())
         for row in self.rows:
             lines.append(f"  {row.name:<10} {row.n_tokens:>4} tok  ids {'ok' if row.tokens_match else 'DIFFER'}"
                          f"  top-1 {row.top1:6.1%}  KL {row.kl_mean:.2e}  {row.mismatch}".rstrip())
@@ -277,21 +201,13 @@ def gguf_quantization(gguf_path: str | Path) -> str:
     return names[value]
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
 def compare_logits(ref: np.ndarray, got: np.ndarray, tie_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per position: top-1 agreement with near-ties excused, strict top-1 agreement, KL(ref||got)."""
-    p, q = _log_softmax(ref), _log_softmax(got)
     choice = got.argmax(axis=-1)
     strict = choice == ref.argmax(axis=-1)
     chosen = np.take_along_axis(ref, choice[:, None], axis=-1)[:, 0]
     agree = strict | (chosen >= ref.max(axis=-1) - tie_tol)
-    kl = (np.exp(p) * (p - q)).sum(axis=-1)
-    return agree, strict, np.maximum(kl, 0.0)
+    return agree, strict, kl_divergence(ref, got)
 
 
 def _mismatch(ref_ids: list[int], got_ids: list[int], runner: GGUFRunner) -> str:
@@ -323,16 +239,39 @@ def _named(prompts: Sequence) -> list[tuple[str, Messages]]:
     return out
 
 
+def _logits_of(model, ids_list: list[list[int]], release: bool) -> list[np.ndarray]:
+    """Logits of every prompt, then (with `release`) the model freed, so that a 7B reference, a 7B base
+    and a 7B GGUF never sit in memory together."""
+    out = [model.logits(ids) for ids in ids_list]
+    if release and hasattr(model, "release"):
+        model.release()
+    return out
+
+
+def _bound_failures(rows: list[PromptParity], agree, kl, limits: Thresholds) -> list[str]:
+    failures = []
+    if not all(r.tokens_match for r in rows):
+        bad = [r.name for r in rows if not r.tokens_match]
+        failures.append(f"llama.cpp tokenizes {', '.join(bad)} differently from the training tokenizer "
+                        "(check the GGUF's token scores, types, merges, pre-tokenizer and add_space_prefix)")
+    if agree.mean() < limits.min_top1:
+        failures.append(f"top-1 agreement {agree.mean():.1%} < {limits.min_top1:.0%}")
+    if kl.mean() > limits.max_kl:
+        failures.append(f"mean KL {kl.mean():.2e} > {limits.max_kl:.2g}")
+    return failures
+
+
 def check_parity(reference: Reference, gguf_path: str | Path, lora_path: str | Path | None = None,
                  prompts: Sequence | None = None, quantization: str | None = None,
                  enforce: bool = True, runner: GGUFRunner | None = None,
-                 release_reference: bool = False) -> ParityReport:
+                 release_reference: bool = False, base: Reference | None = None) -> ParityReport:
     """Compare `reference` with the GGUF (+ optional GGUF LoRA) run by llama.cpp.
 
     `prompts`: conversations (lists of messages), plain user questions, or (name, messages) pairs;
     default: the module's fixed French prompts. `quantization` defaults to the GGUF's file type.
+    `base`: the model before fine-tuning; given, the GGUF must also carry the fine-tune (finetune_check).
     Raises ParityError when `enforce` and the GGUF fails; otherwise returns the report either way.
-    `release_reference` frees the reference model (MLXReference.release) once its logits are known.
+    `release_reference` frees the reference (and base) model once its logits are known.
     """
     from dantes_mlx.export.gguf import quant_name
 
@@ -341,14 +280,11 @@ def check_parity(reference: Reference, gguf_path: str | Path, lora_path: str | P
     named = _named(prompts if prompts is not None else default_prompts())
     rendered = [(name, reference.render(messages)) for name, messages in named]
     ref_ids = [reference.encode(text) for _, text in rendered]
-    # All reference logits first: with release_reference the MLX model is freed before llama.cpp
-    # loads the GGUF, so a 7B reference and a 7B GGUF never sit in memory together.
-    ref_all = [reference.logits(ids) for ids in ref_ids]
-    if release_reference and hasattr(reference, "release"):
-        reference.release()
+    ref_all = _logits_of(reference, ref_ids, release_reference)
+    base_all = _logits_of(base, ref_ids, release_reference) if base is not None else None
     if runner is None:
         runner = GGUFRunner(gguf_path, lora_path, n_ctx=max(512, max(map(len, ref_ids)) + 16))
-    rows, agree_all, strict_all, kl_all, failures = [], [], [], [], []
+    rows, agree_all, strict_all, kl_all, got_all = [], [], [], [], []
     for (name, text), ids, ref_logits in zip(rendered, ref_ids, ref_all):
         got_ids = runner.encode(text)
         got_logits = runner.logits(ids)
@@ -357,24 +293,22 @@ def check_parity(reference: Reference, gguf_path: str | Path, lora_path: str | P
                               f"{got_logits.shape[-1]}", path=gguf_path,
                               fix="export the GGUF from the same model as the reference")
         agree, strict, kl = compare_logits(ref_logits, got_logits, limits.tie_tol)
-        agree_all.append(agree), strict_all.append(strict), kl_all.append(kl)
+        agree_all.append(agree), strict_all.append(strict), kl_all.append(kl), got_all.append(got_logits)
         match = got_ids == ids
         rows.append(PromptParity(name, len(ids), match, float(agree.mean()), float(strict.mean()),
                                  float(kl.mean()), float(kl.max()),
                                  "" if match else _mismatch(ids, got_ids, runner)))
     agree, strict, kl = (np.concatenate(a) for a in (agree_all, strict_all, kl_all))
-    if not all(r.tokens_match for r in rows):
-        bad = [r.name for r in rows if not r.tokens_match]
-        failures.append(f"llama.cpp tokenizes {', '.join(bad)} differently from the training tokenizer "
-                        "(check the GGUF's token scores, types and add_space_prefix)")
-    if agree.mean() < limits.min_top1:
-        failures.append(f"top-1 agreement {agree.mean():.1%} < {limits.min_top1:.0%}")
-    if kl.mean() > limits.max_kl:
-        failures.append(f"mean KL {kl.mean():.2e} > {limits.max_kl:.2g}")
+    failures = _bound_failures(rows, agree, kl, limits)
+    rope = rope_mismatch(getattr(reference, "rope_thetas", {}) or {}, runner.rope_theta)
+    failures += [rope] if rope else []
+    check = finetune_check(ref_all, base_all, got_all, float(kl.mean())) if base_all is not None else None
+    if check is not None and not check.passed:
+        failures.append(check.failure())
     report = ParityReport(quantization, str(gguf_path), str(lora_path) if lora_path else None, limits,
                           rows, all(r.tokens_match for r in rows), float(agree.mean()),
                           float(strict.mean()), float(kl.mean()), float(kl.max()), not failures,
-                          failures)
+                          failures, check, runner.rope_theta)
     if enforce and not report.passed:
         raise ParityError("the exported GGUF does not predict like the trained model\n" + report.summary(),
                           path=gguf_path, fix="do not ship this file; see the failures above")
@@ -411,10 +345,12 @@ def run_parity(model: str | Path, gguf_path: str | Path, *, adapter: str | Path 
                lora_path: str | Path | None = None, quantization: str | None = None,
                prompts_file: str | Path | None = None, system: str | None = None,
                enforce: bool = True) -> ParityReport:
-    """The `dantes-mlx parity` stage: the trained model (+ adapter) against a GGUF (+ GGUF LoRA)."""
+    """The `dantes-mlx parity` stage: the trained model (+ adapter) against a GGUF (+ GGUF LoRA); with an
+    adapter, the base model too, to check that the GGUF carries the fine-tune."""
     from dantes_mlx.train import resolve_model
 
     prompts = load_prompts(prompts_file) if prompts_file else default_prompts(system)
     model = resolve_model(str(model))  # a Hub id not in the cache offline: a ModelError, not a traceback
+    base = LazyReference(lambda: make_base_reference(model, adapter)) if adapter else None
     return check_parity(make_reference(model, adapter), gguf_path, lora_path, prompts=prompts,
-                        quantization=quantization, enforce=enforce, release_reference=True)
+                        quantization=quantization, enforce=enforce, release_reference=True, base=base)

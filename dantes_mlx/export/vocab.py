@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dantes_mlx.errors import ModelError
@@ -30,6 +30,9 @@ class Vocab:
     add_space_prefix: bool = True
     remove_extra_whitespaces: bool = False
     chat_template: str | None = None
+    model: str = "llama"  # tokenizer.ggml.model: llama (SentencePiece) or gpt2 (byte-level BPE)
+    pre: str = "default"  # tokenizer.ggml.pre: the pre-tokenizer llama.cpp runs (BPE only)
+    merges: list[str] = field(default_factory=list)  # BPE merges, "left right" (gpt2 only)
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:

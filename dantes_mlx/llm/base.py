@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Iterable, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from dantes_mlx.config import LLMConfig
@@ -41,6 +42,19 @@ def call_sampling(client, sampling: dict | None = None) -> dict:
     """The sampling a call runs with: the client's defaults (llm.temperature, max_tokens, seed) < `sampling`.
     What the LLM stages key their stored answers by."""
     return {**(getattr(client, "defaults", None) or {}), **(sampling or {})}
+
+
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@'\"<>]+@", re.I)
+_SECRET_QUERY = re.compile(r"([?&](?:api[_-]?key|key|token|access[_-]?token|auth|password|passwd|secret|sig|"
+                           r"signature)=)[^&#\s'\"<>]+", re.I)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` without credentials, before it is printed, logged or stored: each of `secrets` (an API key), the
+    user:password@ of any URL, and the values of key/token/password-like query parameters."""
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
 
 @runtime_checkable

@@ -6,6 +6,7 @@ import queue
 import threading
 from typing import Iterable, Iterator
 
+from dantes_mlx.errors import DantesError
 from dantes_mlx.llm.base import ChatResult, LLMClient
 
 # A request is {"messages": [...], "json_schema": {...} or absent, **sampling}, or a bare message list.
@@ -85,6 +86,49 @@ def _finished(done: queue.SimpleQueue, return_exceptions: bool) -> tuple[int, Ch
     if exc is not None and not return_exceptions:
         raise exc
     return index, exc if exc is not None else result
+
+
+class FailureLimit:
+    """Watches a stream of (index, result or exception): counts the failures, keeps the first error, and ends the
+    stream after `limit` failures in a row (a server that is down, not one bad item)."""
+
+    def __init__(self, limit: int = 5):
+        self.limit = max(1, int(limit))
+        self.failed = self.in_a_row = 0
+        self.first_error = ""
+        self.stopped = False
+
+    def watch(self, results: Iterable) -> Iterator:
+        try:
+            for index, result in results:
+                if isinstance(result, Exception):
+                    self.failed += 1
+                    self.in_a_row += 1
+                    self.first_error = self.first_error or describe_error(result)
+                else:
+                    self.in_a_row = 0
+                yield index, result
+                if self.in_a_row >= self.limit:
+                    self.stopped = True
+                    return
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:  # stops the worker threads of a threaded stream at once
+                close()
+
+    def note(self, unit: str, total: int, failed: int | None = None) -> str:
+        """'3 of 40 chunks failed; stopped after 5 failures in a row: <first error>'. `failed` counts the items
+        never sent after an early stop too (default: the failures seen)."""
+        stop = f"; stopped after {self.limit} failures in a row" if self.stopped else ""
+        return f"{self.failed if failed is None else failed} of {total} {unit}s failed{stop}: {self.first_error}"
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error on one line: ours as they read, their fix in brackets; others with their type."""
+    if not isinstance(exc, DantesError):
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    text = " ".join(str(exc.message).split("\n  fix: ")[0].split())
+    return f"{text} (fix: {exc.fix})" if exc.fix else text
 
 
 def map_chat(client: LLMClient, requests: Iterable, concurrency: int = 1,

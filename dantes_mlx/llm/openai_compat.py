@@ -8,11 +8,14 @@ rejects the reasoning-effort hint gets none: each fallback is remembered by the 
 may come as a 400/422 or, from llama-cpp-python's server and older llama-server, as a 500 naming the
 field: that one is not retried.
 The API key is read from an environment variable, sent only in the Authorization header, and
-scrubbed from every message this module logs or raises.
+scrubbed from every message this module logs or raises; credentials written in llm.url (user:password@, a
+key=... parameter) are sent (as HTTP basic auth, or in the query) but never shown: logs and errors name the
+URL without them (llm.base.redact).
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from dantes_mlx.errors import ConfigError, ModelError
 from dantes_mlx.llm import batch
-from dantes_mlx.llm.base import ChatResult, check_sampling
+from dantes_mlx.llm.base import ChatResult, check_sampling, redact
 from dantes_mlx.llm.reasoning import split_reasoning
 
 if TYPE_CHECKING:
@@ -56,10 +59,32 @@ def chat_url(base_url: str) -> str:
     """The chat completions endpoint of a base URL (http://host:port/v1 or the full endpoint)."""
     url = base_url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"llm.url {base_url!r} is not an http(s) URL", path="dantes.yaml [llm]",
+        raise ConfigError(f"llm.url {redact(base_url)!r} is not an http(s) URL", path="dantes.yaml [llm]",
                           fix="use e.g. http://127.0.0.1:8080/v1 (llama-server) or "
                               "http://127.0.0.1:11434/v1 (Ollama)")
-    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+    parts = urllib.parse.urlsplit(url)  # a query (?key=...) stays after the path
+    path = parts.path.rstrip("/")
+    path = path if path.endswith("/chat/completions") else path + "/chat/completions"
+    return urllib.parse.urlunsplit(parts._replace(path=path))
+
+
+def split_credentials(url: str) -> tuple[str, str, list[str]]:
+    """(URL without user:password@, its basic-auth header value or "", the secrets to scrub from messages)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, "", _query_secrets(parts.query)
+    user, password = urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or "")
+    host = parts.netloc.rsplit("@", 1)[1]
+    clean = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    token = base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
+    return clean, f"Basic {token}", [s for s in (password, token, parts.password) if s] + _query_secrets(parts.query)
+
+
+def _query_secrets(query: str) -> list[str]:
+    """Values of the query parameters redact() hides, so that an echo of them elsewhere is hidden too."""
+    shown = redact("?" + query)
+    return [v for (k, v), (_, w) in zip(urllib.parse.parse_qsl(query), urllib.parse.parse_qsl(shown[1:]))
+            if v and w == "***"]
 
 
 def warn_clear_key(url: str, api_key_env: str, has_key: bool) -> None:
@@ -80,11 +105,13 @@ class OpenAICompatClient:
                  temperature: float = 0.7, max_tokens: int = 2048, seed: int | None = 0,
                  reasoning_effort: str = "low", backoff: float = 1.0, backoff_max: float = 60.0,
                  n_ctx: int = 0):
-        self.url = chat_url(base_url)
+        self._endpoint, self._basic_auth, url_secrets = split_credentials(chat_url(base_url))
         self.n_ctx = n_ctx  # the served model's context as configured (llm.n_ctx); sizes extract's chunks
         self._model = model  # "" : ask the server which model it serves (see model_id)
         self.api_key_env = api_key_env
         self._api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+        self._secrets = [self._api_key, *url_secrets]
+        self.url = redact(self._endpoint, self._secrets)  # what logs, errors and stores show
         warn_clear_key(self.url, api_key_env, bool(self._api_key))
         self.timeout, self.retries, self.concurrency = timeout, max(0, retries), max(1, concurrency)
         self.defaults = {"temperature": temperature, "max_tokens": max_tokens}
@@ -116,11 +143,17 @@ class OpenAICompatClient:
                     self._model = self._served_model() or "default"
         return self._model
 
+    def _auth_headers(self) -> dict:
+        """The API key as a bearer token, else the credentials written in llm.url as basic auth."""
+        if self._api_key:
+            return {"Authorization": f"Bearer {self._api_key}"}
+        return {"Authorization": self._basic_auth} if self._basic_auth else {}
+
     def _served_model(self) -> str:
-        url = self.url.removesuffix("/chat/completions") + "/models"
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        endpoint, url = _models_url(self._endpoint), _models_url(self.url)
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+            request = urllib.request.Request(endpoint, headers=self._auth_headers())
+            with urllib.request.urlopen(request, timeout=10) as response:
                 models = [m.get("id") for m in json.loads(response.read()).get("data", []) if isinstance(m, dict)]
         except (OSError, ValueError, AttributeError, http.client.HTTPException) as exc:
             log.warning("%s: could not list the served models (%s); cached answers are keyed 'default': set "
@@ -189,11 +222,9 @@ class OpenAICompatClient:
     def _post(self, body: dict) -> dict:
         """POST with retries on transient failures; returns the parsed JSON answer."""
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
+        headers = {"Content-Type": "application/json", "Accept": "application/json", **self._auth_headers()}
         for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            request = urllib.request.Request(self._endpoint, data=data, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     raw = response.read()
@@ -234,7 +265,7 @@ class OpenAICompatClient:
         return data
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        return redact(text, self._secrets)
 
     def _http_error(self, status: int, body: str) -> ModelError:
         fixes = {401: f"set a valid API key in the environment variable ${self.api_key_env}",
@@ -275,6 +306,12 @@ class OpenAICompatClient:
                  return_exceptions: bool = False) -> list[ChatResult | Exception]:
         """Results in input order; requests are dicts {"messages", "json_schema"?, **sampling}."""
         return batch.map_chat(self, requests, concurrency or self.concurrency, return_exceptions)
+
+
+def _models_url(endpoint: str) -> str:
+    """The /models route beside a chat completions endpoint (its query kept)."""
+    parts = urllib.parse.urlsplit(endpoint)
+    return urllib.parse.urlunsplit(parts._replace(path=parts.path.removesuffix("/chat/completions") + "/models"))
 
 
 def _response_format(mode: str, schema: dict) -> dict:
