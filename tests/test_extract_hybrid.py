@@ -106,3 +106,22 @@ def test_cli_auto_is_hybrid_when_a_model_is_configured(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "(hybrid)" in result.output and "asked about 2 replies and paragraphs" in result.output
     assert "tokens this run" in result.output
+
+
+def test_cli_hybrid_with_a_failing_model_exits_1_and_keeps_the_previous_citations(tmp_path, monkeypatch):
+    from dantes_mlx.cli import main
+    from dantes_mlx.llm import base
+
+    def down(messages):
+        raise ConnectionError("the server is down")
+
+    monkeypatch.setattr(base, "make_client", lambda cfg: fake_from_function(down, "down"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scene.txt").write_text(SCENE, encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text('{"citation": "--Une citation gardée."}\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["extract", "--input", "scene.txt", "--character", "Pierre", "--model", "m.gguf",
+                                       "-o", "c.jsonl", "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert (tmp_path / "c.jsonl").read_text(encoding="utf-8") == '{"citation": "--Une citation gardée."}\n'
+    partial = _rows(tmp_path / "c.partial.jsonl")  # the rules' rows, beside the kept output
+    assert partial and all(r["method"] == "rules" for r in partial)
