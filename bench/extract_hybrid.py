@@ -71,23 +71,30 @@ def score(text: str, gold, rows: list[dict], name: str) -> dict:
 
 def oracle(text: str, gold, name: str):
     """A fake LLM answering each hybrid question from the gold: the offered name that fr-litbank gives as the
-    Source of the gold quotation the question's reply or paragraph overlaps, else "autre"."""
+    Source of the gold quotation the question's reply or paragraph overlaps; else (a pronoun's reply) another
+    offered name written in the reply's paragraph (the incise a reader sees), else "autre"."""
     import re
 
     def answer(messages) -> dict:
         user = messages[-1]["content"]
         choices = re.search(r"^Noms proposés : (.*)$", user, re.M).group(1).split(", ")
-        asked = re.findall(r"^\d+\. (?:Réplique|Paragraphe) \[\d+\] « (.*?)(?: \[…\])? » :", user, re.M)
-        first = re.sub(r"^\[\d+\] ", "", user.split("\n", 2)[1])
-        base = max(0, text.find(first))  # the passage's first line, in the book
-        out = []
-        for words in asked:
-            at = text.find(words[:20], base)
-            source = next((g.speaker for g in gold if is_named(g.speaker) and at >= 0
-                           and any(a <= at < b or at <= a < at + len(words) for a, b in g.spans)), None)
-            pick = next((c for c in choices if source and same_speaker(c, source)), "autre")
-            out.append({"speaker": pick, "kind": "parole"})
+        marked = user.split("\n", 1)[1].split("\n\nNoms proposés : ")[0]
+        base = text.find(re.sub(r"\[\d+\] ", "", marked)[:300])  # the passage, in the book
+        out, shift = [], 0
+        for mark in re.finditer(r"\[\d+\] ", marked):  # where each question's reply or paragraph starts
+            at = base + mark.start() - shift if base >= 0 else -1
+            shift += len(mark.group())
+            out.append({"speaker": _pick(at, choices) or "autre", "kind": "parole"})
         return {"answers": out}
+
+    def _pick(at: int, choices: list[str]) -> str | None:
+        source = next((g.speaker for g in gold if is_named(g.speaker) and at >= 0
+                       and any(a <= at + 2 < b for a, b in g.spans)), None)  # +2: past the mark of the reply
+        pick = next((c for c in choices if source and same_speaker(c, source)), None)
+        if pick is None and at >= 0:  # no named gold speaker: the name a reader sees in the reply's paragraph
+            line = text[text.rfind("\n", 0, at) + 1:text.find("\n", at) % (len(text) + 1)]
+            pick = next((c for c in choices[1:-2] if c in line and not same_speaker(c, name)), None)
+        return pick
     return fake_from_function(answer, "oracle")
 
 

@@ -113,30 +113,37 @@ class Passage:
     questions: tuple[Question, ...]
 
 
-def control(text: str, passage: Passage, quotes: list[Quote], speakers: dict, character: "CharacterConfig",
+def control(passage: Passage, quotes: list[Quote], starts: list[int], speakers: dict, character: "CharacterConfig",
             reach: int = 2000) -> Question | None:
-    """A control question for a passage: the nearest reply (inside it, else within `reach` after it) that an
-    incise gives by name to someone the book hears speak, not the character ("— Tiens ! dit Bouvard."). A model
-    that answers it wrongly is guessing: the passage's answers are not used (extract_checks counts it as junk)."""
+    """A control question for a passage: the reply nearest to it (inside it, else within `reach` characters
+    before or after) that an incise gives by name to someone the book hears speak, not the character ("— Tiens !
+    dit Bouvard."). A model that answers it wrongly is guessing: the passage's answers are not used. `starts`:
+    the quotations' start offsets (they are in text order)."""
     asked = {q.start for q in passage.questions}
-    for q in quotes:
-        if q.start >= passage.end + reach:
-            break
-        if (q.start >= passage.start and q.start not in asked and q.cue == "incise" and q.speaker
-                and q.mention == q.speaker and bare_key(q.speaker) in speakers
-                and not is_character(q.speaker, character.name, list(character.aliases))):
-            return Question("reply", q.start, q.end, q, expected=speakers[bare_key(q.speaker)])
-    return None
+    near = quotes[bisect_right(starts, passage.start - reach - 5000):bisect_right(starts, passage.end + reach)]
+
+    def distance(q: Quote) -> int:
+        return max(0, passage.start - q.end, q.start - passage.end)
+
+    found = [q for q in near if q.start not in asked and q.cue == "incise" and q.speaker and q.mention == q.speaker
+             and distance(q) <= reach and bare_key(q.speaker) in speakers
+             and not is_character(q.speaker, character.name, list(character.aliases))]
+    if not found:
+        return None
+    q = min(found, key=distance)
+    return Question("reply", q.start, q.end, q, expected=speakers[bare_key(q.speaker)])
 
 
 def with_control(text: str, passage: Passage, check: Question | None) -> Passage:
-    """The passage with its control question in text order (and the text reaching it)."""
+    """The passage with its control question in text order (and the text reaching it, whole paragraphs)."""
     if check is None:
         return passage
     paras = paragraph_offsets(text)
-    end = max(passage.end, paras[max(0, bisect_right([a for a, _ in paras], check.end - 1) - 1)][1])
+    starts = [a for a, _ in paras]
+    start = min(passage.start, paras[max(0, bisect_right(starts, check.start) - 1)][0])
+    end = max(passage.end, paras[max(0, bisect_right(starts, check.end - 1) - 1)][1])
     ordered = tuple(sorted(passage.questions + (check,), key=lambda q: q.start))
-    return Passage(passage.start, end, ordered)
+    return Passage(start, end, ordered)
 
 
 def passages(text: str, asked: list[Question]) -> list[Passage]:
@@ -259,9 +266,9 @@ def plan_calls(book: Book, quotes: list[Quote], character: "CharacterConfig", pr
                sampling: dict) -> list[_Call]:
     """One call per passage of questions, keyed by everything it sends."""
     calls, aliases = [], list(character.aliases)
-    speakers = book_speakers(quotes, names_in(book.text))
+    speakers, starts = book_speakers(quotes, names_in(book.text)), [q.start for q in quotes]
     for index, passage in enumerate(passages(book.text, questions(book, quotes, character))):
-        passage = with_control(book.text, passage, control(book.text, passage, quotes, speakers, character))
+        passage = with_control(book.text, passage, control(passage, quotes, starts, speakers, character))
         choices = speaker_choices(book.text, passage, speakers, character)
         data = user_text(book.text, passage, choices)
         schema = answer_schema(choices, len(passage.questions))
