@@ -5,7 +5,8 @@ What the rules cannot settle, near the character (in the paragraphs `extract_foc
 named, speak, or take part in an exchange): a reply with no speaker, or one whose speaker is only a pronoun's
 guess or the turn-taking of an exchange; and a paragraph of narration with a cue of thought or writing
 ("pensa", "se disait", "lettre", a question or an exclamation) that may be the character's thought or letter.
-Each question names a choice of speakers (the character, the people of the passage, "autre", "inconnu").
+Each question names a choice of speakers (the character, the people of the passage, "autre", "inconnu"), and
+each passage carries a control question whose answer the rules know (see `control`).
 """
 
 from __future__ import annotations
@@ -176,8 +177,9 @@ def book_speakers(quotes: list[Quote], names) -> dict[str, str]:
 
 
 def speaker_choices(text: str, passage: Passage, speakers: dict[str, str], character: "CharacterConfig") -> list[str]:
-    """The character, the expected speakers of control questions, the book's speakers (book_speakers) named in
-    the passage, then "autre" and "inconnu"."""
+    """The character, the expected speakers of control questions and the book's speakers (book_speakers) named in
+    the passage, in alphabetical order (a model that always picks the first or second name gains nothing), then
+    "autre" and "inconnu"."""
     names, keys = [character.name], {bare_key(character.name)}
     for q in passage.questions:
         if q.expected and bare_key(q.expected) not in keys:
@@ -188,7 +190,7 @@ def speaker_choices(text: str, passage: Passage, speakers: dict[str, str], chara
         if key not in keys and f" {key} " in said and not is_character(who, character.name, list(character.aliases)):
             names.append(who)
             keys.add(key)
-    return names[:MAX_NAMES] + [OTHER, UNKNOWN]
+    return sorted(names[:MAX_NAMES], key=bare_key) + [OTHER, UNKNOWN]
 
 
 def answer_schema(choices: list[str], n: int) -> dict:
@@ -228,20 +230,24 @@ def parse_answers(reply: str) -> tuple[list[dict], str | None]:
     return [a if isinstance(a, dict) else {} for a in answers], None
 
 
-def failed_controls(passage: Passage, answers: list[dict]) -> list[dict]:
-    """The control questions answered wrongly: {"expected", "answer"} for each."""
+def failed_controls(passage: Passage, answers: list[dict], character: "CharacterConfig") -> list[dict]:
+    """The control questions answered wrongly, {"expected", "answer"} for each: given to the character (the one
+    mistake that would put someone else's words in their mouth), or to no one ("autre", "inconnu"). Another
+    person of the passage passes: one person may have two names ("la maraîchère", "madame François")."""
+    aliases = list(character.aliases)
     return [{"expected": q.expected, "answer": a.get("speaker")} for q, a in zip(passage.questions, answers)
-            if q.expected and bare_key(str(a.get("speaker") or "")) != bare_key(q.expected)]
+            if q.expected and (is_character(str(a.get("speaker") or ""), character.name, aliases)
+                               or str(a.get("speaker") or "") in (OTHER, UNKNOWN, ""))]
 
 
-def answer_problem(reply: str, finish_reason: str, passage: Passage) -> str | None:
+def answer_problem(reply: str, finish_reason: str, passage: Passage, character: "CharacterConfig") -> str | None:
     """What makes a reply junk for the watch: cut, not JSON, not one answer per question, a control failed."""
     if finish_reason == "length":
         return "cut_by_max_tokens"
     answers, error = parse_answers(reply)
     if error or len(answers) != len(passage.questions):
         return error or "wrong_number_of_answers"
-    return "failed_control" if failed_controls(passage, answers) else None
+    return "failed_control" if failed_controls(passage, answers, character) else None
 
 
 # -- the stage -------------------------------------------------------------------------------------
@@ -286,7 +292,7 @@ def settle(call: _Call, reply: str, source: Source, character: "CharacterConfig"
     rejects = [{"reason": error, "raw": reply[:2000]}] if error else []
     if not error and len(answers) != len(call.passage.questions):
         rejects.append({"reason": "wrong_number_of_answers", "raw": reply[:2000]})
-    failed = failed_controls(call.passage, answers)
+    failed = failed_controls(call.passage, answers, character)
     if failed:
         rejects.append({"reason": "failed_control", "controls": failed, "questions": len(call.passage.questions)})
         answers = []
@@ -340,7 +346,7 @@ def _extract_hybrid(books, character, cfg, out: Path, client, sampling, concurre
     pending = [c for c in plans if c.key not in store]
     summary.cached = len(plans) - len(pending)
     _call(client, [c.request for c in pending], [(c.chunk, c.key) for c in pending], store, summary, concurrency,
-          progress, FailureLimit(max_failures), _watch(client, cfg, pending))
+          progress, FailureLimit(max_failures), _watch(client, cfg, pending, character))
     source = Source("hybrid", client.model_id, prompt.version, character.name)
     added, rejects = [], []
     for c in plans:
@@ -356,7 +362,7 @@ def _extract_hybrid(books, character, cfg, out: Path, client, sampling, concurre
     return summary
 
 
-def _watch(client, cfg: "ExtractConfig", pending: list[_Call]):
+def _watch(client, cfg: "ExtractConfig", pending: list[_Call], character: "CharacterConfig"):
     """The reply watch of extract_checks over the hybrid's answers (None when extract.check_replies is off)."""
     if not getattr(cfg, "check_replies", True):
         return None
@@ -365,5 +371,6 @@ def _watch(client, cfg: "ExtractConfig", pending: list[_Call]):
     def see(chunk, value) -> None:
         if chunk is None:
             return watch.verdict()
-        watch.see(answer_problem(value["text"], value.get("finish_reason", ""), by_chunk[chunk.id].passage))
+        watch.see(answer_problem(value["text"], value.get("finish_reason", ""), by_chunk[chunk.id].passage,
+                                 character))
     return see

@@ -52,7 +52,7 @@ def test_answers_add_the_characters_lines_and_a_control_checks_the_model(tmp_pat
     summary = extract_hybrid([Book("b", SCENE)], PIERRE, ExtractConfig(), out, llm, progress=False)
     (call,) = llm.calls
     user = call["messages"][-1]["content"]
-    assert "Noms proposés : Pierre, Marie, autre, inconnu" in user
+    assert "Noms proposés : Marie, Pierre, autre, inconnu" in user  # alphabetical: no place gives a name away
     assert "1. Réplique [1] « Oui » : qui la prononce ?" in user  # the control: its incise gives it to Marie
     assert "[1] — Oui, répondit Marie.\n\n— Rentrons.\n\n[2] — Pas encore.\n\n[3] Ils s'arrêtèrent" in user
     assert call["json_schema"]["properties"]["answers"]["minItems"] == 3
