@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING
 from dantes_mlx import dialogue
 from dantes_mlx import extract_checks as checks
 from dantes_mlx.dialogue import Quote, is_character
-from dantes_mlx.dialogue_lexicon import PRONOUNS, names_in, person_like
+from dantes_mlx.dialogue_lexicon import PRONOUNS
 from dantes_mlx.dialogue_narrator import is_first_person
 from dantes_mlx.dialogue_ranker import bare_key
-from dantes_mlx.dialogue_speakers import Mention
 from dantes_mlx.extract import (KINDS, Book, Chunk, ExtractSummary, Prompt, Source, _call, _finish, check_paths,
                                 chunk_book, context_before, make_row, rule_rows, side_paths)
 from dantes_mlx.extract_focus import focus_paragraphs, paragraph_offsets
@@ -166,12 +165,14 @@ def passages(text: str, asked: list[Question]) -> list[Passage]:
     return out
 
 
-def book_speakers(quotes: list[Quote], names) -> dict[str, str]:
-    """The people the rules hear speak anywhere in a book (persons, not pronouns): bare key -> a surface form."""
+def book_speakers(quotes: list[Quote], text: str) -> dict[str, str]:
+    """The people the rules hear speak anywhere in a book and that a proper name names ("Florent", "madame
+    François", "M. de Courville"; not "la maraîchère" or "l'homme", which may be anyone, the named ones
+    included): bare key -> a surface form."""
+    proper = {m.group() for m in _MID_CAPITAL.finditer(text)}
     out = {}
     for q in quotes:
-        if q.speaker and not q.speaker.lower().replace("’", "'") in PRONOUNS and not is_first_person(q.speaker) \
-                and person_like(Mention(q.speaker, 0, 0), names):
+        if q.speaker and not is_first_person(q.speaker) and any(w in proper for w in re.split(r"[\s'’]+", q.speaker)):
             out.setdefault(bare_key(q.speaker), q.speaker.strip())
     return out
 
@@ -231,13 +232,10 @@ def parse_answers(reply: str) -> tuple[list[dict], str | None]:
 
 
 def failed_controls(passage: Passage, answers: list[dict], character: "CharacterConfig") -> list[dict]:
-    """The control questions answered wrongly, {"expected", "answer"} for each: given to the character (the one
-    mistake that would put someone else's words in their mouth), or to no one ("autre", "inconnu"). Another
-    person of the passage passes: one person may have two names ("la maraîchère", "madame François")."""
-    aliases = list(character.aliases)
+    """The control questions answered wrongly (not the name the incise gives): {"expected", "answer"} for each.
+    Only proper names are offered besides the character (book_speakers), so one person has one name there."""
     return [{"expected": q.expected, "answer": a.get("speaker")} for q, a in zip(passage.questions, answers)
-            if q.expected and (is_character(str(a.get("speaker") or ""), character.name, aliases)
-                               or str(a.get("speaker") or "") in (OTHER, UNKNOWN, ""))]
+            if q.expected and bare_key(str(a.get("speaker") or "")) != bare_key(q.expected)]
 
 
 def answer_problem(reply: str, finish_reason: str, passage: Passage, character: "CharacterConfig") -> str | None:
@@ -272,7 +270,7 @@ def plan_calls(book: Book, quotes: list[Quote], character: "CharacterConfig", pr
                sampling: dict) -> list[_Call]:
     """One call per passage of questions, keyed by everything it sends."""
     calls, aliases = [], list(character.aliases)
-    speakers, starts = book_speakers(quotes, names_in(book.text)), [q.start for q in quotes]
+    speakers, starts = book_speakers(quotes, book.text), [q.start for q in quotes]
     for index, passage in enumerate(passages(book.text, questions(book, quotes, character))):
         passage = with_control(book.text, passage, control(passage, quotes, starts, speakers, character))
         choices = speaker_choices(book.text, passage, speakers, character)
