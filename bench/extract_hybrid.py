@@ -137,6 +137,11 @@ def _pr(m: dict) -> str:
     return f"{m['right']:4}/{m['gold']:<4} P {p:5.3f} R {m['right'] / m['gold'] if m['gold'] else 0:5.3f}"
 
 
+def _tokens(method: str, m: dict) -> str:
+    """Evaluated and generated tokens; the oracle is a fake model (it counts words): none shown."""
+    return f"{'-':>9} {'-':>9}" if method == "hybrid-oracle" else f"{m['evaluated']:9} {m['generated']:9}"
+
+
 def report(results: dict[str, dict]) -> float:
     """Print the comparison; return the token ratio (LLM-only over hybrid), 0 when either is missing."""
     print(f"{'text':22} {'character':12} {'method':14} {'rows':>5} {'right/gold':>10} {'':>19} {'wrong':>5} "
@@ -148,7 +153,7 @@ def report(results: dict[str, dict]) -> float:
             new = m["new"]
             added = f"{new['rows']} ({new['right']}/{new['wrong']}/{new['unknown']})" if new else ""
             print(f"{stem[:22]:22} {res['name'][:12]:12} {method:14} {m['rows']:5} {_pr(m)} {m['wrong']:5} "
-                  f"{m['unknown']:4} {m['calls']:5} {m['evaluated']:9} {m['generated']:9} {m['seconds']:7.1f}  {added}")
+                  f"{m['unknown']:4} {m['calls']:5} {_tokens(method, m)} {m['seconds']:7.1f}  {added}")
     for stem, res in results.items():
         for method, m in res["methods"].items():
             if m["rejected"]:
@@ -156,7 +161,7 @@ def report(results: dict[str, dict]) -> float:
     for method, m in total.items():
         m["gold"] = total["rules"]["gold"]
         print(f"{'ALL':22} {'':12} {method:14} {m['rows']:5} {_pr(m)} {m['wrong']:5} {m['unknown']:4} "
-              f"{m['calls']:5} {m['evaluated']:9} {m['generated']:9} {m['seconds']:7.1f}")
+              f"{m['calls']:5} {_tokens(method, m)} {m['seconds']:7.1f}")
     cost = {k: total[k]["evaluated"] + total[k]["generated"] for k in ("hybrid", "llm") if k in total}
     return cost["llm"] / cost["hybrid"] if len(cost) == 2 and cost["hybrid"] else 0.0
 

@@ -23,7 +23,7 @@ from dantes_mlx import dialogue
 from dantes_mlx import extract_checks as checks
 from dantes_mlx.dialogue import Quote, is_character
 from dantes_mlx.dialogue_lexicon import PRONOUNS
-from dantes_mlx.dialogue_narrator import is_first_person
+from dantes_mlx.dialogue_narrator import is_first_person, quote_kind
 from dantes_mlx.dialogue_ranker import bare_key
 from dantes_mlx.extract import (KINDS, Book, Chunk, ExtractSummary, Prompt, Source, _call, _finish, check_paths,
                                 chunk_book, context_before, make_row, rule_rows, side_paths)
@@ -299,9 +299,9 @@ def settle(call: _Call, reply: str, source: Source, character: "CharacterConfig"
         who, kind = str(answer.get("speaker") or ""), str(answer.get("kind") or "")
         if q.expected or not is_character(who, character.name, list(character.aliases)):
             continue
-        if q.kind == "reply":
+        if q.kind == "reply":  # a marked reply is speech, or a thought when the narration's "je" thinks it
             spoken = (list(q.quote.segments), max([q.end] + [b for _, b in q.quote.incises]))
-            kind = kind if kind in KINDS else "parole"
+            kind = quote_kind(text, q.quote)
         elif kind in ("pensée", "écrit"):
             spoken = spoken_segments(text, q.start, q.end, [])
         else:
