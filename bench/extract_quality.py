@@ -109,7 +109,8 @@ subject of a speech verb, distance, colon, object or complement, addressee, prev
 with a conditional logit fitted by numpy on the gold Source mentions. Its numbers are printed three ways: `acc`
 with the shipped weights (fitted on all 9 texts, so in-sample here), `LOO` with weights fitted on the 8 other
 texts, `rules` with the rules' cues alone. Measured: 0.908 / 0.899 / 0.866 (held-out group: 0.893 / 0.880 /
-0.787); per-text LOO mean 0.910, sd 0.063, min 0.787. Detection does not move. Chosen with LOO numbers: the
+0.787); per-text LOO mean 0.910, sd 0.063, min 0.787. Detection does not move. Chosen with LOO numbers (on
+earlier feature sets, while the features were being written): the
 softmax over a reply's candidates (0.899) rather than independent logistic scores (0.887), the rules' pick kept
 as a feature (0.887 without). bench/heldout holds a tale measured once after the freeze (F1 1.000, 12/14 named).
 
