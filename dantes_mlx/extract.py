@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dantes_mlx import dialogue
+from dantes_mlx import extract_checks as checks
 from dantes_mlx.dialogue_narrator import narrator_hint, quote_kind
 from dantes_mlx.errors import ConfigError, InputError, StageFailed
+from dantes_mlx.extract_checks import parse_reply  # noqa: F401  (re-exported: part of this stage's API)
 from dantes_mlx.extract_chunks import chunk_book  # noqa: F401  (re-exported: part of this stage's API)
 from dantes_mlx.llm.batch import FailureLimit
 from dantes_mlx.outputs import check_output, failed_run, output_lock, partial_path, publish_jsonl
@@ -45,7 +47,8 @@ NARRATOR_NOTE = ("{{name}} est le narrateur : le récit parle de lui à la premi
                  "pas le narrateur.")
 # Row keys in the order they are written, so reruns give byte-identical files.
 ROW_KEYS = ("id", "book", "chapter", "start", "end", "segments", "chunk", "method", "model", "prompt_version", "kind",
-            "grounding", "grounding_method", "character", "contexte", "citation", "model_citation", "also_in")
+            "grounding", "grounding_method", "character", "contexte", "citation", "model_citation", "also_in",
+            "disputed_by_rules")
 
 
 # -- books and chunks ------------------------------------------------------------------------------
@@ -181,40 +184,6 @@ def load_prompt(prompt_file: str | Path = "", language: str = "fr") -> Prompt:
     return Prompt(version, template)
 
 
-def parse_reply(text: str) -> tuple[list[dict], str | None]:
-    """Citation objects of a reply and an error (None when it is valid JSON of the expected shape).
-
-    A reply that is not valid JSON (a server without schema support, a truncated answer) still
-    gives back every complete object carrying a "citation" string.
-    """
-    body = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", text.strip())
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError:
-        items = _salvage(body)
-        return items, "invalid_json"
-    items = data.get("citations") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        return [], "no_citations_list"
-    return [i for i in items if isinstance(i, dict)], None
-
-
-def _salvage(text: str) -> list[dict]:
-    decoder, items, pos = json.JSONDecoder(), [], 0
-    while (pos := text.find("{", pos)) >= 0:
-        try:
-            obj, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            pos += 1
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("citation"), str):
-            items.append(obj)
-            pos = end
-        else:
-            pos += 1
-    return items
-
-
 def normalize_kind(kind) -> str:
     """parole, pensée or écrit; anything unknown counts as speech."""
     folded = str(kind or "").strip().lower().replace("é", "e")
@@ -232,10 +201,11 @@ class Source:
 
 
 def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source, min_grounding: float,
-                 finish_reason: str = "") -> tuple[list[dict], list[dict]]:
+                 finish_reason: str = "", names: set | None = None) -> tuple[list[dict], list[dict]]:
     """Rows grounded in the chunk's span and rejects (with reason and score) for one stored reply.
 
-    A reply cut by max_tokens is rejected as `truncated` (its complete citations are still kept).
+    A reply cut by max_tokens is rejected as `truncated` (its complete citations are still kept). A citation
+    repeated in the reply counts once; a placeholder, or with `names` a bare name, is rejected (extract_checks).
     The row's `citation` is the character's words only: the narrator's incises inside the grounded
     span are cut out, whether the model copied them (as the prompt asks) or left them out.
     """
@@ -243,11 +213,17 @@ def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source, min_groun
     if error and finish_reason == "length":
         error = "truncated"
     rejects = [] if error is None else [{"reason": error, "raw": reply[:2000]}]
+    items, repeated = checks.unique_items(items)
+    rejects += repeated
     rows, taken, norm, speech, quotes = [], set(), None, None, []
     for item in items:
         cited = item.get("citation")
         if not isinstance(cited, str) or not cited.strip():
             rejects.append({"reason": "empty_citation", "item": item})
+            continue
+        problem = checks.item_problem(cited, names or set())
+        if problem:
+            rejects.append({"reason": problem, "citation": cited})
             continue
         if norm is None:
             quotes = quotes_in_span(book.text, chunk.start, chunk.end)
@@ -316,6 +292,8 @@ class ExtractSummary:
     new_tokens: Counter = field(default_factory=Counter)  # the calls made by this run
     failure_note: str = ""  # which calls failed and the first error (empty: none failed)
     store: str = ""
+    questions: int = 0  # hybrid: the replies and paragraphs the LLM was asked about (chunks: the passages)
+    added: int = 0      # hybrid: the citations its answers added to the rules' (before dedupe)
 
     def failure(self) -> StageFailed | None:
         """The error a run with failed chunks ends with (None when every chunk answered)."""
@@ -416,6 +394,7 @@ def _extract_llm(books, character, cfg, out: Path, client, sampling, concurrency
     if cfg.focus_window < 0:
         raise ConfigError(f"focus_window={cfg.focus_window}: need 0 (off) or more paragraphs",
                           path="dantes.yaml [extract]", fix="e.g. focus_window: 0")
+    checks.check_chat_template(client)
     effective = call_sampling(client, sampling)
     budget = chunk_budget(client, prompt, character.name, list(character.aliases),
                           int(effective.get("max_tokens") or 0), cfg.chunk_tokens, character.narrator)
@@ -432,7 +411,10 @@ def _extract_llm(books, character, cfg, out: Path, client, sampling, concurrency
     requests = [{"messages": prompt.messages(character.name, list(character.aliases), chunk.prompt_text,
                                              character.narrator),
                  "json_schema": schema, **sampling} for chunk, _ in pending]
-    _call(client, requests, pending, store, summary, concurrency, progress, FailureLimit(max_failures))
+    gates = {book.id: checks.book_gate(book, character, cfg) for book in books}
+    watch = (checks.extraction_watch(client, {chunk.id: book for book, chunk, _ in work}, gates, character)
+             if getattr(cfg, "check_replies", True) else None)
+    _call(client, requests, pending, store, summary, concurrency, progress, FailureLimit(max_failures), watch)
     source = Source("llm", client.model_id, prompt.version, character.name)
     rows, rejects = [], []
     for book, chunk, key in work:
@@ -440,17 +422,19 @@ def _extract_llm(books, character, cfg, out: Path, client, sampling, concurrency
         if value is not None:
             summary.tokens.update({k: v for k, v in value.items() if k.endswith("_tokens")})
             got, bad = ground_reply(book, chunk, value["text"], source, cfg.min_grounding,
-                                    value.get("finish_reason", ""))
+                                    value.get("finish_reason", ""), gates[book.id].names)
+            got, refused = gates[book.id](got)
             rows += got
-            rejects += bad
+            rejects += bad + refused
     _finish(summary, rows, rejects, out, started)
     return summary
 
 
 def _call(client, requests: list[dict], pending: list, store, summary: ExtractSummary, concurrency: int,
-          progress: bool, limit: FailureLimit) -> None:
+          progress: bool, limit: FailureLimit, on_reply=None) -> None:
     """Send the requests, storing each reply (or its error) as it arrives; Ctrl-C keeps what is stored, and
-    `limit` failures in a row end the calls early (the chunks not sent count as failed)."""
+    `limit` failures in a row end the calls early (the chunks not sent count as failed). `on_reply(chunk,
+    stored value)` sees each new reply, then (None, None) at the end; it may raise (extract_checks)."""
     from dantes_mlx.llm import batch
 
     calls = (client.iter_chat(requests, concurrency, return_exceptions=True) if hasattr(client, "iter_chat")
@@ -467,7 +451,11 @@ def _call(client, requests: list[dict], pending: list, store, summary: ExtractSu
                 value = _stored_reply(chunk, result)
                 store.put(key, value)
                 summary.new_tokens.update({k: v for k, v in value.items() if k.endswith("_tokens")})
+                if on_reply is not None:
+                    on_reply(chunk, value)
             bar.update(1)
+        if on_reply is not None and requests:
+            on_reply(None, None)
     except KeyboardInterrupt:
         raise ExtractInterrupted(summary.cached + summary.called, summary.chunks - summary.skipped,
                                  store.path) from None
@@ -544,25 +532,29 @@ def _extract_rules(books: list[Book], character: "CharacterConfig", cfg: "Extrac
     if character.language != "fr":
         print(f"warning: the dialogue rules are written for French; language is '{character.language}'",
               file=sys.stderr)
-    source = Source("rules", "", RULES_VERSION, character.name)
     summary = ExtractSummary("rules", str(out), str(out))
     rows = []
     for book in tqdm(books, desc="extract (rules)", unit="book", disable=not progress, file=sys.stderr):
         chunks = chunk_book(book, cfg.chunk_lines, cfg.overlap)
         summary.chunks += len(chunks)
-        starts = [c.start for c in chunks]
-        quotes = dialogue.find_quotations(book.text)
-        mine = dialogue.character_quotes(book.text, character.name, list(character.aliases), character.narrator,
-                                         quotes)
-        warn_narrator(book, character, quotes, bool(mine))
-        for quote in mine:
-            start, end = quote.start, quote.end
-            chunk = chunks[max(0, bisect.bisect_right(starts, start) - 1)]
-            spoken = (list(quote.segments), narration_end(quote.segments, quote.incises, end))
-            rows.append(make_row(book, chunk, start, end, source, quote_kind(book.text, quote), 100.0, "rules",
-                                 context_before(book.text, start), spoken=spoken))
+        rows += rule_rows(book, character, chunks, dialogue.find_quotations(book.text))
     _finish(summary, rows, [], out, started)
     return summary
+
+
+def rule_rows(book: Book, character: "CharacterConfig", chunks: list[Chunk], quotes) -> list[dict]:
+    """The rows of the quotations the rules give the character (each in the chunk where it starts)."""
+    source = Source("rules", "", RULES_VERSION, character.name)
+    mine = dialogue.character_quotes(book.text, character.name, list(character.aliases), character.narrator, quotes)
+    warn_narrator(book, character, quotes, bool(mine))
+    starts, rows = [c.start for c in chunks], []
+    for quote in mine:
+        start, end = quote.start, quote.end
+        chunk = chunks[max(0, bisect.bisect_right(starts, start) - 1)]
+        spoken = (list(quote.segments), narration_end(quote.segments, quote.incises, end))
+        rows.append(make_row(book, chunk, start, end, source, quote_kind(book.text, quote), 100.0, "rules",
+                             context_before(book.text, start), spoken=spoken))
+    return rows
 
 
 def warn_narrator(book: Book, character: "CharacterConfig", quotes=None, speaks: bool | None = None) -> None:

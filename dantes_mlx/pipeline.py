@@ -99,15 +99,17 @@ def stage_extract(layout: Layout, books: list[Path], character: CharacterConfig,
                          fix="run the fetch and clean stages first (`dantes-mlx run --to clean`), or put "
                              "cleaned .txt files there")
     loaded = [load_book(p) for p in books]
-    if cfg.method == "llm" or (cfg.method == "auto" and llm and (llm.model or llm.url)):
+    method = ("hybrid" if llm and (llm.model or llm.url) else "rules") if cfg.method == "auto" else cfg.method
+    if method in ("llm", "hybrid"):
         from dantes_mlx.extract import check_paths, llm_sampling
+        from dantes_mlx.extract_hybrid import extract_hybrid
         from dantes_mlx.llm import make_client
 
         # The sampling of `dantes-mlx extract` itself: same store keys, so a run reuses its replies.
         check_paths(layout.citations, loaded, cfg.prompt_file)  # before a model is loaded
-        summary = extract_llm(loaded, character, cfg, layout.citations, make_client(llm),
-                              sampling=llm_sampling(cfg, llm), concurrency=llm.concurrency, progress=False,
-                              max_failures=llm.max_consecutive_failures)
+        run = extract_hybrid if method == "hybrid" else extract_llm
+        summary = run(loaded, character, cfg, layout.citations, make_client(llm), sampling=llm_sampling(cfg, llm),
+                      concurrency=llm.concurrency, progress=False, max_failures=llm.max_consecutive_failures)
     else:
         summary = extract_rules(loaded, character, cfg, layout.citations, progress=False)
     rejected = ", ".join(f"{k} {v}" for k, v in summary.rejected.items()) or "none"

@@ -36,14 +36,20 @@ def _print_summary(s) -> None:
     rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(s.rejected.items())) or "none"
     click.echo(f"kept {s.kept} citations ({s.method}) -> {s.output}")
     click.echo(f"rejected: {rejected}; duplicates merged: {s.merged}")
+    if s.method == "hybrid":
+        click.echo(f"the LLM was asked about {s.questions} replies and paragraphs the rules leave open, in "
+                   f"{s.chunks} passages ({s.cached} cached, {s.called} called, {s.failed} failed); its answers "
+                   f"gave the character {s.added} of them")
     if s.method == "llm":
         budget = f", at most {s.chunk_tokens} tokens of text each" if s.chunk_tokens else ""
         click.echo(f"chunks: {s.chunks} ({s.skipped} skipped by the pre-filter, {s.cached} cached, "
                    f"{s.called} called, {s.failed} failed{budget})")
+    if s.method in ("llm", "hybrid"):
         t, n = s.tokens, s.new_tokens
         click.echo(f"tokens this run: prompt {n['prompt_tokens']}, evaluated {n['evaluated_tokens']}, "
                    f"generated {n['completion_tokens']} (reasoning {n['reasoning_tokens']}); all chunks: "
                    f"evaluated {t['evaluated_tokens']}, generated {t['completion_tokens']}")
+    if s.method == "llm":
         if s.chunks and s.skipped == s.chunks:
             click.echo("the pre-filter found the character in no chunk: check --character/--alias "
                        "(character.name/aliases), or pass --no-prefilter")
@@ -64,8 +70,9 @@ def _print_summary(s) -> None:
               help="The character is the first-person narrator: replies and thoughts of the narration's \"je\" "
                    "(\"répondis-je\", \"je me disais :\") are theirs (character.narrator).")
 @click.option("--language", default=None, help="Language of the text (selects the built-in prompt).")
-@click.option("--method", type=click.Choice(["llm", "rules", "auto"]), default=None,
-              help="llm, rules, or auto: llm when a generator model is configured.")
+@click.option("--method", type=click.Choice(["hybrid", "llm", "rules", "auto"]), default=None,
+              help="hybrid (rules, then the LLM on what they leave open), llm (the LLM reads every chunk), rules, "
+                   "or auto: hybrid when a generator model is configured, else rules.")
 @click.option("--chunk-lines", type=int, default=None, help="Paragraphs per LLM chunk (default 100).")
 @click.option("--overlap", type=int, default=None, help="Paragraphs shared by consecutive chunks (default 10).")
 @click.option("--chunk-tokens", type=int, default=None,
@@ -92,7 +99,7 @@ def extract(config_path, input_file, character, aliases, narrator, language, met
     from dantes_mlx.config import CharacterConfig, ExtractConfig, LLMConfig, ProjectConfig, load_yaml, section
 
     if all_speakers:
-        if method == "llm" or not input_file or not output:
+        if method in ("llm", "hybrid") or not input_file or not output:
             raise click.UsageError("--all-speakers needs --method rules (or auto), --input FILE and -o OUT.jsonl")
         n = stage.all_speakers(input_file, output)
         click.echo(f"{n} quotations with their speakers -> {output}")
@@ -112,7 +119,7 @@ def extract(config_path, input_file, character, aliases, narrator, language, met
     out = Path(output or ext.output or Path(project.data_dir) / "citations" / "citations.jsonl")
     chosen = ext.method
     if chosen == "auto":
-        chosen = "llm" if (llm.model or llm.url) else "rules"
+        chosen = "hybrid" if (llm.model or llm.url) else "rules"
         if chosen == "rules":
             click.echo("no generator model configured (llm.model / llm.url): using the rule method", err=True)
     books = _books(project, input_file)
@@ -125,9 +132,15 @@ def extract(config_path, input_file, character, aliases, narrator, language, met
     client = make_client(llm)
     sampling = stage.llm_sampling(ext, llm)
     try:
-        summary = stage.extract_llm(books, person, ext, out, client, sampling=sampling,
-                                    concurrency=llm.concurrency, progress=not quiet,
-                                    max_failures=llm.max_consecutive_failures)
+        if chosen == "hybrid":
+            from dantes_mlx.extract_hybrid import extract_hybrid
+
+            summary = extract_hybrid(books, person, ext, out, client, sampling=sampling, concurrency=llm.concurrency,
+                                     progress=not quiet, max_failures=llm.max_consecutive_failures)
+        else:
+            summary = stage.extract_llm(books, person, ext, out, client, sampling=sampling,
+                                        concurrency=llm.concurrency, progress=not quiet,
+                                        max_failures=llm.max_consecutive_failures)
     except stage.ExtractInterrupted as exc:
         click.echo(f"\n{exc}", err=True)
         click.echo(f"resume with: {shlex.join(['dantes-mlx', *sys.argv[1:]])}", err=True)
