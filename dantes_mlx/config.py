@@ -163,8 +163,9 @@ class CleanConfig:
 @dataclass
 class ExtractConfig:
     """Citation extraction."""
-    method: str = setting("auto", "llm, rules, or auto (llm when a generator model is configured).",
-                         rule=one_of("auto", "llm", "rules"))
+    method: str = setting("auto", "hybrid (the rules, then the LLM on what they leave open), llm (the LLM reads "
+                                  "every chunk), rules, or auto (hybrid when a generator model is configured).",
+                          rule=one_of("auto", "hybrid", "llm", "rules"))
     chunk_lines: int = setting(100, "Lines (paragraphs) per LLM chunk.", rule=at_least(1))
     overlap: int = setting(10, "Lines shared by consecutive chunks.", rule=at_least(0))
     chunk_tokens: int = setting(0, "Most tokens of book text per chunk: a chunk also ends before this budget. "
@@ -180,6 +181,11 @@ class ExtractConfig:
     temperature: float = setting(0.0, "Sampling temperature of the extraction calls (0: the most literal).",
                                  rule=at_least(0))
     output: str = setting("", "Citations file; empty: <data_dir>/citations/citations.jsonl.")
+    disputed: str = setting("flag", "An LLM citation the dialogue rules give to someone else: flag (kept, with "
+                                    "disputed_by_rules), drop (to the rejects), or keep.",
+                            rule=one_of("flag", "drop", "keep"))
+    check_replies: bool = setting(True, "Stop when most of the LLM's first replies are junk (empty where the rules "
+                                        "hear the character, the prompt's example, not JSON, cut by max_tokens).")
 
 
 @dataclass

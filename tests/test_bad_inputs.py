@@ -128,7 +128,7 @@ CASES = [
     ("yaml-messages-not-mappings", yaml_file("bad.yaml", "export:\n  ollama_messages: [bonjour]\n"),
      ["stats", "ds", "--tokenizer", "none", "--config", "bad.yaml"], ["bad.yaml:2", "'ollama_messages'", "mappings"]),
     ("yaml-method-unknown", yaml_file("bad.yaml", "extract:\n  method: magic\n"),
-     ["stats", "ds", "--tokenizer", "none", "--config", "bad.yaml"], ["bad.yaml:2", "'method'", "auto, llm, rules"]),
+     ["stats", "ds", "--tokenizer", "none", "--config", "bad.yaml"], ["bad.yaml:2", "'method'", "auto, hybrid, llm, rules"]),
     ("config-is-a-folder", None, ["fetch", "--config", "ds"], ["ds", "is a folder"]),
     ("config-is-a-folder-for-stats", None, ["stats", "ds", "--config", "ds"], ["'--config'", "is a directory"]),
     # -- flags out of range

@@ -78,7 +78,7 @@ def test_extract_with_a_failing_server_exits_1_and_keeps_the_previous_citations(
     previous = write_jsonl(tmp_path / "c.jsonl", [{"citation": "--Une citation gardée."}])
     before = previous.read_bytes()
     args = ["extract", "--config", str(config), "--input", "book.txt", "-o", "c.jsonl", "--chunk-lines", "2",
-            "--overlap", "0", "--no-prefilter", "--quiet"]
+            "--overlap", "0", "--no-prefilter", "--method", "llm", "--quiet"]
     with caplog.at_level(logging.WARNING):
         result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
@@ -100,7 +100,7 @@ def test_extract_with_a_failing_server_stops_run_before_generate(failing_server,
     (tmp_path / "data" / "clean").mkdir(parents=True)
     (tmp_path / "data" / "clean" / "book.txt").write_text(SCENE, encoding="utf-8")
     config = fast_llm_config(tmp_path / "dantes.yaml", failing_server.url)
-    config.write_text(config.read_text() + "project:\n  books: []\n", encoding="utf-8")
+    config.write_text(config.read_text() + "project:\n  books: []\nextract:\n  method: llm\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["run", "--from", "extract", "--to", "prepare"])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "== extract" in result.output and "== generate" not in result.output

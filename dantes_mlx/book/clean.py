@@ -1,4 +1,4 @@
-"""Project Gutenberg clean-up: pure str -> str functions, with file writing at the edges (reading: gutenberg_read)."""
+"""Project Gutenberg clean-up: pure str -> str functions, with file writing at the edges (reading: read.py)."""
 
 from __future__ import annotations
 

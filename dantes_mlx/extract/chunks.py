@@ -39,7 +39,7 @@ class Chunk:
     """Consecutive paragraphs of a book: id, 1-based line range, character offsets, chapter, text.
 
     `focus`, when set, is what the LLM reads instead of `text`: the windows around the character
-    (see extract_focus); citations are still grounded in the whole chunk.
+    (see focus.py); citations are still grounded in the whole chunk.
     """
     id: str
     book: str

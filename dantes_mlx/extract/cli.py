@@ -18,8 +18,9 @@ from dantes_mlx.extract.stage import Settings, run
               help="The character is the first-person narrator: replies and thoughts of the narration's \"je\" "
                    "(\"répondis-je\", \"je me disais :\") are theirs (character.narrator).")
 @click.option("--language", default=None, help="Language of the text (selects the built-in prompt).")
-@click.option("--method", type=click.Choice(["llm", "rules", "auto"]), default=None,
-              help="llm, rules, or auto: llm when a generator model is configured.")
+@click.option("--method", type=click.Choice(["hybrid", "llm", "rules", "auto"]), default=None,
+              help="hybrid (rules, then the LLM on what they leave open), llm (the LLM reads every chunk), rules, "
+                   "or auto: hybrid when a generator model is configured, else rules.")
 @click.option("--chunk-lines", type=int, default=None, help="Paragraphs per LLM chunk (default 100).")
 @click.option("--overlap", type=int, default=None, help="Paragraphs shared by consecutive chunks (default 10).")
 @click.option("--chunk-tokens", type=int, default=None,
@@ -42,7 +43,7 @@ def extract(config_path, input_file, character, aliases, narrator, language, met
     Resumable: finished chunks are stored next to the output; run the same command again after
     an interruption. Example: dantes-mlx extract --method rules --all-speakers --input FILE -o OUT.jsonl
     """
-    if all_speakers and (method == "llm" or not input_file or not output):
+    if all_speakers and (method in ("llm", "hybrid") or not input_file or not output):
         raise click.UsageError("--all-speakers needs --method rules (or auto), --input FILE and -o OUT.jsonl")
     config, workspace = project(config_path)
     settings = Settings.from_config(

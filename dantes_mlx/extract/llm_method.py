@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from dantes_mlx.errors import ConfigError
+from dantes_mlx.extract import checks
 from dantes_mlx.extract.chunks import Book, Chunk, chunk_book, chunk_budget, estimate_tokens, token_counter
 from dantes_mlx.extract.focus import focus_text, prefilter_keeps
 from dantes_mlx.extract.output import ExtractInterrupted, ExtractSummary, check_paths, finish, side_paths
@@ -85,6 +86,7 @@ def _extract_llm(books, character, cfg, out: Path, client, sampling, concurrency
     if cfg.focus_window < 0:
         raise ConfigError(f"focus_window={cfg.focus_window}: need 0 (off) or more paragraphs",
                           path="dantes.yaml [extract]", fix="e.g. focus_window: 0")
+    checks.check_chat_template(client)
     effective = call_sampling(client, sampling)
     budget = chunk_budget(client, prompt, character.name, list(character.aliases),
                           int(effective.get("max_tokens") or 0), cfg.chunk_tokens, character.narrator)
@@ -101,7 +103,11 @@ def _extract_llm(books, character, cfg, out: Path, client, sampling, concurrency
     requests = [{"messages": prompt.messages(character.name, list(character.aliases), chunk.prompt_text,
                                              character.narrator),
                  "json_schema": schema, **sampling} for chunk, _ in pending]
-    _call(client, requests, pending, store, summary, concurrency, progress, FailureLimit(max_failures))
+    gates = {book.id: checks.book_gate(book, character, cfg) for book in books}
+    watch = (checks.extraction_watch(client, {chunk.id: book for book, chunk, _ in work}, gates, character)
+             if getattr(cfg, "check_replies", True) else None)
+    call_and_store(client, requests, pending, store, summary, concurrency, progress, FailureLimit(max_failures),
+                   watch)
     source = Source("llm", client.model_id, prompt.version, character.name)
     rows, rejects = [], []
     for book, chunk, key in work:
@@ -109,17 +115,19 @@ def _extract_llm(books, character, cfg, out: Path, client, sampling, concurrency
         if value is not None:
             summary.tokens.update({k: v for k, v in value.items() if k.endswith("_tokens")})
             got, bad = ground_reply(book, chunk, value["text"], source, cfg.min_grounding,
-                                    value.get("finish_reason", ""))
+                                    value.get("finish_reason", ""), gates[book.id].names)
+            got, refused = gates[book.id](got)
             rows += got
-            rejects += bad
+            rejects += bad + refused
     finish(summary, rows, rejects, out, started)
     return summary
 
 
-def _call(client, requests: list[dict], pending: list, store, summary: ExtractSummary, concurrency: int,
-          progress: bool, limit: FailureLimit) -> None:
+def call_and_store(client, requests: list[dict], pending: list, store, summary: ExtractSummary, concurrency: int,
+                   progress: bool, limit: FailureLimit, on_reply=None) -> None:
     """Send the requests, storing each reply (or its error) as it arrives; Ctrl-C keeps what is stored, and
-    `limit` failures in a row end the calls early (the chunks not sent count as failed)."""
+    `limit` failures in a row end the calls early (the chunks not sent count as failed). `on_reply(chunk,
+    stored value)` sees each new reply, then (None, None) at the end; it may raise (checks.py)."""
     calls = iter_results(client, requests, concurrency)
     bar = _progress(len(requests), summary.cached, progress)
     try:
@@ -133,7 +141,11 @@ def _call(client, requests: list[dict], pending: list, store, summary: ExtractSu
                 value = {"chunk": chunk.id, **reply_record(result)}
                 store.put(key, value)
                 summary.new_tokens.update({k: v for k, v in value.items() if k.endswith("_tokens")})
+                if on_reply is not None:
+                    on_reply(chunk, value)
             bar.update(1)
+        if on_reply is not None and requests:
+            on_reply(None, None)
     except KeyboardInterrupt:
         raise ExtractInterrupted(summary.cached + summary.called, summary.chunks - summary.skipped,
                                  store.path) from None

@@ -40,6 +40,8 @@ class ExtractSummary:
     new_tokens: Counter = field(default_factory=Counter)  # the calls made by this run
     failure_note: str = ""  # which calls failed and the first error (empty: none failed)
     store: str = ""
+    questions: int = 0  # hybrid: the replies and paragraphs the LLM was asked about (chunks: the passages)
+    added: int = 0      # hybrid: the citations its answers added to the rules' (before dedupe)
 
     def summary(self) -> str:
         """What was kept and where it went, the chunks, what was rejected, the tokens (LLM) and the time."""
@@ -49,16 +51,21 @@ class ExtractSummary:
             budget = f", at most {self.chunk_tokens} tokens of text each" if self.chunk_tokens else ""
             chunks += (f" ({self.skipped} skipped by the pre-filter, {self.cached} cached, {self.called} called, "
                        f"{self.failed} failed{budget})")
+        elif self.method == "hybrid":
+            chunks = (f"citations of {self.character} kept ({self.method}): the LLM was asked about {self.questions} "
+                      f"replies and paragraphs the rules leave open, in {self.chunks} passages ({self.cached} cached, "
+                      f"{self.called} called, {self.failed} failed); its answers gave the character {self.added} of "
+                      "them")
         out = [f"kept {self.kept} citations -> {self.output}", chunks,
                f"rejected: {rejected}; duplicates merged: {self.merged}"]
-        if self.method == "llm":
+        if self.method in ("llm", "hybrid"):
             t, n = self.tokens, self.new_tokens
             out.append(f"tokens this run: prompt {n['prompt_tokens']}, evaluated {n['evaluated_tokens']}, "
                        f"generated {n['completion_tokens']} (reasoning {n['reasoning_tokens']}); all chunks: "
                        f"evaluated {t['evaluated_tokens']}, generated {t['completion_tokens']}")
-            if self.chunks and self.skipped == self.chunks:
-                out.append("the pre-filter found the character in no chunk: check --character/--alias "
-                           "(character.name/aliases), or pass --no-prefilter")
+        if self.method == "llm" and self.chunks and self.skipped == self.chunks:
+            out.append("the pre-filter found the character in no chunk: check --character/--alias "
+                       "(character.name/aliases), or pass --no-prefilter")
         return "\n".join(out + [f"time: {self.seconds:.1f} s"])
 
     def failure(self) -> StageFailed | None:

@@ -3,8 +3,6 @@ replies forced to a schema and read back tolerantly."""
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,43 +49,10 @@ class CitationPrompt:
         return self.messages(name, aliases, "", narrator)[0]["content"]
 
 
-def citation_prompt(prompt_file: str | Path = "", language: str = "fr") -> CitationPrompt:
-    """The built-in extraction prompt for `language`, or a file whose content hash becomes part of the version."""
-    return CitationPrompt(load_prompt("extract", language, prompt_file))
-
-
-def parse_reply(text: str) -> tuple[list[dict], str | None]:
-    """Citation objects of a reply and an error (None when it is valid JSON of the expected shape).
-
-    A reply that is not valid JSON (a server without schema support, a truncated answer) still
-    gives back every complete object carrying a "citation" string.
-    """
-    body = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", text.strip())
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError:
-        items = _salvage(body)
-        return items, "invalid_json"
-    items = data.get("citations") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        return [], "no_citations_list"
-    return [i for i in items if isinstance(i, dict)], None
-
-
-def _salvage(text: str) -> list[dict]:
-    decoder, items, pos = json.JSONDecoder(), [], 0
-    while (pos := text.find("{", pos)) >= 0:
-        try:
-            obj, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            pos += 1
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("citation"), str):
-            items.append(obj)
-            pos = end
-        else:
-            pos += 1
-    return items
+def citation_prompt(prompt_file: str | Path = "", language: str = "fr", kind: str = "extract") -> CitationPrompt:
+    """The built-in extraction prompt for `language` (`kind` hybrid: the hybrid method's questions), or a file
+    whose content hash becomes part of the version."""
+    return CitationPrompt(load_prompt(kind, language, prompt_file))
 
 
 def normalize_kind(kind) -> str:

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from dantes_mlx.extract.chunks import Book, Chunk
 from dantes_mlx.extract.grounding import (NormalizedText, fold_for_matching, incises_in_span, join_spoken, locate,
                                           quotes_in_span, spoken_segments)
-from dantes_mlx.extract.prompt import normalize_kind, parse_reply
+from dantes_mlx.extract import checks
+from dantes_mlx.extract.checks import parse_reply
+from dantes_mlx.extract.prompt import normalize_kind
 
 # Row keys in the order they are written, so reruns give byte-identical files.
 ROW_KEYS = ("id", "book", "chapter", "start", "end", "segments", "chunk", "method", "model", "prompt_version", "kind",
-            "grounding", "grounding_method", "character", "contexte", "citation", "model_citation", "also_in")
+            "grounding", "grounding_method", "character", "contexte", "citation", "model_citation", "also_in",
+            "disputed_by_rules")
 
 
 @dataclass
@@ -24,10 +27,11 @@ class Source:
 
 
 def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source, min_grounding: float,
-                 finish_reason: str = "") -> tuple[list[dict], list[dict]]:
+                 finish_reason: str = "", names: set | None = None) -> tuple[list[dict], list[dict]]:
     """Rows grounded in the chunk's span and rejects (with reason and score) for one stored reply.
 
-    A reply cut by max_tokens is rejected as `truncated` (its complete citations are still kept).
+    A reply cut by max_tokens is rejected as `truncated` (its complete citations are still kept). A citation
+    repeated in the reply counts once; a placeholder, or with `names` a bare name, is rejected (checks.py).
     The row's `citation` is the character's words only: the narrator's incises inside the grounded
     span are cut out, whether the model copied them (as the prompt asks) or left them out.
     """
@@ -35,11 +39,17 @@ def ground_reply(book: Book, chunk: Chunk, reply: str, source: Source, min_groun
     if error and finish_reason == "length":
         error = "truncated"
     rejects = [] if error is None else [{"reason": error, "raw": reply[:2000]}]
+    items, repeated = checks.unique_items(items)
+    rejects += repeated
     rows, taken, norm, speech, quotes = [], set(), None, None, []
     for item in items:
         cited = item.get("citation")
         if not isinstance(cited, str) or not cited.strip():
             rejects.append({"reason": "empty_citation", "item": item})
+            continue
+        problem = checks.item_problem(cited, names or set())
+        if problem:
+            rejects.append({"reason": problem, "citation": cited})
             continue
         if norm is None:
             quotes = quotes_in_span(book.text, chunk.start, chunk.end)

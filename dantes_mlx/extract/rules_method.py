@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from dantes_mlx.errors import InputError
-from dantes_mlx.extract.chunks import Book, book_chapters, chunk_book
+from dantes_mlx.extract.chunks import Book, Chunk, book_chapters, chunk_book
 from dantes_mlx.extract.grounding import narration_end
 from dantes_mlx.extract.output import ExtractSummary, check_paths, finish
 from dantes_mlx.extract.rows import Source, context_before, make_row
@@ -40,30 +40,34 @@ def _extract_rules(books: list[Book], character: "CharacterConfig", cfg: "Extrac
     if character.language != "fr":
         print(f"warning: the dialogue rules are written for French; language is '{character.language}'",
               file=sys.stderr)
-    source = Source("rules", "", RULES_VERSION, character.name)
     summary = ExtractSummary("rules", str(out), str(out), character.name)
     rows = []
     for book in tqdm(books, desc="extract (rules)", unit="book", disable=not progress, file=sys.stderr):
         chunks = chunk_book(book, cfg.chunk_lines, cfg.overlap)
         summary.chunks += len(chunks)
-        starts = [c.start for c in chunks]
-        quotes = dialogue.find_quotations(book.text)
-        mine = dialogue.character_quotes(book.text, character.name, list(character.aliases), character.narrator,
-                                         quotes)
-        warn_narrator(book, character, quotes, bool(mine))
-        for quote in mine:
-            start, end = quote.start, quote.end
-            chunk = chunks[max(0, bisect.bisect_right(starts, start) - 1)]
-            spoken = (list(quote.segments), narration_end(quote.segments, quote.incises, end))
-            rows.append(make_row(book, chunk, start, end, source, quote_kind(book.text, quote), 100.0, "rules",
-                                 context_before(book.text, start), spoken=spoken))
+        rows += rule_rows(book, character, chunks, dialogue.find_quotations(book.text))
     finish(summary, rows, [], out, started)
     return summary
 
 
+def rule_rows(book: Book, character: "CharacterConfig", chunks: list[Chunk], quotes) -> list[dict]:
+    """The rows of the quotations the rules give the character (each in the chunk where it starts)."""
+    source = Source("rules", "", RULES_VERSION, character.name)
+    mine = dialogue.character_quotes(book.text, character.name, list(character.aliases), character.narrator, quotes)
+    warn_narrator(book, character, quotes, bool(mine))
+    starts, rows = [c.start for c in chunks], []
+    for quote in mine:
+        start, end = quote.start, quote.end
+        chunk = chunks[max(0, bisect.bisect_right(starts, start) - 1)]
+        spoken = (list(quote.segments), narration_end(quote.segments, quote.incises, end))
+        rows.append(make_row(book, chunk, start, end, source, quote_kind(book.text, quote), 100.0, "rules",
+                             context_before(book.text, start), spoken=spoken))
+    return rows
+
+
 def warn_narrator(book: Book, character: "CharacterConfig", quotes=None, speaks: bool | None = None) -> None:
     """Suggest --narrator on stderr when the book is told in the first person and the rules never hear
-    the character speak (see dialogue_narrator.narrator_hint)."""
+    the character speak (see fr/narrator.narrator_hint)."""
     if character.narrator:
         return
     quotes = dialogue.find_quotations(book.text) if quotes is None else quotes

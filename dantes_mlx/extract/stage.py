@@ -9,6 +9,7 @@ from dantes_mlx import llm
 from dantes_mlx.config import CharacterConfig, ExtractConfig, LLMConfig, ProjectConfig, section
 from dantes_mlx.errors import InputError
 from dantes_mlx.extract.chunks import Book, load_book
+from dantes_mlx.extract.hybrid_method import extract_hybrid
 from dantes_mlx.extract.llm_method import extract_llm, llm_sampling
 from dantes_mlx.extract.output import ExtractSummary, check_paths
 from dantes_mlx.extract.rules_method import all_speakers, extract_rules
@@ -46,10 +47,10 @@ class Settings:
                    all_speakers, progress)
 
     def method(self) -> str:
-        """llm or rules: `auto` is llm when a generator model is configured."""
+        """hybrid, llm or rules: `auto` is hybrid when a generator model is configured, else rules."""
         if self.extract.method != "auto":
             return self.extract.method
-        return "llm" if (self.llm.model or self.llm.url) else "rules"
+        return "hybrid" if (self.llm.model or self.llm.url) else "rules"
 
 
 def read_books(books: list | None, clean: Path, input_file: str | None = None) -> list[Book]:
@@ -84,6 +85,7 @@ def run(settings: Settings, workspace: Workspace, log: Log) -> ExtractSummary | 
     if method == "rules":
         return extract_rules(books, settings.character, settings.extract, out, progress=settings.progress)
     cfg = settings.llm
-    return extract_llm(books, settings.character, settings.extract, out, llm.make_client(cfg),
-                       sampling=llm_sampling(settings.extract, cfg), concurrency=cfg.concurrency,
-                       progress=settings.progress, max_failures=cfg.max_consecutive_failures)
+    extract = extract_hybrid if method == "hybrid" else extract_llm
+    return extract(books, settings.character, settings.extract, out, llm.make_client(cfg),
+                   sampling=llm_sampling(settings.extract, cfg), concurrency=cfg.concurrency,
+                   progress=settings.progress, max_failures=cfg.max_consecutive_failures)

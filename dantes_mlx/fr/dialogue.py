@@ -14,6 +14,7 @@ from pathlib import Path
 from dantes_mlx.fr.boundaries import (SECOND_PERSON, cut_narrative_clause, drop_narration, match_incise,
                                             split_incises, trim_span)
 from dantes_mlx.fr.narrator import is_first_person
+from dantes_mlx.fr.ranker import Ranker, default_ranker, ranker_chooser
 from dantes_mlx.fr.speakers import attribute, is_character, normalise_speaker
 from dantes_mlx.fr.text import fold_name
 from dantes_mlx.errors import InputError
@@ -289,16 +290,20 @@ def detect_quotations(text: str, paras: list[tuple[int, int]] | None = None) -> 
     return quotes
 
 
-def find_quotations(text: str) -> list[Quote]:
-    """Every direct-speech quotation of a French text with its attributed speaker (or None)."""
+def find_quotations(text: str, ranker: Ranker | None | str = "default", trace: list | None = None) -> list[Quote]:
+    """Every direct-speech quotation of a French text with its attributed speaker (or None). Speakers come from
+    the shipped speaker ranker over the rules' candidates (fr/ranker.py); ranker=None: the rules' cues
+    alone. `trace` collects each quotation's candidates (for fitting a ranker)."""
     paras = paragraphs(text)
-    return attribute(text, detect_quotations(text, paras), paras)
+    ranker = default_ranker() if isinstance(ranker, str) else ranker
+    chooser = ranker_chooser(ranker, trace) if ranker is not None or trace is not None else None
+    return attribute(text, detect_quotations(text, paras), paras, chooser)
 
 
 def character_quotes(text: str, name: str, aliases=(), narrator: bool = False,
                      quotes: list[Quote] | None = None) -> list[Quote]:
     """The rule method of extraction: quotations whose speaker is the character or an alias, and, when
-    the character is the narrator, those the narration's "je" speaks (see dialogue_narrator)."""
+    the character is the narrator, those the narration's "je" speaks (see narrator.py)."""
     return [q for q in (find_quotations(text) if quotes is None else quotes)
             if is_character(q.speaker, name, aliases) or narrator and is_first_person(q.speaker)]
 

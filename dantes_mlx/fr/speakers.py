@@ -106,13 +106,23 @@ RUN_GAP = 400  # characters of narration that end an exchange
 class _Attributor:
     """Walks the quotations in order, keeping the recent named mentions and the current exchange."""
 
-    def __init__(self, source: str, paras):
-        self.source, self.paras = source, paras
+    def __init__(self, source: str, paras, chooser=None):
+        self.source, self.paras, self.chooser = source, paras, chooser
         self.starts = [a for a, _ in paras]
         self.genders = name_genders(source)
         self.names = names_in(source)
         self.recent: list[Mention | tuple[int, int]] = []  # mentions, and narration read lazily
         self.run: list[Mention] = []
+        self._persons: dict[Mention, bool] = {}
+
+    def is_person(self, m: Mention) -> bool:
+        """person_like(m, the text's names), remembered: a pronoun looks back at the same 30 mentions again and again."""
+        known = self._persons.get(m)
+        if known is None:
+            if len(self._persons) > 50_000:  # a whole novel: only recent mentions are looked at again
+                self._persons.clear()
+            known = self._persons[m] = person_like(m, self.names)
+        return known
 
     def para_of(self, pos: int) -> int:
         """Index of the paragraph holding pos."""
@@ -147,7 +157,7 @@ class _Attributor:
             return pron  # "l'un d'eux", "quelqu'un": the words themselves are the best name
         want = pron.gender
         near = [m for m in reversed(self._expand_recent())
-                if 0 <= pron.start - m.end < _WINDOW and person_like(m, self.names)]
+                if 0 <= pron.start - m.end < _WINDOW and self.is_person(m)]
         genders = [_gender(m, self.genders) for m in near]
         # a mention of the right known gender beats a more recent one of unknown gender
         cands = [m for m, g in zip(near, genders) if g == want] or \
@@ -173,17 +183,17 @@ class _Attributor:
         pa = self.paras[pi][0]
         if src[max(pa, gap_start):q.start].strip(" \t\u00a0\r\n«"):
             m = _introducer(src, max(pa, gap_start), q.start)
-            return ("before", m) if self._introduces(m, q.start) else (None, None)
+            return ("before", m) if self.introduces(m, q.start) else (None, None)
         if pi > 0 and gap_start <= self.paras[pi - 1][0]:
             pa, pb = self.paras[pi - 1]
             m = _introducer(src, pa, pb)
-            if self._introduces(m, pb) and (src[pa:pb].rstrip().endswith(":") or person_like(m, self.names)):
+            if self.introduces(m, pb) and (src[pa:pb].rstrip().endswith(":") or person_like(m, self.names)):
                 return "previous", m
         return None, None
 
-    def _introduces(self, m: Mention | None, until: int) -> bool:
+    def introduces(self, m: Mention | None, until: int) -> bool:
         """A subject in the narration ending at `until` names the speaker of the reply after it; the
-        narration's "je" only as dialogue_narrator says ("je lui dis :", not "je ne voyais rien.")."""
+        narration's "je" only as narrator.py says ("je lui dis :", not "je ne voyais rien.")."""
         if m is None or not is_first_person(m.text):
             return m is not None
         return first_person_kind(self.source, m.start, m.end, until) is not None
@@ -201,6 +211,9 @@ class _Attributor:
             if gap.strip():
                 self.recent.append((gap_start, q.start))
             cue, mention = self.cue(q, gap_start)
+            if self.chooser is not None and cue != "incise":  # a ranker (fr/ranker.py); None keeps the rules' cue
+                ranked = self.chooser(self, q, gap_start, mention, prev_speaker if adjacent else None)
+                cue, mention = ranked or (cue, mention)
             speaker = mention
             if mention is not None and mention.pronoun:
                 speaker = self.resolve(mention, prev_speaker if adjacent else None)
@@ -225,6 +238,8 @@ class _Attributor:
         return out
 
 
-def attribute(source: str, quotes, paras) -> list:
-    """The quotations with speaker, mention and cue filled in (dataclasses.replace on each)."""
-    return _Attributor(source, paras)(quotes)
+def attribute(source: str, quotes, paras, chooser=None) -> list:
+    """The quotations with speaker, mention and cue filled in (dataclasses.replace on each). Where no incise names
+    the speaker, `chooser(attributor, quote, gap_start, rule mention, previous speaker)` may override the rules'
+    cue: (cue, mention), or None to keep it."""
+    return _Attributor(source, paras, chooser)(quotes)

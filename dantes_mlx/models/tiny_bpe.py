@@ -1,6 +1,6 @@
 """Tiny random Llama / Qwen2 models with a French byte-level BPE tokenizer (ChatML), as Hugging Face folders.
 
-The byte-level counterpart of tinymodel.py (SentencePiece Mistral): same random weights, a GPT-2-style
+The byte-level counterpart of tiny.py (SentencePiece Mistral): same random weights, a GPT-2-style
 tokenizer trained with `tokenizers` (digits split first, as SmolLM2's; or GPT-2's or Llama 3's
 pre-tokenizer), and tied embeddings.
 """

@@ -21,7 +21,7 @@ from dantes_mlx.extract.llm_method import extract_llm
 from dantes_mlx.extract.output import ExtractInterrupted
 from dantes_mlx.extract.prompt import CITATION_SCHEMA
 from dantes_mlx.extract.prompt import citation_prompt as load_prompt
-from dantes_mlx.extract.prompt import parse_reply
+from dantes_mlx.extract.checks import parse_reply
 from dantes_mlx.extract.rows import Source, ground_reply
 from dantes_mlx.extract.rules_method import extract_rules
 from dantes_mlx.llm.fake import FakeLLM, fake_from_function
@@ -516,8 +516,9 @@ def test_cli_ctrl_c_says_how_many_chunks_are_done_and_how_to_resume(tmp_path, mo
     monkeypatch.setattr(base, "make_client", lambda cfg: fake_from_function(interrupt_second))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "book.txt").write_text(numbered_text(8), encoding="utf-8")
-    result = CliRunner().invoke(main, ["extract", "--input", "book.txt", "--model", "any.gguf", "--no-prefilter",
-                                       "--chunk-lines", "4", "--overlap", "0", "-o", "c.jsonl", "--quiet"])
+    result = CliRunner().invoke(main, ["extract", "--input", "book.txt", "--model", "any.gguf", "--method", "llm",
+                                       "--no-prefilter", "--chunk-lines", "4", "--overlap", "0", "-o", "c.jsonl",
+                                       "--quiet"])
     assert result.exit_code == 130
     assert "interrupted: 1/2 chunks done" in result.output and "resume with: dantes-mlx" in result.output
 
@@ -532,8 +533,8 @@ def test_cli_focus_window_option_reaches_the_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(base, "make_client", lambda cfg: llm)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "book.txt").write_text(focus_book().text, encoding="utf-8")
-    result = CliRunner().invoke(main, ["extract", "--input", "book.txt", "--model", "any.gguf", "--focus-window", "1",
-                                       "-o", "c.jsonl", "--quiet"])
+    result = CliRunner().invoke(main, ["extract", "--input", "book.txt", "--model", "any.gguf", "--method", "llm",
+                                       "--focus-window", "1", "-o", "c.jsonl", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "[…]" in llm.calls[0]["messages"][-1]["content"] and "kept 4 citations" in result.output
 

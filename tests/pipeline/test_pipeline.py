@@ -190,8 +190,8 @@ def test_run_extract_reuses_what_the_extract_command_stored(tmp_path, monkeypatc
     from dantes_mlx.llm.fake import FakeLLM
 
     _scene_project(tmp_path, monkeypatch)
-    (tmp_path / "dantes.yaml").write_text("project:\n  books: [scene]\nllm:\n  model: gen.gguf\n  max_tokens: 900\n",
-                                          encoding="utf-8")
+    (tmp_path / "dantes.yaml").write_text("project:\n  books: [scene]\nllm:\n  model: gen.gguf\n  max_tokens: 900\n"
+                                          "extract:\n  method: llm\n", encoding="utf-8")
     run(load_yaml("dantes.yaml"), start="clean", stop="clean", log=lambda m: None)
     by_hand = FakeLLM(default=_citations_reply)
     monkeypatch.setattr(llm, "make_client", lambda cfg: by_hand)
