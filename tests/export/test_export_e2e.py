@@ -145,7 +145,7 @@ def test_token_scores_forced_to_minus_1000_fail_the_export(trained, tiny_model_d
 def test_untransposed_adapter_is_refused(trained, tiny_model_dir, tmp_path, monkeypatch):
     """A converter that forgets to transpose A/B: the shapes no longer fit the base, export refuses it
     before writing anything (the GGUF LoRA route through llama.cpp is covered in test_export_lora_gguf)."""
-    monkeypatch.setattr("dantes_mlx.export.peft.to_peft_orientation", lambda a, b: (a, b))
+    monkeypatch.setattr("dantes_mlx.adapter_format.to_peft_orientation", lambda a, b: (a, b))
     with pytest.raises(ModelError, match="transposed"):
         export_all(tiny_model_dir, trained, tmp_path / "out", quantization="f16", log=lambda m: None)
     assert not (tmp_path / "out").exists()
