@@ -39,7 +39,7 @@ _ORIENTATION_HINT = ("A and B may be stored transposed: PEFT keeps lora_A as (ra
 _EXPECTED = (f"expected {MLX_WEIGHTS} (mlx-lm, `dantes-mlx train --backend mlx`) or {PEFT_WEIGHTS} (PEFT, "
              f"`--backend unsloth` or transformers + peft), each with {ADAPTER_CONFIG}")
 _FOLDER_FIX = "point --adapter-path at the folder `dantes-mlx train` wrote (default: adapters/)"
-# PEFT options whose weights an mlx-lm LoRA/DoRA layer cannot hold: (setting, what it is, is it set).
+# PEFT options whose weights an mlx-lm LoRA/DoRA layer cannot hold: (setting, what it is, is it set[, fix]).
 _UNSUPPORTED_PEFT = (
     ("modules_to_save", "fully trained copies of whole modules", lambda v: bool(v)),
     ("bias", "trained biases", lambda v: v not in (None, "none")),
@@ -48,6 +48,17 @@ _UNSUPPORTED_PEFT = (
     ("layer_replication", "replicated layers", lambda v: bool(v)),
     ("trainable_token_indices", "trained token embeddings", lambda v: bool(v)),
     ("target_parameters", "adapted parameters (not linear layers)", lambda v: bool(v)),
+    ("alora_invocation_tokens", "activated LoRA (on only after some tokens)", lambda v: bool(v)),
+    ("use_qalora", "QA-LoRA (pooled inputs)", lambda v: bool(v)),
+    ("use_bdlora", "block-diagonal LoRA", lambda v: bool(v)),
+    ("arrow_config", "Arrow routing between adapters", lambda v: bool(v)),
+    ("kasa_config", "KaSA (singular-value scaling)", lambda v: bool(v)),
+    ("monteclora_config", "MonteCLoRA (sampled adapters)", lambda v: bool(v)),
+    # These rewrite the base weights at initialisation: the adapter fits that residual base, not the original.
+    ("init_lora_weights", "an adapter initialised from the base's weights, which were changed in place",
+     lambda v: isinstance(v, str) and v.lower().startswith(("pissa", "olora", "corda", "loftq")),
+     "save it converted to plain LoRA (peft's save_pretrained(..., path_initial_model_for_weight_conversion=...)), "
+     "or train with init_lora_weights=True"),
 )
 _DAMAGED_FIX = ("train again (`dantes-mlx train --resume` continues from its last checkpoint), or copy the adapter "
                 "folder again")
@@ -234,10 +245,11 @@ def check_peft_options(config: dict, path: Path) -> None:
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise ModelError(f"peft_type {config.get('peft_type')!r} is not LoRA", path=path,
                          fix="only LoRA and DoRA adapters can be used")
-    for setting, what, is_set in _UNSUPPORTED_PEFT:
+    for setting, what, is_set, *fix in _UNSUPPORTED_PEFT:
         if is_set(config.get(setting)):
             raise ModelError(f"{setting}={config[setting]!r}: {what} cannot be held by an mlx-lm LoRA adapter",
-                             path=path, fix=f"train without {setting} (LoRA/DoRA on linear layers only)")
+                             path=path, fix=fix[0] if fix else f"train without {setting} (LoRA/DoRA on linear "
+                                                                 "layers only)")
 
 
 def load_peft_adapter(folder: Path) -> Adapter:
