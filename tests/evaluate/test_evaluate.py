@@ -284,10 +284,11 @@ def test_eval_takes_a_peft_adapter_like_the_mlx_one(trained, tmp_path, monkeypat
     config.write_text(f"project:\n  reports_dir: {tmp_path / 'reports'}\n", encoding="utf-8")
     results = {}
     for name, folder in (("mlx", adapters), ("peft", peft)):
+        out = tmp_path / f"report-{name}"  # not the adapter folders: eval never writes where it reads
         run = CliRunner().invoke(main, ["eval", "--adapter-path", str(folder), "--data", str(data), "--samples", "2",
-                                        "--max-tokens", "8", "-o", str(tmp_path / name), "--config", str(config)])
+                                        "--max-tokens", "8", "-o", str(out), "--config", str(config)])
         assert run.exit_code == 0, run.output
-        results[name] = json.loads((tmp_path / name / "results.json").read_text(encoding="utf-8"))
+        results[name] = json.loads((out / "results.json").read_text(encoding="utf-8"))
     mlx, peft_run = results["mlx"], results["peft"]
     assert peft_run["adapter_path"] == str(peft) and peft_run["base_model"] == mlx["base_model"]
     assert peft_run["sides"]["tuned"]["answers"] == mlx["sides"]["tuned"]["answers"]
