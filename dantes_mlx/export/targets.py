@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from dantes_mlx.adapter_format import check_adapter, load_adapter
+from dantes_mlx.adapter_format import check_adapter, load_adapter, weights_file
 from dantes_mlx.config import ExportConfig
 from dantes_mlx.errors import ConfigError, DantesError, ModelError, StageFailed
 from dantes_mlx.export.fuse import fuse_adapter
@@ -31,7 +31,7 @@ from dantes_mlx.models.hub import resolve_model
 from dantes_mlx.models.weights import check_weights
 from dantes_mlx.outputs import check_output
 from dantes_mlx.store import write_text_atomic
-from dantes_mlx.workspace import ADAPTER_CONFIG, BASE_FINGERPRINT_FILE, MLX_WEIGHTS, PEFT_WEIGHTS, AdapterFolder
+from dantes_mlx.workspace import ADAPTER_CONFIG, BASE_FINGERPRINT_FILE, PEFT_WEIGHTS, AdapterFolder
 
 EXPORT_MANIFEST = "export.json"
 BASE_GGUF = "base-f16.gguf"
@@ -217,8 +217,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     # The Modelfile's values (persona, PARAMETERs, MESSAGEs) are checked now, not after the long fuse.
     check_modelfile_values(system=persona, parameters=parameters, messages=messages)
     check_output(out_dir, kind="dir", inputs=[adapter_dir], flag="-o/--output")  # its PEFT files would replace ours
-    for weights in (MLX_WEIGHTS, PEFT_WEIGHTS):  # a file cut short is named, not a traceback
-        check_weights(Path(adapter_dir) / weights)
+    check_weights(weights_file(adapter_dir))  # a file cut short is named, not a traceback
     adapter = load_adapter(adapter_dir)
     _check_route(ollama_route, adapter)
     base_name = str(base_model or adapter.base_model or "")
