@@ -96,3 +96,19 @@ def test_ask_answers_with_the_torch_trained_adapter_as_transformers_does(trained
     expected = torch_ref.tokenizer.decode(answer, skip_special_tokens=True).strip()
     assert expected and result.stdout.strip() == expected
     assert len(list((tmp_path / "cache/mlx-adapters").iterdir())) == 1  # converted once, into the cache
+
+
+def test_a_dora_adapter_from_the_torch_backend_runs_in_mlx_as_in_transformers(tiny_model_dir, chat_data, tmp_path,
+                                                                              monkeypatch):
+    """peft's DoRA (lora_magnitude_vector) and mlx-lm's (m) mean the same: the converted adapter gives the logits
+    transformers + PEFT gives, on layers the run adapted (num_layers 1: PEFT's layers_to_transform)."""
+    monkeypatch.setenv("DANTES_MLX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(PATH_ENV, "loop")
+    out = tmp_path / "dora"
+    train(tiny_settings(tiny_model_dir, iters=4, rank=4, scale=4.0, fine_tune_type="dora", num_layers=1,
+                        target_modules=["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]), chat_data, out)
+    torch_ref, mlx_ref = TorchReference(tiny_model_dir, out), MLXReference(tiny_model_dir, out)
+    ids = torch_ref.encode(torch_ref.render(default_prompts()[0][1]))
+    want = torch_ref.logits(ids)
+    np.testing.assert_allclose(mlx_ref.logits(ids), want, atol=2e-3, rtol=0)
+    assert np.abs(want - MLXReference(tiny_model_dir).logits(ids)).max() > 1e-3  # the adapter changes the model
