@@ -122,7 +122,7 @@ def to_mlx_orientation(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 # ---------------------------------------------------------------- which format a folder holds
-def adapter_format(adapter_dir: str | Path) -> str:
+def folder_format(adapter_dir: str | Path) -> str:
     """"mlx" or "peft": the adapter an adapter folder holds, or a ModelError naming the folder and what was
     expected there."""
     folder = Path(adapter_dir)
@@ -153,7 +153,7 @@ def adapter_format(adapter_dir: str | Path) -> str:
 
 def weights_file(adapter_dir: str | Path) -> Path:
     """The adapter's weights file, whichever format the folder holds."""
-    return Path(adapter_dir) / (MLX_WEIGHTS if adapter_format(adapter_dir) == MLX else PEFT_WEIGHTS)
+    return Path(adapter_dir) / (MLX_WEIGHTS if folder_format(adapter_dir) == MLX else PEFT_WEIGHTS)
 
 
 def _read_json(path: Path) -> dict:
@@ -190,7 +190,7 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
 def load_adapter(adapter_dir: str | Path) -> Adapter:
     """Read an adapter folder written by mlx-lm (adapters.safetensors) or by PEFT (adapter_model.safetensors)."""
     folder = Path(adapter_dir)
-    return load_mlx_adapter(folder) if adapter_format(folder) == MLX else load_peft_adapter(folder)
+    return load_mlx_adapter(folder) if folder_format(folder) == MLX else load_peft_adapter(folder)
 
 
 def load_mlx_adapter(folder: Path) -> Adapter:
@@ -208,7 +208,7 @@ def load_mlx_adapter(folder: Path) -> Adapter:
         raise ModelError("lora_parameters has no 'scale'", path=folder / ADAPTER_CONFIG,
                          fix="mlx-lm adapters record lora_parameters.scale; re-train or add it")
     parts = _group(tensors, _MLX_KEY, {"lora_a": "a", "lora_b": "b", "m": "m"}, folder / MLX_WEIGHTS,
-                   "only transformer-block linear layers (lora_a, lora_b, m) can be exported")
+                   "only transformer-block linear layers (lora_a, lora_b, m) are supported")
     modules = []
     for (layer, module), p in sorted(parts.items()):
         a, b = to_peft_orientation(p["a"], p["b"])
@@ -368,7 +368,7 @@ def mlx_adapter_dir(adapter_dir: str | Path, base_model_dir: str | Path) -> Path
     cache, keyed by the files' content)."""
     folder = Path(adapter_dir)
     check_weights(weights_file(folder), fix=_DAMAGED_FIX)
-    if adapter_format(folder) == MLX:
+    if folder_format(folder) == MLX:
         return folder
     config = read_model_config(base_model_dir)
     if "num_hidden_layers" not in config:

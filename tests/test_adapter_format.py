@@ -17,7 +17,7 @@ import pytest
 from helpers import ATTENTION, make_mlx_adapter, peft_from_mlx
 from safetensors.numpy import load_file, save_file
 
-from dantes_mlx.adapter_format import (adapter_format, conversion_cache, load_adapter, mlx_adapter_dir, read_tensors,
+from dantes_mlx.adapter_format import (conversion_cache, folder_format, load_adapter, mlx_adapter_dir, read_tensors,
                                        weights_file)
 from dantes_mlx.errors import ModelError
 from dantes_mlx.export.peft import write_peft_adapter
@@ -57,7 +57,7 @@ def test_a_peft_folder_gives_the_logits_of_the_mlx_adapter_it_came_from(kind, rs
                                                                        tmp_path):
     mlx_dir = request.getfixturevalue(f"mlx_{kind}")
     peft_dir = peft_from_mlx(mlx_dir, tmp_path / "peft", rslora=rslora)
-    assert adapter_format(peft_dir) == "peft" and adapter_format(mlx_dir) == "mlx"
+    assert folder_format(peft_dir) == "peft" and folder_format(mlx_dir) == "mlx"
     want, got = logits(tiny_model_dir, mlx_dir), logits(tiny_model_dir, peft_dir)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
     assert np.abs(want - logits(tiny_model_dir, None)).max() > 1e-2  # the adapter really changes the model
@@ -111,25 +111,25 @@ def test_bf16_weights_are_read_without_torch(tmp_path):
 
 def test_folders_that_hold_no_single_adapter_are_refused_saying_what_was_expected(tmp_path):
     with pytest.raises(ModelError, match="no adapter folder") as failure:
-        adapter_format(tmp_path / "missing")
+        folder_format(tmp_path / "missing")
     assert "adapters.safetensors" in str(failure.value) and "adapter_model.safetensors" in str(failure.value)
     with pytest.raises(ModelError, match="no adapter here") as failure:
-        adapter_format(tmp_path)
+        folder_format(tmp_path)
     assert str(tmp_path) in str(failure.value) and "--adapter-path" in str(failure.value)
     (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
     with pytest.raises(ModelError, match="safe_serialization=True"):
-        adapter_format(tmp_path)
+        folder_format(tmp_path)
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="without its adapter_config.json"):
-        adapter_format(tmp_path)
+        folder_format(tmp_path)
     (tmp_path / "adapter_config.json").write_text(json.dumps({"fine_tune_type": "lora", "lora_parameters": {}}))
     with pytest.raises(ModelError, match="PEFT.*next to an mlx-lm adapter_config.json"):
-        adapter_format(tmp_path)
+        folder_format(tmp_path)
     (tmp_path / "adapters.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="both an mlx-lm adapter"):
-        adapter_format(tmp_path)
+        folder_format(tmp_path)
     (tmp_path / "adapter_model.safetensors").unlink()
-    assert adapter_format(tmp_path) == "mlx" and weights_file(tmp_path) == tmp_path / "adapters.safetensors"
+    assert folder_format(tmp_path) == "mlx" and weights_file(tmp_path) == tmp_path / "adapters.safetensors"
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from datetime import date
 from pathlib import Path
 
 from dantes_mlx import llm
-from dantes_mlx.adapter_format import adapter_format
+from dantes_mlx.adapter_format import folder_format
 from dantes_mlx.config import CharacterConfig, EvalConfig, LLMConfig, TrainConfig, section
 from dantes_mlx.errors import ConfigError, StageFailed
 from dantes_mlx.evaluate import compare
@@ -70,7 +70,7 @@ def run(settings: Settings, workspace: Workspace, log: Log) -> EvalSummary:
     """Base vs fine-tuned on the same prompts and sampling; the report goes to the report folder."""
     adapter = None if settings.gguf and not settings.adapter_path else workspace.adapter(settings.adapter_path)
     if adapter is not None:
-        adapter_format(adapter.path)  # an mlx-lm or a PEFT adapter, else an error saying what was expected
+        folder_format(adapter.path)  # an mlx-lm or a PEFT adapter, else an error saying what was expected
     base = settings.base_model or (adapter.base_model() if adapter is not None else settings.default_base)
     data = Path(settings.data_dir) if settings.data_dir else workspace.dataset
     out = Path(settings.out_dir) if settings.out_dir else workspace.reports / f"eval-{date.today().isoformat()}"
