@@ -62,6 +62,8 @@ _UNSUPPORTED_PEFT = (
 )
 _DAMAGED_FIX = ("train again (`dantes-mlx train --resume` continues from its last checkpoint), or copy the adapter "
                 "folder again")
+_SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+               "intermediate_size")  # what check_adapter reads from the base's config.json
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
 
@@ -354,9 +356,11 @@ def conversion_cache() -> Path:
     return cache_dir() / "mlx-adapters"
 
 
-def conversion_key(adapter_dir: Path, num_model_layers: int) -> str:
-    """sha256 of the PEFT files, the base's layer count and the converter's version."""
-    digest = hashlib.sha256(f"{CONVERTER_VERSION}:{num_model_layers}".encode())
+def conversion_key(adapter_dir: Path, model_config: dict) -> str:
+    """sha256 of the PEFT files, the base's shapes (the conversion was checked against them) and the converter's
+    version."""
+    shapes = {key: model_config.get(key) for key in _SHAPE_KEYS}
+    digest = hashlib.sha256(f"{CONVERTER_VERSION}:{json.dumps(shapes, sort_keys=True)}".encode())
     for name in (ADAPTER_CONFIG, PEFT_WEIGHTS):
         digest.update(f"{name}:{sha256_of(adapter_dir / name)}".encode())
     return digest.hexdigest()
@@ -374,7 +378,7 @@ def mlx_adapter_dir(adapter_dir: str | Path, base_model_dir: str | Path) -> Path
     if "num_hidden_layers" not in config:
         raise ModelError("no num_hidden_layers in config.json: cannot place the PEFT adapter's layers",
                          path=Path(base_model_dir) / "config.json", fix="use a Hugging Face model folder")
-    target = conversion_cache() / conversion_key(folder, config["num_hidden_layers"])
+    target = conversion_cache() / conversion_key(folder, config)
     if (target / MLX_WEIGHTS).is_file() and (target / ADAPTER_CONFIG).is_file():
         return target
     adapter = load_peft_adapter(folder)

@@ -85,6 +85,12 @@ def test_the_conversion_is_made_once_and_keyed_by_the_files(mlx_lora, tiny_model
     assert (first / "adapters.safetensors").stat().st_mtime_ns == written  # reused, not written again
     copy = peft_from_mlx(mlx_lora, tmp_path / "elsewhere")  # same content elsewhere: the same conversion
     assert mlx_adapter_dir(copy, tiny_model_dir) == first
+    other = tmp_path / "one-layer-base"  # a base of other shapes: checked again, not served the cached copy
+    other.mkdir()
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    with pytest.raises(ModelError, match="model.layers.1.* which the base model does not have"):
+        mlx_adapter_dir(peft_dir, other)
     tensors = load_file(str(peft_dir / "adapter_model.safetensors"))
     key = next(k for k in tensors if k.endswith("lora_B.weight"))
     tensors[key] = tensors[key] * 2
