@@ -85,6 +85,8 @@ def run(settings: Settings, workspace: Workspace, log: Log) -> GenerateSummary:
     common = dict(concurrency=settings.llm.concurrency, progress=settings.progress, inputs=sources,
                   max_failures=settings.llm.max_consecutive_failures)
     if facts is not None:
+        if gen.ooc_share or gen.turns > 1:
+            log("warning: generate.turns and generate.ooc_share apply to citations; --facts writes pairs without them")
         return generate_from_facts(facts, settings.make_client(), out, gen, character, **common)
     chat = gen.turns > 1
     card = card_text(workspace) if gen.ooc_share else None

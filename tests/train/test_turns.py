@@ -155,3 +155,52 @@ def test_training_on_multi_turn_rows_lowers_the_loss(tiny_model_dir, tmp_path, c
     assert vals[-1] < 0.5 * vals[0] and result.val_loss == vals[-1]
     derived = yaml.safe_load((tmp_path / "adapters" / "train_config.yaml").read_text())["derived"]
     assert derived["every_assistant_turn"] is True and derived["mask_prompt"] is True
+
+
+@pytest.mark.slow
+def test_generated_conversations_go_through_prepare_and_train_every_turn(tiny_model_dir, tmp_path):
+    """generate --turns (fake LLM) -> prepare with the tiny Mistral tokenizer (persona folded into the last
+    question) -> the mlx backend: every answer of every conversation is trained."""
+    from mlx_lm.tuner.datasets import CacheDataset
+    from transformers import AutoTokenizer
+
+    from dantes_mlx.config import DANTES_PERSONA, CharacterConfig, GenerateConfig, PrepareConfig, TrainConfig
+    from dantes_mlx.dataset.prepare import prepare
+    from dantes_mlx.generate.pairs import load_citations
+    from dantes_mlx.generate.turns import generate_conversations
+    from dantes_mlx.llm.fake import FakeLLM
+
+    citations = [{"id": f"c{i}", "citation": f"--Citation numéro {i}, monsieur.", "contexte": "Au port",
+                  "book": "17989", "chapter": i // 4, "start": i * 100, "end": i * 100 + 30} for i in range(24)]
+    source = tmp_path / "c.jsonl"
+    source.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in citations), encoding="utf-8")
+
+    calls = iter(range(1000))
+
+    def scene(messages):
+        n = next(calls)
+        asked = ["Que s'est-il passé ce jour-là ?", "Et qu'avez-vous ressenti alors ?", "Pourquoi vous taire ?"]
+        return {"exchanges": [{"question": asked[t],
+                               "answer": " ".join([f"Mon ami, voici la réponse {t} à la scène {n}."]
+                                                  + [EXCHANGES[(t + k) % 3][1] for k in range(8)])}
+                              for t in range(3)]}
+
+    pairs = tmp_path / "conv.jsonl"
+    generate_conversations(load_citations([source]), FakeLLM(default=scene), pairs, GenerateConfig(turns=3),
+                           CharacterConfig(), progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    data = tmp_path / "dataset"
+    report = prepare([pairs], data, PrepareConfig(split="50/50", dedupe=False), DANTES_PERSONA,
+                     tokenizer)  # the fake answers are near duplicates of each other
+    assert report.counts["train"] >= 4 and not report.validation.errors
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert all(assistant_turns(r["messages"]) >= 2 for r in rows)
+    dataset = CacheDataset(TurnMaskDataset(rows, tokenizer))
+    for i, row in enumerate(rows):
+        counts = check_every_turn_trained(tokenizer, row["messages"], *dataset[i])
+        assert len(counts) == assistant_turns(row["messages"])
+    cfg = TrainConfig(backend="mlx", base_model=str(tiny_model_dir), num_layers=-1, iters=4, batch_size=2,
+                      save_every=4, steps_per_report=2, steps_per_eval=4, val_batches=1, warmup_steps=0)
+    (tmp_path / "adapters").mkdir()
+    result = MLXBackend().train(cfg, data, tmp_path / "adapters")
+    assert result.steps == 4 and result.train_loss == result.train_loss
