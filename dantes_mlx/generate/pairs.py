@@ -369,8 +369,8 @@ def finish_with_extra(out: Path, rows: list, rejects: list, items: int, started:
                       added, store: Store, settings: FilterSettings, short: Counter | None = None) -> GenerateSummary:
     """finish() with the rows of the extra calls (out-of-character questions) after the book's."""
     more, more_rejects = added.rows(store, settings) if added else ([], [])
-    summary = finish(out, rows + more, rejects + more_rejects, items + len(added.tasks if added else []), started,
-                     stats)
+    answered = len({t.key for t in added.tasks if t.key in store}) if added else 0
+    summary = finish(out, rows + more, rejects + more_rejects, items + answered, started, stats)
     summary.short, summary.ooc = short, len(more)
     return summary
 
