@@ -60,7 +60,7 @@ def main() -> None:
         peer_ids, offset = peer_set.process(peer_set[i])
         assert peer_ids == ids
         ours += sum(mask)
-        total += sum(mask)  # the mask covers exactly the assistant turns (tests/train/test_turns.py checks it)
+        total += sum(mask)  # the mask covers exactly the assistant turns (tests/train/test_train_turns.py checks it)
         peer += sum(mask[offset:])  # of the assistant tokens, those mlx-lm trains (it also trains nothing else)
     print(f"{len(rows)} conversations of 2-4 exchanges, {total} assistant tokens")
     print(f"mlx-lm --mask-prompt trains {peer} of them ({100 * peer / total:.1f}%): the last answer only")

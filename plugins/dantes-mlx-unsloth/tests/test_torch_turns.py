@@ -1,7 +1,7 @@
 """Multi-turn rows in the torch backend: labels on every assistant turn (none on user/system), and training on them.
 
 In-process, no network, no GPU: the tiny Mistral from the `tiny_model_dir` fixture.
-Run: pytest plugins/dantes-mlx-unsloth/tests/test_turns.py -q
+Run: pytest plugins/dantes-mlx-unsloth/tests/test_torch_turns.py -q
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Multi-turn rows: every assistant turn gets loss in the mlx backend (mask, batches, loss), and training on them.
 
 In-process, no network: the tiny Mistral (its [INST] template) comes from the `tiny_model_dir` fixture.
-Run: python -m pytest tests/train/test_turns.py -q
+Run: python -m pytest tests/train/test_train_turns.py -q
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Multi-turn scenes and out-of-character questions: passages, fake-LLM conversations (malformed ones included),
 rejects with reasons, resume after Ctrl-C, the ooc share and tag, the CLI flags.
 
-In-process, no network: `pytest tests/generate/test_turns.py -q`.
+In-process, no network: `pytest tests/generate/test_generate_turns.py -q`.
 """
 
 from __future__ import annotations
