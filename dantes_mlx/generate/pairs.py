@@ -327,7 +327,7 @@ def generate_pairs(citations: list[dict], client, out: str | Path, cfg: Generate
     if cfg.pairs_per_citation < 1:
         raise ConfigError("pairs_per_citation must be at least 1", path="dantes.yaml [generate]",
                           fix="set generate.pairs_per_citation (or -k) to 1 or more")
-    out = check_paths(out, inputs, cfg.prompt_file)
+    out = check_paths(out, [*inputs, *([cfg.ooc_prompt_file] if cfg.ooc_prompt_file else [])], cfg.prompt_file)
     with output_lock(out):
         return _generate_pairs(citations, client, out, cfg, character, concurrency, sampling, progress, max_failures,
                                extra)

@@ -129,7 +129,7 @@ def generate_conversations(citations: list[dict], client, out: str | Path, cfg: 
     if cfg.turns < 2:
         raise ConfigError("conversations need generate.turns of 2 or more", path="dantes.yaml [generate]",
                           fix="set generate.turns (or --turns) to 2 or more; 1 writes question/answer pairs")
-    out = check_paths(out, inputs, cfg.prompt_file)
+    out = check_paths(out, [*inputs, *([cfg.ooc_prompt_file] if cfg.ooc_prompt_file else [])], cfg.prompt_file)
     with output_lock(out):
         return _conversations(citations, client, out, cfg, character, concurrency, sampling, progress,
                               max_failures, extra)
