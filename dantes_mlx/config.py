@@ -189,6 +189,27 @@ class ExtractConfig:
 
 
 @dataclass
+class CardConfig:
+    """Character card: the citations summarised block by block, merged, grounded; a persona drawn from it."""
+    block_size: int = setting(40, "Most citations per map call (a block also ends before llm.n_ctx is full).",
+                              rule=at_least(1))
+    fan_in: int = setting(6, "Most summaries one reduce call merges; more are merged level by level until one "
+                             "is left (fewer when they would not fit llm.n_ctx).", rule=at_least(2))
+    max_traits: int = setting(5, "Most traits under each heading of the card.", rule=at_least(1))
+    max_trait_chars: int = setting(240, "Longest trait and quote the JSON schema allows (0: no limit; llama.cpp "
+                                        "turns a limit into one grammar rule per character).", rule=at_least(0))
+    min_grounding: float = setting(85.0, "Minimum match score (0-100) of a trait's quote in the citation it names; "
+                                         "below it the evidence is dropped.", rule=between(0, 100))
+    persona_chars: int = setting(700, "Longest persona (characters) written from the card; 0: no persona call.",
+                                 rule=at_least(0))
+    temperature: float = setting(0.2, "Sampling temperature of the card calls.", rule=at_least(0))
+    map_prompt_file: str = setting("", "File overriding the versioned map prompt (one block of citations).")
+    reduce_prompt_file: str = setting("", "File overriding the versioned reduce prompt (merging summaries).")
+    persona_prompt_file: str = setting("", "File overriding the versioned persona prompt.")
+    output_dir: str = setting("", "Folder of card.json, card.md, persona.txt and the store; empty: <data_dir>/card.")
+
+
+@dataclass
 class GenerateConfig:
     """Instruction/response pair generation."""
     pairs_per_citation: int = setting(3, "Questions (and answers) generated per citation.", rule=at_least(1))
@@ -334,7 +355,7 @@ class EvalConfig:
 
 SECTIONS: dict[str, type] = {
     "project": ProjectConfig, "character": CharacterConfig, "llm": LLMConfig, "clean": CleanConfig,
-    "extract": ExtractConfig, "generate": GenerateConfig, "prepare": PrepareConfig,
+    "extract": ExtractConfig, "card": CardConfig, "generate": GenerateConfig, "prepare": PrepareConfig,
     "train": TrainConfig, "export": ExportConfig, "eval": EvalConfig,
 }
 
