@@ -8,8 +8,9 @@ from typing import Callable
 from dantes_mlx.card.evidence import Citation
 from dantes_mlx.card.schema import card_schema
 from dantes_mlx.errors import ConfigError
-from dantes_mlx.extract_chunks import TEMPLATE_MARGIN
-from dantes_mlx.generate import Prompt, Task, make_task
+from dantes_mlx.extract.chunks import TEMPLATE_MARGIN
+from dantes_mlx.generate.pairs import Task, make_task
+from dantes_mlx.llm.prompt import Prompt
 
 MIN_ROOM = 256  # fewer tokens left for the data than this: the context is too small for the stage
 

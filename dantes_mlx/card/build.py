@@ -17,12 +17,13 @@ from dantes_mlx.card.render import render_markdown
 from dantes_mlx.card.schema import HEADINGS, MAX_EVIDENCE, TRAIT_LISTS, empty_card, parse_card, set_traits, traits_at
 from dantes_mlx.config import CardConfig, CharacterConfig
 from dantes_mlx.errors import InputError, StageFailed
-from dantes_mlx.extract_chunks import token_counter
-from dantes_mlx.generate import Prompt, RunStats, Task, load_prompt, run_tasks
+from dantes_mlx.extract.chunks import token_counter
+from dantes_mlx.generate.pairs import RunStats, Task, run_tasks
 from dantes_mlx.llm.base import call_sampling
+from dantes_mlx.llm.prompt import PROMPTS_DIR, Prompt, load_prompt
 from dantes_mlx.outputs import check_output, output_lock
-from dantes_mlx.prompt_files import PROMPTS_DIR
 from dantes_mlx.store import Store, write_jsonl_atomic, write_text_atomic
+from dantes_mlx.workspace import CARD_FILE
 
 STEPS = ("map", "reduce", "persona")
 TOKEN_KEYS = ("prompt_tokens", "evaluated_tokens", "completion_tokens", "reasoning_tokens")
@@ -31,7 +32,7 @@ TOKEN_KEYS = ("prompt_tokens", "evaluated_tokens", "completion_tokens", "reasoni
 def output_files(out_dir: str | Path) -> dict[str, Path]:
     """The files a card run writes in its folder."""
     out = Path(out_dir)
-    return {"card": out / "card.json", "markdown": out / "card.md", "persona": out / "persona.txt",
+    return {"card": out / CARD_FILE, "markdown": out / "card.md", "persona": out / "persona.txt",
             "store": out / "card.store.jsonl", "rejects": out / "card.rejects.jsonl"}
 
 
@@ -73,8 +74,11 @@ class CardSummary:
     failure_note: str = ""
     written: bool = False
 
+    def summary(self) -> str:
+        return "\n".join(self.lines())
+
     def lines(self) -> list[str]:
-        """The summary the command prints."""
+        """The summary the command prints: blocks, calls and their cost by step, grounding, what was written."""
         budget = f", at most {self.block_tokens} tokens each" if self.block_tokens else ""
         out = [f"card: {self.citations} citations in {self.blocks} blocks{budget}; {self.levels} reduce level(s)"]
         for step in STEPS:

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from dantes_mlx.card.schema import MAX_EVIDENCE, TRAIT_LISTS, empty_card, set_traits, traits_at
-from dantes_mlx.grounding import locate, normalize
+from dantes_mlx.extract.grounding import fold_for_matching, locate
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _evidence(trait: dict, citations: dict[str, Citation], allowed: set[str],
 
 def _merge(kept: dict[str, dict], text: str, evidence: list[dict]) -> None:
     """Add a trait to a list, joining the evidence of a trait already there with the same words."""
-    norm = normalize(text)
+    norm = fold_for_matching(text)
     if norm not in kept:
         kept[norm] = {"trait": text, "evidence": evidence[:MAX_EVIDENCE]}
         return

@@ -8,7 +8,8 @@ from dantes_mlx.card.blocks import even_groups
 from dantes_mlx.card.evidence import evidence_ids
 from dantes_mlx.card.schema import card_schema
 from dantes_mlx.errors import ConfigError
-from dantes_mlx.generate import Prompt, Task, make_task
+from dantes_mlx.generate.pairs import Task, make_task
+from dantes_mlx.llm.prompt import Prompt
 
 
 def card_json(card: dict) -> str:
