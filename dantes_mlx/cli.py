@@ -21,6 +21,7 @@ COMMANDS = {
     "fetch": ("book", "fetch", "Download Project Gutenberg ebooks (or copy a local file) into data/raw/."),
     "clean": ("book", "clean", "Strip licence text, unwrap lines, record chapters; print stats."),
     "extract": ("extract", "extract", "Extract a character's citations (local LLM or French dialogue rules)."),
+    "card": ("card", "card", "Build the character card (psychology, style, behaviour) and a persona from it."),
     "generate": ("generate", "generate", "Generate instruction/response pairs in the character's voice."),
     "prepare": ("dataset", "prepare", "Build leak-free train/valid/test splits in mlx-lm's formats."),
     "validate": ("dataset", "validate", "Check a dataset folder the way fine-tuning services do."),
