@@ -26,7 +26,6 @@ class Settings:
     no_system: bool = False
     persona_source: str = ""          # where the persona came from: the settings file, or the card
 
-
     @classmethod
     def from_config(cls, config: dict, **options) -> "Settings":
         persona = resolve_persona(config)
