@@ -19,6 +19,7 @@ MAX_EVIDENCE = 3  # citations one trait may name
 QUOTE_CHARS = 100  # longest quote ("a few words") when strings are bounded
 # What a weak model writes as a trait when it has nothing to say: a heading's own name.
 _HEADING_WORDS = {w for h, subs in HEADINGS.items() for w in (h, *subs)} | {"figure", "theme", "trait"}
+_CITATION_ID = re.compile(r"\[?c\d+\]?[.,;]?", re.IGNORECASE)  # what the LLM sees a citation as: [c12]
 
 
 def card_schema(ids: list[str], max_traits: int, max_chars: int = 0) -> dict:
@@ -136,6 +137,9 @@ def _traits(items: list) -> tuple[list[dict], list[dict]]:
             continue
         if text.strip().strip(".").lower().replace(" ", "_") in _HEADING_WORDS:
             bad.append({"reason": "heading_as_trait", "trait": text})
+            continue
+        if _CITATION_ID.fullmatch(text.strip()):  # "c12": the evidence's id written as the trait (SmolLM2-135M)
+            bad.append({"reason": "id_as_trait", "trait": text})
             continue
         evidence = item.get("evidence") if isinstance(item.get("evidence"), list) else []
         kept = [{"id": str(e["id"]), "quote": str(e.get("quote") or "").strip()} for e in evidence

@@ -208,12 +208,17 @@ def test_close_cut_json_ends_after_the_last_complete_value(text, closed):
         json.loads(closed)
 
 
-def test_a_heading_written_as_a_trait_is_no_trait():
+def test_a_heading_or_a_citation_id_written_as_a_trait_is_no_trait():
     card, problems = parse_card(json.dumps({"summary": "s", "identity": [
         {"trait": "Identity", "evidence": [{"id": "c1", "quote": ""}]},
-        {"trait": "Marin de Marseille", "evidence": [{"id": "c1", "quote": ""}]}]}))
-    assert [t["trait"] for t in card["identity"]] == ["Marin de Marseille"]
-    assert problems == [{"reason": "heading_as_trait", "trait": "Identity", "list": "identity"}]
+        {"trait": "c12", "evidence": [{"id": "c12", "quote": ""}]},       # what SmolLM2-135M wrote
+        {"trait": "[C3].", "evidence": [{"id": "c3", "quote": ""}]},
+        {"trait": "Marin de Marseille", "evidence": [{"id": "c1", "quote": ""}]},
+        {"trait": "c12 parle de la mer", "evidence": [{"id": "c12", "quote": ""}]}]}))
+    assert [t["trait"] for t in card["identity"]] == ["Marin de Marseille", "c12 parle de la mer"]
+    assert problems == [{"reason": "heading_as_trait", "trait": "Identity", "list": "identity"},
+                        {"reason": "id_as_trait", "trait": "c12", "list": "identity"},
+                        {"reason": "id_as_trait", "trait": "[C3].", "list": "identity"}]
 
 
 def test_a_persona_over_the_limit_is_cut_after_a_whole_sentence(tmp_path):
