@@ -22,6 +22,7 @@ COMMANDS = {
     "clean": ("book", "clean", "Strip licence text, unwrap lines, record chapters; print stats."),
     "extract": ("extract", "extract", "Extract a character's citations (local LLM or French dialogue rules)."),
     "generate": ("generate", "generate", "Generate instruction/response pairs in the character's voice."),
+    "card": ("card", "card", "Build the character card (psychology, style, behaviour) and a persona from it."),
     "prepare": ("dataset", "prepare", "Build leak-free train/valid/test splits in mlx-lm's formats."),
     "validate": ("dataset", "validate", "Check a dataset folder the way fine-tuning services do."),
     "stats": ("dataset", "stats", "Counts, token lengths, label balance and answer openings of a dataset."),

@@ -89,6 +89,14 @@ DANTES_PERSONA = (
     "tu vouvoies ton interlocuteur, et tu réponds en homme qui a connu la prison du château d'If, "
     "la patience, la vengeance et le pardon."
 )
+# The persona `init` writes for a new character, by language: like DANTES_PERSONA, one the user did not write (a
+# character card's persona replaces it, see dantes_mlx.card.lookup).
+PERSONAS = {
+    "fr": "Tu es {name}. Tu réponds à la première personne, avec la voix, le vocabulaire et les convictions "
+          "que le livre te donne.",
+    "en": "You are {name}. Answer in the first person, with the voice, vocabulary and convictions the book "
+          "gives you.",
+}
 
 
 @dataclass
@@ -186,6 +194,28 @@ class ExtractConfig:
                             rule=one_of("flag", "drop", "keep"))
     check_replies: bool = setting(True, "Stop when most of the LLM's first replies are junk (empty where the rules "
                                         "hear the character, the prompt's example, not JSON, cut by max_tokens).")
+
+
+@dataclass
+class CardConfig:
+    """Character card: the citations summarised block by block, merged, grounded; a persona drawn from it."""
+    block_size: int = setting(40, "Most citations per map call (a block also ends before llm.n_ctx is full).",
+                              rule=at_least(1))
+    fan_in: int = setting(6, "Most summaries one reduce call merges; more are merged level by level until one "
+                             "is left (fewer when they would not fit llm.n_ctx).", rule=at_least(2))
+    max_traits: int = setting(5, "Most traits under each heading of the card.", rule=at_least(1))
+    max_trait_chars: int = setting(240, "Longest trait the JSON schema allows, quotes at most 100, the summary "
+                                        "twice as long (0: no limit; llama.cpp turns a limit into one grammar rule "
+                                        "per character).", rule=at_least(0))
+    min_grounding: float = setting(85.0, "Minimum match score (0-100) of a trait's quote in the citation it names; "
+                                         "below it the evidence is dropped.", rule=between(0, 100))
+    persona_chars: int = setting(700, "Longest persona (characters) written from the card; 0: no persona call.",
+                                 rule=at_least(0))
+    temperature: float = setting(0.2, "Sampling temperature of the card calls.", rule=at_least(0))
+    map_prompt_file: str = setting("", "File overriding the versioned map prompt (one block of citations).")
+    reduce_prompt_file: str = setting("", "File overriding the versioned reduce prompt (merging summaries).")
+    persona_prompt_file: str = setting("", "File overriding the versioned persona prompt.")
+    output_dir: str = setting("", "Folder of card.json, card.md, persona.txt and the store; empty: <data_dir>/card.")
 
 
 @dataclass
@@ -347,7 +377,7 @@ class EvalConfig:
 
 SECTIONS: dict[str, type] = {
     "project": ProjectConfig, "character": CharacterConfig, "llm": LLMConfig, "clean": CleanConfig,
-    "extract": ExtractConfig, "generate": GenerateConfig, "prepare": PrepareConfig,
+    "extract": ExtractConfig, "card": CardConfig, "generate": GenerateConfig, "prepare": PrepareConfig,
     "train": TrainConfig, "export": ExportConfig, "eval": EvalConfig,
 }
 

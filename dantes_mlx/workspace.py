@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from dantes_mlx.config import EvalConfig, ExportConfig, ExtractConfig, GenerateConfig, ProjectConfig, section
+from dantes_mlx.config import (CardConfig, EvalConfig, ExportConfig, ExtractConfig, GenerateConfig, ProjectConfig,
+                               section)
 from dantes_mlx.errors import InputError
 from dantes_mlx.models.fingerprint import model_fingerprint
 from dantes_mlx.models.hub import local_model
@@ -31,6 +32,9 @@ TRAIN_CONFIG_FILE = "train_config.yaml"       # every setting the run used, and 
 TEMPLATE_FILE = "chat_template.jinja"
 BASE_FINGERPRINT_FILE = "base_fingerprint.json"  # which base the adapter was trained on; export checks it
 DATASET_MARKER = "dataset.sha256"             # what the run learnt from; --resume checks it
+
+# The card folder: what `card` writes and prepare, chat, eval and export read (the persona in card.json).
+CARD_FILE = "card.json"
 
 
 def stage_outputs(folder: Path, what: str, fix: str) -> list[Path]:
@@ -154,6 +158,7 @@ class Workspace:
     citations_file: str = ""   # extract.output (empty: data/citations/citations.jsonl)
     pairs_file: str = ""       # generate.output (empty: data/pairs/pairs.jsonl)
     eval_citations: str = ""   # eval.citations (empty: extract's citations)
+    card_dir: str = ""         # card.output_dir (empty: data/card)
 
     @classmethod
     def from_config(cls, config: dict) -> "Workspace":
@@ -163,7 +168,8 @@ class Workspace:
                    reports=Path(project.reports_dir), export=Path(section(ExportConfig, config).out_dir),
                    citations_file=section(ExtractConfig, config).output,
                    pairs_file=section(GenerateConfig, config).output,
-                   eval_citations=section(EvalConfig, config).citations)
+                   eval_citations=section(EvalConfig, config).citations,
+                   card_dir=section(CardConfig, config).output_dir)
 
     @classmethod
     def under(cls, root: str | Path) -> "Workspace":
@@ -180,6 +186,20 @@ class Workspace:
     citations_dir = property(lambda self: self.data / "citations")
     pairs_dir = property(lambda self: self.data / "pairs")
     dataset = property(lambda self: self.data / "dataset")
+
+    @property
+    def card(self) -> Path:
+        """The folder `card` writes (card.json, card.md, persona.txt, its store) and the persona is read from."""
+        return Path(self.card_dir) if self.card_dir else self.data / "card"
+
+    @property
+    def card_file(self) -> Path:
+        return self.card / CARD_FILE
+
+    @property
+    def character_card(self) -> Path:
+        """The card as text (card.md), what generate's out-of-character answers are grounded in."""
+        return self.card / "card.md"
 
     @property
     def citations(self) -> Path:

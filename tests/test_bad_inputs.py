@@ -70,6 +70,7 @@ def yaml_file(name: str, text: str | bytes):
     """A setup step writing a settings file."""
     def setup(root: Path) -> None:
         path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
     return setup
 
@@ -179,6 +180,14 @@ CASES = [
      ["labels.jsonl", "would overwrite the input"]),
     ("generate-from-raw-over-input", None, ["generate", "--from-raw", "raw.txt", "-o", "raw.txt"],
      ["raw.txt", "would overwrite the input"]),
+    ("card-fan-in-1", None, ["card", "citations.jsonl", "-o", "new_card", "--fan-in", "1", "--url",
+                             "http://127.0.0.1:9/v1"], ["--fan-in", "2 or more"]),
+    ("card-output-is-a-file", None, ["card", "citations.jsonl", "-o", "citations.jsonl", "--url",
+                                     "http://127.0.0.1:9/v1"], ["citations.jsonl", "is a file"]),
+    ("card-latin1-citations", None, ["card", "latin_citations.jsonl", "-o", "new_card", "--url",
+                                     "http://127.0.0.1:9/v1"], ["latin_citations.jsonl:1", "not UTF-8"]),
+    ("prepare-card-json-not-json", yaml_file("data/card/card.json", "{pas du json"),
+     ["prepare", "pairs.jsonl", "-o", "new_ds", "--tokenizer", "none"], ["card.json", "not a card", "dantes-mlx card"]),
     ("prepare-output-is-a-file", None, ["prepare", "pairs.jsonl", "-o", "pairs.jsonl", "--tokenizer", "none"],
      ["pairs.jsonl", "is a file"]),
     ("prepare-input-is-a-split-it-writes", None, ["prepare", "ds/train.jsonl", "-o", "ds", "--tokenizer", "none"],

@@ -54,6 +54,7 @@ def _setup(base_only, adapter_path, gguf, system, no_system, config_path, **opti
                                     system=system, no_system=no_system, **options)
     engine, system = open_session(settings, workspace)
     click.secho(f"[{engine.name}]", err=True, dim=True)
+    click.secho(f"[system prompt: {settings.system_note()}]", err=True, dim=True)
     return engine, system
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from dantes_mlx.chat import engines
 from dantes_mlx.chat.engines import Engine
-from dantes_mlx.config import CharacterConfig, TrainConfig, section
+from dantes_mlx.card.lookup import resolve_persona
+from dantes_mlx.config import TrainConfig, section
 from dantes_mlx.workspace import Workspace
 
 
@@ -21,12 +22,20 @@ class Settings:
     gguf: str | None = None
     lora: str | None = None
     n_ctx: int = 4096
-    system: str | None = None         # else character.persona
+    system: str | None = None         # else the persona (character.persona, or the card's)
     no_system: bool = False
+    persona_source: str = ""          # where the persona came from: the settings file, or the card
 
     @classmethod
     def from_config(cls, config: dict, **options) -> "Settings":
-        return cls(section(CharacterConfig, config).persona, section(TrainConfig, config).base_model, **options)
+        persona = resolve_persona(config)
+        return cls(persona.text, section(TrainConfig, config).base_model, **options, persona_source=persona.source)
+
+    def system_note(self) -> str:
+        """Which system prompt the session sends, for the log."""
+        if self.no_system:
+            return "none (--no-system)"
+        return "--system" if self.system is not None else self.persona_source or "the persona"
 
 
 def open_session(settings: Settings, workspace: Workspace) -> tuple[Engine, str | None]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dantes_mlx.config import CharacterConfig, PrepareConfig, TrainConfig, section
+from dantes_mlx.card.lookup import resolve_persona
+from dantes_mlx.config import PrepareConfig, TrainConfig, section
 from dantes_mlx.dataset.prepare import PrepareReport, check_paths, prepare
 from dantes_mlx.dataset.stats import DatasetStats, dataset_stats
 from dantes_mlx.dataset.validate import ValidationReport, validate_dir
@@ -35,6 +36,7 @@ class PrepareSettings:
     batch_size: int
     inputs: tuple = ()           # pairs and other datasets; none: the workspace's pairs files
     output: str | None = None    # else data/dataset
+    persona_source: str = ""     # where the persona came from (the log says it): the settings file, or the card
 
     @classmethod
     def from_config(cls, config: dict, *, inputs: tuple = (), output: str | None = None,
@@ -42,14 +44,17 @@ class PrepareSettings:
         prep = section(PrepareConfig, config, {**flags, "tokenizer": tokenizer})
         train = section(TrainConfig, config)
         prep.max_seq_length = training_length(prep, train, flags.get("max_seq_length"))
-        return cls(prep, section(CharacterConfig, config).persona, tokenizer_name(tokenizer, prep, train),
-                   train.batch_size, tuple(inputs), output)
+        persona = resolve_persona(config)
+        return cls(prep, persona.text, tokenizer_name(tokenizer, prep, train), train.batch_size, tuple(inputs),
+                   output, persona.source)
 
 
 def run_prepare(settings: PrepareSettings, workspace: Workspace, log: Log) -> PrepareReport:
     """Leak-free train/valid/test.jsonl from the inputs, then validated (errors fail the stage)."""
     files = list(settings.inputs) or workspace.pairs_files()
     out = check_paths(files, settings.output or workspace.dataset, settings.prepare)  # before a tokenizer loads
+    if settings.persona_source and settings.prepare.system_prompt:
+        log(f"persona: {settings.persona_source}")
     tokenizer, note = load_tokenizer(settings.tokenizer)
     return prepare(files, out, settings.prepare, settings.persona, tokenizer, note, settings.batch_size)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
 from dantes_mlx import llm
 from dantes_mlx.adapter_format import folder_format
+from dantes_mlx.card.lookup import resolve_persona
 from dantes_mlx.config import CharacterConfig, EvalConfig, LLMConfig, TrainConfig, section
 from dantes_mlx.errors import ConfigError, StageFailed
 from dantes_mlx.evaluate import compare
@@ -48,6 +49,7 @@ class Settings:
     gguf: str | None = None              # the fine-tuned side as a GGUF (llama.cpp)
     out_dir: str | None = None           # else <reports_dir>/eval-<date>
     judge: LLMConfig | None = field(default=None)  # the judge's LLM when eval.judge is on
+    persona_source: str = ""             # where character.persona came from: the settings file, or the card
 
     @classmethod
     def from_config(cls, config: dict, overrides: dict | None = None, *, extra_probes: list[str] = (),
@@ -62,8 +64,10 @@ class Settings:
             if not (judge.model or judge.url):
                 raise ConfigError("--judge needs a judge LLM", path="dantes.yaml [llm]",
                                   fix="set llm.model (GGUF) or llm.url (server), or pass --judge-model / --judge-url")
-        return cls(cfg, section(CharacterConfig, config), section(TrainConfig, config).base_model, base_model,
-                   adapter_path, data_dir, gguf, out_dir, judge)
+        persona = resolve_persona(config)
+        character = replace(section(CharacterConfig, config), persona=persona.text)
+        return cls(cfg, character, section(TrainConfig, config).base_model, base_model, adapter_path, data_dir, gguf,
+                   out_dir, judge, persona.source)
 
 
 def run(settings: Settings, workspace: Workspace, log: Log) -> EvalSummary:
@@ -76,6 +80,8 @@ def run(settings: Settings, workspace: Workspace, log: Log) -> EvalSummary:
     out = Path(settings.out_dir) if settings.out_dir else workspace.reports / f"eval-{date.today().isoformat()}"
     adapter_path = adapter.path if adapter is not None else None
     check_report_dir(out, data, adapter_path, settings.gguf)  # before a judge model loads
+    if settings.persona_source and (settings.eval.persona_for_probes or settings.eval.judge):
+        log(f"persona: {settings.persona_source}")
     judge = settings.judge
     result = compare.evaluate(
         settings.eval, settings.character, base_model=base, data_dir=data, out_dir=out, adapter_path=adapter_path,

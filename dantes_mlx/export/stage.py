@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from dantes_mlx.card.lookup import resolve_persona
 from dantes_mlx.config import CharacterConfig, ExportConfig, ProjectConfig, TrainConfig, located, section
 from dantes_mlx.errors import ConfigError
 from dantes_mlx.export.modelfile import check_model_name, check_modelfile_values
@@ -47,6 +48,7 @@ class Settings:
     base_model: str | None = None        # else the base the adapter records, else default_base
     out_dir: str | None = None           # else export.out_dir (the workspace's)
     allow_other_base: bool = False
+    persona_source: str = ""             # where the persona (the Modelfile's SYSTEM) came from: settings, or card
 
     @classmethod
     def from_config(cls, config: dict, overrides: dict | None = None, *, adapter_path: str | None = None,
@@ -55,9 +57,10 @@ class Settings:
         overrides = dict(overrides or {})
         out_dir = overrides.pop("out_dir", None)
         check_export_settings(config, overrides)
-        return cls(section(ExportConfig, config, overrides), section(CharacterConfig, config).persona,
-                   tuple(section(ProjectConfig, config).books), section(TrainConfig, config).base_model,
-                   adapter_path, base_model, out_dir, allow_other_base)
+        persona = resolve_persona(config)
+        return cls(section(ExportConfig, config, overrides), persona.text, tuple(section(ProjectConfig, config).books),
+                   section(TrainConfig, config).base_model, adapter_path, base_model, out_dir, allow_other_base,
+                   persona.source)
 
 
 def run(settings: Settings, workspace: Workspace, log: Log) -> ExportResult:
@@ -65,6 +68,8 @@ def run(settings: Settings, workspace: Workspace, log: Log) -> ExportResult:
     adapter = workspace.adapter(settings.adapter_path)
     base = settings.base_model or adapter.recorded_base() or settings.default_base
     cfg, out_dir = settings.export, settings.out_dir or workspace.export
+    if settings.persona_source:
+        log(f"persona (the Modelfile's SYSTEM, the parity prompts): {settings.persona_source}")
     with output_lock(out_dir):  # one export at a time into a folder
         return export_all(base, adapter.path, out_dir, quantization=cfg.quantization, name=cfg.ollama_name,
                           persona=settings.persona, messages=cfg.ollama_messages, parameters=cfg.ollama_parameters,
@@ -90,8 +95,8 @@ class ParitySettings:
 
     @classmethod
     def from_config(cls, config: dict, **flags) -> "ParitySettings":
-        return cls(default_base=section(TrainConfig, config).base_model,
-                   persona=section(CharacterConfig, config).persona, **flags)
+        return cls(default_base=section(TrainConfig, config).base_model, persona=resolve_persona(config).text,
+                   **flags)
 
 
 @dataclass

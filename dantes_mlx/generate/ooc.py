@@ -90,7 +90,8 @@ def plan_ooc(cfg: GenerateConfig, character: CharacterConfig, book_questions: in
 
 
 def card_text(workspace) -> str | None:
-    """The character card's text when the workspace has one (`workspace.character_card`, a file), else None."""
+    """The character card's text (`workspace.character_card`: card.md, written by `dantes-mlx card`) when there is
+    one, else None."""
     card = getattr(workspace, "character_card", None)
     path = card() if callable(card) else card
     if path is None or not Path(path).is_file():

@@ -238,7 +238,8 @@ class LlamaCppClient:
                          fix="set llm.chat_template to a template that accepts system/user messages")
 
     def _grammar(self, schema: dict):
-        key = json.dumps(schema, sort_keys=True, ensure_ascii=False)
+        # Not sort_keys: the grammar writes the properties in the order the key lists them (the prompt's order).
+        key = json.dumps(schema, ensure_ascii=False)
         if key not in self._grammars:
             try:
                 self._grammars[key] = self._lib.LlamaGrammar.from_string(strict_json_gbnf(key), verbose=False)

@@ -48,7 +48,7 @@ def demo(workdir, book, iters, quantization):
 @click.command()
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="Project file (default: dantes.yaml in the current folder).")
-@click.option("--from", "start", default=None, help="First stage to run (fetch, clean, extract, generate, "
+@click.option("--from", "start", default=None, help="First stage to run (fetch, clean, extract, generate, card, "
                                                     "prepare, train, export, eval).")
 @click.option("--to", "stop", default=None, help="Last stage to run.")
 def run(config_path, start, stop):

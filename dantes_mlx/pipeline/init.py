@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from dantes_mlx import __version__
-from dantes_mlx.config import DEFAULT_CONFIG_FILE, SECTIONS, CharacterConfig, build, field_help, is_ebook_id
+from dantes_mlx.config import (DEFAULT_CONFIG_FILE, PERSONAS, SECTIONS, CharacterConfig, build, field_help,
+                               is_ebook_id)
 from dantes_mlx.errors import ConfigError
 from dantes_mlx.outputs import check_output
 from dantes_mlx.store import write_text_atomic
@@ -17,12 +18,6 @@ from dantes_mlx.store import write_text_atomic
 # Settings written as live YAML (None: the whole section); the rest are shown commented out at their default,
 # so a later release's better defaults still reach projects that never changed them.
 LIVE = {"project": None, "character": None, "llm": {"model", "url", "server_model"}, "train": {"base_model"}}
-PERSONAS = {
-    "fr": "Tu es {name}. Tu réponds à la première personne, avec la voix, le vocabulaire et les convictions "
-          "que le livre te donne.",
-    "en": "You are {name}. Answer in the first person, with the voice, vocabulary and convictions the book "
-          "gives you.",
-}
 
 
 def yaml_lines(key: str, value) -> list[str]:

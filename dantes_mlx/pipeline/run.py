@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from dantes_mlx.book import stage as book
+from dantes_mlx.card import stage as card
 from dantes_mlx.config import SECTIONS, LLMConfig, section
 from dantes_mlx.dataset import stage as dataset
 from dantes_mlx.errors import ConfigError, Interrupted
@@ -28,6 +29,7 @@ ENTRIES: dict[str, tuple[Callable, Callable]] = {
     "clean": (book.CleanSettings.from_config, book.run_clean),
     "extract": (lambda c: extract.Settings.from_config(c, every_clean_book=True, progress=False), extract.run),
     "generate": (lambda c: generate.Settings.from_config(c, progress=False), generate.run),
+    "card": (lambda c: card.Settings.from_config(c, progress=False), card.run_if_llm),  # skipped without an LLM
     "prepare": (dataset.PrepareSettings.from_config, dataset.run_prepare),
     "train": (lambda c: train.Settings.from_config(c, resume=None), train.run),  # resume on the same dataset
     "export": (export.Settings.from_config, export.run),

@@ -201,5 +201,9 @@ def test_card_text_reads_the_workspace_card_when_there_is_one(tmp_path):
     assert card_text(Workspace.under(tmp_path)) is None and card_text(WithCard()) is None
     WithCard.character_card.write_text("Edmond Dantès, marin.\n", encoding="utf-8")
     assert card_text(WithCard()) == "Edmond Dantès, marin."
+    workspace = Workspace.under(tmp_path / "project")  # the folder `dantes-mlx card` writes card.md into
+    workspace.card.mkdir(parents=True)
+    (workspace.card / "card.md").write_text("# Edmond Dantès\nMarin, prisonnier, comte.\n", encoding="utf-8")
+    assert card_text(workspace) == "# Edmond Dantès\nMarin, prisonnier, comte."
     settings = Settings.from_config({}, turns=2, ooc_share=0.5)
     assert settings.generate.turns == 2 and settings.generate.ooc_share == 0.5

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,7 +18,7 @@ from dantes_mlx.errors import ConfigError, ModelError
 from dantes_mlx.llm import batch
 from dantes_mlx.llm.clients import make_client
 from dantes_mlx.llm.fake import FakeLLM
-from dantes_mlx.llm.llamacpp import build_messages, resolve_model_path
+from dantes_mlx.llm.llamacpp import LlamaCppClient, build_messages, resolve_model_path
 from dantes_mlx.llm.openai_compat import OpenAICompatClient, chat_url
 from dantes_mlx.llm.reasoning import inside_open_think, reasoning_finished, reasoning_style, split_reasoning
 from fake_openai import FakeServer, completion
@@ -820,3 +821,18 @@ def test_llamacpp_batch_sizes_from_config_and_counted_across_batches(tiny_gguf):
         small.close()
     with pytest.raises(ConfigError, match="n_batch"):
         LlamaCppClient(str(tiny_gguf), n_ctx=256, n_ubatch=0)
+
+
+def test_the_grammar_keeps_the_schemas_property_order():
+    """llama.cpp writes an object's properties in the order the grammar lists them: the schema's (the prompt's
+    example), not the alphabet's (extract wrote `citation` before `contexte` when the key was sorted)."""
+    pytest.importorskip("llama_cpp", reason="the grammar converter is llama-cpp-python's")
+    seen = []
+    grammar = SimpleNamespace(from_string=lambda text, verbose=False: seen.append(text) or text)
+    client = LlamaCppClient.__new__(LlamaCppClient)
+    client._lib, client._grammars = SimpleNamespace(LlamaGrammar=grammar), {}
+    schema = {"type": "object", "properties": {"zeta": {"type": "string"}, "alpha": {"type": "string"}},
+              "required": ["zeta", "alpha"], "additionalProperties": False}
+    client._grammar(schema)
+    root = next(line for line in seen[0].splitlines() if line.startswith("root ::="))
+    assert root.index("zeta") < root.index("alpha")
