@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -285,16 +284,15 @@ def test_read_text_errors_name_the_file(tmp_path):
         read_text(bad)
 
 
-def test_a_whole_book_takes_seconds():
+def test_a_whole_book_is_read_to_its_end():
+    """2.5 MB, a novel's length: every quotation found, to the last (no timing here: timings belong in bench/)."""
     scene = ("Dantès entra. Le vieillard se leva et dit : « Mon fils ! »\n\n— Mon père, dit Dantès, "
              "je reviens.\n\n— Tu as faim ?\n\n— Non, répondit-il. Asseyez-vous.\n\n"
              "Ils parlèrent longtemps de la mer et du navire, puis le père soupira.\n\n")
     book = scene * (2_500_000 // len(scene))
-    start = time.process_time()  # CPU time: the test machine is shared
     quotes = find_quotations(book)
-    elapsed = time.process_time() - start
     assert len(quotes) == 4 * (2_500_000 // len(scene))
-    assert elapsed < 10, f"{elapsed:.1f} s for 2.5 MB"
+    assert quotes[-1].end > len(book) - len(scene)
 
 
 def _bench():
