@@ -33,11 +33,13 @@ class Settings:
     def from_config(cls, config: dict, *, inputs: tuple = (), facts_file: str | None = None,
                     labels_file: str | None = None, raw_file: str | None = None, output: str | None = None,
                     model: str | None = None, url: str | None = None, concurrency: int | None = None,
-                    no_llm: bool = False, progress: bool = True, **generate_flags) -> "Settings":
+                    no_llm: bool = False, progress: bool = True, max_tokens: int | None = None,
+                    temperature: float | None = None, **generate_flags) -> "Settings":
         """dantes.yaml's sections < the flags. `model` names the GGUF for llama.cpp, or the model a server
         should run when a URL is set."""
         model_key = "server_model" if section(LLMConfig, config, {"url": url}).url else "model"
-        cfg = section(LLMConfig, config, {"url": url, "concurrency": concurrency, model_key: model})
+        cfg = section(LLMConfig, config, {"url": url, "concurrency": concurrency, model_key: model,
+                                          "max_tokens": max_tokens, "temperature": temperature})
         return cls(section(CharacterConfig, config), section(GenerateConfig, config, generate_flags), cfg,
                    tuple(inputs), facts_file, labels_file, raw_file, output, no_llm, progress=progress)
 
