@@ -41,7 +41,8 @@ _STOPWORDS = {
 
 
 # Text a model wrote instead of content: a label, a template slot, brackets around nothing.
-_SLOT = re.compile(r"\[[^\]]{0,40}\]|\{\{|\blorem ipsum\b|\btodo\b|\bxxx\b", re.IGNORECASE)
+_SLOT = re.compile(r"\[[^\]]{0,40}\]|\{\{|\blorem ipsum\b|\btodo\b|\bxxx\b"
+                   r"|\b(?:question|r[ée]ponse|answer)\s*\d+\s*:", re.IGNORECASE)
 _LABEL = re.compile(r"(?:votre |la |une )?(?:question|reponse|instruction|response|answer|texte|text)"
                     r"(?:\s*(?:n°|no)?\s*\d+)?", re.IGNORECASE)
 

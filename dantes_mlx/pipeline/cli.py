@@ -39,7 +39,7 @@ def init(output, character, aliases, books, language, persona, generator_model, 
 @click.option("--book", default=None, help="A Project Gutenberg ebook id to use instead of the built-in "
                                            "scene (needs internet), e.g. 17989.")
 @click.option("--iters", default=None, type=click.IntRange(1),
-              help="Training steps (default: 40 on the real model, 60 with --tiny).")
+              help="Training steps (default: 30 on the real model, 60 with --tiny).")
 @click.option("--quantization", default=None,
               help="Quantization of the fused GGUF (default: f16 on the real model, q4_k_m with --tiny).")
 @click.option("--tiny", is_flag=True, help="A random tiny model and a template stand-in for the LLM instead of the "

@@ -42,6 +42,7 @@ def test_repetition_loops_are_told_from_prose(text, looped):
 
 @pytest.mark.parametrize("text, slot", [("...", True), ("[votre question]", True), ("Question 2", True),
                                         ("Réponse :", True), ("{{citation}}", True), ("— ?", True),
+                                        ("Pourquoi vous parlez ! Question 1: Question 2: Question 3:", True),
                                         ("Mercédès !", False), ("Que répondez-vous à cela ?", False),
                                         ("La question est de savoir qui vous êtes.", False)])
 def test_placeholders_are_told_from_content(text, slot):
