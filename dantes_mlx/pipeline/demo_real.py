@@ -82,27 +82,26 @@ def train_settings(base: Path, backend: str, s: RealDemoSettings) -> TrainConfig
     return TrainConfig(**{**values, **s.train_overrides})
 
 
-def answer(gguf: Path, persona: str, question: str) -> str:
-    """One greedy answer of a GGUF through llama.cpp, with the persona as system prompt."""
+def answers(gguf: Path, persona: str, questions) -> list[str]:
+    """The GGUF's answer to each question through llama.cpp, the persona as system prompt; sampled (greedy decoding
+    sends a 135M model into loops) with the same seed for both models, so a rerun prints the same."""
     engine = load_engine(gguf=gguf)
-    return engine.generate([{"role": "system", "content": persona}, {"role": "user", "content": question}],
-                           max_tokens=60, temp=0.0, seed=0).strip()
+    return [engine.generate([{"role": "system", "content": persona}, {"role": "user", "content": q}],
+                            max_tokens=60, temp=0.7, top_p=0.9, seed=0).strip() for q in questions]
 
 
 def side_by_side(base: Path, tuned: Path, persona: str, probes, log: Log) -> list[dict]:
     """Each probe answered by the base GGUF and by the fine-tuned one, printed one under the other."""
-    rows = []
-    for question in probes:
-        row = {"question": question, "base": answer(base, persona, question),
-               "tuned": answer(tuned, persona, question)}
-        log(f"Q: {question}\n  base : {row['base']}\n  tuned: {row['tuned']}")
-        rows.append(row)
+    rows = [{"question": q, "base": b, "tuned": t}
+            for q, b, t in zip(probes, answers(base, persona, probes), answers(tuned, persona, probes))]
+    for row in rows:
+        log(f"Q: {row['question']}\n  base : {row['base']}\n  tuned: {row['tuned']}")
     return rows
 
 
 def held_out_losses(base_gguf: Path, tuned_gguf: Path, model_dir: Path, test_file: Path, log: Log) -> dict:
     """The test split's loss per answer token for both GGUFs, measured by llama.cpp."""
-    rows, render = list(read_jsonl(test_file)), template_renderer(model_dir)
+    rows, render = [row for _, row in read_jsonl(test_file)], template_renderer(model_dir)
     losses: dict[str, HeldOutLoss] = {"base": gguf_loss(base_gguf, rows, render),
                                       "tuned": gguf_loss(tuned_gguf, rows, render)}
     b, t = losses["base"], losses["tuned"]
