@@ -175,6 +175,9 @@ class ExtractConfig:
                                   "every chunk), rules, or auto (hybrid when a generator model is configured).",
                           rule=one_of("auto", "hybrid", "llm", "rules"))
     chunk_lines: int = setting(100, "Lines (paragraphs) per LLM chunk.", rule=at_least(1))
+    limit: int = setting(0, "At most this many LLM calls (chunks, or hybrid passages), the first in book order; "
+                            "0: all. A trial run on a long book: what is left out is said in the summary.",
+                         rule=at_least(0))
     overlap: int = setting(10, "Lines shared by consecutive chunks.", rule=at_least(0))
     chunk_tokens: int = setting(0, "Most tokens of book text per chunk: a chunk also ends before this budget. "
                                    "0: what llm.n_ctx holds after the instructions and llm.max_tokens.",
@@ -229,6 +232,11 @@ class GenerateConfig:
     ooc_share: float = setting(0.0, "Share (0 to below 1) of the generated questions that are about things outside "
                                     "the book (modern life, technique), answered in character; rows tagged "
                                     "`ooc: true`.", rule=between(0, 1, high_open=True))
+    limit: int = setting(0, "Only the first N citations (0: all): a trial run on a long book.", rule=at_least(0))
+    answers: str = setting("llm", "llm: the LLM writes each question and a developed answer in the character's "
+                                  "voice; citation: it writes only the questions and each answer is the "
+                                  "character's own words from the book (for a small generator, e.g. the demo's "
+                                  "135M model; turns 1 only).", rule=one_of("llm", "citation"))
     prompt_file: str = setting("", "File overriding the versioned generation prompt (the conversation prompt when "
                                    "turns > 1).")
     ooc_prompt_file: str = setting("", "File overriding the versioned out-of-character prompt.")

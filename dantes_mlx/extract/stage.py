@@ -34,7 +34,7 @@ class Settings:
                     aliases: tuple = (), narrator: bool | None = None, language: str | None = None,
                     model: str | None = None, url: str | None = None, input_file: str | None = None,
                     output: str | None = None, all_speakers: bool = False, progress: bool = True,
-                    **extract_flags) -> "Settings":
+                    max_tokens: int | None = None, **extract_flags) -> "Settings":
         """dantes.yaml's sections < the flags; `every_clean_book` (run: it cleaned them all) instead of
         project.books. A new name without aliases does not inherit the configured character's aliases, nor its
         narrator flag."""
@@ -43,7 +43,8 @@ class Settings:
             "narrator": narrator if narrator is not None else (False if name else None)})
         books = None if every_clean_book else list(section(ProjectConfig, config).books)
         return cls(person, section(ExtractConfig, config, extract_flags),
-                   section(LLMConfig, config, {"model": model, "url": url}), books, input_file, output,
+                   section(LLMConfig, config, {"model": model, "url": url, "max_tokens": max_tokens}), books,
+                   input_file, output,
                    all_speakers, progress)
 
     def method(self) -> str:

@@ -30,10 +30,20 @@ from dantes_mlx.generate.stage import Settings, run
 @click.option("--url", default=None, help="OpenAI-compatible server base URL (llm.url).")
 @click.option("--concurrency", type=int, default=None, help="Parallel requests to an HTTP server (llm.concurrency).")
 @click.option("--min-answer-words", type=int, default=None, help="Shorter answers are rejected (default 25).")
+@click.option("--limit", type=click.IntRange(0), default=None,
+              help="Only the first N citations: a trial run (generate.limit; 0: all).")
+@click.option("--answers", type=click.Choice(["llm", "citation"]), default=None,
+              help="llm: the LLM writes questions and developed answers; citation: only the questions, each answer "
+                   "being the character's words from the book (generate.answers).")
+@click.option("--max-tokens", type=click.IntRange(1), default=None, help="Tokens the LLM may write per call "
+                                                                         "(llm.max_tokens).")
+@click.option("--temperature", type=click.FloatRange(0, 5), default=None, help="Sampling temperature "
+                                                                                 "(llm.temperature).")
 @click.option("--no-llm", is_flag=True, help="With --facts: template questions answered with the fact itself.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pairs_per_citation, turns, ooc_share,
-             prompt_file, model, url, concurrency, min_answer_words, no_llm, quiet):
+             prompt_file, model, url, concurrency, min_answer_words, limit, answers, max_tokens, temperature, no_llm,
+             quiet):
     """Write instruction/response pairs in the character's voice, each with its source_id.
 
     INPUTS: citation files; none: extract.output, else data/citations/*.jsonl, and of those only the rows of
@@ -49,5 +59,6 @@ def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pai
         config, inputs=inputs, facts_file=facts_file, labels_file=labels_file, raw_file=raw_file, output=output,
         model=model, url=url, concurrency=concurrency, no_llm=no_llm, progress=not quiet,
         pairs_per_citation=pairs_per_citation, turns=turns, ooc_share=ooc_share, prompt_file=prompt_file,
-        min_answer_words=min_answer_words)
+        min_answer_words=min_answer_words, limit=limit, answers=answers, max_tokens=max_tokens,
+        temperature=temperature)
     run_stage(run, settings, workspace)

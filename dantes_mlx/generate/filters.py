@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from rapidfuzz import fuzz
@@ -14,6 +15,8 @@ EMPTY, TOO_SHORT, TOO_LONG = "empty", "too_short", "too_long"
 OUT_OF_CHARACTER, MARKUP, NARRATION = "out_of_character", "markup_leak", "third_person_narration"
 COPIES_CITATION, COPIES_QUESTION, MISSING_FACT = "copies_citation", "copies_question", "fact_missing"
 WRONG_LANGUAGE, DUPLICATE_QUESTION, BEYOND_K = "wrong_language", "duplicate_question", "beyond_k"
+LOOP, PLACEHOLDER, DUPLICATE_ANSWER = "repetition_loop", "placeholder", "duplicate_answer"
+NOT_A_QUESTION = "not_a_question"
 
 # An assistant leaking through the persona. "je ne peux pas" alone is kept out on purpose:
 # the character may say "je ne peux pas oublier"; only refusal verbs after it break character.
@@ -35,6 +38,13 @@ _STOPWORDS = {
     "en": set("the and is are was in that which for not you i he she we this but with on of to my "
               "your his her it be have".split()),
 }
+
+
+# Text a model wrote instead of content: a label, a template slot, brackets around nothing.
+_SLOT = re.compile(r"\[[^\]]{0,40}\]|\{\{|\blorem ipsum\b|\btodo\b|\bxxx\b"
+                   r"|\b(?:question|r[ée]ponse|answer)\s*\d+\s*:", re.IGNORECASE)
+_LABEL = re.compile(r"(?:votre |la |une )?(?:question|reponse|instruction|response|answer|texte|text)"
+                    r"(?:\s*(?:n°|no)?\s*\d+)?", re.IGNORECASE)
 
 
 @dataclass
@@ -62,6 +72,49 @@ def wrong_language(text: str, language: str) -> bool:
     return other >= 3 and other > 2 * expected
 
 
+def repetition_loop(text: str, n: int = 3, times: int = 3) -> bool:
+    """A model stuck in a loop: one word four times in a row, or one n-gram `times` times or more covering a
+    third of the text ("je le jour-là, je le jour-là, je le jour-là")."""
+    tokens = fold(text, accents=False).split()
+    if any(len(set(tokens[i:i + 4])) == 1 for i in range(len(tokens) - 3)):
+        return True
+    grams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    top = max(grams.values(), default=0)
+    return top >= times and top * n * 3 >= len(tokens)
+
+
+def placeholder(text: str) -> bool:
+    """No letters at all, a template slot ('[nom]', '{{', 'lorem ipsum'), or a bare label ('Question 2')."""
+    stripped = text.strip(" \t\n.…:;!?«»\"'-—–")
+    if not any(c.isalpha() for c in stripped):
+        return True
+    return bool(_SLOT.search(text)) or bool(_LABEL.fullmatch(fold(stripped, accents=False)))
+
+
+def question_reason(question: str, settings: FilterSettings, citation: str = "") -> str | None:
+    """The first reason a question written for an authentic reply fails (generate.answers: citation)."""
+    if not question.strip():
+        return EMPTY
+    if placeholder(question):
+        return PLACEHOLDER
+    if not question.rstrip(" »\"'").endswith("?"):
+        return NOT_A_QUESTION
+    if words(question) < 3:
+        return TOO_SHORT
+    if words(question) > 40:
+        return TOO_LONG
+    if _OUT_OF_CHARACTER.search(question) or _MARKUP.search(question):
+        return OUT_OF_CHARACTER if _OUT_OF_CHARACTER.search(question) else MARKUP
+    if repetition_loop(question):
+        return LOOP
+    folded = fold(question, accents=False)
+    if citation and fuzz.partial_ratio(folded, fold(citation, accents=False)) >= settings.max_citation_similarity:
+        return COPIES_CITATION
+    if wrong_language(question, settings.language):
+        return WRONG_LANGUAGE
+    return None
+
+
 def narration_pattern(names: tuple[str, ...]) -> re.Pattern:
     """'s'écria Dantès', 'répondit le comte': the book's narrator speaking inside the answer.
 
@@ -85,6 +138,10 @@ def pair_reason(instruction: str, response: str, settings: FilterSettings, *, ci
         return OUT_OF_CHARACTER
     if _MARKUP.search(response) or _MARKUP.search(instruction):
         return MARKUP
+    if placeholder(response) or placeholder(instruction):
+        return PLACEHOLDER
+    if repetition_loop(response) or repetition_loop(instruction):
+        return LOOP
     if narration is not None and narration.search(response):
         return NARRATION
     answer = fold(response, accents=False)
@@ -101,26 +158,35 @@ def pair_reason(instruction: str, response: str, settings: FilterSettings, *, ci
 
 
 def filter_group(pairs: list, settings: FilterSettings, *, k: int = 0, citation: str = "",
-                 fact: str = "", ooc: bool = False) -> tuple[list, list[tuple[object, str]]]:
+                 fact: str = "", ooc: bool = False, answers_given: bool = False,
+                 distinct_answers: bool = False) -> tuple[list, list[tuple[object, str]]]:
     """Kept pairs and (pair, reason) rejects for the pairs of one source item.
 
     `pairs` hold `.instruction` and `.response`; questions near-duplicating an earlier kept one are
-    rejected, and with k > 0 only the first k good pairs are kept.
+    rejected, with `distinct_answers` so are answers near-duplicating one (an LLM that wrote one answer k times;
+    not for facts, whose k questions share their answer), and with k > 0 only the first k good pairs are kept.
+    `answers_given`: every response is the authentic citation (generate.answers:
+    citation), so only the questions are checked.
     """
     narration = narration_pattern(settings.names) if settings.names else None
-    kept, rejected, questions = [], [], []
+    kept, rejected, questions, answers = [], [], [], []
     for pair in pairs:
-        reason = pair_reason(pair.instruction, pair.response, settings, citation=citation, fact=fact,
-                             narration=narration, ooc=ooc)
-        question = fold(pair.instruction, accents=False)
+        reason = question_reason(pair.instruction, settings, citation) if answers_given else \
+            pair_reason(pair.instruction, pair.response, settings, citation=citation, fact=fact, narration=narration,
+                        ooc=ooc)
+        question, answer = fold(pair.instruction, accents=False), fold(pair.response, accents=False)
         if reason is None and any(fuzz.ratio(question, q) >= settings.duplicate_question_similarity
                                   for q in questions):
             reason = DUPLICATE_QUESTION
+        if reason is None and distinct_answers and any(
+                fuzz.ratio(answer, a) >= settings.duplicate_question_similarity for a in answers):
+            reason = DUPLICATE_ANSWER
         if reason is None and k and len(kept) >= k:
             reason = BEYOND_K
         if reason is None:
             kept.append(pair)
             questions.append(question)
+            answers.append(answer)
         else:
             rejected.append((pair, reason))
     return kept, rejected

@@ -16,6 +16,7 @@ from dantes_mlx.errors import ConfigError, InputError, Interrupted, StageFailed
 from dantes_mlx.fr.text import fold
 from dantes_mlx.generate.filters import FilterSettings, filter_group
 from dantes_mlx.generate.parser import ParsedPair, parse_file, parse_pairs
+from dantes_mlx.generate.questions import question_pairs, questions_schema
 from dantes_mlx.llm.base import call_sampling
 from dantes_mlx.llm.batch import FailureLimit, iter_results, reply_record
 from dantes_mlx.llm.prompt import Prompt, load_prompt
@@ -212,6 +213,7 @@ class GenerateSummary:
     stats: RunStats | None = None
     short: Counter | None = None  # citations that kept fewer than K pairs: "model" wrote fewer, "filters" cut
     target: Path | None = None    # the output asked for; `out` is OUT.partial.jsonl when a previous one was kept
+    limited: int = 0              # citations left out by generate.limit (--limit)
     ooc: int = 0                  # rows about things outside the book (generate.ooc_share)
 
     def summary(self) -> str:
@@ -230,12 +232,15 @@ class GenerateSummary:
                        f"{self.short['model']}, the filters left fewer in {self.short['filters']}")
         s = self.stats
         if s is not None:
+            speed = f"; {s.completion_tokens / self.seconds:.1f} generated tokens/s" if self.seconds else ""
             out.append(f"LLM: {s.calls} calls ({s.cached} items cached, {s.failed} failed, "
                        f"{s.truncated} cut by max_tokens); tokens: prompt {s.prompt_tokens}, "
                        f"evaluated {s.evaluated_tokens}, generated {s.completion_tokens} "
-                       f"(of which reasoning {s.reasoning_tokens})")
+                       f"(of which reasoning {s.reasoning_tokens}){speed}")
             if s.failed:
                 out.append(f"{s.failure_note}; run again to retry them")
+        if self.limited:
+            out.append(f"--limit: {self.limited} more citations were left out; raise or drop generate.limit")
         return out
 
     def failure(self) -> StageFailed | None:
@@ -273,8 +278,18 @@ def finish(out: Path, rows: list, rejects: list, items: int, started: float,
                            time.monotonic() - started, stats, target=out)
 
 
-def salvage(value: dict, source_id: str) -> tuple[list[ParsedPair], list[dict]]:
+def given_answer_pairs(value: dict, row: dict) -> tuple[list[ParsedPair], list[dict]]:
+    """(question, the citation's words) pairs of one stored answer of the questions prompt, and a reject when
+    its JSON was broken (the whole questions it held are still used)."""
+    pairs, problem = question_pairs(value.get("text") or "", row["citation"])
+    rejects = [{"source_id": row["source_id"], "reason": "unparseable", "detail": problem, "line": 1,
+                "text": value.get("text") or ""}] if problem else []
+    return pairs, rejects
+
+
+def salvage(value: dict, row: dict | str) -> tuple[list[ParsedPair], list[dict]]:
     """Pairs of one stored LLM answer, and a reject for everything the parser could not use."""
+    source_id = row["source_id"] if isinstance(row, dict) else row
     parsed = parse_pairs(value.get("text") or "")
     rejects = [{"source_id": source_id, "reason": "unparseable", "detail": r.reason, "line": r.line,
                 "text": r.text} for r in parsed.rejects]
@@ -286,9 +301,11 @@ def salvage(value: dict, source_id: str) -> tuple[list[ParsedPair], list[dict]]:
 
 def filtered_rows(pairs: list[ParsedPair], settings: FilterSettings, base: dict, *, k: int = 0,
                   citation: str = "", fact: str = "", keep_line: bool = False,
-                  ooc: bool = False) -> tuple[list[dict], list[dict]]:
+                  ooc: bool = False, answers_given: bool = False,
+                  distinct_answers: bool = False) -> tuple[list[dict], list[dict]]:
     """Rows for the kept pairs (base fields + pair) and rejects with their reasons."""
-    kept, rejected = filter_group(pairs, settings, k=k, citation=citation, fact=fact, ooc=ooc)
+    kept, rejected = filter_group(pairs, settings, k=k, citation=citation, fact=fact, ooc=ooc,
+                                  answers_given=answers_given, distinct_answers=distinct_answers)
     rows = [{"instruction": p.instruction, "response": p.response, **base, "complete": p.complete,
              **({"line": p.line} if keep_line else {})} for p in kept]
     rejects = [{"source_id": base["source_id"], "reason": reason, "line": p.line,
@@ -311,7 +328,8 @@ def citation_task(row: dict, prompt: Prompt, character: CharacterConfig, cfg: Ge
     k = cfg.pairs_per_citation
     messages = prompt.messages(name=character.name, persona=character.persona, k=k,
                                contexte=row["contexte"] or "(aucun)", citation=row["citation"])
-    schema = pairs_schema(k, cfg.max_instruction_chars, cfg.max_response_chars)
+    schema = questions_schema(k, cfg.max_instruction_chars, character.language) if cfg.answers == "citation" else \
+        pairs_schema(k, cfg.max_instruction_chars, cfg.max_response_chars)
     return make_task(STAGE, prompt.version, model_id, messages, schema, sampling or {})
 
 
@@ -336,7 +354,10 @@ def generate_pairs(citations: list[dict], client, out: str | Path, cfg: Generate
 def _generate_pairs(citations, client, out: Path, cfg: GenerateConfig, character: CharacterConfig, concurrency,
                     sampling, progress, max_failures, extra) -> GenerateSummary:
     started = time.monotonic()
-    prompt = load_prompt("generate", character.language, cfg.prompt_file)
+    limited = max(0, len(citations) - cfg.limit) if cfg.limit else 0
+    citations = citations[:cfg.limit] if cfg.limit else citations
+    given = cfg.answers == "citation"  # the LLM writes the questions, the book the answers
+    prompt = load_prompt("questions" if given else "generate", character.language, cfg.prompt_file)
     out, _, cache = output_paths(out)
     store = Store(cache)
     tasks = [citation_task(row, prompt, character, cfg, client.model_id, call_sampling(client, sampling))
@@ -351,18 +372,20 @@ def _generate_pairs(citations, client, out: Path, cfg: GenerateConfig, character
         if task.key in seen or task.key not in store:
             continue  # a repeated citation is generated once; a failed one is retried next run
         seen.add(task.key)
-        pairs, unparsed = salvage(store.get(task.key), row["source_id"])
+        pairs, unparsed = (given_answer_pairs if given else salvage)(store.get(task.key), row)
         base = {"source_id": row["source_id"], "source": "citation", "citation": row["citation"],
                 "contexte": row["contexte"], "model": client.model_id, "prompt_version": prompt.version,
-                "provenance": row["provenance"]}
+                "provenance": row["provenance"], **({"answer": "citation"} if given else {})}
         kept, filtered = filtered_rows(pairs, settings, base, k=cfg.pairs_per_citation,
-                                       citation=row["citation"])
+                                       citation=row["citation"], answers_given=given, distinct_answers=not given)
         if len(kept) < cfg.pairs_per_citation:
             short["model" if len(pairs) < cfg.pairs_per_citation else "filters"] += 1
         rows += kept
         rejects += unparsed + filtered
-    return finish_with_extra(out, rows, rejects, len(seen), started, stats, added, store,
-                             filter_settings(cfg, character), short)
+    summary = finish_with_extra(out, rows, rejects, len(seen), started, stats, added, store,
+                                filter_settings(cfg, character), short)
+    summary.limited = limited
+    return summary
 
 
 def finish_with_extra(out: Path, rows: list, rejects: list, items: int, started: float, stats: RunStats,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dantes_mlx import llm
 from dantes_mlx.config import CharacterConfig, GenerateConfig, LLMConfig, section
+from dantes_mlx.errors import ConfigError
 from dantes_mlx.generate.ooc import card_text, plan_ooc
 from dantes_mlx.generate.pairs import GenerateSummary, check_paths, generate_pairs, import_raw, select_citations
 from dantes_mlx.generate.sources import generate_from_facts, labels_to_rows, load_facts
@@ -36,11 +37,13 @@ class Settings:
     def from_config(cls, config: dict, *, inputs: tuple = (), facts_file: str | None = None,
                     labels_file: str | None = None, raw_file: str | None = None, output: str | None = None,
                     model: str | None = None, url: str | None = None, concurrency: int | None = None,
-                    no_llm: bool = False, progress: bool = True, **generate_flags) -> "Settings":
+                    no_llm: bool = False, progress: bool = True, max_tokens: int | None = None,
+                    temperature: float | None = None, **generate_flags) -> "Settings":
         """dantes.yaml's sections < the flags. `model` names the GGUF for llama.cpp, or the model a server
         should run when a URL is set."""
         model_key = "server_model" if section(LLMConfig, config, {"url": url}).url else "model"
-        cfg = section(LLMConfig, config, {"url": url, "concurrency": concurrency, model_key: model})
+        cfg = section(LLMConfig, config, {"url": url, "concurrency": concurrency, model_key: model,
+                                          "max_tokens": max_tokens, "temperature": temperature})
         return cls(section(CharacterConfig, config), section(GenerateConfig, config, generate_flags), cfg,
                    tuple(inputs), facts_file, labels_file, raw_file, output, no_llm, progress=progress)
 
@@ -75,6 +78,9 @@ def run(settings: Settings, workspace: Workspace, log: Log) -> GenerateSummary:
     sources = [settings.facts_file] if settings.facts_file else \
         list(settings.inputs) or workspace.citation_files()
     check_paths(out, sources, gen.prompt_file)
+    if gen.answers == "citation" and gen.turns > 1:
+        raise ConfigError("generate.answers: citation writes one question per reply; it cannot build conversations",
+                          path="dantes.yaml [generate]", fix="set turns: 1, or answers: llm for multi-turn scenes")
     facts = citations = None
     if settings.facts_file:
         facts = load_facts(settings.facts_file)

@@ -38,11 +38,16 @@ def init(output, character, aliases, books, language, persona, generator_model, 
               help="Folder that receives every file of the demo (and demo.json naming them).")
 @click.option("--book", default=None, help="A Project Gutenberg ebook id to use instead of the built-in "
                                            "scene (needs internet), e.g. 17989.")
-@click.option("--iters", default=60, show_default=True, type=click.IntRange(1), help="Training steps.")
-@click.option("--quantization", default="q4_k_m", show_default=True, help="Quantization of the fused GGUF.")
-def demo(workdir, book, iters, quantization):
-    """Run the whole pipeline offline on a built-in scene and a tiny model."""
-    run_demo(workdir, book_id=book, iters=iters, quantization=quantization)
+@click.option("--iters", default=None, type=click.IntRange(1),
+              help="Training steps (default: 30 on the real model, 60 with --tiny).")
+@click.option("--quantization", default=None,
+              help="Quantization of the fused GGUF (default: f16 on the real model, q4_k_m with --tiny).")
+@click.option("--tiny", is_flag=True, help="A random tiny model and a template stand-in for the LLM instead of the "
+                                           "embedded SmolLM2: seconds, no real model, the words are noise.")
+def demo(workdir, book, iters, quantization, tiny):
+    """Run the whole pipeline offline on a built-in scene with the embedded real model (SmolLM2-135M-Instruct):
+    extraction and questions by it, LoRA on it, export, parity gate, base vs fine-tuned answers and test loss."""
+    run_demo(workdir, book_id=book, iters=iters, quantization=quantization, tiny=tiny)
 
 
 @click.command()

@@ -1,5 +1,6 @@
-"""`demo`: the whole pipeline offline on a built-in scene (or a book), a template stand-in for the LLM and a tiny
-model built on the fly, through the same stage entries as `run`."""
+"""`demo`: the whole pipeline offline on a built-in scene (or a book), through the same stage entries as `run`:
+on the embedded real model (SmolLM2-135M-Instruct, see demo_real.py) by default, or with `--tiny` on a random
+tiny model built on the fly and a template stand-in for the LLM (seconds, no real model needed)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dantes_mlx.export import stage as export
 from dantes_mlx.extract import stage as extract
 from dantes_mlx.generate import stage as generate
 from dantes_mlx.models import tiny
+from dantes_mlx.pipeline.demo_real import RealDemoSettings, real_demo
 from dantes_mlx.pipeline.demo_writer import DemoPairWriter
 from dantes_mlx.pipeline.run import begin, finish, interrupted_by_user, stopped
 from dantes_mlx.stage import Log, stderr
@@ -37,15 +39,17 @@ For the real thing on a Mac with internet (Apple Silicon, 16 GB or more):
 """
 
 
-def demo(workdir: str | Path = "demo-run", book_id: str | None = None, iters: int = 60,
-         quantization: str = "q4_k_m", log: Log = stderr) -> dict:
-    """Offline end to end on a built-in scene (or `book_id` with internet) and a tiny model built on the fly.
+def demo(workdir: str | Path = "demo-run", book_id: str | None = None, iters: int | None = None,
+         quantization: str | None = None, log: Log = stderr, tiny: bool = False,
+         real: RealDemoSettings | None = None) -> dict:
+    """Offline end to end on a built-in scene (or `book_id` with internet): on the embedded real model, or
+    (`tiny`) on a random tiny model with a template stand-in for the LLM.
 
-    Run again on the same `workdir`, it reuses the stored pairs and resumes training from its checkpoint."""
-    command = shlex.join(["dantes-mlx", "demo", "--workdir", str(workdir)]
+    Run again on the same `workdir`, it reuses the stored LLM answers and resumes training from its checkpoint."""
+    command = shlex.join(["dantes-mlx", "demo", "--workdir", str(workdir)] + (["--tiny"] if tiny else [])
                          + (["--book", str(book_id)] if book_id else [])
-                         + (["--iters", str(iters)] if iters != 60 else [])
-                         + (["--quantization", quantization] if quantization != "q4_k_m" else []))
+                         + (["--iters", str(iters)] if iters else [])
+                         + (["--quantization", quantization] if quantization else []))
     begun: list[str] = []
 
     def stage(title: str) -> float:
@@ -53,7 +57,11 @@ def demo(workdir: str | Path = "demo-run", book_id: str | None = None, iters: in
         return begin(title, log)
 
     try:
-        return _demo(Path(workdir), book_id, iters, quantization, log, stage)
+        if not tiny:
+            real = real or RealDemoSettings()
+            real.iters, real.quantization = iters or real.iters, quantization or real.quantization
+            return real_demo(Path(workdir), log, stage, real, book_id, DEMO_SCENE)
+        return _demo(Path(workdir), book_id, iters or 60, quantization or "q4_k_m", log, stage)
     except (KeyboardInterrupt, Exception) as exc:
         if begun and interrupted_by_user(exc):
             raise stopped(begun[-1], exc, command) from None

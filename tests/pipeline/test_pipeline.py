@@ -60,7 +60,7 @@ def test_run_without_config_file_says_how_to_make_one(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     work = tmp_path / "demo"
-    result = CliRunner().invoke(main, ["demo", "--workdir", str(work), "--iters", "12"])
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(work), "--tiny", "--iters", "12"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((work / "demo.json").read_text(encoding="utf-8"))
     for key in ("book", "citations", "pairs", "base_model", "adapters"):
@@ -265,10 +265,10 @@ def test_demo_interrupted_in_training_resumes_when_run_again(tmp_path, monkeypat
     monkeypatch.setattr(tinymodel, "build_tiny_model", copy_tiny_model)
     monkeypatch.setattr(train_module, "train", _interrupted_training)
     work = tmp_path / "demo"
-    result = CliRunner().invoke(main, ["demo", "--workdir", str(work), "--iters", "4"])
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(work), "--tiny", "--iters", "4"])
     assert result.exit_code == 130 and "Traceback" not in result.output, result.output
     assert "--resume" not in result.output
-    assert f"dantes-mlx demo --workdir {work} --iters 4" in result.output
+    assert f"dantes-mlx demo --workdir {work} --tiny --iters 4" in result.output
 
     calls = []
 
@@ -277,7 +277,7 @@ def test_demo_interrupted_in_training_resumes_when_run_again(tmp_path, monkeypat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "train", record)
-    again = CliRunner().invoke(main, ["demo", "--workdir", str(work), "--iters", "4"])
+    again = CliRunner().invoke(main, ["demo", "--workdir", str(work), "--tiny", "--iters", "4"])
     assert calls == [True], again.output
     assert "resuming from the last checkpoint" in again.output
     assert "LLM: 0 calls (13 items cached" in again.output  # the pairs were not asked again
