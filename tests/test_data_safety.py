@@ -43,7 +43,10 @@ def pairs_reply(body) -> str:
     questions = [f"Que vous inspire cette parole : « {data[-30:]} » ?",
                  "Comment avez-vous supporté tant d'années de captivité ?",
                  "Quel conseil donneriez-vous à un jeune homme trahi par ses amis ?"]
-    return json.dumps({"pairs": [{"instruction": q, "response": f"{answer}Voilà ma réponse numéro {i}. {answer}"}
+    endings = ["Je n'ai rien oublié de ces années, monsieur, ni de ceux qui me les ont prises.",
+               "Dieu seul sait l'heure de chacun ; l'homme patient sait s'y préparer dans le silence.",
+               "Celui qui a tout perdu apprend à ne plus rien craindre, et c'est là sa seule richesse."]
+    return json.dumps({"pairs": [{"instruction": q, "response": f"{endings[i]} {answer}Voilà ma réponse, {i}."}
                                  for i, q in enumerate(questions)]}, ensure_ascii=False)
 
 
