@@ -18,6 +18,9 @@ Dataset
     validation_note: why a run has no validation loss, or None.
     check_dropped_system: refuse a chat template that would mask the answer (Mistral v0.3 and the persona).
     check_answers_fit: refuse (or warn about) rows whose prompt leaves no answer token within max_seq_length.
+    load_preferences: train.jsonl and valid.jsonl preference rows (train.method dpo/orpo) as PreferencePairs.
+    PreferencePair: one prompt (chat messages) with its chosen and rejected answers.
+    pair_row: a PreferencePair as TRL's conversational prompt/chosen/rejected row.
 Models
     resolve_model: a base model's local folder (a folder, or a Hugging Face download).
 Metrics
@@ -41,6 +44,7 @@ from dantes_mlx.models.hub import resolve_model
 from dantes_mlx.train.backends.base import TrainBackend, TrainResult
 from dantes_mlx.train.data import check_answers_fit, check_dropped_system, load_dataset, resolve_iters, validation_note
 from dantes_mlx.train.metrics import MetricsLog, plot_losses
+from dantes_mlx.train.preferences import PreferencePair, load_preferences, pair_row
 from dantes_mlx.train.state import (clear_run_outputs, interrupted, read_state, write_chat_template,
                                     write_resolved_config, write_state)
 from dantes_mlx.workspace import ADAPTER_CONFIG, METRICS_FILE, PEFT_WEIGHTS, PLOT_FILE, STATE_FILE, checkpoint_name
@@ -48,6 +52,7 @@ from dantes_mlx.workspace import ADAPTER_CONFIG, METRICS_FILE, PEFT_WEIGHTS, PLO
 __all__ = [
     "TrainConfig", "TrainBackend", "TrainResult", "ConfigError", "ModelError", "InputError", "interrupted",
     "load_dataset", "resolve_iters", "validation_note", "check_dropped_system", "check_answers_fit",
+    "load_preferences", "PreferencePair", "pair_row",
     "resolve_model", "MetricsLog", "plot_losses",
     "METRICS_FILE", "PLOT_FILE", "STATE_FILE", "PEFT_WEIGHTS", "ADAPTER_CONFIG", "checkpoint_name",
     "clear_run_outputs", "read_state", "write_state", "write_resolved_config", "write_chat_template",
