@@ -8,7 +8,7 @@ from pathlib import Path
 from dantes_mlx.chat.engines import Engine, load_engine
 from dantes_mlx.config import PrefsConfig, TrainConfig, section
 from dantes_mlx.errors import InputError
-from dantes_mlx.outputs import check_output
+from dantes_mlx.outputs import check_output, output_lock
 from dantes_mlx.prefs.build import PrefsSummary, build_preferences
 from dantes_mlx.stage import Log
 from dantes_mlx.workspace import Workspace
@@ -62,4 +62,5 @@ def run(settings: Settings, workspace: Workspace, log: Log) -> PrefsSummary:
     if out.resolve() == data.resolve():
         raise InputError("the preference rows would replace the SFT splits of this folder", path=out,
                          fix="give --output a folder of its own (default: <dataset>/preferences)")
-    return build_preferences(data, out, settings.make_answerer(), log)
+    with output_lock(out):  # one writer per folder: a second run would ask the base the same questions
+        return build_preferences(data, out, settings.make_answerer(), log)
