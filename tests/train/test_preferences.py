@@ -17,8 +17,8 @@ from dantes_mlx.config import TrainConfig
 from dantes_mlx.errors import ConfigError, InputError
 from dantes_mlx.train.metrics import MetricsLog
 from dantes_mlx.train.preferences import load_preferences, pair_row
-from dantes_mlx.train.stage import train
-from dantes_mlx.workspace import ADAPTER_CONFIG, MLX_WEIGHTS, AdapterFolder
+from dantes_mlx.train.stage import Settings, run, train
+from dantes_mlx.workspace import ADAPTER_CONFIG, MLX_WEIGHTS, AdapterFolder, Workspace
 
 QA = [("Qui êtes-vous ?", "Je suis Edmond Dantès, marin de Marseille.", "Je suis un assistant virtuel."),
       ("D'où venez-vous ?", "Je viens du château d'If, où j'ai souffert.", "Je viens d'Internet."),
@@ -145,3 +145,11 @@ def test_resume_adapter_of_another_shape_is_refused(tiny_model_dir, pairs, tmp_p
     with pytest.raises(ConfigError, match="does not fit this run's adapter layers"):
         train(tiny_cfg(tiny_model_dir, method="orpo", iters=1, save_every=1, rank=8, resume_adapter=str(sft)),
               pairs, tmp_path / "orpo")
+
+
+def test_dpo_reads_the_dataset_preferences_folder_by_default(tmp_path):
+    workspace = Workspace.under(tmp_path)
+    settings = Settings(tiny_cfg("/nonexistent/model", method="orpo"))
+    with pytest.raises(InputError, match="no train.jsonl of preference rows") as info:
+        run(settings, workspace, lambda message: None)
+    assert info.value.path == workspace.dataset / "preferences" and "dantes-mlx prefs" in str(info.value)
