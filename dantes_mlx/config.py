@@ -281,7 +281,7 @@ class TrainConfig:
     method: str = setting("sft", "sft (learn the answers), dpo or orpo (prefer the in-character answer over the "
                                  "base model's own: rows from `dantes-mlx prefs`).", rule=one_of(*TRAIN_METHODS))
     beta: float = setting(0.1, "DPO's beta: the weight of the preference against staying close to the "
-                               "reference (the base model, adapter off); higher: closer to the reference.",
+                               "reference (the model the run starts from); higher: closer to the reference.",
                           rule=above(0))
     orpo_lambda: float = setting(0.1, "ORPO's lambda: weight of the odds-ratio term added to the chosen "
                                       "answer's loss.", rule=above(0))

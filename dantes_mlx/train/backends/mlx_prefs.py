@@ -1,8 +1,8 @@
 """DPO and ORPO on mlx: preference pairs as token batches, sequence log-probs, the two losses, and the run.
 
 DPO (Rafailov et al. 2023): -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), with pi and ref the summed
-log-probabilities of the answer tokens under the adapter and under the reference (the base, adapter off, computed
-once before training). ORPO (Hong et al. 2024): the chosen answer's mean token NLL
+log-probabilities of the answer tokens under the adapter and under the reference: the model as the run starts (the
+base, or base + train.resume_adapter such as an SFT adapter), its log-probs computed once before training. ORPO (Hong et al. 2024): the chosen answer's mean token NLL
 - lambda * log sigmoid(log odds(chosen) - log odds(rejected)), odds from mean token log-probs; no reference.
 Only answer tokens count: the prompt is masked as mlx-lm's mask_prompt masks it.
 """
@@ -154,13 +154,15 @@ class PreferenceRun(MLXRun):
         return train, valid, True
 
     def start_from(self, model, tokenizer, train_set, valid_set) -> None:
-        """DPO's reference log-probs from the base (the new adapter is still zero), then the start adapter."""
-        if self.cfg.method == "dpo":
-            self.say(f"reference log-probs of {len(train_set) + len(valid_set or [])} pairs (the base model)")
-            for items in (train_set, valid_set or []):
-                reference_logps(model, items, self.cfg.batch_size, self.cfg.max_seq_length)
+        """The start adapter (train.resume_adapter), then DPO's reference log-probs from the model as it starts:
+        the base (the new adapter is still zero), or base + that adapter, as TRL's DPOTrainer copies it."""
         if self.cfg.resume_adapter:
             load_start_adapter(model, Path(self.cfg.resume_adapter))
+        if self.cfg.method == "dpo":
+            start = f"base + {self.cfg.resume_adapter}" if self.cfg.resume_adapter else "the base model"
+            self.say(f"reference log-probs of {len(train_set) + len(valid_set or [])} pairs ({start})")
+            for items in (train_set, valid_set or []):
+                reference_logps(model, items, self.cfg.batch_size, self.cfg.max_seq_length)
 
     def iterate_batches(self):
         return iterate_pairs

@@ -1,5 +1,5 @@
-"""Preference tuning through TRL: DPOTrainer (reference: the base, PEFT adapter off) or ORPOTrainer, on the same
-TRL prompt/chosen/rejected rows as the mlx backend, with its metrics, checkpoints and resume state."""
+"""Preference tuning through TRL: DPOTrainer (reference: a frozen copy of the starting adapter) or ORPOTrainer, on
+the same TRL prompt/chosen/rejected rows as the mlx backend, with its metrics, checkpoints and resume state."""
 
 from __future__ import annotations
 
@@ -110,8 +110,6 @@ def train_preferences(run, model, tokenizer, data, iters: int):
     if resume_from is not None:
         run.last_saved = int(resume_from.name.split("-")[-1]) * cfg.grad_accumulation
         run.metrics.keep_until(run.last_saved)
-    elif cfg.resume_adapter:
-        start_adapter(model, Path(cfg.resume_adapter))
     if tokenizer.pad_token is None:  # TRL's preference collators pad; the SFT path pads with EOS too
         tokenizer.pad_token = tokenizer.eos_token
     has_valid = len(data.valid) >= cfg.batch_size

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dantes_mlx_unsloth.data import Collator, encode_rows, warn_if_truncated
 from dantes_mlx_unsloth.loop import OPTIMIZER_STATE, TorchLoop, load_optimizer, save_optimizer
+from dantes_mlx_unsloth.prefs import start_adapter, train_preferences
 from dantes_mlx_unsloth.settings import BACKEND, is_bnb_quantized, lora_kwargs, read_model_config
 
 from dantes_mlx.train.sdk import (ADAPTER_CONFIG, METRICS_FILE, PEFT_WEIGHTS, PLOT_FILE, STATE_FILE, ConfigError,
@@ -165,6 +166,8 @@ class TorchRun:
         model_dir = resolve_model(cfg.base_model)
         n_layers = int(read_model_config(model_dir)["num_hidden_layers"])
         model, tokenizer = self.load(model_dir, n_layers)
+        if cfg.resume_adapter:  # a --resume then loads its checkpoint over it
+            start_adapter(model, Path(cfg.resume_adapter))
         mask = cfg.mask_prompt and data.format != "text"
         if cfg.mask_prompt and not mask:
             self.say("note: text rows have no prompt to mask; training on every token")
@@ -194,8 +197,6 @@ class TorchRun:
 
     def run_preferences(self, tic: float) -> TrainResult:
         """dpo or orpo through TRL's trainers, on TRL prompt/chosen/rejected rows; the same adapter folder out."""
-        from dantes_mlx_unsloth.prefs import train_preferences
-
         cfg = self.cfg
         if self.path == "loop":
             raise ConfigError(f"method={cfg.method!r} needs TRL's trainers, not the built-in loop", path="train.method",
@@ -205,6 +206,8 @@ class TorchRun:
         self.begin(iters)
         model_dir = resolve_model(cfg.base_model)
         model, tokenizer = self.load(model_dir, int(read_model_config(model_dir)["num_hidden_layers"]))
+        if cfg.resume_adapter:  # a --resume then loads its checkpoint over it
+            start_adapter(model, Path(cfg.resume_adapter))
         if self.path == "unsloth":
             from unsloth import PatchDPOTrainer
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import tiny_settings
 
@@ -57,3 +58,32 @@ def test_the_built_in_loop_refuses_preferences(tiny_model_dir, pairs, tmp_path, 
     monkeypatch.setenv("DANTES_UNSLOTH_PATH", "loop")
     with pytest.raises(ConfigError, match="needs TRL's trainers"):
         train(tiny_settings(tiny_model_dir, method="orpo", iters=1), pairs, tmp_path / "loop")
+
+
+def test_dpo_starts_from_a_peft_sft_adapter(tiny_model_dir, pairs, tmp_path, monkeypatch):
+    """resume_adapter: DPO starts from a PEFT SFT adapter, which is also the reference (TRL copies it): loss log 2
+    at the first step, weights near the SFT ones; an mlx-lm folder is refused with the reason."""
+    from safetensors.numpy import load_file
+
+    sft_rows = tmp_path / "sft"
+    sft_rows.mkdir()
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": bad}]}
+            for q, _, bad in QA * 2]
+    (sft_rows / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                          encoding="utf-8")
+    monkeypatch.setenv("DANTES_UNSLOTH_PATH", "loop")
+    train(tiny_settings(tiny_model_dir, iters=2, save_every=2), sft_rows, tmp_path / "a-sft")
+    monkeypatch.delenv("DANTES_UNSLOTH_PATH")
+    out = tmp_path / "a-dpo"
+    train(tiny_settings(tiny_model_dir, method="dpo", iters=4, save_every=4, steps_per_report=1, learning_rate=1e-4,
+                        resume_adapter=str(tmp_path / "a-sft")), pairs, out)
+    first = [r["train_loss"] for r in MetricsLog(out / "metrics.jsonl").rows() if "train_loss" in r][0]
+    assert first == pytest.approx(0.6931, abs=2e-3)
+    start, end = (load_file(str(folder / PEFT_WEIGHTS)) for folder in (tmp_path / "a-sft", out))
+    for key in (k for k in start if "lora_B" in k):
+        assert np.linalg.norm(end[key] - start[key]) < 0.5 * np.linalg.norm(start[key]), key
+    (tmp_path / "mlx").mkdir()
+    (tmp_path / "mlx" / "adapters.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="starts only from a PEFT adapter"):
+        train(tiny_settings(tiny_model_dir, method="orpo", iters=1, resume_adapter=str(tmp_path / "mlx")), pairs,
+              tmp_path / "refused")
