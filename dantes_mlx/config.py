@@ -192,8 +192,17 @@ class ExtractConfig:
 @dataclass
 class GenerateConfig:
     """Instruction/response pair generation."""
-    pairs_per_citation: int = setting(3, "Questions (and answers) generated per citation.", rule=at_least(1))
-    prompt_file: str = setting("", "File overriding the versioned generation prompt.")
+    pairs_per_citation: int = setting(3, "Questions (and answers) generated per citation (turns 1), and per "
+                                         "out-of-character call.", rule=at_least(1))
+    turns: int = setting(1, "Exchanges per conversation: 1 writes question/answer pairs; N >= 2 writes "
+                            "conversations of 2 to N exchanges, one LLM call per passage of up to N neighbouring "
+                            "citations of a chapter (chat `messages` rows, every answer trained).", rule=at_least(1))
+    ooc_share: float = setting(0.0, "Share (0 to below 1) of the generated questions that are about things outside "
+                                    "the book (modern life, technique), answered in character; rows tagged "
+                                    "`ooc: true`.", rule=between(0, 1, high_open=True))
+    prompt_file: str = setting("", "File overriding the versioned generation prompt (the conversation prompt when "
+                                   "turns > 1).")
+    ooc_prompt_file: str = setting("", "File overriding the versioned out-of-character prompt.")
     min_answer_words: int = setting(25, "Answers shorter than this are rejected.", rule=at_least(0))
     max_answer_words: int = setting(220, "Answers longer than this are rejected.", rule=at_least(1))
     max_citation_similarity: float = setting(90.0, "Answers this similar (0-100) to their citation are "
@@ -238,6 +247,10 @@ class PrepareConfig:
     hub_repo: str = setting("", "Also push the DatasetDict to this Hugging Face dataset repo (HF_TOKEN or "
                                 "`hf auth login`).")
     hub_private: bool = setting(True, "Create the Hub dataset repo as private.")
+    mix: str = setting("", "General instruction dataset (JSONL of chat `messages` or prompt/completion rows) mixed "
+                           "into train only, so the model keeps its general abilities.")
+    mix_ratio: float = setting(0.0, "Rows of `mix` added per persona row of train (0.2: one general row for five "
+                                    "persona rows), drawn with prepare.seed.", rule=at_least(0))
 
 
 @dataclass

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import yaml
+
 from dantes_mlx.config import EvalConfig, ExportConfig, ExtractConfig, GenerateConfig, ProjectConfig, section
 from dantes_mlx.errors import InputError
 from dantes_mlx.models.fingerprint import model_fingerprint
@@ -80,15 +82,25 @@ class AdapterFolder:
         """An mlx-lm or a PEFT adapter is there."""
         return self.file(MLX_WEIGHTS).is_file() or self.file(PEFT_WEIGHTS).is_file()
 
-    def has_mlx_adapter(self) -> bool:
-        return self.file(MLX_WEIGHTS).is_file()
-
     def settings(self) -> dict:
         """adapter_config.json ({} when absent)."""
         path = self.file(ADAPTER_CONFIG)
         if not path.is_file():
             return {}
         return json.loads(path.read_text(encoding="utf-8"))
+
+    def run_settings(self) -> dict:
+        """The settings the run used (mask_prompt, max_seq_length...): train_config.yaml's `train:` (either
+        backend writes it), else mlx-lm's adapter_config.json ({} when neither)."""
+        path = self.file(TRAIN_CONFIG_FILE)
+        if path.is_file():
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as exc:
+                raise InputError(f"invalid YAML: {exc}", path=path, fix="train again, or repair the file") from exc
+            if isinstance(data, dict) and isinstance(data.get("train"), dict):
+                return data["train"]
+        return self.settings()
 
     def recorded_base(self) -> str | None:
         """The base model the adapter says it was trained on (mlx-lm `model`, PEFT `base_model_name_or_path`)."""
@@ -102,9 +114,9 @@ class AdapterFolder:
         return config.get("model") or config.get("base_model_name_or_path") or None
 
     def base_model(self) -> str:
-        """The base an mlx-lm adapter was trained on, or an error saying what to pass instead."""
+        """The base an adapter (mlx-lm or PEFT) was trained on, or an error saying what to pass instead."""
         if not self.file(ADAPTER_CONFIG).is_file():
-            raise InputError("no adapter_config.json: not an mlx-lm adapter folder", path=self.path,
+            raise InputError("no adapter_config.json: not an adapter folder (mlx-lm or PEFT)", path=self.path,
                              fix="pass the folder `dantes-mlx train` wrote (--adapter-path)")
         model = self.recorded_base()
         if not model:

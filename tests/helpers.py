@@ -45,3 +45,42 @@ def make_mlx_adapter(model_dir: Path, out: Path, *, kind: str = "lora", rank: in
               "lora_parameters": params}
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out
+
+
+# What peft 0.21's save_pretrained writes in adapter_config.json for a LoRA/DoRA on a causal LM (every key).
+PEFT_CONFIG = {
+    "alora_invocation_tokens": None, "alpha_pattern": {}, "arrow_config": None, "auto_mapping": None,
+    "base_model_name_or_path": None, "bias": "none", "corda_config": None, "ensure_weight_tying": False,
+    "eva_config": None, "exclude_modules": None, "fan_in_fan_out": False, "inference_mode": True,
+    "init_lora_weights": True, "kasa_config": None, "layer_replication": None, "layers_pattern": None,
+    "layers_to_transform": None, "loftq_config": {}, "lora_alpha": 8, "lora_bias": False, "lora_dropout": 0.0,
+    "lora_ga_config": None, "megatron_config": None, "megatron_core": "megatron.core", "modules_to_save": None,
+    "monteclora_config": None, "peft_type": "LORA", "peft_version": "0.21.2", "qalora_group_size": 16, "r": 4,
+    "rank_pattern": {}, "revision": None, "target_modules": [], "target_parameters": None, "task_type": "CAUSAL_LM",
+    "trainable_token_indices": None, "use_bdlora": None, "use_dora": False, "use_qalora": False,
+    "use_rslora": False, "velora_config": None,
+}
+
+
+def peft_from_mlx(mlx_dir: Path, out: Path, *, rslora: bool = False, **config) -> Path:
+    """The PEFT folder peft's save_pretrained would write for the same adapter as an mlx-lm folder, computed here
+    with numpy alone (not with dantes_mlx): keys `base_model.model.model.layers.N.<module>.lora_A.weight` (r, in) and
+    `lora_B.weight` (out, r), DoRA's `lora_magnitude_vector`, lora_alpha = scale x r (x sqrt(r) with rsLoRA)."""
+    from safetensors.numpy import load_file, save_file
+
+    mlx_config = json.loads((mlx_dir / "adapter_config.json").read_text())
+    params, dora = mlx_config["lora_parameters"], mlx_config["fine_tune_type"] == "dora"
+    tensors = {}
+    for key, value in load_file(str(mlx_dir / "adapters.safetensors")).items():
+        name, leaf = key.rsplit(".", 1)
+        new = {"lora_a": "lora_A.weight", "lora_b": "lora_B.weight", "m": "lora_magnitude_vector"}[leaf]
+        tensors[f"base_model.model.{name}.{new}"] = value.T.copy() if leaf != "m" else value
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    rank = params["rank"]
+    alpha = params["scale"] * (rank ** 0.5 if rslora else rank)
+    settings = {**PEFT_CONFIG, "r": rank, "lora_alpha": alpha, "use_dora": dora, "use_rslora": rslora,
+                "target_modules": sorted({k.split(".")[-1] for k in params["keys"]}),
+                "base_model_name_or_path": mlx_config["model"], **config}
+    (out / "adapter_config.json").write_text(json.dumps(settings, indent=2))
+    return out

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, runtime_checkable
 
+from dantes_mlx.adapter_format import mlx_adapter_dir
 from dantes_mlx.errors import InputError, ModelError, require
 from dantes_mlx.models.config import mlx_model_config
 from dantes_mlx.models.hub import resolve_model
 from dantes_mlx.models.weights import check_weights
-from dantes_mlx.workspace import MLX_WEIGHTS, AdapterFolder
+from dantes_mlx.workspace import AdapterFolder
 
 
 @runtime_checkable
@@ -43,12 +44,9 @@ class MLXEngine:
         self.name = f"mlx:{model}" + (f"+{adapter_path}" if adapter_path else "")
         path = resolve_model(model)
         check_weights(path)
-        if adapter_path:
-            check_weights(Path(adapter_path) / MLX_WEIGHTS,
-                          fix="train again (`dantes-mlx train --resume` continues from its last checkpoint), or copy "
-                              "the adapter folder again")
+        mlx_adapter = mlx_adapter_dir(adapter_path, path) if adapter_path else None  # PEFT: converted once
         try:
-            self.model, self.tokenizer = load(str(path), adapter_path=str(adapter_path) if adapter_path else None,
+            self.model, self.tokenizer = load(str(path), adapter_path=str(mlx_adapter) if mlx_adapter else None,
                                               model_config=mlx_model_config(path))
         except (ValueError, FileNotFoundError) as exc:
             raise ModelError(f"mlx-lm cannot load it: {exc}", path=adapter_path or path,

@@ -16,7 +16,7 @@ class Settings:
     persona: str
     default_base: str                 # train.base_model
     model: str | None = None
-    adapter_path: str | None = None   # else project.adapters_dir when it holds an mlx-lm adapter
+    adapter_path: str | None = None   # else project.adapters_dir when it holds an adapter (mlx-lm or PEFT)
     base_only: bool = False
     gguf: str | None = None
     lora: str | None = None
@@ -35,7 +35,7 @@ def open_session(settings: Settings, workspace: Workspace) -> tuple[Engine, str 
     adapter_path, model = settings.adapter_path, settings.model
     if not settings.gguf and not settings.base_only and adapter_path is None:
         default = workspace.adapter()
-        adapter_path = default.path if default.has_mlx_adapter() else None
+        adapter_path = default.path if default.has_adapter() else None
     if settings.base_only:
         adapter_path = None
     if not settings.gguf and not model and not adapter_path:

@@ -33,16 +33,21 @@ TOKENIZER_HELP = "Tokenizer for token counts: local folder or HF id ('none' skip
                    "train.max_seq_length).")
 @click.option("--save-hf", default=None, help="Also save a Hugging Face DatasetDict to this folder.")
 @click.option("--hub-repo", default=None, help="Also push the DatasetDict to this Hub dataset repo.")
+@click.option("--mix", type=click.Path(dir_okay=False), default=None,
+              help="General instruction dataset (JSONL: chat messages or prompt/completion) mixed into train only.")
+@click.option("--mix-ratio", type=float, default=None,
+              help="General rows added per persona train row (e.g. 0.2), drawn with --seed (default 0: none).")
 @click.option("--tokenizer", default=None, help=TOKENIZER_HELP)
 def prepare(inputs, config_path, output, split, seed, fmt, system, group_key, group_consecutive, stratify, split_by,
-            dedupe, max_seq_length, save_hf, hub_repo, tokenizer):
+            dedupe, max_seq_length, save_hf, hub_repo, mix, mix_ratio, tokenizer):
     """Build leak-free train/valid/test.jsonl from INPUT files (pairs, ShareGPT, chat, Alpaca, prompt/completion,
     TRL or text; JSONL, JSON or CSV), then validate them."""
     config, workspace = project(config_path)
     settings = PrepareSettings.from_config(
         config, inputs=inputs, output=output, tokenizer=tokenizer, split=split, seed=seed, format=fmt,
         system_prompt=system, group_key=group_key, group_consecutive=group_consecutive, stratify=stratify,
-        split_by=split_by, dedupe=dedupe, max_seq_length=max_seq_length, save_hf=save_hf, hub_repo=hub_repo)
+        split_by=split_by, dedupe=dedupe, max_seq_length=max_seq_length, save_hf=save_hf, hub_repo=hub_repo, mix=mix,
+        mix_ratio=mix_ratio)
     run_stage(run_prepare, settings, workspace)
 
 

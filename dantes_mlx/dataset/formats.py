@@ -35,6 +35,9 @@ CSV_DELIMITERS = (",", ";", "\t")
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 INST_TURN = re.compile(r"\[INST\](.*?)\[/INST\](.*?)(?=\[INST\]|\Z)", re.S)
 LLAMA2_SYS = re.compile(r"^\s*<<SYS>>(.*?)<</SYS>>\s*", re.S)
+# Keys of generated rows carried to the training rows (mlx-lm ignores them): eval finds out-of-character questions
+# by `ooc`, the leak check follows every citation of a conversation through `source_ids`.
+TAG_KEYS = ("ooc", "source_ids")
 
 
 @dataclass
@@ -384,6 +387,7 @@ def to_output_row(example: Example, fmt: str, system: str | None, tokenizer=None
     row["source_id"] = example.source_id
     if example.label is not None:
         row["label"] = example.label
+    row.update({key: example.fields[key] for key in TAG_KEYS if example.fields.get(key) not in (None, "", [])})
     return row
 
 

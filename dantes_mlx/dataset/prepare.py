@@ -12,6 +12,7 @@ from pathlib import Path
 from dantes_mlx.config import PrepareConfig
 from dantes_mlx.dataset.formats import (Example, conversation_problems, message_text, read_examples,
                                         template_drops_system, to_output_row)
+from dantes_mlx.dataset.mix import check_mix, interleave, read_mix, sample_mix
 from dantes_mlx.dataset.split import (SPLIT_MODES, SPLITS, consecutive_runs, find_duplicates, group_ids, parse_split,
                                       split_groups, split_within_groups, strip_template)
 from dantes_mlx.dataset.validate import PREPARE_REPORT, ValidationReport, validate_dir
@@ -36,6 +37,7 @@ class PrepareReport:
     split_by: str = "group"
     counts: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)
+    mixed: dict = field(default_factory=dict)  # --mix: file, ratio, persona train rows, rows mixed
     notes: list = field(default_factory=list)
     hf_dir: str | None = None
     hub_repo: str | None = None
@@ -57,6 +59,10 @@ class PrepareReport:
         lines.append(f"groups: {self.groups}" + (", split stratified by label" if self.stratified else "")
                      + ("; split by row (memorisation): every group keeps a row in train, valid/test hold its "
                         "other rows" if self.split_by == "row" else ""))
+        if self.mixed:
+            m = self.mixed
+            lines.append(f"--mix: mixed {m['rows']} general rows from {m['file']} into train only (ratio {m['ratio']} "
+                         f"of {m['persona']} persona rows; train holds {m['persona'] + m['rows']})")
         lines.append("wrote " + ", ".join(f"{s} {n}" for s, n in self.counts.items()) + f" rows to {self.out_dir}")
         for split, c in self.labels.items():
             lines.append(f"  {split:5s} labels: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
@@ -147,7 +153,9 @@ def _group_keys(per_file: list[list[Example]], cfg: PrepareConfig, report: Prepa
             if ex.source_id is None:
                 ex.source_id = (f"{cfg.group_key}={ex.fields[cfg.group_key]}" if value is not None
                                 else f"{stem}#run{run}" if run is not None else f"{stem}:{ex.line}")
-            keys.append([ex.source_id, value, None if run is None else f"{file_no}:{run}"])
+            cited = ex.fields.get("source_ids")  # a conversation: every citation it cites stays in its split
+            sources = [ex.source_id, *map(str, cited)] if isinstance(cited, list) else ex.source_id
+            keys.append([sources, value, None if run is None else f"{file_no}:{run}"])
     if cfg.group_consecutive:
         big = sum(n for size, n in sizes.items() if size > 3)
         report.consecutive = {"runs": sum(sizes.values()), "threshold": max(thresholds, default=0.0),
@@ -251,10 +259,22 @@ def _write_splits(splits: dict[str, list[dict]], out_dir: Path, labelled: bool, 
             report.labels[split] = Counter(str(r.get("label")) for r in rows)
 
 
+def _mix_into_train(train: list[dict], general: list[Example], cfg: PrepareConfig, tokenizer, inline: bool,
+                    report: PrepareReport) -> list[dict]:
+    """Train rows with round(mix_ratio x their count) general rows spread among them (no persona added to those)."""
+    chosen, note = sample_mix(general, len(train), cfg.mix_ratio, cfg.seed)
+    if note:
+        report.notes.append(note)
+    rows = [{**to_output_row(ex, cfg.format, None, tokenizer, inline), "mixed": True} for ex in chosen]
+    report.mixed = {"file": cfg.mix, "ratio": cfg.mix_ratio, "persona": len(train), "rows": len(rows)}
+    return interleave(train, rows, cfg.seed)
+
+
 def check_paths(inputs: list, out_dir: str | Path, cfg: PrepareConfig) -> Path:
     """Settings and paths checked before any work: the split, the inputs, an output folder that none of them
     is (nor a split file it writes), and a --save-hf folder that can be replaced without loss."""
     parse_split(cfg.split)
+    check_mix(cfg.mix, cfg.mix_ratio)
     if cfg.split_by not in SPLIT_MODES:
         raise ConfigError(f"unknown split_by '{cfg.split_by}'", path="prepare.split_by (--split-by)",
                           fix=f"valid: {', '.join(SPLIT_MODES)}")
@@ -262,7 +282,7 @@ def check_paths(inputs: list, out_dir: str | Path, cfg: PrepareConfig) -> Path:
         raise InputError("no input files", fix="pass files: dantes-mlx prepare PAIRS.jsonl -o DIR")
     out_dir = Path(out_dir)
     writes = [out_dir / f"{split}.jsonl" for split in SPLITS] + [out_dir / PREPARE_REPORT]
-    check_output(out_dir, kind="dir", inputs=inputs, writes=writes)
+    check_output(out_dir, kind="dir", inputs=[*inputs, *([cfg.mix] if cfg.mix else [])], writes=writes)
     if cfg.save_hf:
         _check_hf_dir(Path(cfg.save_hf), [Path(p) for p in inputs] + [out_dir])
     return out_dir
@@ -294,6 +314,9 @@ def _prepare(inputs: list[str | Path], out_dir: Path, cfg: PrepareConfig, person
     ratios = parse_split(cfg.split)
     report = PrepareReport(str(out_dir), split_by=cfg.split_by)
     per_file = _read_inputs([Path(p) for p in inputs], report)
+    general = read_mix(cfg.mix) if cfg.mix and cfg.mix_ratio > 0 else []  # a bad mix file fails before any write
+    if cfg.mix and not cfg.mix_ratio:
+        report.notes.append(f"--mix {cfg.mix} with mix_ratio 0: nothing mixed (give --mix-ratio, e.g. 0.2)")
     keys = _group_keys(per_file, cfg, report)  # before dedupe: consecutive runs need the file's order
     examples = [ex for examples in per_file for ex in examples]
     if not examples:
@@ -318,6 +341,8 @@ def _prepare(inputs: list[str | Path], out_dir: Path, cfg: PrepareConfig, person
         if cfg.group_key or cfg.group_consecutive:
             row["group"] = f"g{group:05d}"
         splits[name].append(row)
+    if general:
+        splits["train"] = _mix_into_train(splits["train"], general, cfg, tokenizer, inline, report)
     _write_splits(splits, out_dir, labelled, report)
     if cfg.save_hf:
         report.hf_dir = str(save_hf(splits, cfg.save_hf))

@@ -277,15 +277,15 @@ def consecutive_runs(texts: list[str], strictness: float = 0.98, window: int = 2
 
 
 def group_ids(keys: list[list[str | None]]) -> list[int]:
-    """Connected components of rows that share any non-None key (row i's keys are keys[i])."""
+    """Connected components of rows that share any non-None key (row i's keys are keys[i]; a slot may hold a list,
+    e.g. every citation a conversation cites)."""
     uf = UnionFind(len(keys))
     owner: dict[tuple[int, str], int] = {}
     for i, row_keys in enumerate(keys):
-        for slot, key in enumerate(row_keys):
-            if key is None:
-                continue
-            j = owner.setdefault((slot, key), i)
-            uf.union(i, j)
+        for slot, value in enumerate(row_keys):
+            for key in value if isinstance(value, (list, tuple)) else [value]:
+                if key is not None:
+                    uf.union(i, owner.setdefault((slot, key), i))
     roots: dict[int, int] = {}
     return [roots.setdefault(uf.find(i), len(roots)) for i in range(len(keys))]
 

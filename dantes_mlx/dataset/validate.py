@@ -212,14 +212,14 @@ def leak_problems(rows: list[Row], threshold: float, shared_sources: bool = Fals
     for key in () if shared_sources else ("source_id", "group"):
         seen: dict[str, dict[str, Row]] = defaultdict(dict)
         for row in rows:
-            value = row.data.get(key)
-            if value is None:
-                continue
-            splits = seen[str(value)]
-            if row.split not in splits:
-                for other in splits.values():
-                    problems.append(Problem(row.path, row.line, f"leak: {key} '{value}' is also in {other.where}"))
-                splits[row.split] = row
+            cited = row.data.get("source_ids") if key == "source_id" else None  # a conversation's citations
+            values = [row.data.get(key), *(cited if isinstance(cited, list) else [])]
+            for value in dict.fromkeys(str(v) for v in values if v is not None):
+                splits = seen[value]
+                if row.split not in splits:
+                    for other in splits.values():
+                        problems.append(Problem(row.path, row.line, f"leak: {key} '{value}' is also in {other.where}"))
+                    splits[row.split] = row
     pairs = [(row, q, a) for row in rows for q, a in qa_pairs(row)]
     first: dict[str, Row] = {}
     exact: set[tuple[int, int]] = set()

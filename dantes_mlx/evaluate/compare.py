@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from tqdm import tqdm
 
+from dantes_mlx.adapter_format import weights_file
 from dantes_mlx.chat.engines import Engine, LlamaCppEngine, MLXEngine
 from dantes_mlx.errors import InputError, require
 from dantes_mlx.evaluate import metrics
@@ -27,7 +28,7 @@ from dantes_mlx.outputs import check_output, output_lock
 from dantes_mlx.store import Store, item_key, read_jsonl
 from dantes_mlx.train.data import read_split
 from dantes_mlx.train.metrics import MetricsLog
-from dantes_mlx.workspace import METRICS_FILE, MLX_WEIGHTS, AdapterFolder
+from dantes_mlx.workspace import METRICS_FILE, AdapterFolder
 
 if TYPE_CHECKING:
     from dantes_mlx.config import CharacterConfig, EvalConfig
@@ -328,7 +329,7 @@ def _evaluate(cfg, character, base_model, data_dir: Path, out_dir: Path, adapter
               judge_client, store_path: Path, max_failures: int) -> EvalResult:
     rows, fmt = read_test_rows(data_dir)
     tasks = build_tasks(cfg, character.persona, rows, data_dir / "test.jsonl")
-    trained = AdapterFolder(adapter_path).settings() if adapter_path else {}
+    trained = AdapterFolder(adapter_path).run_settings() if adapter_path else {}
     mask = bool(trained.get("mask_prompt", True))
     max_seq = cfg.max_seq_length or int(trained.get("max_seq_length", 2048))
     result = EvalResult(created=datetime.now().isoformat(timespec="seconds"), base_model=str(base_model),
@@ -352,7 +353,7 @@ def _evaluate(cfg, character, base_model, data_dir: Path, out_dir: Path, adapter
         result.notes.append(f"fine-tuned answers come from the GGUF {gguf} (llama.cpp); its test loss is not measured")
     else:
         key = {"name": f"mlx:{base_model}+{adapter_path}",
-               "files": fingerprint(_local(base_model), Path(adapter_path) / MLX_WEIGHTS)}
+               "files": fingerprint(_local(base_model), weights_file(adapter_path))}
         answer_all(lambda: MLXEngine(base_model, adapter_path), key, tasks, cfg, store, tuned,
                    make_loss_job(*loss_args, key))
 

@@ -7,13 +7,14 @@ from datetime import date
 from pathlib import Path
 
 from dantes_mlx import llm
+from dantes_mlx.adapter_format import folder_format
 from dantes_mlx.config import CharacterConfig, EvalConfig, LLMConfig, TrainConfig, section
-from dantes_mlx.errors import ConfigError, InputError, StageFailed
+from dantes_mlx.errors import ConfigError, StageFailed
 from dantes_mlx.evaluate import compare
 from dantes_mlx.evaluate.compare import EvalResult, check_report_dir
 from dantes_mlx.evaluate.report import text_summary
 from dantes_mlx.stage import Log
-from dantes_mlx.workspace import ADAPTER_CONFIG, Workspace
+from dantes_mlx.workspace import Workspace
 
 
 @dataclass
@@ -68,9 +69,8 @@ class Settings:
 def run(settings: Settings, workspace: Workspace, log: Log) -> EvalSummary:
     """Base vs fine-tuned on the same prompts and sampling; the report goes to the report folder."""
     adapter = None if settings.gguf and not settings.adapter_path else workspace.adapter(settings.adapter_path)
-    if adapter is not None and not adapter.file(ADAPTER_CONFIG).is_file():
-        raise InputError("no adapter_config.json: not an adapter folder from `dantes-mlx train`", path=adapter.path,
-                         fix="pass --adapter-path ADAPTERS, or --gguf MODEL.gguf to evaluate a GGUF")
+    if adapter is not None:
+        folder_format(adapter.path)  # an mlx-lm or a PEFT adapter, else an error saying what was expected
     base = settings.base_model or (adapter.base_model() if adapter is not None else settings.default_base)
     data = Path(settings.data_dir) if settings.data_dir else workspace.dataset
     out = Path(settings.out_dir) if settings.out_dir else workspace.reports / f"eval-{date.today().isoformat()}"

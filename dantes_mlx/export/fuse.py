@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from tqdm import tqdm
 
 from dantes_mlx.errors import ModelError
-from dantes_mlx.export.peft import Adapter, LoraWeights
+from dantes_mlx.adapter_format import Adapter, LoraWeights
 
 
 def _fused_layer(weight: Any, module: LoraWeights) -> Any:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dantes_mlx.adapter_format import Adapter, check_adapter
 from dantes_mlx.errors import ConfigError, ModelError
 from dantes_mlx.export.gguf import ARCHITECTURES, finish_gguf, gguf_tensor_name, read_config, rope_layout
-from dantes_mlx.export.peft import Adapter, check_adapter, lora_alpha
+from dantes_mlx.export.peft import lora_alpha
 
 LORA_OUTTYPES = ("f32", "f16")
 

@@ -7,18 +7,16 @@ entry-point group; adapters that backend trained are then compared in its own fr
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import tempfile
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 import yaml
 
-from dantes_mlx.export.peft import load_adapter, write_mlx_adapter
+from dantes_mlx.adapter_format import mlx_adapter_dir
 from dantes_mlx.models.config import mlx_model_config, read_model_config, rope_theta
 from dantes_mlx.models.hub import resolve_model
-from dantes_mlx.workspace import MLX_WEIGHTS, TRAIN_CONFIG_FILE
+from dantes_mlx.workspace import TRAIN_CONFIG_FILE
 
 Messages = list[dict]
 
@@ -41,14 +39,15 @@ class Reference(Protocol):
 
 
 class MLXReference:
-    """A Reference backed by mlx_lm: base model folder or repo, plus an optional LoRA adapter."""
+    """A Reference backed by mlx_lm: base model folder or repo, plus an optional adapter (mlx-lm or PEFT)."""
 
     def __init__(self, model_dir: str | Path, adapter_dir: str | Path | None = None):
         import mlx_lm
 
         self.name = str(model_dir) + (f" + {adapter_dir}" if adapter_dir else "")
+        mlx_adapter = mlx_adapter_dir(adapter_dir, resolve_model(str(model_dir))) if adapter_dir else None
         self.model, self.tokenizer = mlx_lm.load(
-            str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None,
+            str(model_dir), adapter_path=str(mlx_adapter) if mlx_adapter else None,
             model_config=mlx_model_config(model_dir))
         self.rope_thetas = {"config.json": rope_theta(read_model_config(model_dir))}
         runs = getattr(getattr(self.model, "args", None), "rope_theta", None)
@@ -134,19 +133,8 @@ class LazyReference:
             self._reference.release()
 
 
-def make_reference(model: str | Path, adapter: str | Path | None = None,
-                   mlx_adapter: str | Path | None = None) -> Reference:
+def make_reference(model: str | Path, adapter: str | Path | None = None) -> Reference:
     """The reference model for `adapter`: the plugin Reference of the backend that trained it when that
-    plugin is installed, else MLX (on `mlx_adapter`, an mlx-lm copy, when given; a PEFT adapter is
-    converted on the fly)."""
+    plugin is installed, else MLX on the adapter's mlx-lm form (a PEFT adapter is converted once)."""
     plugin = _plugin_reference(adapter)
-    if plugin is not None:
-        return plugin(model, adapter)
-    if mlx_adapter is None and adapter is not None and not (Path(adapter) / MLX_WEIGHTS).is_file():
-        peft = load_adapter(adapter)
-        config = json.loads((resolve_model(str(model)) / "config.json").read_text(encoding="utf-8"))
-        with tempfile.TemporaryDirectory() as tmp:  # mlx_lm.load reads it at once
-            reference = MLXReference(model, write_mlx_adapter(peft, tmp, config["num_hidden_layers"]))
-        reference.name = f"{model} + {adapter}"
-        return reference
-    return MLXReference(model, mlx_adapter or adapter)
+    return plugin(model, adapter) if plugin is not None else MLXReference(model, adapter)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from dantes_mlx.adapter_format import check_adapter, load_adapter, weights_file
 from dantes_mlx.config import ExportConfig
 from dantes_mlx.errors import ConfigError, DantesError, ModelError, StageFailed
 from dantes_mlx.export.fuse import fuse_adapter
@@ -24,13 +25,13 @@ from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
 from dantes_mlx.export.modelfile import template_mismatch
 from dantes_mlx.export.parity import (LazyReference, ParityReport, default_prompts, make_base_reference, make_reference,
                                       thresholds_for)
-from dantes_mlx.export.peft import check_adapter, load_adapter, write_mlx_adapter, write_peft_adapter
+from dantes_mlx.export.peft import write_peft_adapter
 from dantes_mlx.models.fingerprint import model_fingerprint
 from dantes_mlx.models.hub import resolve_model
 from dantes_mlx.models.weights import check_weights
 from dantes_mlx.outputs import check_output
 from dantes_mlx.store import write_text_atomic
-from dantes_mlx.workspace import ADAPTER_CONFIG, BASE_FINGERPRINT_FILE, MLX_WEIGHTS, PEFT_WEIGHTS, AdapterFolder
+from dantes_mlx.workspace import ADAPTER_CONFIG, BASE_FINGERPRINT_FILE, PEFT_WEIGHTS, AdapterFolder
 
 EXPORT_MANIFEST = "export.json"
 BASE_GGUF = "base-f16.gguf"
@@ -112,9 +113,8 @@ def check_base(adapter_dir: Path, base_dir: Path, base_name: str, allow_other: b
                          f"{base_name} anyway, add --allow-other-base")
 
 
-def _adapter_targets(adapter, base_name: str, out: Path, result: ExportResult, peft_base_model: str,
-                     n_layers: int) -> None:
-    """Write the PEFT adapter (and, for a PEFT input, an mlx-lm copy the MLX reference loads)."""
+def _adapter_targets(adapter, base_name: str, out: Path, result: ExportResult, peft_base_model: str) -> None:
+    """Write the PEFT adapter (a PEFT input is copied as it is)."""
     if adapter.kind == "full":
         result.notes.append("full fine-tune: no PEFT or GGUF LoRA adapter (only the fused GGUF)")
         return
@@ -123,7 +123,6 @@ def _adapter_targets(adapter, base_name: str, out: Path, result: ExportResult, p
         peft_dir.mkdir(parents=True, exist_ok=True)
         for name in (PEFT_WEIGHTS, ADAPTER_CONFIG):
             shutil.copyfile(adapter.path / name, peft_dir / name)
-        result.files["mlx_adapter"] = write_mlx_adapter(adapter, out / "mlx-adapter", n_layers, base_name)
     else:
         write_peft_adapter(adapter, peft_dir, peft_base_model or base_name)
     result.files["peft"] = peft_dir
@@ -218,8 +217,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     # The Modelfile's values (persona, PARAMETERs, MESSAGEs) are checked now, not after the long fuse.
     check_modelfile_values(system=persona, parameters=parameters, messages=messages)
     check_output(out_dir, kind="dir", inputs=[adapter_dir], flag="-o/--output")  # its PEFT files would replace ours
-    for weights in (MLX_WEIGHTS, PEFT_WEIGHTS):  # a file cut short is named, not a traceback
-        check_weights(Path(adapter_dir) / weights)
+    check_weights(weights_file(adapter_dir))  # a file cut short is named, not a traceback
     adapter = load_adapter(adapter_dir)
     _check_route(ollama_route, adapter)
     base_name = str(base_model or adapter.base_model or "")
@@ -243,7 +241,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     # gate they must not be left behind for `ollama create` to ship.
     for stale in ("Modelfile", "Modelfile.adapter"):
         (out / stale).unlink(missing_ok=True)
-    _adapter_targets(adapter, base_name, out, result, peft_base_model, config["num_hidden_layers"])
+    _adapter_targets(adapter, base_name, out, result, peft_base_model)
     if adapter.kind != "full" and config.get("quantization") and not peft_base_model:
         result.notes.append(f"the PEFT adapter names {base_name} (an MLX quantized model) as its base; set "
                             "export.peft_base_model to the original repo (e.g. mistralai/Mistral-7B-Instruct-v0.3)")
@@ -256,7 +254,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
         if "gguf_lora" in result.files:
             checks.append(("base f16 + GGUF LoRA", result.files["base_f16"], result.files["gguf_lora"], "f16"))
         # A plugin's own reference for the adapters it trained; logits shared by all checks.
-        reference = CachedReference(make_reference(base_dir, adapter.path, result.files.get("mlx_adapter")))
+        reference = CachedReference(make_reference(base_dir, adapter.path))
         # The base model too, loaded once the trained one is released: a GGUF must carry the fine-tune.
         base = CachedReference(LazyReference(lambda: make_base_reference(base_dir, adapter.path)))
         log(f"parity gate: {reference.name} (and the base without the fine-tune) against each GGUF in llama.cpp")

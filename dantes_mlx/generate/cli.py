@@ -19,6 +19,11 @@ from dantes_mlx.generate.stage import Settings, run
               help="Import a file of raw LLM outputs (glued JSON objects, prose...) through the tolerant parser.")
 @click.option("-o", "--output", default=None, help="Output JSONL (default: <data_dir>/pairs/pairs.jsonl).")
 @click.option("-k", "--pairs-per-citation", type=int, default=None, help="Pairs per citation or fact (default 3).")
+@click.option("--turns", type=int, default=None,
+              help="1 (default): question/answer pairs; N >= 2: conversations of 2 to N exchanges per passage of "
+                   "neighbouring citations (chat rows, every answer trained).")
+@click.option("--ooc-share", type=float, default=None,
+              help="Share of the questions about things outside the book, answered in character (default 0).")
 @click.option("--prompt-file", default=None, help="File overriding the versioned generation prompt.")
 @click.option("--model", default=None,
               help="Generator GGUF path or HF_REPO:FILE.gguf; with --url, the model name sent to the server.")
@@ -27,8 +32,8 @@ from dantes_mlx.generate.stage import Settings, run
 @click.option("--min-answer-words", type=int, default=None, help="Shorter answers are rejected (default 25).")
 @click.option("--no-llm", is_flag=True, help="With --facts: template questions answered with the fact itself.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pairs_per_citation, prompt_file,
-             model, url, concurrency, min_answer_words, no_llm, quiet):
+def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pairs_per_citation, turns, ooc_share,
+             prompt_file, model, url, concurrency, min_answer_words, no_llm, quiet):
     """Write instruction/response pairs in the character's voice, each with its source_id.
 
     INPUTS: citation files; none: extract.output, else data/citations/*.jsonl, and of those only the rows of
@@ -43,5 +48,6 @@ def generate(inputs, config_path, facts_file, labels_file, raw_file, output, pai
     settings = Settings.from_config(
         config, inputs=inputs, facts_file=facts_file, labels_file=labels_file, raw_file=raw_file, output=output,
         model=model, url=url, concurrency=concurrency, no_llm=no_llm, progress=not quiet,
-        pairs_per_citation=pairs_per_citation, prompt_file=prompt_file, min_answer_words=min_answer_words)
+        pairs_per_citation=pairs_per_citation, turns=turns, ooc_share=ooc_share, prompt_file=prompt_file,
+        min_answer_words=min_answer_words)
     run_stage(run, settings, workspace)

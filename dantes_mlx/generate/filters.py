@@ -72,15 +72,16 @@ def narration_pattern(names: tuple[str, ...]) -> re.Pattern:
 
 
 def pair_reason(instruction: str, response: str, settings: FilterSettings, *, citation: str = "",
-                fact: str = "", narration: re.Pattern | None = None) -> str | None:
-    """The first reason this pair fails, or None when it is kept."""
+                fact: str = "", narration: re.Pattern | None = None, ooc: bool = False) -> str | None:
+    """The first reason this pair fails, or None when it is kept. `ooc` questions may name modern things
+    (an AI, a language model): only the answer must stay in character."""
     if not instruction.strip() or not response.strip():
         return EMPTY
     if words(response) < settings.min_answer_words:
         return TOO_SHORT
     if settings.max_answer_words and words(response) > settings.max_answer_words:
         return TOO_LONG
-    if _OUT_OF_CHARACTER.search(response) or _OUT_OF_CHARACTER.search(instruction):
+    if _OUT_OF_CHARACTER.search(response) or (not ooc and _OUT_OF_CHARACTER.search(instruction)):
         return OUT_OF_CHARACTER
     if _MARKUP.search(response) or _MARKUP.search(instruction):
         return MARKUP
@@ -100,7 +101,7 @@ def pair_reason(instruction: str, response: str, settings: FilterSettings, *, ci
 
 
 def filter_group(pairs: list, settings: FilterSettings, *, k: int = 0, citation: str = "",
-                 fact: str = "") -> tuple[list, list[tuple[object, str]]]:
+                 fact: str = "", ooc: bool = False) -> tuple[list, list[tuple[object, str]]]:
     """Kept pairs and (pair, reason) rejects for the pairs of one source item.
 
     `pairs` hold `.instruction` and `.response`; questions near-duplicating an earlier kept one are
@@ -110,7 +111,7 @@ def filter_group(pairs: list, settings: FilterSettings, *, k: int = 0, citation:
     kept, rejected, questions = [], [], []
     for pair in pairs:
         reason = pair_reason(pair.instruction, pair.response, settings, citation=citation, fact=fact,
-                             narration=narration)
+                             narration=narration, ooc=ooc)
         question = fold(pair.instruction, accents=False)
         if reason is None and any(fuzz.ratio(question, q) >= settings.duplicate_question_similarity
                                   for q in questions):

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from tqdm import tqdm
 
@@ -212,6 +212,7 @@ class GenerateSummary:
     stats: RunStats | None = None
     short: Counter | None = None  # citations that kept fewer than K pairs: "model" wrote fewer, "filters" cut
     target: Path | None = None    # the output asked for; `out` is OUT.partial.jsonl when a previous one was kept
+    ooc: int = 0                  # rows about things outside the book (generate.ooc_share)
 
     def summary(self) -> str:
         return "\n".join(self.lines())
@@ -219,6 +220,8 @@ class GenerateSummary:
     def lines(self) -> list[str]:
         """Rows written, rejects, short citations, what the LLM calls cost: one line each."""
         out = [f"wrote {self.kept} rows from {self.items} items to {self.out} in {self.seconds:.1f}s"]
+        if self.ooc:
+            out.append(f"{self.ooc} of the rows are out-of-character questions (generate.ooc_share), tagged ooc")
         if self.rejected:
             reasons = ", ".join(f"{reason} {n}" for reason, n in self.rejected.most_common())
             out.append(f"rejected {sum(self.rejected.values())} ({reasons}); details in {self.rejects_path}")
@@ -282,9 +285,10 @@ def salvage(value: dict, source_id: str) -> tuple[list[ParsedPair], list[dict]]:
 
 
 def filtered_rows(pairs: list[ParsedPair], settings: FilterSettings, base: dict, *, k: int = 0,
-                  citation: str = "", fact: str = "", keep_line: bool = False) -> tuple[list[dict], list[dict]]:
+                  citation: str = "", fact: str = "", keep_line: bool = False,
+                  ooc: bool = False) -> tuple[list[dict], list[dict]]:
     """Rows for the kept pairs (base fields + pair) and rejects with their reasons."""
-    kept, rejected = filter_group(pairs, settings, k=k, citation=citation, fact=fact)
+    kept, rejected = filter_group(pairs, settings, k=k, citation=citation, fact=fact, ooc=ooc)
     rows = [{"instruction": p.instruction, "response": p.response, **base, "complete": p.complete,
              **({"line": p.line} if keep_line else {})} for p in kept]
     rejects = [{"source_id": base["source_id"], "reason": reason, "line": p.line,
@@ -313,29 +317,34 @@ def citation_task(row: dict, prompt: Prompt, character: CharacterConfig, cfg: Ge
 
 def generate_pairs(citations: list[dict], client, out: str | Path, cfg: GenerateConfig,
                    character: CharacterConfig, *, concurrency: int = 1, sampling: dict | None = None,
-                   progress: bool = True, inputs=(), max_failures: int = 5) -> GenerateSummary:
+                   progress: bool = True, inputs=(), max_failures: int = 5,
+                   extra: Callable | None = None) -> GenerateSummary:
     """K filtered pairs per citation; LLM answers are cached so an interrupted run resumes.
 
     `inputs`: the files the citations came from (never written). With failed calls the previous output is kept
-    (see GenerateSummary.failure)."""
+    (see GenerateSummary.failure). `extra(book_questions, model_id, sampling)` plans more calls (out-of-character
+    questions, see ooc.plan_ooc): an object with `tasks` and `rows(store, filter_settings)`."""
     if cfg.pairs_per_citation < 1:
         raise ConfigError("pairs_per_citation must be at least 1", path="dantes.yaml [generate]",
                           fix="set generate.pairs_per_citation (or -k) to 1 or more")
-    out = check_paths(out, inputs, cfg.prompt_file)
+    out = check_paths(out, [*inputs, *([cfg.ooc_prompt_file] if cfg.ooc_prompt_file else [])], cfg.prompt_file)
     with output_lock(out):
-        return _generate_pairs(citations, client, out, cfg, character, concurrency, sampling, progress, max_failures)
+        return _generate_pairs(citations, client, out, cfg, character, concurrency, sampling, progress, max_failures,
+                               extra)
 
 
 def _generate_pairs(citations, client, out: Path, cfg: GenerateConfig, character: CharacterConfig, concurrency,
-                    sampling, progress, max_failures) -> GenerateSummary:
+                    sampling, progress, max_failures, extra) -> GenerateSummary:
     started = time.monotonic()
     prompt = load_prompt("generate", character.language, cfg.prompt_file)
     out, _, cache = output_paths(out)
     store = Store(cache)
     tasks = [citation_task(row, prompt, character, cfg, client.model_id, call_sampling(client, sampling))
              for row in citations]
-    stats = run_tasks(tasks, client, store, concurrency=concurrency, unit="citation", sampling=sampling,
-                      progress=progress, max_failures=max_failures)
+    added = extra(len(citations) * cfg.pairs_per_citation, client.model_id, call_sampling(client, sampling)) \
+        if extra else None
+    stats = run_tasks(tasks + (added.tasks if added else []), client, store, concurrency=concurrency,
+                      unit="call" if added and added.tasks else "citation", sampling=sampling, progress=progress, max_failures=max_failures)
     settings = filter_settings(cfg, character)
     rows, rejects, seen, short = [], [], set(), Counter()
     for row, task in zip(citations, tasks):
@@ -352,8 +361,17 @@ def _generate_pairs(citations, client, out: Path, cfg: GenerateConfig, character
             short["model" if len(pairs) < cfg.pairs_per_citation else "filters"] += 1
         rows += kept
         rejects += unparsed + filtered
-    summary = finish(out, rows, rejects, len(seen), started, stats)
-    summary.short = short
+    return finish_with_extra(out, rows, rejects, len(seen), started, stats, added, store,
+                             filter_settings(cfg, character), short)
+
+
+def finish_with_extra(out: Path, rows: list, rejects: list, items: int, started: float, stats: RunStats,
+                      added, store: Store, settings: FilterSettings, short: Counter | None = None) -> GenerateSummary:
+    """finish() with the rows of the extra calls (out-of-character questions) after the book's."""
+    more, more_rejects = added.rows(store, settings) if added else ([], [])
+    answered = len({t.key for t in added.tasks if t.key in store}) if added else 0
+    summary = finish(out, rows + more, rejects + more_rejects, items + answered, started, stats)
+    summary.short, summary.ooc = short, len(more)
     return summary
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from dantes_mlx import llm
 from dantes_mlx.config import CharacterConfig, GenerateConfig, LLMConfig, section
+from dantes_mlx.generate.ooc import card_text, plan_ooc
 from dantes_mlx.generate.pairs import GenerateSummary, check_paths, generate_pairs, import_raw, select_citations
 from dantes_mlx.generate.sources import generate_from_facts, labels_to_rows, load_facts
+from dantes_mlx.generate.turns import generate_conversations
 from dantes_mlx.llm.base import LLMClient
 from dantes_mlx.stage import Log
 from dantes_mlx.workspace import Workspace
@@ -82,5 +85,19 @@ def run(settings: Settings, workspace: Workspace, log: Log) -> GenerateSummary:
     common = dict(concurrency=settings.llm.concurrency, progress=settings.progress, inputs=sources,
                   max_failures=settings.llm.max_consecutive_failures)
     if facts is not None:
+        if gen.ooc_share or gen.turns > 1:
+            log("warning: generate.turns and generate.ooc_share apply to citations; --facts writes pairs without them")
         return generate_from_facts(facts, settings.make_client(), out, gen, character, **common)
-    return generate_pairs(citations, settings.make_client(), out, gen, character, **common)
+    chat = gen.turns > 1
+    card = card_text(workspace) if gen.ooc_share else None
+    if gen.ooc_share:
+        log("out-of-character answers grounded in " + ("the character card" if card else "the persona (no character "
+                                                        "card in the workspace)"))
+    extra = partial(_ooc_plan, gen, character, card, chat)
+    write = generate_conversations if chat else generate_pairs
+    return write(citations, settings.make_client(), out, gen, character, extra=extra, **common)
+
+
+def _ooc_plan(gen: GenerateConfig, character: CharacterConfig, card: str | None, chat: bool, book_questions: int,
+              model_id: str, sampling: dict):
+    return plan_ooc(gen, character, book_questions, model_id, sampling, card, chat)

@@ -12,6 +12,7 @@ from dantes_mlx.errors import ConfigError, InputError
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 # The placeholders of each built-in prompt that carry the item's data: they come last, in the user message.
 DATA_FIELDS = {"extract": ("text",), "hybrid": ("text",), "generate": ("contexte", "citation"), "facts": ("subject", "fact"),
+               "conversation": ("contexte", "citations"), "ooc": ("topics",),
                "judge_rubric": ("question", "answer"), "judge_pairwise": ("question", "answer_a", "answer_b")}
 _PLACEHOLDER = re.compile(r"{{(\w+)}}")
 

@@ -124,3 +124,40 @@ def check_answers_fit(rows: list[tuple[int, int]], max_seq_length: int, batch_ro
                          path=path, line=line, fix=fix)
     say(f"warning: {len(empty)} row{'s' if len(empty) > 1 else ''} of {path} (first: line {line}) keep no answer "
         f"token: the prompt alone is max_seq_length={max_seq_length} tokens or more; they train on nothing ({fix})")
+
+
+def assistant_turns(messages: list[dict]) -> int:
+    """How many assistant turns a conversation holds (more than one: mlx-lm's mask_prompt would train only the last)."""
+    return sum(m.get("role") == "assistant" for m in messages)
+
+
+def _template_ids(tokenizer, messages: list[dict], tools=None, **kwargs) -> list[int]:
+    return list(tokenizer.apply_chat_template(messages, tools=tools, return_dict=False, **kwargs))
+
+
+def assistant_token_mask(tokenizer, messages: list[dict], tools=None) -> tuple[list[int], list[int]]:
+    """(token ids, 0/1 per token) of a chat row: 1 on every assistant turn (its words and the template's end of
+    turn), 0 on system and user turns and on each turn's header.
+
+    Turn i spans from the conversation before it with the generation prompt to the conversation up to it; both
+    must be prefixes of the whole row's tokens, else the template rewrites earlier turns and no mask is exact.
+    """
+    ids = _template_ids(tokenizer, messages, tools)
+    mask = [0] * len(ids)
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        head = _template_ids(tokenizer, messages[:i], tools, add_generation_prompt=True)
+        turn = _template_ids(tokenizer, messages[:i + 1], tools)
+        if ids[:len(turn)] != turn or turn[:len(head)] != head:
+            raise InputError(f"the chat template renders assistant turn {i} differently once later turns follow "
+                             "(it rewrites earlier turns), so its tokens cannot be masked exactly",
+                             fix="train on one exchange per row (`dantes-mlx generate --turns 1`), or use a base "
+                                 "model whose template keeps earlier turns as written")
+        mask[len(head):len(turn)] = [1] * (len(turn) - len(head))
+    return ids, mask
+
+
+def first_trained(mask: list[int]) -> int:
+    """Index of the first token a mask trains (its length when none): what check_answers_fit calls the offset."""
+    return next((i for i, m in enumerate(mask) if m), len(mask))

@@ -18,6 +18,9 @@ Dataset
     validation_note: why a run has no validation loss, or None.
     check_dropped_system: refuse a chat template that would mask the answer (Mistral v0.3 and the persona).
     check_answers_fit: refuse (or warn about) rows whose prompt leaves no answer token within max_seq_length.
+    assistant_turns: how many assistant turns a chat row holds (more than one: mask every turn, not the last).
+    assistant_token_mask: a chat row's token ids and a 0/1 loss mask on every assistant turn.
+    first_trained: the first token a mask trains (the offset check_answers_fit reads).
     load_preferences: train.jsonl and valid.jsonl preference rows (train.method dpo/orpo) as PreferencePairs.
     PreferencePair: one prompt (chat messages) with its chosen and rejected answers.
     pair_row: a PreferencePair as TRL's conversational prompt/chosen/rejected row.
@@ -42,7 +45,8 @@ from dantes_mlx.config import TrainConfig
 from dantes_mlx.errors import ConfigError, InputError, ModelError
 from dantes_mlx.models.hub import resolve_model
 from dantes_mlx.train.backends.base import TrainBackend, TrainResult
-from dantes_mlx.train.data import check_answers_fit, check_dropped_system, load_dataset, resolve_iters, validation_note
+from dantes_mlx.train.data import (assistant_token_mask, assistant_turns, check_answers_fit, check_dropped_system,
+                                  first_trained, load_dataset, resolve_iters, validation_note)
 from dantes_mlx.train.metrics import MetricsLog, plot_losses
 from dantes_mlx.train.preferences import PreferencePair, load_preferences, pair_row
 from dantes_mlx.train.state import (clear_run_outputs, interrupted, read_state, write_chat_template,
@@ -52,6 +56,7 @@ from dantes_mlx.workspace import ADAPTER_CONFIG, METRICS_FILE, PEFT_WEIGHTS, PLO
 __all__ = [
     "TrainConfig", "TrainBackend", "TrainResult", "ConfigError", "ModelError", "InputError", "interrupted",
     "load_dataset", "resolve_iters", "validation_note", "check_dropped_system", "check_answers_fit",
+    "assistant_turns", "assistant_token_mask", "first_trained",
     "load_preferences", "PreferencePair", "pair_row",
     "resolve_model", "MetricsLog", "plot_losses",
     "METRICS_FILE", "PLOT_FILE", "STATE_FILE", "PEFT_WEIGHTS", "ADAPTER_CONFIG", "checkpoint_name",

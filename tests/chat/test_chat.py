@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import peft_from_mlx
 
 from dantes_mlx.chat.engines import load_engine
 from dantes_mlx.chat.loop import build_messages, chat_loop
@@ -98,6 +99,21 @@ def test_ask_with_adapter_answers_what_it_learnt(adapter, tiny_model_dir):
     assert tuned == _ask("Qui êtes-vous ?", "--adapter-path", str(adapter))  # greedy: deterministic
     base = _ask("Qui êtes-vous ?", "--model", str(tiny_model_dir), "--base-only")
     assert ANSWER not in base and base.strip()
+
+
+@pytest.mark.slow
+def test_ask_and_chat_take_a_peft_adapter_and_answer_as_the_mlx_one(adapter, tmp_path, monkeypatch):
+    """The torch backend writes PEFT adapters: ask and chat load them (converted once) like mlx-lm's."""
+    monkeypatch.setenv("DANTES_MLX_CACHE", str(tmp_path / "cache"))
+    peft = peft_from_mlx(adapter, tmp_path / "peft")
+    tuned = _ask("Qui êtes-vous ?", "--adapter-path", str(peft))
+    assert ANSWER in tuned and tuned == _ask("Qui êtes-vous ?", "--adapter-path", str(adapter))
+    config = tmp_path / "dantes.yaml"  # the project's adapter folder holds the PEFT adapter: chat's default
+    config.write_text(f"project:\n  adapters_dir: {peft}\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["chat", "--config", str(config), "--temp", "0", "--max-tokens", "24",
+                                       "--system", PERSONA], input="D'où venez-vous ?\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert "château d'If" in result.stdout and len(list((tmp_path / "cache/mlx-adapters").iterdir())) == 1
 
 
 @pytest.mark.slow

@@ -8,10 +8,12 @@ with the project's mlx backend. Run: /work/venv/bin/python -m pytest tests/evalu
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import peft_from_mlx
 
 from dantes_mlx.cli import main
 from dantes_mlx.config import CharacterConfig, EvalConfig, TrainConfig
@@ -152,6 +154,7 @@ def _citations_given_to_evaluate(monkeypatch, tmp_path, data_dir, config=None) -
     adapters = tmp_path / "adapters"
     adapters.mkdir(exist_ok=True)
     (adapters / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (adapters / "adapters.safetensors").write_bytes(b"")  # evaluate() is replaced: never read
     seen = {}
 
     def record(cfg, character, **kwargs):
@@ -267,6 +270,30 @@ def test_eval_base_vs_adapter_writes_report_and_adapter_loss_is_lower(trained, t
     assert rerun["sides"] == results["sides"] and rerun["metrics"]["tuned"]["loss"] == tuned["loss"]
     assert rerun["judge"]["asked"] == 0 and rerun["judge"]["rubric"] == judge["rubric"]
     assert (tmp_path / "reports" / ".cache" / "judge.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_eval_takes_a_peft_adapter_like_the_mlx_one(trained, tmp_path, monkeypatch):
+    """The torch backend writes PEFT adapters: eval runs them (converted once) with the mlx adapter's answers and
+    test loss."""
+    data, adapters = trained
+    monkeypatch.setenv("DANTES_MLX_CACHE", str(tmp_path / "cache"))
+    peft = peft_from_mlx(adapters, tmp_path / "peft")
+    shutil.copyfile(adapters / "train_config.yaml", peft / "train_config.yaml")  # both backends write it
+    config = tmp_path / "dantes.yaml"
+    config.write_text(f"project:\n  reports_dir: {tmp_path / 'reports'}\n", encoding="utf-8")
+    results = {}
+    for name, folder in (("mlx", adapters), ("peft", peft)):
+        out = tmp_path / f"report-{name}"  # not the adapter folders: eval never writes where it reads
+        run = CliRunner().invoke(main, ["eval", "--adapter-path", str(folder), "--data", str(data), "--samples", "2",
+                                        "--max-tokens", "8", "-o", str(out), "--config", str(config)])
+        assert run.exit_code == 0, run.output
+        results[name] = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    mlx, peft_run = results["mlx"], results["peft"]
+    assert peft_run["adapter_path"] == str(peft) and peft_run["base_model"] == mlx["base_model"]
+    assert peft_run["sides"]["tuned"]["answers"] == mlx["sides"]["tuned"]["answers"]
+    assert peft_run["metrics"]["tuned"]["loss"] == pytest.approx(mlx["metrics"]["tuned"]["loss"], abs=1e-4)
+    assert peft_run["metrics"]["tuned"]["loss"] < peft_run["metrics"]["base"]["loss"]
 
 
 @pytest.mark.slow

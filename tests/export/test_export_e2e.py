@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import make_mlx_adapter
+from helpers import make_mlx_adapter, peft_from_mlx
 from test_modelfile import fake_ollama
 
 from dantes_mlx.cli import main
@@ -108,16 +108,36 @@ def test_modelfiles_parse_and_ollama_create_ran(cli_export):
     assert "ollama model 'dantes' created" in result.output
 
 
-def test_peft_adapter_exports_unchanged(cli_export, tiny_model_dir, tmp_path):
-    """The CUDA plugin writes PEFT adapters: export reads them as they are and passes the same gate."""
+def test_peft_adapter_exports_unchanged(cli_export, tiny_model_dir, tmp_path, monkeypatch):
+    """The CUDA plugin writes PEFT adapters: export reads them as they are and passes the same gate (MLX runs the
+    adapter's mlx-lm form, converted once into the cache)."""
     out, _, _ = cli_export
+    monkeypatch.setenv("DANTES_MLX_CACHE", str(tmp_path / "cache"))
     result = export_all(tiny_model_dir, out / "peft", tmp_path / "out", quantization="f16", persona=PERSONA,
                         log=lambda msg: None)
     assert result.passed and set(result.reports) == {"fused f16", "base f16 + GGUF LoRA"}
     assert (tmp_path / "out/peft/adapter_model.safetensors").read_bytes() == \
         (out / "peft/adapter_model.safetensors").read_bytes()
-    assert (result.files["mlx_adapter"] / "adapters.safetensors").is_file()
+    assert "mlx_adapter" not in result.files and len(list((tmp_path / "cache/mlx-adapters").iterdir())) == 1
     assert result.reports["base f16 + GGUF LoRA"].top1 == 1.0
+
+
+def test_a_peft_folder_goes_through_export_and_the_parity_command(trained, tmp_path, monkeypatch):
+    """A PEFT folder as peft writes it (the torch backend's format): `export` passes the gate on it, and
+    `dantes-mlx parity --adapter PEFT` checks a GGUF against MLX + its mlx-lm form."""
+    monkeypatch.setenv("DANTES_MLX_CACHE", str(tmp_path / "cache"))
+    peft = peft_from_mlx(trained, tmp_path / "peft")
+    config = tmp_path / "dantes.yaml"
+    config.write_text(json.dumps({"character": {"persona": PERSONA}}), encoding="utf-8")
+    export = CliRunner().invoke(main, ["export", "--config", str(config), "--adapter-path", str(peft), "-o",
+                                       str(tmp_path / "out"), "--quantization", "f16", "--no-ollama-create"])
+    assert export.exit_code == 0, export.output
+    assert "[fused f16] parity PASSED" in export.output and "[base f16 + GGUF LoRA] parity PASSED" in export.output
+    args = ["parity", "--config", str(config), "--adapter", str(peft), "--quantization", "f16", "--gguf"]
+    passed = CliRunner().invoke(main, [*args, str(tmp_path / "out/dantes-f16.gguf")])
+    assert passed.exit_code == 0 and "parity PASSED (f16)" in passed.output, passed.output
+    failed = CliRunner().invoke(main, [*args, str(tmp_path / "out/base-f16.gguf")])  # the GGUF without the adapter
+    assert failed.exit_code == 1 and "parity FAILED" in failed.output
 
 
 def test_token_scores_forced_to_minus_1000_fail_the_export(trained, tiny_model_dir, tmp_path, monkeypatch):
@@ -145,7 +165,7 @@ def test_token_scores_forced_to_minus_1000_fail_the_export(trained, tiny_model_d
 def test_untransposed_adapter_is_refused(trained, tiny_model_dir, tmp_path, monkeypatch):
     """A converter that forgets to transpose A/B: the shapes no longer fit the base, export refuses it
     before writing anything (the GGUF LoRA route through llama.cpp is covered in test_export_lora_gguf)."""
-    monkeypatch.setattr("dantes_mlx.export.peft.to_peft_orientation", lambda a, b: (a, b))
+    monkeypatch.setattr("dantes_mlx.adapter_format.to_peft_orientation", lambda a, b: (a, b))
     with pytest.raises(ModelError, match="transposed"):
         export_all(tiny_model_dir, trained, tmp_path / "out", quantization="f16", log=lambda m: None)
     assert not (tmp_path / "out").exists()

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from helpers import make_mlx_adapter
 
+from dantes_mlx.adapter_format import load_adapter
 from dantes_mlx.errors import ModelError, ParityError
 from dantes_mlx.export.gate import gate_verdict, parity_gate
 from dantes_mlx.export.gguf import permute_qk
 from dantes_mlx.export.gguf_lora import write_gguf_lora
 from dantes_mlx.export.parity import check_parity
-from dantes_mlx.export.peft import load_adapter
 from dantes_mlx.export.reference import MLXReference
 
 pytestmark = pytest.mark.slow
@@ -94,7 +94,7 @@ def test_untransposed_matrices_are_refused_and_fail_the_gate(tiny_model_dir, tin
     ("lora_a tensor is not transposed"), and the gate reports a failure instead of crashing."""
     folder = make_mlx_adapter(tiny_model_dir, tmp_path / "adapters", keys=("self_attn.v_proj", "self_attn.o_proj"))
     reference = MLXReference(tiny_model_dir, folder)
-    monkeypatch.setattr("dantes_mlx.export.peft.to_peft_orientation", lambda a, b: (a, b))
+    monkeypatch.setattr("dantes_mlx.adapter_format.to_peft_orientation", lambda a, b: (a, b))
     untransposed = load_adapter(folder)
     with pytest.raises(ModelError, match="transposed"):
         write_gguf_lora(untransposed, tiny_model_dir, tmp_path / "refused.gguf")

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from dantes_mlx.adapter_format import check_adapter, load_adapter, write_mlx_adapter
 from dantes_mlx.errors import ModelError
-from dantes_mlx.export.peft import check_adapter, load_adapter, lora_alpha, write_mlx_adapter, write_peft_adapter
+from dantes_mlx.export.peft import lora_alpha, write_peft_adapter
 from dantes_mlx.workspace import AdapterFolder
 from helpers import ATTENTION, make_mlx_adapter
 

@@ -17,7 +17,9 @@ from dantes_mlx.store import read_jsonl
 from dantes_mlx.train.backends.base import TrainResult
 from dantes_mlx.train.backends.mlx_tuner import (OPTIMIZERS, build_lr_schedule, copy_checkpoint, load_start_adapter,
                                                  make_optimizer, mlx_lm_adapter_config, tqdm_progress)
-from dantes_mlx.train.data import check_answers_fit, check_dropped_system, load_dataset, resolve_iters, validation_note
+from dantes_mlx.train.backends.mlx_turns import TurnMaskDataset, iterate_masked_batches, masked_loss
+from dantes_mlx.train.data import (assistant_turns, check_answers_fit, check_dropped_system, first_trained,
+                                   load_dataset, resolve_iters, validation_note)
 from dantes_mlx.train.metrics import MetricsLog, plot_losses
 from dantes_mlx.train.state import (clear_run_outputs, interrupted, read_state, write_chat_template,
                                     write_resolved_config, write_state)
@@ -39,6 +41,7 @@ class MLXRun:
         self.start = 0            # global step this run starts after (resume)
         self.last_saved = 0       # global step of the newest complete checkpoint
         self.prior_tokens = 0     # tokens trained before a resume
+        self.every_turn = False   # multi-turn rows: a per-token mask trains every assistant turn
 
     def say(self, message: str) -> None:
         """A progress note on stderr, from rank 0 only."""
@@ -101,28 +104,38 @@ class MLXRun:
         return trainable
 
     def datasets(self, tokenizer, data):
-        """mlx-lm datasets (ChatDataset / CompletionsDataset / TextDataset) for train and valid."""
-        from mlx_lm.tuner.datasets import CacheDataset, create_dataset
-
+        """mlx-lm datasets (ChatDataset / CompletionsDataset / TextDataset) for train and valid; with multi-turn
+        chat rows and mask_prompt, TurnMaskDataset (mlx-lm's masking would train only each row's last turn)."""
         mask = self.cfg.mask_prompt and data.format != "text"
         if self.cfg.mask_prompt and not mask:
             self.say("note: text rows have no prompt to mask; training on every token")
         if data.format == "chat":
             check_dropped_system(tokenizer, data.train[0]["messages"], mask, self.data_dir / "train.jsonl", self.say)
-        spec = types.SimpleNamespace(mask_prompt=mask)
-        train = CacheDataset(create_dataset(data.train, tokenizer, spec))
+        self.every_turn = mask and data.format == "chat" and any(
+            assistant_turns(row["messages"]) > 1 for row in data.train + data.valid)
+        if self.every_turn:
+            self.say("note: multi-turn rows: the loss covers every assistant turn (not only the last)")
         note = validation_note(self.data_dir, len(data.valid), self.cfg.batch_size)
         if note:  # mlx-lm's trainer skips validation when it has no dataset
             self.say(note)
-        valid = None if note else CacheDataset(create_dataset(data.valid, tokenizer, spec))
+        train = self.dataset(data.train, tokenizer, mask)
+        valid = None if note else self.dataset(data.valid, tokenizer, mask)
         for name, dataset in (("train", train), ("valid", valid)):
             if dataset is not None:
                 items = self.encode_all(dataset, self.data_dir / f"{name}.jsonl")
                 if mask:  # rows per process: each one masks and truncates its own batch
-                    check_answers_fit([(len(ids), offset) for ids, offset in items], self.cfg.max_seq_length,
-                                      self.cfg.batch_size // self.world_size, self.data_dir / f"{name}.jsonl",
-                                      self.say)
+                    offsets = [(len(ids), first_trained(m) if self.every_turn else m) for ids, m in items]
+                    check_answers_fit(offsets, self.cfg.max_seq_length, self.cfg.batch_size // self.world_size,
+                                      self.data_dir / f"{name}.jsonl", self.say)
         return train, valid, mask
+
+    def dataset(self, rows: list[dict], tokenizer, mask: bool):
+        """One split as mlx-lm's cached dataset: its own, or TurnMaskDataset for multi-turn rows."""
+        from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+
+        if self.every_turn:
+            return CacheDataset(TurnMaskDataset(rows, tokenizer))
+        return CacheDataset(create_dataset(rows, tokenizer, types.SimpleNamespace(mask_prompt=mask)))
 
     def encode_all(self, dataset, path: Path) -> list:
         """Every row through the chat template now (mlx-lm's cache keeps them for training): a row the template
@@ -154,16 +167,18 @@ class MLXRun:
 
     # ------------------------------------------------------------ hooks into mlx-lm's trainer
     def iterate_batches(self):
-        """The batch maker the trainer draws from (mlx-lm's; preference runs make pairs)."""
+        """The batch maker the trainer draws from: mlx-lm's, with per-token masks for multi-turn rows (preference
+        runs make pairs)."""
         from mlx_lm.tuner.trainer import iterate_batches
 
-        return iterate_batches
+        return iterate_masked_batches if self.every_turn else iterate_batches
 
     def loss(self):
-        """The loss the trainer minimises (mlx-lm's cross-entropy on the unmasked tokens)."""
+        """The loss the trainer minimises: mlx-lm's cross-entropy on the unmasked tokens (every assistant turn's
+        for multi-turn rows)."""
         from mlx_lm.tuner.trainer import default_loss
 
-        return default_loss
+        return masked_loss if self.every_turn else default_loss
 
     def load_data(self):
         """The rows this run trains on."""
@@ -337,7 +352,8 @@ class MLXRun:
         save_config(mlx_lm_adapter_config(self.cfg, self.data_dir, iters, self.cfg.base_model),
                     self.adapter_dir / ADAPTER_CONFIG)
         write_resolved_config(self.cfg, self.adapter_dir, backend="mlx", iters=iters, data=str(self.data_dir),
-                              data_format=fmt, mask_prompt=mask, qlora=quantized, trainable_parameters=trainable,
+                              data_format=fmt, mask_prompt=mask, every_assistant_turn=self.every_turn,
+                              qlora=quantized, trainable_parameters=trainable,
                               resumed_from=self.start)
         write_chat_template(getattr(tokenizer, "chat_template", None), self.adapter_dir)
 

@@ -7,14 +7,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dantes_mlx.train.sdk import assistant_token_mask, assistant_turns, first_trained
+
 IGNORE = -100  # label of a token the loss skips (transformers' convention)
 
 
 @dataclass
 class Example:
-    """One row: its token ids and where the trained part starts (tokens before `offset` are prompt)."""
+    """One row: its token ids and where the trained part starts (tokens before `offset` are prompt); multi-turn
+    rows also carry a 0/1 `mask` per token (every assistant turn trained, not only the part after `offset`)."""
     ids: list[int]
     offset: int = 0
+    mask: list[int] | None = None
+
+    def trained(self, n: int) -> list[int]:
+        """0/1 per token of the first n: the mask, else everything from the offset on."""
+        if self.mask is not None:
+            return self.mask[:n]
+        return [0] * min(self.offset, n) + [1] * max(n - self.offset, 0)
 
 
 def _template(tokenizer, messages: list[dict], **kwargs) -> list[int]:
@@ -22,12 +32,13 @@ def _template(tokenizer, messages: list[dict], **kwargs) -> list[int]:
     return list(out)
 
 
-def encode_row(row: dict, fmt: str, tokenizer, mask_prompt: bool) -> Example:
+def encode_row(row: dict, fmt: str, tokenizer, mask_prompt: bool, every_turn: bool = False) -> Example:
     """mlx-lm's ChatDataset / CompletionsDataset / TextDataset `process`, row by row.
 
     Chat and completions rows go through the tokenizer's chat template; with mask_prompt the loss
     starts after the templated prompt (the conversation minus its last message, with the
-    generation prompt when that message is the assistant's), as mlx-lm computes it.
+    generation prompt when that message is the assistant's), as mlx-lm computes it. `every_turn` (multi-turn
+    datasets) masks each assistant turn instead, as dantes-mlx's mlx backend does.
     """
     if fmt == "text":
         ids = list(tokenizer.encode(row["text"]))
@@ -40,6 +51,9 @@ def encode_row(row: dict, fmt: str, tokenizer, mask_prompt: bool) -> Example:
     else:
         messages = row["messages"]
     tools = row.get("tools")
+    if mask_prompt and every_turn:
+        ids, mask = assistant_token_mask(tokenizer, messages, tools)
+        return Example(ids, first_trained(mask), mask)
     ids = _template(tokenizer, messages, tools=tools)
     if not mask_prompt:
         return Example(ids)
@@ -48,9 +62,14 @@ def encode_row(row: dict, fmt: str, tokenizer, mask_prompt: bool) -> Example:
     return Example(ids, len(prompt))
 
 
-def encode_rows(rows: list[dict], fmt: str, tokenizer, mask_prompt: bool) -> list[Example]:
+def multi_turn(rows: list[dict], fmt: str) -> bool:
+    """True when a chat row holds more than one assistant turn: the dataset is masked turn by turn."""
+    return fmt == "chat" and any(assistant_turns(row["messages"]) > 1 for row in rows)
+
+
+def encode_rows(rows: list[dict], fmt: str, tokenizer, mask_prompt: bool, every_turn: bool = False) -> list[Example]:
     """Every row of a split (see encode_row)."""
-    return [encode_row(row, fmt, tokenizer, mask_prompt) for row in rows]
+    return [encode_row(row, fmt, tokenizer, mask_prompt, every_turn) for row in rows]
 
 
 def warn_if_truncated(examples: list[Example], max_seq_length: int, split: str) -> None:
@@ -87,7 +106,7 @@ class Collator:
     def __call__(self, features: list) -> dict:
         import torch
 
-        rows = [f if isinstance(f, Example) else Example(list(f["input_ids"]), int(f["offset"]))
+        rows = [f if isinstance(f, Example) else Example(list(f["input_ids"]), int(f["offset"]), f.get("mask"))
                 for f in features]
         width = min(max(len(r.ids) for r in rows), self.max_seq_length)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -97,13 +116,17 @@ class Collator:
             seq = torch.tensor(row.ids[:width], dtype=torch.long)
             n = len(seq)
             ids[i, :n], mask[i, :n] = seq, 1
-            labels[i, min(row.offset, n):n] = seq[min(row.offset, n):]
-            self.tokens += max(n - max(row.offset, 1), 0)  # the first token is never a target
+            trained = torch.tensor(row.trained(n), dtype=torch.bool)
+            labels[i, :n] = torch.where(trained, seq, IGNORE)
+            self.tokens += int(trained[1:].sum())  # the first token is never a target
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def as_hf_dataset(examples: list[Example]):
-    """A datasets.Dataset of {input_ids, offset} rows for TRL's SFTTrainer (preparation skipped)."""
+    """A datasets.Dataset of {input_ids, offset (, mask)} rows for TRL's SFTTrainer (preparation skipped)."""
     from datasets import Dataset
 
-    return Dataset.from_dict({"input_ids": [e.ids for e in examples], "offset": [e.offset for e in examples]})
+    columns = {"input_ids": [e.ids for e in examples], "offset": [e.offset for e in examples]}
+    if any(e.mask is not None for e in examples):
+        columns["mask"] = [e.trained(len(e.ids)) for e in examples]
+    return Dataset.from_dict(columns)

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from dantes_mlx_unsloth.data import Collator, encode_rows, warn_if_truncated
+from dantes_mlx_unsloth.data import Collator, encode_rows, multi_turn, warn_if_truncated
 from dantes_mlx_unsloth.loop import OPTIMIZER_STATE, TorchLoop, load_optimizer, save_optimizer
 from dantes_mlx_unsloth.prefs import start_adapter, train_preferences
 from dantes_mlx_unsloth.settings import BACKEND, is_bnb_quantized, lora_kwargs, read_model_config
@@ -173,7 +173,10 @@ class TorchRun:
             self.say("note: text rows have no prompt to mask; training on every token")
         if data.format == "chat":
             check_dropped_system(tokenizer, data.train[0]["messages"], mask, self.data_dir / "train.jsonl", self.say)
-        train, valid = (encode_rows(rows, data.format, tokenizer, mask) for rows in (data.train, data.valid))
+        every_turn = mask and multi_turn(data.train + data.valid, data.format)
+        if every_turn:
+            self.say("note: multi-turn rows: the loss covers every assistant turn (not only the last)")
+        train, valid = (encode_rows(rows, data.format, tokenizer, mask, every_turn) for rows in (data.train, data.valid))
         if mask:
             for name, examples in (("train", train), ("valid", valid)):
                 check_answers_fit([(len(e.ids), e.offset) for e in examples], cfg.max_seq_length, cfg.batch_size,
@@ -185,7 +188,7 @@ class TorchRun:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         collator = Collator(pad if pad is not None else 0, cfg.max_seq_length)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.write_config(tokenizer, iters, trainable, mask, data.format, start)
+        self.write_config(tokenizer, iters, trainable, mask, data.format, start, every_turn)
         if self.path == "loop":
             done = self.train_loop(model, train, valid, collator, iters, state)
         else:
@@ -268,15 +271,15 @@ class TorchRun:
             os.replace(tmp / name, self.adapter_dir / name)
         shutil.rmtree(tmp, ignore_errors=True)  # PEFT's generated model card is not ours to ship
 
-    def write_config(self, tokenizer, iters, trainable, mask, fmt, start) -> None:
+    def write_config(self, tokenizer, iters, trainable, mask, fmt, start, every_turn=False) -> None:
         """train_config.yaml (resolved settings + what this backend derived) and the chat template."""
         import torch
 
         write_resolved_config(self.cfg, self.adapter_dir, backend=BACKEND, path=self.path,
                               path_description=PATHS[self.path], device=self.device.type,
                               torch=str(torch.__version__), iters=iters, data=str(self.data_dir), data_format=fmt,
-                              mask_prompt=mask, qlora=bool(self.cfg.quantize_base), trainable_parameters=trainable,
-                              resumed_from=start)
+                              mask_prompt=mask, every_assistant_turn=every_turn, qlora=bool(self.cfg.quantize_base),
+                              trainable_parameters=trainable, resumed_from=start)
         write_chat_template(getattr(tokenizer, "chat_template", None), self.adapter_dir)
 
     def result(self, iters: int, tic: float, last_train: dict, last_val: dict) -> TrainResult:

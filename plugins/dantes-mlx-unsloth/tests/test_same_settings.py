@@ -1,6 +1,6 @@
 """Same settings, both backends: mlx and unsloth adapters have the same layers, shapes, targets and scale.
 
-One training step with each backend on the tiny model, both read back with dantes_mlx.export.peft.load_adapter.
+One training step with each backend on the tiny model, both read back with dantes_mlx.adapter_format.load_adapter.
 Run: pytest plugins/dantes-mlx-unsloth/tests/test_same_settings.py -q
 """
 
@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_settings
 from dantes_mlx_unsloth.run import PATH_ENV
 
-from dantes_mlx.export.peft import load_adapter
+from dantes_mlx.adapter_format import load_adapter
 from dantes_mlx.train.stage import train
 
 pytestmark = pytest.mark.slow
