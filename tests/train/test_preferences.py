@@ -115,7 +115,7 @@ def test_preference_training_lowers_its_own_loss(tiny_model_dir, pairs, tmp_path
     if method == "dpo":  # the adapter starts as the reference: the first loss is log 2
         assert curve[0] == pytest.approx(0.6931, abs=2e-3)
     folder = AdapterFolder(out)
-    assert folder.has_mlx_adapter() and folder.recorded_base() == str(tiny_model_dir)
+    assert (out / MLX_WEIGHTS).is_file() and folder.recorded_base() == str(tiny_model_dir)
     assert json.loads((out / ADAPTER_CONFIG).read_text())["lora_parameters"]["rank"] == 16
     assert result.val_loss is not None and (out / "0000012_adapters.safetensors").is_file()
 
