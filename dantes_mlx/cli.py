@@ -27,6 +27,7 @@ COMMANDS = {
     "validate": ("dataset", "validate", "Check a dataset folder the way fine-tuning services do."),
     "stats": ("dataset", "stats", "Counts, token lengths, label balance and answer openings of a dataset."),
     "import-gguf": ("models", "import_gguf", "Turn a GGUF (or the embedded SmolLM2) into a model folder to train on."),
+    "prefs": ("prefs", "prefs", "Preference pairs for dpo/orpo: the in-character answer vs the base model's own."),
     "train": ("train", "train", "Fine-tune with LoRA/DoRA/QLoRA/full (mlx-lm, or a plugin backend)."),
     "backends": ("train", "backends", "List the training backends installed and whether they are usable."),
     "export": ("export", "export", "Export PEFT adapter, GGUF LoRA, fused GGUF and an Ollama Modelfile."),

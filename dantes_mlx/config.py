@@ -81,6 +81,7 @@ SPLIT = Rule("train/valid/test percentages that add up to 100, e.g. 80/10/10", l
 NOT_EMPTY = Rule("a non-empty text", lambda v: bool(v.strip()))
 LANGUAGE = Rule("an ISO 639-1 code such as fr or en", lambda v: bool(re.fullmatch(r"[a-z]{2,3}", v)))
 QUANTIZE_BITS = (0, 4, 8)  # what every backend can quantize a base to (mlx, and the plugin's bitsandbytes)
+TRAIN_METHODS = ("sft", "dpo", "orpo")  # sft: cross-entropy on the answer; dpo, orpo: on preference pairs
 
 DANTES_ALIASES = ["Edmond", "Dantès", "le comte", "Monte-Cristo", "Sinbad le marin",
                   "l'abbé Busoni", "lord Wilmore"]
@@ -328,6 +329,26 @@ class TrainConfig:
     quantize_base: int = setting(0, "Quantize the base to 4 or 8 bits in memory before training (QLoRA); "
                                     "0 keeps it as stored (an MLX 4-bit repo is already QLoRA).",
                                 rule=one_of(*QUANTIZE_BITS))
+    method: str = setting("sft", "sft (learn the answers), dpo or orpo (prefer the in-character answer over the "
+                                 "base model's own: rows from `dantes-mlx prefs`).", rule=one_of(*TRAIN_METHODS))
+    beta: float = setting(0.1, "DPO's beta: the weight of the preference against staying close to the "
+                               "reference (the model the run starts from); higher: closer to the reference.",
+                          rule=above(0))
+    orpo_lambda: float = setting(0.1, "ORPO's lambda: weight of the odds-ratio term added to the chosen "
+                                      "answer's loss.", rule=above(0))
+    resume_adapter: str = setting("", "Adapter folder whose weights this run starts from (e.g. an SFT adapter "
+                                      "before dpo/orpo); same rank, layers and target_modules. Empty: from zero.")
+
+
+@dataclass
+class PrefsConfig:
+    """Preference pairs for dpo/orpo: the in-character answer (chosen) against the base model's own (rejected)."""
+    base_model: str = setting("", "Model answering the questions (the rejected side), an mlx-lm folder or HF id; "
+                                  "empty: train.base_model (the model dpo/orpo trains).")
+    max_tokens: int = setting(256, "Longest base answer, in tokens.", rule=at_least(1))
+    temperature: float = setting(0.0, "Sampling temperature of the base answers (0: greedy, reproducible).",
+                                 rule=at_least(0))
+    seed: int = setting(0, "Sampling seed.")
 
 
 @dataclass
@@ -386,7 +407,7 @@ class EvalConfig:
 SECTIONS: dict[str, type] = {
     "project": ProjectConfig, "character": CharacterConfig, "llm": LLMConfig, "clean": CleanConfig,
     "extract": ExtractConfig, "card": CardConfig, "generate": GenerateConfig, "prepare": PrepareConfig,
-    "train": TrainConfig, "export": ExportConfig, "eval": EvalConfig,
+    "train": TrainConfig, "prefs": PrefsConfig, "export": ExportConfig, "eval": EvalConfig,
 }
 
 

@@ -186,6 +186,7 @@ class Workspace:
     citations_dir = property(lambda self: self.data / "citations")
     pairs_dir = property(lambda self: self.data / "pairs")
     dataset = property(lambda self: self.data / "dataset")
+    preferences = property(lambda self: self.data / "dataset" / "preferences")  # `prefs` writes, dpo/orpo read
 
     @property
     def card(self) -> Path:

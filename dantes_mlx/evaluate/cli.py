@@ -7,6 +7,7 @@ import webbrowser
 import click
 
 from dantes_mlx.cli_common import CONFIG_OPTION, log, project
+from dantes_mlx.evaluate.side_by_side import side_by_side
 from dantes_mlx.evaluate.stage import Settings, run
 
 
@@ -31,10 +32,16 @@ from dantes_mlx.evaluate.stage import Settings, run
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False), default=None,
               help="Report folder [default: <project.reports_dir>/eval-<date>].")
 @click.option("--open", "open_report", is_flag=True, help="Open index.html in the web browser afterwards.")
+@click.option("--side-by-side", "reports", multiple=True, type=click.Path(file_okay=False),
+              help="Print finished eval reports side by side (repeat: e.g. the SFT and the DPO adapter's); runs "
+                   "no model.")
 @CONFIG_OPTION
 def eval_cmd(base_model, adapter_path, data_dir, gguf, judge, judge_model, judge_url, probes, max_tokens,
-             temperature, seed, samples, out_dir, open_report, config_path):
+             temperature, seed, samples, out_dir, open_report, reports, config_path):
     """Compare the base and fine-tuned models; write reports/eval-<date>/index.html and report.md."""
+    if reports:
+        click.echo(side_by_side(list(reports)))
+        return
     config, workspace = project(config_path)
     overrides = {"judge": judge, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
                  "samples": samples}

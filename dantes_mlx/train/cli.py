@@ -43,7 +43,9 @@ def config_options(cls):
 
 @click.command()
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Dataset folder with train/valid/test.jsonl [default: <project.data_dir>/dataset].")
+              help="Dataset folder with train/valid/test.jsonl [default: <project.data_dir>/dataset; with --method "
+                   "dpo or orpo, its preferences/ folder written by `dantes-mlx prefs`]; for dpo/orpo, a folder of "
+                   "TRL prompt/chosen/rejected rows works too.")
 @click.option("--adapter-path", type=click.Path(file_okay=False), default=None,
               help="Output folder for adapters, checkpoints, metrics and plot [default: project.adapters_dir].")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --adapter-path.")

@@ -21,6 +21,9 @@ Dataset
     assistant_turns: how many assistant turns a chat row holds (more than one: mask every turn, not the last).
     assistant_token_mask: a chat row's token ids and a 0/1 loss mask on every assistant turn.
     first_trained: the first token a mask trains (the offset check_answers_fit reads).
+    load_preferences: train.jsonl and valid.jsonl preference rows (train.method dpo/orpo) as PreferencePairs.
+    PreferencePair: one prompt (chat messages) with its chosen and rejected answers.
+    pair_row: a PreferencePair as TRL's conversational prompt/chosen/rejected row.
 Models
     resolve_model: a base model's local folder (a folder, or a Hugging Face download).
 Metrics
@@ -45,6 +48,7 @@ from dantes_mlx.train.backends.base import TrainBackend, TrainResult
 from dantes_mlx.train.data import (assistant_token_mask, assistant_turns, check_answers_fit, check_dropped_system,
                                   first_trained, load_dataset, resolve_iters, validation_note)
 from dantes_mlx.train.metrics import MetricsLog, plot_losses
+from dantes_mlx.train.preferences import PreferencePair, load_preferences, pair_row
 from dantes_mlx.train.state import (clear_run_outputs, interrupted, read_state, write_chat_template,
                                     write_resolved_config, write_state)
 from dantes_mlx.workspace import ADAPTER_CONFIG, METRICS_FILE, PEFT_WEIGHTS, PLOT_FILE, STATE_FILE, checkpoint_name
@@ -53,6 +57,7 @@ __all__ = [
     "TrainConfig", "TrainBackend", "TrainResult", "ConfigError", "ModelError", "InputError", "interrupted",
     "load_dataset", "resolve_iters", "validation_note", "check_dropped_system", "check_answers_fit",
     "assistant_turns", "assistant_token_mask", "first_trained",
+    "load_preferences", "PreferencePair", "pair_row",
     "resolve_model", "MetricsLog", "plot_losses",
     "METRICS_FILE", "PLOT_FILE", "STATE_FILE", "PEFT_WEIGHTS", "ADAPTER_CONFIG", "checkpoint_name",
     "clear_run_outputs", "read_state", "write_state", "write_resolved_config", "write_chat_template",

@@ -114,7 +114,8 @@ class Settings:
 def run(settings: Settings, workspace: Workspace, log: Log) -> TrainSummary:
     """Train into the adapter folder; with `resume` None, continue the last checkpoint only when it was trained
     on this very dataset (a new dataset starts from step 0)."""
-    data = Path(settings.data_dir) if settings.data_dir else workspace.dataset
+    default = workspace.dataset if settings.train.method == "sft" else workspace.preferences
+    data = Path(settings.data_dir) if settings.data_dir else default
     adapters = workspace.adapter(settings.adapter_path)
     resume, restart = settings.resume, settings.restart
     if resume is None:

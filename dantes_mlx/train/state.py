@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from dantes_mlx.config import TrainConfig
 
 # Settings that change the adapter's shape: a resumed run must keep them.
-SHAPE_SETTINGS = ("base_model", "fine_tune_type", "rank", "num_layers", "target_modules", "quantize_base")
+SHAPE_SETTINGS = ("base_model", "fine_tune_type", "rank", "num_layers", "target_modules", "quantize_base",
+                  "method")
 
 
 def read_state(adapter_dir: Path, cfg: "TrainConfig") -> dict:

@@ -1,4 +1,4 @@
-"""The built-in `mlx` backend: LoRA, DoRA, QLoRA and full fine-tuning through mlx-lm's own trainer."""
+"""The built-in `mlx` backend: LoRA, DoRA, QLoRA and full fine-tuning through mlx-lm's own trainer (SFT, DPO, ORPO)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from dantes_mlx.config import TRAIN_METHODS
 from dantes_mlx.errors import ConfigError
 from dantes_mlx.train.backends.base import TrainResult
+from dantes_mlx.train.backends.mlx_prefs import PreferenceRun
 from dantes_mlx.train.backends.mlx_run import MLXRun
 from dantes_mlx.train.backends.mlx_tuner import FINE_TUNE_TYPES, OPTIMIZERS, QUANT_BITS, SCHEDULES
 
@@ -58,6 +60,9 @@ class MLXBackend:
             ("warmup_steps", cfg.warmup_steps >= 0, "0 or more"),
             ("target_modules", bool(cfg.target_modules) or cfg.fine_tune_type == "full",
              "a list of mlx-lm layer keys such as self_attn.q_proj"),
+            ("method", cfg.method in TRAIN_METHODS, ", ".join(TRAIN_METHODS)),
+            ("beta", cfg.beta > 0, "a beta above 0 (0.1 is usual)"),
+            ("orpo_lambda", cfg.orpo_lambda > 0, "a lambda above 0 (0.1 is usual)"),
             ("save_every", cfg.save_every >= 1 and cfg.save_every % max(1, cfg.grad_accumulation) == 0,
              f"a positive multiple of grad_accumulation={cfg.grad_accumulation} (checkpoints fall on updates)"),
         ]
@@ -70,4 +75,5 @@ class MLXBackend:
 
     def train(self, cfg, data_dir: Path, adapter_dir: Path, resume: bool = False) -> TrainResult:
         self.check(cfg)
-        return MLXRun(cfg, Path(data_dir), Path(adapter_dir), resume).run()
+        run = MLXRun if cfg.method == "sft" else PreferenceRun
+        return run(cfg, Path(data_dir), Path(adapter_dir), resume).run()

@@ -15,8 +15,8 @@ from dantes_mlx.models.hub import resolve_model
 from dantes_mlx.models.weights import check_weights
 from dantes_mlx.store import read_jsonl
 from dantes_mlx.train.backends.base import TrainResult
-from dantes_mlx.train.backends.mlx_tuner import (OPTIMIZERS, build_lr_schedule, copy_checkpoint, make_optimizer,
-                                                 mlx_lm_adapter_config, tqdm_progress)
+from dantes_mlx.train.backends.mlx_tuner import (OPTIMIZERS, build_lr_schedule, copy_checkpoint, load_start_adapter,
+                                                 make_optimizer, mlx_lm_adapter_config, tqdm_progress)
 from dantes_mlx.train.backends.mlx_turns import TurnMaskDataset, iterate_masked_batches, masked_loss
 from dantes_mlx.train.data import (assistant_turns, check_answers_fit, check_dropped_system, first_trained,
                                    load_dataset, resolve_iters, validation_note)
@@ -166,13 +166,34 @@ class MLXRun:
         return opt
 
     # ------------------------------------------------------------ hooks into mlx-lm's trainer
-    def batch_iterator(self, optimizer, iters: int):
-        """mlx-lm's iterate_batches, plus: skip batches already trained (resume), keep evaluation from
-        moving the shuffle's random state, and record each checkpoint the trainer writes."""
-        from mlx_lm.tuner.trainer import iterate_batches as mlx_lm_batches
+    def iterate_batches(self):
+        """The batch maker the trainer draws from: mlx-lm's, with per-token masks for multi-turn rows (preference
+        runs make pairs)."""
+        from mlx_lm.tuner.trainer import iterate_batches
 
+        return iterate_masked_batches if self.every_turn else iterate_batches
+
+    def loss(self):
+        """The loss the trainer minimises: mlx-lm's cross-entropy on the unmasked tokens (every assistant turn's
+        for multi-turn rows)."""
+        from mlx_lm.tuner.trainer import default_loss
+
+        return masked_loss if self.every_turn else default_loss
+
+    def load_data(self):
+        """The rows this run trains on."""
+        return load_dataset(self.data_dir)
+
+    def start_from(self, model, tokenizer, train_set, valid_set) -> None:
+        """Before a fresh run's first step: the weights of train.resume_adapter, when set."""
+        if self.cfg.resume_adapter:
+            load_start_adapter(model, Path(self.cfg.resume_adapter))
+
+    def batch_iterator(self, optimizer, iters: int):
+        """The batch maker, plus: skip batches already trained (resume), keep evaluation from
+        moving the shuffle's random state, and record each checkpoint the trainer writes."""
+        iterate_batches = self.iterate_batches()
         run = self
-        iterate_batches = iterate_masked_batches if self.every_turn else mlx_lm_batches
 
         def iterate(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
             inner = iterate_batches(dataset=dataset, batch_size=batch_size, max_seq_length=max_seq_length,
@@ -282,7 +303,7 @@ class MLXRun:
         from mlx_lm.tuner import trainer
 
         cfg, adapter_dir, tic = self.cfg, self.adapter_dir, time.perf_counter()
-        data = load_dataset(self.data_dir)
+        data = self.load_data()
         iters = resolve_iters(cfg, len(data.train))
         state = self.begin(iters)
         if state and self.start >= iters:
@@ -292,9 +313,10 @@ class MLXRun:
         mx.random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         trainable = self.add_adapters(model)
+        train_set, valid_set, mask = self.datasets(tokenizer, data)
+        self.start_from(model, tokenizer, train_set, valid_set)
         if state:
             model.load_weights(str(adapter_dir / state["checkpoint"]), strict=False)
-        train_set, valid_set, mask = self.datasets(tokenizer, data)
         optimizer = self.optimizer(max(iters // cfg.grad_accumulation, 1))
         if self.rank == 0:
             self.write_config(tokenizer, iters, trainable, quantized, mask, data.format)
@@ -310,8 +332,8 @@ class MLXRun:
         try:
             with tqdm_progress(self.start):
                 trainer.train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=valid_set,
-                              args=args, loss=masked_loss if self.every_turn else trainer.default_loss,
-                              iterate_batches=self.batch_iterator(optimizer, iters), training_callback=callback)
+                              args=args, loss=self.loss(), iterate_batches=self.batch_iterator(optimizer, iters),
+                              training_callback=callback)
         except KeyboardInterrupt:
             raise interrupted(self.save_interrupted(model, optimizer, iters), adapter_dir) from None
         finally:

@@ -12,6 +12,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dantes_mlx.config import QUANTIZE_BITS
+from dantes_mlx.errors import ConfigError
+from dantes_mlx.workspace import ADAPTER_CONFIG, MLX_WEIGHTS, PEFT_WEIGHTS
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -118,3 +120,27 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copyfile(src, tmp)
     tmp.replace(dst)
+
+
+def load_start_adapter(model, folder: Path) -> None:
+    """The weights of an mlx-lm adapter folder in the adapter layers just added: the run starts from them
+    (train.resume_adapter, e.g. an SFT adapter before dpo/orpo)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    weights = folder / MLX_WEIGHTS
+    if not weights.is_file():
+        what = "a PEFT adapter (the torch plugin's)" if (folder / PEFT_WEIGHTS).is_file() else "no mlx-lm adapter"
+        raise ConfigError(f"train.resume_adapter holds {what}: backend 'mlx' starts only from {MLX_WEIGHTS}",
+                          path=folder, fix="give the folder a `dantes-mlx train --backend mlx` run wrote, or "
+                                           "train this run with the backend that wrote it")
+    saved = mx.load(str(weights))
+    ours = dict(tree_flatten(model.trainable_parameters()))
+    differ = sorted(k for k in set(saved) | set(ours)
+                    if k not in saved or k not in ours or saved[k].shape != ours[k].shape)
+    if differ:
+        raise ConfigError(f"the adapter in {folder} does not fit this run's adapter layers ({len(differ)} "
+                          f"tensors differ, first: {differ[0]})", path="train.resume_adapter",
+                          fix=f"use the rank, num_layers, target_modules and fine_tune_type recorded in "
+                              f"{folder / ADAPTER_CONFIG}")
+    model.load_weights(list(saved.items()), strict=False)

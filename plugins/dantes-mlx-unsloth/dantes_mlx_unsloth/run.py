@@ -11,17 +11,18 @@ from pathlib import Path
 
 from dantes_mlx_unsloth.data import Collator, encode_rows, multi_turn, warn_if_truncated
 from dantes_mlx_unsloth.loop import OPTIMIZER_STATE, TorchLoop, load_optimizer, save_optimizer
+from dantes_mlx_unsloth.prefs import start_adapter, train_preferences
 from dantes_mlx_unsloth.settings import BACKEND, is_bnb_quantized, lora_kwargs, read_model_config
 
 from dantes_mlx.train.sdk import (ADAPTER_CONFIG, METRICS_FILE, PEFT_WEIGHTS, PLOT_FILE, STATE_FILE, ConfigError,
                                   MetricsLog, ModelError, TrainResult, check_answers_fit, check_dropped_system,
-                                  checkpoint_name, clear_run_outputs, interrupted, load_dataset, plot_losses,
-                                  read_state, resolve_iters, resolve_model, validation_note, write_chat_template,
-                                  write_resolved_config, write_state)
+                                  checkpoint_name, clear_run_outputs, interrupted, load_dataset, load_preferences,
+                                  plot_losses, read_state, resolve_iters, resolve_model, validation_note,
+                                  write_chat_template, write_resolved_config, write_state)
 
 PATH_ENV = "DANTES_UNSLOTH_PATH"  # force a path: unsloth, trl or loop
-PATHS = {"unsloth": "Unsloth FastLanguageModel + TRL SFTTrainer",
-         "trl": "transformers + peft + TRL SFTTrainer",
+PATHS = {"unsloth": "Unsloth FastLanguageModel + TRL SFTTrainer (DPOTrainer, ORPOTrainer)",
+         "trl": "transformers + peft + TRL SFTTrainer (DPOTrainer, ORPOTrainer)",
          "loop": "transformers + peft + the built-in torch loop"}
 
 
@@ -153,6 +154,8 @@ class TorchRun:
 
         cfg, tic = self.cfg, time.perf_counter()
         self.say(f"backend {BACKEND}: {PATHS[self.path]} on {self.device.type} (torch {torch.__version__})")
+        if cfg.method != "sft":
+            return self.run_preferences(tic)
         data = load_dataset(self.data_dir)
         iters = resolve_iters(cfg, len(data.train))
         state = self.begin(iters)
@@ -163,6 +166,8 @@ class TorchRun:
         model_dir = resolve_model(cfg.base_model)
         n_layers = int(read_model_config(model_dir)["num_hidden_layers"])
         model, tokenizer = self.load(model_dir, n_layers)
+        if cfg.resume_adapter:  # a --resume then loads its checkpoint over it
+            start_adapter(model, Path(cfg.resume_adapter))
         mask = cfg.mask_prompt and data.format != "text"
         if cfg.mask_prompt and not mask:
             self.say("note: text rows have no prompt to mask; training on every token")
@@ -190,6 +195,29 @@ class TorchRun:
             from dantes_mlx_unsloth.trl_path import train_with_trl
 
             done = train_with_trl(self, model, tokenizer, train, valid, collator, iters, self.path == "unsloth")
+        self.save_adapter(model)
+        return self.result(iters, tic, done.last_train, done.last_val)
+
+    def run_preferences(self, tic: float) -> TrainResult:
+        """dpo or orpo through TRL's trainers, on TRL prompt/chosen/rejected rows; the same adapter folder out."""
+        cfg = self.cfg
+        if self.path == "loop":
+            raise ConfigError(f"method={cfg.method!r} needs TRL's trainers, not the built-in loop", path="train.method",
+                              fix="pip install trl (and unset $DANTES_UNSLOTH_PATH=loop), or use method: sft")
+        data = load_preferences(self.data_dir)
+        iters = resolve_iters(cfg, len(data.train))
+        self.begin(iters)
+        model_dir = resolve_model(cfg.base_model)
+        model, tokenizer = self.load(model_dir, int(read_model_config(model_dir)["num_hidden_layers"]))
+        if cfg.resume_adapter:  # a --resume then loads its checkpoint over it
+            start_adapter(model, Path(cfg.resume_adapter))
+        if self.path == "unsloth":
+            from unsloth import PatchDPOTrainer
+
+            PatchDPOTrainer()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.write_config(tokenizer, iters, trainable, True, data.format, 0)
+        done = train_preferences(self, model, tokenizer, data, iters)
         self.save_adapter(model)
         return self.result(iters, tic, done.last_train, done.last_val)
 

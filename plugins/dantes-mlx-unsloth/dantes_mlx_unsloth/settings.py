@@ -14,6 +14,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")
 BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 QUANT_BITS = (0, 4, 8)
+METHODS = ("sft", "dpo", "orpo")  # sft: SFTTrainer or the loop; dpo, orpo: TRL's DPOTrainer, ORPOTrainer
 MLX_WEIGHT_DECAY = 0.01  # mlx.optimizers.AdamW's default, kept so `adamw` means the same on both backends
 
 
@@ -111,6 +112,9 @@ def check_settings(cfg, *, cuda: bool, bnb: bool) -> None:
         ("max_seq_length", cfg.max_seq_length >= 2, "use a length of 2 tokens or more"),
         ("warmup_steps", cfg.warmup_steps >= 0, "use 0 or more"),
         ("target_modules", bool(cfg.target_modules), "list mlx-lm layer keys such as self_attn.q_proj"),
+        ("method", cfg.method in METHODS, f"use {', '.join(METHODS)}"),
+        ("beta", cfg.beta > 0, "use a beta above 0 (0.1 is usual)"),
+        ("orpo_lambda", cfg.orpo_lambda > 0, "use a lambda above 0 (0.1 is usual)"),
         ("save_every", cfg.save_every >= 1 and cfg.save_every % cfg.grad_accumulation == 0,
          f"use a positive multiple of grad_accumulation={cfg.grad_accumulation} (checkpoints fall on updates)"),
     ]

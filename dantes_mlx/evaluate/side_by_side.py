@@ -1,0 +1,51 @@
+"""Several finished eval reports side by side (base, then each report's fine-tuned model, e.g. SFT and DPO)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dantes_mlx.errors import InputError
+from dantes_mlx.evaluate.report import METRIC_ROWS, _get, fmt_value
+
+
+def read_results(report_dir: Path) -> dict:
+    """results.json of an eval report folder, or an error saying how to make it."""
+    path = Path(report_dir) / "results.json"
+    if not path.is_file():
+        raise InputError("no results.json: not an eval report folder", path=report_dir,
+                         fix="run `dantes-mlx eval --adapter-path ADAPTERS -o DIR` first, then give DIR")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON ({exc.msg})", path=path, line=exc.lineno,
+                         fix="run that evaluation again") from exc
+
+
+def check_comparable(results: list[dict], dirs: list[Path]) -> None:
+    """Same base model, test set and sampling in every report, else the comparison would mislead."""
+    first = results[0]
+    for result, folder in zip(results[1:], dirs[1:]):
+        for key in ("base_model", "data_dir"):
+            if result.get(key) != first.get(key):
+                raise InputError(f"{key} {result.get(key)!r} differs from {first.get(key)!r} in {dirs[0]}",
+                                 path=folder, fix="compare reports made on the same base model and test set")
+        for key in ("max_tokens", "temperature", "seed", "samples"):
+            if result["settings"].get(key) != first["settings"].get(key):
+                raise InputError(f"eval.{key} differs from {dirs[0]}", path=folder,
+                                 fix="evaluate every adapter with the same eval settings")
+
+
+def side_by_side(report_dirs: list[str | Path]) -> str:
+    """A Markdown table: each metric for the base (from the first report) and for each report's adapter."""
+    dirs = [Path(d) for d in report_dirs]
+    results = [read_results(d) for d in dirs]
+    check_comparable(results, dirs)
+    names = [Path(r.get("adapter_path") or r.get("gguf") or str(d)).name for r, d in zip(results, dirs)]
+    columns = [results[0]["metrics"].get("base", {})] + [r["metrics"].get("tuned", {}) for r in results]
+    lines = ["| metric | base | " + " | ".join(names) + " |", "| --- " * (len(names) + 2) + "|"]
+    for label, path, spec, _ in METRIC_ROWS:
+        values = [_get(column, path) for column in columns]
+        if any(v is not None for v in values):
+            lines.append(f"| {label} | " + " | ".join(fmt_value(v, spec) for v in values) + " |")
+    return "\n".join(lines)
