@@ -57,11 +57,16 @@ def write_persona_data(folder: Path, n_train: int, n_test: int, source: Path = C
     return folder
 
 
+def python_path(*extra: Path) -> str:
+    """This checkout (and `extra`) first, then the caller's PYTHONPATH (which may register entry points)."""
+    return ":".join([str(REPO), *map(str, extra), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))])
+
+
 def import_model(folder: Path) -> float:
     """`dantes-mlx import-gguf --embedded -o folder` (SmolLM2-135M-Instruct as float32); its wall seconds."""
     tic = time.perf_counter()
     cmd = [sys.executable, "-m", "dantes_mlx", "import-gguf", "--embedded", "-o", str(folder)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": python_path()})
     if proc.returncode:
         sys.exit(f"import-gguf failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return time.perf_counter() - tic
@@ -103,7 +108,7 @@ def train(name: str, python: str, backend: str, args, model: Path, data: Path, w
           env_extra: dict) -> dict:
     """One training run: its metrics (or its error), wall time and peak RSS."""
     out = work / name.replace("+", "_")
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'plugins' / 'dantes-mlx-unsloth'}",
+    env = {**os.environ, "PYTHONPATH": python_path(REPO / "plugins" / "dantes-mlx-unsloth"),
            "DANTES_UNSLOTH_PATH": "loop", **env_extra}
     load = os.getloadavg()[0]
     code, wall, rss = run_measured(train_command(python, backend, args, model, data, out), work / f"{out.name}.log",
