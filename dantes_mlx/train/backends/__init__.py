@@ -91,7 +91,8 @@ def choose_auto(infos: list[BackendInfo]) -> BackendChoice:
                         key=lambda i: -int(getattr(i.backend, "priority", 0)))
         if ranked:
             warning = _slow_cpu_warning(ranked[0].name, infos) if device == "cpu" else None
-            return BackendChoice(ranked[0].backend, f"{AUTO_REASONS[device]} ({ranked[0].reason})", warning)
+            detail = "" if device == "cpu" else f" ({ranked[0].reason})"  # the CPU one repeats "slow"
+            return BackendChoice(ranked[0].backend, AUTO_REASONS[device] + detail, warning)
     why = "; ".join(f"{i.name}: {i.reason}" for i in infos) or "no backend is installed"
     raise ConfigError(f"no usable training backend ({why})", path="--backend auto",
                       fix="run `dantes-mlx backends` to see what is installed and why it cannot run")
