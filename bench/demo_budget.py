@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 from mlx_cpu_blas import find_openblas, preload_env
-from train_real_compare import REPO, import_model, run_measured, train_command, write_persona_data
+from train_real_compare import REPO, import_model, python_path, run_measured, train_command, write_persona_data
 
+# the base GGUF the generation speed is compared against (where `import-gguf --embedded` caches it)
 GGUF_CACHE = Path.home() / ".cache" / "dantes-mlx" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTION = "Edmond, que ressentez-vous en revoyant le port de Marseille ?"
 
@@ -47,7 +48,7 @@ def train_run(args, layers: int, model: Path, data: Path, work: Path) -> dict:
     cmd[cmd.index("--steps-per-eval") + 1] = str(args.eval_every)
     cmd[cmd.index("--steps-per-report") + 1] = str(args.eval_every)
     cmd[cmd.index("--save-every") + 1] = str(args.steps)
-    full_env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'plugins' / 'dantes-mlx-unsloth'}",
+    full_env = {**os.environ, "PYTHONPATH": python_path(REPO / "plugins" / "dantes-mlx-unsloth"),
                 "DANTES_UNSLOTH_PATH": "loop", **env}
     load = os.getloadavg()[0]
     code, wall, rss = run_measured(cmd, work / f"{out.name}.log", full_env, args.timeout)
@@ -68,7 +69,7 @@ def export_run(adapter: Path, model: Path, out: Path, quant: str, timeout: float
     cmd = [sys.executable, "-m", "dantes_mlx", "export", "--adapter-path", str(adapter), "--base-model", str(model),
            "-o", str(out), "--quantization", quant, "--parity", "--no-ollama-create"]
     log = out.parent / f"export_{quant}.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": python_path()}
     code, wall, rss = run_measured(cmd, log, env, timeout)
     text = log.read_text(errors="replace")
     result = {"quant": quant, "wall": wall, "rss": rss, "code": code, "load": os.getloadavg()[0],
