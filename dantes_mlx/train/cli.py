@@ -78,7 +78,8 @@ def backends(config_path):
         device = f" [{info.device}]" if info.device else ""
         click.echo(f"{info.name:<10} {status}{device}: {info.reason}  ({info.target})")
     try:
-        chosen, warning = choose_auto(infos)
-        click.echo(f"auto -> {chosen.name}" + (f"  (warning: {warning})" if warning else ""))
+        choice = choose_auto(infos)
+        click.echo(f"auto -> {choice.backend.name}: {choice.reason}"
+                   + (f"  (warning: {choice.warning})" if choice.warning else ""))
     except ConfigError:
         click.echo("auto -> none usable")

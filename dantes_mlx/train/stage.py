@@ -20,8 +20,10 @@ from dantes_mlx.workspace import METRICS_FILE, AdapterFolder, Workspace, write_b
 
 
 def train(cfg: TrainConfig, data_dir: str | Path, adapter_dir: str | Path, resume: bool = False,
-          warn=lambda message: print(f"warning: {message}", file=sys.stderr), restart: bool = False) -> TrainResult:
-    """Pick the backend cfg.backend names (or auto), check the settings against it, and train.
+          warn=lambda message: print(f"warning: {message}", file=sys.stderr), restart: bool = False,
+          note=lambda message: print(message, file=sys.stderr)) -> TrainResult:
+    """Pick the backend cfg.backend names (or auto), say which and why through `note`, check the settings
+    against it, and train.
 
     Without `resume`, an interrupted run in `adapter_dir` is an error unless `restart` says to discard it;
     with it, the dataset must be the one the checkpoint was trained on."""
@@ -30,7 +32,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, adapter_dir: str | Path, resum
     adapter_dir = check_output(adapter_dir, kind="dir", inputs=[data_dir], flag="--adapter-path")
     # Under mlx.launch (or MPI) every rank trains into one folder: rank 0 holds its lock for all of them.
     with output_lock(adapter_dir) if distributed_rank() == 0 else contextlib.nullcontext():
-        return _train(cfg, Path(data_dir), adapter_dir, resume, warn, restart)
+        return _train(cfg, Path(data_dir), adapter_dir, resume, warn, restart, note)
 
 
 def distributed_rank() -> int:
@@ -41,19 +43,23 @@ def distributed_rank() -> int:
     return 0
 
 
-def _train(cfg: TrainConfig, data_dir: Path, adapter_dir: Path, resume: bool, warn, restart: bool) -> TrainResult:
+def _train(cfg: TrainConfig, data_dir: Path, adapter_dir: Path, resume: bool, warn, restart: bool,
+           note) -> TrainResult:
     if not resume and not restart:
         check_unfinished(adapter_dir)
     if resume:
         check_same_dataset(adapter_dir, data_dir, warn)
-    backend, warning = get_backend(cfg.backend)
-    if warning:
-        warn(warning)
+    choice = get_backend(cfg.backend)
+    backend = choice.backend
+    note(f"training with backend {backend.name}: {choice.reason}")
+    if choice.warning:
+        warn(choice.warning)
     backend.check(cfg)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         AdapterFolder(adapter_dir).mark_dataset(data_dir)
     result = backend.train(cfg, data_dir, adapter_dir, resume=resume)
+    result.choice = choice.reason
     check_diverged(result, cfg)
     fingerprint = write_base_fingerprint(cfg.base_model, adapter_dir)
     if fingerprint:
@@ -89,7 +95,8 @@ class TrainSummary:
                                   ("tokens/s", r.tokens_per_sec, ".0f"), ("peak memory GB", r.peak_memory_gb, ".2f")):
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 parts.append(f"{label} {value:{fmt}}")
-        return "\n".join([", ".join(parts)] + [f"  {role}: {path}" for role, path in r.files.items()])
+        why = [f"  why {r.backend}: {r.choice}"] if r.choice else []
+        return "\n".join([", ".join(parts), *why] + [f"  {role}: {path}" for role, path in r.files.items()])
 
     def failure(self) -> None:
         return None  # a diverged run raises ModelError instead of returning
@@ -124,4 +131,4 @@ def run(settings: Settings, workspace: Workspace, log: Log) -> TrainSummary:
         log("resuming from the last checkpoint" if resume else "training from scratch")
         adapters.mark_dataset(data)  # train() marks it too; here it also marks a run stopped before it starts
     return TrainSummary(train(settings.train, data, adapters.path, resume=resume, restart=restart,
-                              warn=lambda message: log(f"warning: {message}")))
+                              warn=lambda message: log(f"warning: {message}"), note=log))

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import dantes_mlx.train.backends as backends
 from dantes_mlx.cli import main
 from dantes_mlx.errors import ConfigError
-from dantes_mlx.train.backends import choose_auto, entry_points, get_backend, list_backends
+from dantes_mlx.train.backends import TrainResult, choose_auto, entry_points, get_backend, list_backends
 from dantes_mlx.train.backends.base import TrainBackend
 
 
@@ -110,11 +110,23 @@ def test_named_backend_that_cannot_run_says_why():
     ([FakeBackend("mlx", "cpu"), FakeBackend("tpu", "tpu")], "mlx", True),
 ])
 def test_auto_selection(items, expected, warns):
-    backend, warning = get_backend("auto", fakes(*items))
-    assert backend.name == expected
-    assert (warning is not None) == warns
+    choice = get_backend("auto", fakes(*items))
+    assert choice.backend.name == expected and choice.reason.startswith("auto: ")
+    assert (choice.warning is not None) == warns
     if warns:
-        assert "slow" in warning and "dantes-mlx-unsloth" in warning
+        assert "slow" in choice.warning and "dantes-mlx-unsloth" in choice.warning
+        assert "MLX's CPU build" in choice.reason
+
+
+def test_auto_reason_names_the_device_class_and_a_broken_plugin():
+    choice = get_backend("auto", fakes(FakeBackend("mlx", "cpu"), FakeBackend("unsloth", "cpu-torch")))
+    assert "PyTorch on the CPU" in choice.reason and "faster than MLX's CPU build" in choice.reason
+    assert "Metal" in get_backend("auto", fakes(FakeBackend("mlx", "metal"))).reason
+    broken = get_backend("auto", fakes(FakeBackend("mlx", "cpu"), FakeBackend("unsloth", "cpu-torch", False,
+                                                                              "torch not installed")))
+    assert broken.backend.name == "mlx" and "unsloth: torch not installed" in broken.warning
+    named = get_backend("unsloth", fakes(FakeBackend("unsloth", "cpu-torch")))
+    assert named.warning is None and "named by" in named.reason and "cpu-torch" in named.reason
 
 
 def test_auto_with_nothing_usable_explains():
@@ -122,3 +134,28 @@ def test_auto_with_nothing_usable_explains():
     with pytest.raises(ConfigError) as err:
         choose_auto(infos)
     assert "unsloth: no GPU" in str(err.value) and "broken: failed to load" in str(err.value)
+
+
+class FakeTrainingBackend(FakeBackend):
+    """A fake that 'trains' instantly: it returns a result without touching a model."""
+
+    def train(self, cfg, data_dir, adapter_dir, resume=False):
+        return TrainResult(self.name, adapter_dir, steps=2, train_loss=1.5)
+
+
+@pytest.mark.parametrize("device,expected,why", [
+    ("cpu-torch", "unsloth", "PyTorch on the CPU"),  # Linux with the plugin: torch, and the summary says why
+    (None, "mlx", "MLX's CPU build (slow)"),          # Linux without it: mlx[cpu], a warning saying how to add it
+])
+def test_train_summary_says_which_backend_auto_chose_and_why(tmp_path, monkeypatch, device, expected, why):
+    items = [FakeTrainingBackend("mlx", "cpu")] + ([FakeTrainingBackend("unsloth", device)] if device else [])
+    monkeypatch.setattr(backends, "entry_points", lambda: fakes(*items))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"text": "Bonjour."}\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["train", "--data", "data", "--adapter-path", "out", "--base-model", "none"])
+    assert result.exit_code == 0, result.output
+    assert f"training with backend {expected}: auto: " in result.output
+    assert f"backend {expected}, 2 steps, train loss 1.500" in result.output
+    assert f"why {expected}: auto: " in result.output and why in result.output
+    assert ("pip install -e plugins/dantes-mlx-unsloth" in result.output) == (expected == "mlx")

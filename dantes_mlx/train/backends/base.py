@@ -27,6 +27,7 @@ class TrainResult:
     peak_memory_gb: float | None = None
     seconds: float = 0.0
     files: dict = field(default_factory=dict)  # role -> path (adapters, config, metrics, plot ...)
+    choice: str = ""                 # why this backend ran (set by the train stage, not the backend)
 
 
 @runtime_checkable

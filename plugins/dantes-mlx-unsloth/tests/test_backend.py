@@ -39,8 +39,9 @@ def test_backends_command_lists_unsloth_and_auto_picks_it():
 
 
 def test_auto_prefers_the_plugin_over_mlx_cpu_without_warning():
-    backend, warning = get_backend("auto")
-    assert isinstance(backend, UnslothBackend) and warning is None
+    choice = get_backend("auto")
+    assert isinstance(choice.backend, UnslothBackend) and choice.warning is None
+    assert choice.reason.startswith("auto: ") and ("CUDA" in choice.reason or "PyTorch on the CPU" in choice.reason)
 
 
 @pytest.mark.parametrize("setting, value", [
