@@ -29,7 +29,7 @@ from dantes_mlx.pipeline.run import begin, finish
 from dantes_mlx.stage import Log
 from dantes_mlx.store import read_jsonl, write_text_atomic
 from dantes_mlx.train import stage as train
-from dantes_mlx.train.backends import list_backends
+from dantes_mlx.train.backends import choose_auto, list_backends
 from dantes_mlx.workspace import Workspace
 
 PROBES = ("Qui êtes-vous, monsieur ?", "Quelle nouvelle nous apportez-vous ?",
@@ -60,16 +60,10 @@ def generator_llm(gguf: Path, s: RealDemoSettings, temperature: float) -> LLMCon
 
 
 def training_backend() -> tuple[str, str]:
-    """(backend, why): mlx on Apple Silicon; the PyTorch plugin where it is installed elsewhere (MLX's Linux CPU
-    build computes float32 with a reference BLAS, many times slower); else mlx's CPU build, slowly."""
-    if platform.system() == "Darwin" and platform.machine() == "arm64":
-        return "mlx", "Apple Silicon: mlx on Metal"
-    torch = [i for i in list_backends() if i.name != "mlx" and i.usable]
-    if torch:
-        return torch[0].name, (f"{platform.system()} without Metal: the PyTorch backend ({torch[0].name}, "
-                               f"{torch[0].device}); MLX's CPU build is several times slower here")
-    return "mlx", ("no PyTorch backend installed: mlx's CPU build (slow; `pip install torch==2.13.0 -e "
-                   "plugins/dantes-mlx-unsloth` adds the faster one, as `bootstrap.sh demo` does)")
+    """(backend, why) as `train --backend auto` chooses: mlx on Apple Silicon's Metal, the PyTorch plugin on a Linux
+    CPU (MLX's Linux CPU build computes float32 with a reference BLAS, many times slower), else MLX's CPU build."""
+    choice = choose_auto(list_backends())
+    return choice.backend.name, choice.reason
 
 
 def train_settings(base: Path, backend: str, s: RealDemoSettings) -> TrainConfig:
@@ -139,8 +133,7 @@ def real_demo(root: Path, log: Log, stage, s: RealDemoSettings, book_id: str | N
                                                                   str(base), 2), ws, log), log)
     backend, why = training_backend()
     stage(f"train (LoRA, backend {backend})")
-    log(f"backend {backend}: {why}")
-    trained = finish(train.run(train.Settings(train_settings(base, backend, s), resume=None), ws, log), log)
+    trained = finish(train.run(train.Settings(train_settings(base, "auto", s), resume=None), ws, log), log)
     stage("export (PEFT, GGUF LoRA, fused GGUF, Modelfile) + parity gate")
     cfg = ExportConfig(quantization=s.quantization, ollama_name="dantes-demo", ollama_base="", ollama_create=False)
     exported = finish(export.run(export.Settings(cfg, character.persona, base_model=str(base)), ws, log), log)
