@@ -47,6 +47,45 @@ MISTRAL_TEMPLATE = """{{- if .Messages }}
 {{- end }}"""
 STOP_TOKENS = ("[INST]", "[/INST]", "</s>")
 
+# ChatML (SmolLM2, Qwen 2/2.5, many BPE bases), as Ollama's library templates for those models write it: the
+# system prompt first, each turn between <|im_start|>ROLE and <|im_end|>, then the assistant's open turn.
+CHATML_TEMPLATE = """{{- if .Messages }}
+{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}<|im_end|>
+{{ else if eq .Role "assistant" }}<|im_start|>assistant
+{{ .Content }}{{ if not $last }}<|im_end|>
+{{ end }}
+{{- end }}
+{{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
+{{ end }}
+{{- end }}
+{{- else }}
+{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}{{ if .Prompt }}<|im_start|>user
+{{ .Prompt }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}"""
+CHATML_STOPS = ("<|im_end|>", "<|im_start|>")
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A chat format Ollama can be given: its TEMPLATE, its stop strings, and how it writes a chat (checked against
+    the base model's own chat template, which training used)."""
+    name: str
+    template: str
+    stops: tuple[str, ...]
+
+
+MISTRAL = ChatFormat("Mistral v0.3", MISTRAL_TEMPLATE, STOP_TOKENS)
+CHATML = ChatFormat("ChatML", CHATML_TEMPLATE, CHATML_STOPS)
+
 MISTRAL_LICENSE = (
     "Base model: Mistral-7B-Instruct-v0.3 by Mistral AI, released under the Apache License,\n"
     "Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0). The fine-tuned weights are a\n"
@@ -170,8 +209,19 @@ _SAMPLE_CHAT = [{"role": "system", "content": "Tu es Dantès."}, {"role": "user"
                 {"role": "assistant", "content": "Un marin."}, {"role": "user", "content": "Et ensuite ?"}]
 
 
-def ollama_rendering(messages: Iterable[Mapping]) -> str:
-    """The prompt MISTRAL_TEMPLATE makes Ollama send for a chat (Ollama adds BOS itself when tokenizing)."""
+def chatml_rendering(messages: Iterable[Mapping]) -> str:
+    """The prompt CHATML_TEMPLATE makes Ollama send for a chat that ends with a user turn."""
+    messages = list(messages)
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    out = [f"<|im_start|>system\n{system}<|im_end|>\n"] if system else []
+    out += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages if m["role"] != "system"]
+    return "".join(out)
+
+
+def ollama_rendering(messages: Iterable[Mapping], fmt: ChatFormat = MISTRAL) -> str:
+    """The prompt the format's TEMPLATE makes Ollama send for a chat (Ollama adds BOS itself when tokenizing)."""
+    if fmt is CHATML:
+        return chatml_rendering(messages)
     messages = list(messages)
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     out = []
@@ -184,22 +234,30 @@ def ollama_rendering(messages: Iterable[Mapping]) -> str:
     return "".join(out)
 
 
-def template_mismatch(model_dir: str | Path) -> str | None:
-    """A warning when the base's own chat template (what training saw) formats a chat unlike the Modelfile's
-    TEMPLATE, else None (also when no tokenizer can be loaded: nothing to compare)."""
+def chat_format(model_dir: str | Path) -> tuple[ChatFormat, str | None]:
+    """The Modelfile's chat format for a base: the one whose rendering matches the base's own chat template (what
+    training saw), and None; else Mistral v0.3's and a warning saying how they differ (no tokenizer to load:
+    Mistral's, nothing to compare)."""
     tokenizer, _ = load_tokenizer(str(model_dir))
     if tokenizer is None:
-        return None
-    sent = ollama_rendering(_SAMPLE_CHAT)
+        return MISTRAL, None
     try:
         trained = tokenizer.apply_chat_template(_SAMPLE_CHAT, tokenize=False)
     except Exception as exc:  # no chat template, or one that refuses a system message (Mistral v0.1/v0.2)
         trained = f"<refused: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}>"
-    if trained in (sent, (tokenizer.bos_token or "") + sent):
-        return None
-    return (f"warning: the base model's chat template writes a chat as {trained!r}, but the Modelfile's TEMPLATE "
-            f"(Mistral v0.3's) makes Ollama send {sent!r}, so Ollama would prompt the model unlike training: "
-            "edit TEMPLATE and PARAMETER stop in the Modelfiles to the base's format")
+    for fmt in (MISTRAL, CHATML):
+        if trained in (sent := ollama_rendering(_SAMPLE_CHAT, fmt), (tokenizer.bos_token or "") + sent):
+            return fmt, None
+    sent = ollama_rendering(_SAMPLE_CHAT)
+    return MISTRAL, (f"warning: the base model's chat template writes a chat as {trained!r}, neither Mistral v0.3's "
+                     f"nor ChatML; the Modelfile's TEMPLATE (Mistral v0.3's) makes Ollama send {sent!r}, so Ollama "
+                     "would prompt the model unlike training: edit TEMPLATE and PARAMETER stop in the Modelfiles to "
+                     "the base's format")
+
+
+def template_mismatch(model_dir: str | Path) -> str | None:
+    """The warning of chat_format: None when a format the Modelfile can be given matches the base's template."""
+    return chat_format(model_dir)[1]
 
 
 def default_license(base_model: str, books: Iterable[str] = ()) -> str:

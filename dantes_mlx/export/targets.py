@@ -19,10 +19,10 @@ from dantes_mlx.export.fuse import fuse_adapter
 from dantes_mlx.export.gate import CachedReference, gate_verdict, parity_gate
 from dantes_mlx.export.gguf import load_weights, quant_name, quantize, read_config, read_vocab, write_gguf
 from dantes_mlx.export.gguf_lora import write_gguf_lora
-from dantes_mlx.export.modelfile import (ADAPTER_NOTE, build_modelfile, check_model_name, check_modelfile_values,
+from dantes_mlx.export.modelfile import (ADAPTER_NOTE, MISTRAL, ChatFormat, build_modelfile, check_model_name, check_modelfile_values,
                                          create_commands, default_license)
 from dantes_mlx.export.modelfile import ollama_create as run_ollama_create
-from dantes_mlx.export.modelfile import template_mismatch
+from dantes_mlx.export.modelfile import chat_format
 from dantes_mlx.export.parity import (LazyReference, ParityReport, default_prompts, make_base_reference, make_reference,
                                       thresholds_for)
 from dantes_mlx.export.peft import write_peft_adapter
@@ -155,8 +155,9 @@ def _ggufs(adapter, base_dir: Path, out: Path, name: str, quantization: str, res
 
 
 def _modelfiles(out: Path, name: str, result: ExportResult, *, system, parameters, messages,
-                license_text: str, ollama_base: str) -> None:
-    common = dict(system=system, parameters=parameters, messages=messages, license_text=license_text)
+                license_text: str, ollama_base: str, fmt: ChatFormat = MISTRAL) -> None:
+    common = dict(system=system, parameters=parameters, messages=messages, license_text=license_text,
+                  template=fmt.template, stop=fmt.stops)
     fused = result.files["fused"].name
     header = f"Ollama Modelfile written by `dantes-mlx export`.\nollama create {name} -f Modelfile"
     write_text_atomic(out / "Modelfile", build_modelfile(f"./{fused}", header=header, **common))
@@ -233,7 +234,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     result = ExportResult(out)
     check_base(adapter.path, base_dir, base_name, allow_other_base, result)
     ollama_base = _library_base(ollama_base, config, result)
-    mismatch = template_mismatch(base_dir)  # the parity gate uses the base's template, Ollama the Modelfile's
+    fmt, mismatch = chat_format(base_dir)  # the parity gate uses the base's template, Ollama the Modelfile's
     if mismatch:
         result.notes.append(mismatch)
     out.mkdir(parents=True, exist_ok=True)
@@ -266,7 +267,7 @@ def export_all(base_model: str | Path | None, adapter_dir: str | Path, out_dir: 
     if parameters is None:  # the defaults of export.ollama_parameters; {} writes none
         parameters = ExportConfig().ollama_parameters
     _modelfiles(out, name, result, system=persona, parameters=parameters, messages=messages,
-                license_text=default_license(base_name, books), ollama_base=ollama_base)
+                license_text=default_license(base_name, books), ollama_base=ollama_base, fmt=fmt)
     if ollama_create:
         try:
             _, result.ollama = run_ollama_create(name, result.files[ROUTES[ollama_route]])

@@ -78,13 +78,14 @@ def test_template_is_mistral_v03_format():
 
 
 def test_template_sends_what_the_base_chat_template_makes(tiny_model_dir, tmp_path):
-    """The tiny model carries Mistral v0.3's own chat template: the Modelfile's TEMPLATE agrees with it;
-    a base of another chat format (ChatML here) gets a warning, since Ollama would prompt it unlike training."""
+    """The tiny model carries Mistral v0.3's own chat template: the Modelfile's TEMPLATE agrees with it; a ChatML
+    base (SmolLM2, Qwen) gets the ChatML TEMPLATE and stops; a base of a third format gets Mistral's and a warning,
+    since Ollama would prompt it unlike training."""
     import shutil
 
-    from dantes_mlx.export.modelfile import ollama_rendering, template_mismatch
+    from dantes_mlx.export.modelfile import CHATML, MISTRAL, chat_format, ollama_rendering, template_mismatch
 
-    assert template_mismatch(tiny_model_dir) is None
+    assert template_mismatch(tiny_model_dir) is None and chat_format(tiny_model_dir) == (MISTRAL, None)
     # Mistral v0.3: system prompt before the last user turn, history replayed, a space before each answer.
     assert ollama_rendering([{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
                              {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]) == \
@@ -97,8 +98,15 @@ def test_template_sends_what_the_base_chat_template_makes(tiny_model_dir, tmp_pa
     config = json.loads((other / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (other / "tokenizer_config.json").write_text(json.dumps(config))
-    warning = template_mismatch(other)
-    assert warning and "<|im_start|>" in warning and "TEMPLATE" in warning
+    assert chat_format(other) == (CHATML, None)
+    assert ollama_rendering([{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}], CHATML) == \
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ1<|im_end|>\n"
+    text = build_modelfile("./m.gguf", template=CHATML.template, stop=CHATML.stops)
+    assert instructions(parse_modelfile(text))["stop"] == ["<|im_end|>", "<|im_start|>"]
+    (other / "chat_template.jinja").write_text(
+        "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    fmt, warning = chat_format(other)
+    assert fmt is MISTRAL and warning and "### user" in warning and "neither Mistral v0.3's nor ChatML" in warning
 
 
 @pytest.mark.parametrize("path", ["./my model.gguf", '/tmp/a"b.gguf', '"leading-quote.gguf', " padded.gguf ",
