@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -46,3 +47,13 @@ def show(summary: Summary) -> None:
     failure = summary.failure()
     if failure is not None:
         raise failure
+
+
+class FiniteRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (a nan passes every bound: `--temp nan` sampled garbage)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number) or math.isinf(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number

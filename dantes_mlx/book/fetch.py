@@ -12,6 +12,7 @@ from pathlib import Path
 from dantes_mlx import __version__
 from dantes_mlx.config import is_ebook_id
 from dantes_mlx.errors import InputError
+from dantes_mlx.llm.base import redact
 from dantes_mlx.outputs import check_output
 
 DEFAULT_BASE_URL = "https://www.gutenberg.org"
@@ -75,8 +76,9 @@ def download_book(book_id: str, dest: Path, base_url: str, timeout: float) -> st
     """Download one ebook's plain text to dest, trying each Gutenberg address in turn; returns the URL used."""
     tried = []
     for template in URL_TEMPLATES:
-        url = template.format(base=base_url.rstrip("/"), id=book_id)
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        address = template.format(base=base_url.rstrip("/"), id=book_id)
+        url = redact(address)  # what is printed, saved and put in errors: never the URL's credentials
+        request = urllib.request.Request(address, headers={"User-Agent": USER_AGENT})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 data = response.read(MAX_DOWNLOAD_BYTES + 1)

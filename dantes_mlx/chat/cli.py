@@ -8,7 +8,7 @@ import click
 
 from dantes_mlx.chat.loop import HELP, build_messages, chat_loop
 from dantes_mlx.chat.session import Settings, open_session
-from dantes_mlx.cli_common import project
+from dantes_mlx.cli_common import FiniteRange, project
 
 
 def engine_options(func):
@@ -25,9 +25,9 @@ def engine_options(func):
                      help="GGUF LoRA adapter applied to --gguf."),
         click.option("--n-ctx", default=4096, show_default=True, type=click.IntRange(min=64),
                      help="Context length of the --gguf engine (older exchanges are dropped past it)."),
-        click.option("--temp", default=0.7, show_default=True, type=click.FloatRange(min=0),
+        click.option("--temp", default=0.7, show_default=True, type=FiniteRange(min=0),
                      help="Sampling temperature (0: greedy)."),
-        click.option("--top-p", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+        click.option("--top-p", default=0.9, show_default=True, type=FiniteRange(0, 1, min_open=True),
                      help="Nucleus sampling (1: off)."),
         click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1),
                      help="Tokens per reply."),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dantes_mlx.cli_common import CONFIG_OPTION, project, run_stage
+from dantes_mlx.cli_common import CONFIG_OPTION, FiniteRange, project, run_stage
 from dantes_mlx.extract.stage import Settings, run
 
 
@@ -39,7 +39,7 @@ from dantes_mlx.extract.stage import Settings, run
               help="At most N LLM calls (chunks, or hybrid passages), the first ones: a trial run (extract.limit).")
 @click.option("--max-tokens", type=click.IntRange(1), default=None, help="Tokens the LLM may write per call "
                                                                          "(llm.max_tokens).")
-@click.option("--temperature", type=click.FloatRange(0, 5), default=None,
+@click.option("--temperature", type=FiniteRange(0, 5), default=None,
               help="Sampling temperature of the extraction calls (extract.temperature, default 0).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(config_path, input_file, character, aliases, narrator, language, method, chunk_lines, overlap,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dantes_mlx.cli_common import CONFIG_OPTION, project, run_stage
+from dantes_mlx.cli_common import CONFIG_OPTION, FiniteRange, project, run_stage
 from dantes_mlx.generate.stage import Settings, run
 
 
@@ -37,7 +37,7 @@ from dantes_mlx.generate.stage import Settings, run
                    "being the character's words from the book (generate.answers).")
 @click.option("--max-tokens", type=click.IntRange(1), default=None, help="Tokens the LLM may write per call "
                                                                          "(llm.max_tokens).")
-@click.option("--temperature", type=click.FloatRange(0, 5), default=None, help="Sampling temperature "
+@click.option("--temperature", type=FiniteRange(0, 5), default=None, help="Sampling temperature "
                                                                                  "(llm.temperature).")
 @click.option("--no-llm", is_flag=True, help="With --facts: template questions answered with the fact itself.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -318,6 +318,14 @@ def test_fetch_offline_names_the_url_and_the_way_out(tmp_path):
                 "dantes-mlx fetch --file PATH")
 
 
+def test_fetch_never_shows_the_urls_credentials(server, tmp_path):
+    url, handler = server
+    secret = url.replace("http://", "http://reader:hunter2@") + "/?token=s3cr3t"
+    result = run("fetch", "99905", "--base-url", secret, "--raw-dir", tmp_path)
+    check_error(result, "cannot download ebook 99905", "://***@127.0.0.1")
+    assert "hunter2" not in result.output and "s3cr3t" not in result.output
+
+
 def test_fetch_rejects_bad_ids_and_missing_files(tmp_path):
     check_error(run("fetch", "monte-cristo", "--raw-dir", tmp_path), "'monte-cristo'", "ebooks/17989")
     check_error(run("fetch", "--file", tmp_path / "nope.txt", "--raw-dir", tmp_path), "nope.txt", "--file")
