@@ -274,3 +274,22 @@ def test_every_default_setting_is_within_its_own_range():
         for f in dataclasses.fields(cls):
             rule = f.metadata.get("rule")
             assert rule is None or rule.test(getattr(instance, f.name)), f"{name}.{f.name}"
+
+
+def test_fetch_and_clean_take_their_folders_lock(tmp_path):
+    """A second fetch into the same raw folder, or clean into the same clean folder, is refused while one runs."""
+    book = tmp_path / "book.txt"
+    book.write_text("Il dit : « Bonjour. »\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for folder, args in ((tmp_path / "data" / "raw" / "fetch", ["fetch", "--file", str(book)]),
+                         (tmp_path / "data" / "clean" / "clean", ["clean"])):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with output_lock(folder):
+            child = subprocess.run([sys.executable, "-m", "dantes_mlx", *args], cwd=tmp_path, capture_output=True,
+                                   text=True, env=env, timeout=120)
+        assert child.returncode == 1 and "another run is writing this output" in child.stderr, child.stderr
+        assert f"process {os.getpid()}" in child.stderr
+        done = subprocess.run([sys.executable, "-m", "dantes_mlx", *args], cwd=tmp_path, capture_output=True,
+                              text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "data" / "clean" / "book.txt").is_file()

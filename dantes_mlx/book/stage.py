@@ -8,6 +8,7 @@ from pathlib import Path
 from dantes_mlx.book.clean import CleanResult, clean_books
 from dantes_mlx.book.fetch import DEFAULT_BASE_URL, Fetched, fetch_books
 from dantes_mlx.config import CleanConfig, ProjectConfig, section
+from dantes_mlx.outputs import output_lock
 from dantes_mlx.stage import Log
 from dantes_mlx.workspace import Workspace
 
@@ -45,10 +46,13 @@ class FetchSummary:
 
 
 def run_fetch(settings: FetchSettings, workspace: Workspace, log: Log) -> FetchSummary:
-    """Download ebooks by id into raw/ (kept as a cache) and copy local files there."""
-    return FetchSummary(fetch_books(settings.ids, Path(settings.raw_dir) if settings.raw_dir else workspace.raw,
-                                    files=settings.files, base_url=settings.base_url, timeout=settings.timeout,
-                                    force=settings.force))
+    """Download ebooks by id into raw/ (kept as a cache) and copy local files there; one fetch per folder at a
+    time (a second one is refused, naming the process)."""
+    raw = Path(settings.raw_dir) if settings.raw_dir else workspace.raw
+    raw.mkdir(parents=True, exist_ok=True)
+    with output_lock(raw / "fetch"):
+        return FetchSummary(fetch_books(settings.ids, raw, files=settings.files, base_url=settings.base_url,
+                                        timeout=settings.timeout, force=settings.force))
 
 
 @dataclass
@@ -86,7 +90,11 @@ class CleanSummary:
 def run_clean(settings: CleanSettings, workspace: Workspace, log: Log) -> CleanSummary:
     """Clean each book into clean/ (one paragraph per line) with a `<name>.json` sidecar; warnings to the log."""
     raw = Path(settings.raw_dir) if settings.raw_dir else workspace.raw
-    done = clean_books(settings.inputs, settings.output, raw, workspace.clean, settings.clean)
+    target = Path(settings.output) if settings.output else workspace.clean
+    lock = target if target.suffix == ".txt" else target / "clean"  # the output file, or the folder's one lock
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(lock):
+        done = clean_books(settings.inputs, settings.output, raw, workspace.clean, settings.clean)
     for src, _, result in done:
         for warning in result.warnings:
             log(f"warning: {src}: {warning}")
