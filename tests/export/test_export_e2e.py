@@ -225,7 +225,9 @@ def test_failed_ollama_create_keeps_the_export_and_its_summary(tiny_model_dir, t
     assert bad.exit_code == 1 and "valid Ollama model name" in bad.output and not (tmp_path / "bad").exists()
 
 
-def test_export_warns_when_the_base_chat_format_is_not_the_modelfile_template(tiny_model_dir, tmp_path):
+def test_export_writes_the_bases_chat_format_or_warns(tiny_model_dir, tmp_path):
+    """A ChatML base gets ChatML's TEMPLATE and stops in both Modelfiles; a base of a third format gets Mistral's
+    and a note saying Ollama would prompt it unlike training."""
     import shutil
 
     base = tmp_path / "chatml-base"
@@ -234,7 +236,14 @@ def test_export_warns_when_the_base_chat_format_is_not_the_modelfile_template(ti
                                               "{{ m['content'] }}<|im_end|>\n{% endfor %}")
     folder = make_mlx_adapter(base, tmp_path / "adapter")
     result = export_all(base, folder, tmp_path / "out", quantization="f16", parity=False, log=lambda m: None)
-    assert any("chat template" in n and "<|im_start|>" in n and "TEMPLATE" in n for n in result.notes)
+    assert not any("chat template" in n for n in result.notes)
+    for modelfile in ("Modelfile", "Modelfile.adapter"):
+        text = (tmp_path / "out" / modelfile).read_text(encoding="utf-8")
+        assert "<|im_start|>assistant" in text and "PARAMETER stop <|im_end|>" in text and "[INST]" not in text
+    (base / "chat_template.jinja").write_text("{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n"
+                                              "{% endfor %}")
+    result = export_all(base, folder, tmp_path / "out2", quantization="f16", parity=False, log=lambda m: None)
+    assert any("chat template" in n and "### user" in n and "TEMPLATE" in n for n in result.notes)
 
 
 def test_export_refuses_another_base_of_the_same_shapes(tmp_path):
