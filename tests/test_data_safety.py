@@ -281,8 +281,8 @@ def test_fetch_and_clean_take_their_folders_lock(tmp_path):
     book = tmp_path / "book.txt"
     book.write_text("Il dit : « Bonjour. »\n", encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for folder, args in ((tmp_path / "data" / "raw" / "fetch", ["fetch", "--file", str(book)]),
-                         (tmp_path / "data" / "clean" / "clean", ["clean"])):
+    for folder, args in ((tmp_path / "data" / "raw", ["fetch", "--file", str(book)]),
+                         (tmp_path / "data" / "clean", ["clean"])):
         folder.parent.mkdir(parents=True, exist_ok=True)
         with output_lock(folder):
             child = subprocess.run([sys.executable, "-m", "dantes_mlx", *args], cwd=tmp_path, capture_output=True,

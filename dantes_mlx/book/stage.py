@@ -49,8 +49,8 @@ def run_fetch(settings: FetchSettings, workspace: Workspace, log: Log) -> FetchS
     """Download ebooks by id into raw/ (kept as a cache) and copy local files there; one fetch per folder at a
     time (a second one is refused, naming the process)."""
     raw = Path(settings.raw_dir) if settings.raw_dir else workspace.raw
-    raw.mkdir(parents=True, exist_ok=True)
-    with output_lock(raw / "fetch"):
+    raw.parent.mkdir(parents=True, exist_ok=True)  # the lock (.raw.lock) sits beside the folder
+    with output_lock(raw):
         return FetchSummary(fetch_books(settings.ids, raw, files=settings.files, base_url=settings.base_url,
                                         timeout=settings.timeout, force=settings.force))
 
@@ -90,10 +90,9 @@ class CleanSummary:
 def run_clean(settings: CleanSettings, workspace: Workspace, log: Log) -> CleanSummary:
     """Clean each book into clean/ (one paragraph per line) with a `<name>.json` sidecar; warnings to the log."""
     raw = Path(settings.raw_dir) if settings.raw_dir else workspace.raw
-    target = Path(settings.output) if settings.output else workspace.clean
-    lock = target if target.suffix == ".txt" else target / "clean"  # the output file, or the folder's one lock
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(lock):
+    target = Path(settings.output) if settings.output else workspace.clean  # an output file, or the folder
+    target.parent.mkdir(parents=True, exist_ok=True)  # the lock (.NAME.lock) sits beside it
+    with output_lock(target):
         done = clean_books(settings.inputs, settings.output, raw, workspace.clean, settings.clean)
     for src, _, result in done:
         for warning in result.warnings:
