@@ -257,6 +257,12 @@ class Cost:
         self.calls += calls
         self.tokens.update(prompt=prompt, evaluated=evaluated, generated=generated)
 
+    def __iadd__(self, other: "Cost") -> "Cost":
+        self.items, self.calls, self.seconds = self.items + other.items, self.calls + other.calls, \
+            self.seconds + other.seconds
+        self.tokens.update(other.tokens)
+        return self
+
 
 def run_original_extraction(client, texts, prompt, chunk_lines, sampling, layout) -> Cost:
     from dantes_mlx.extract.chunks import Book, chunk_book

@@ -29,13 +29,12 @@ import os
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from generate_throughput import gutenberg_layout, original_extraction, original_generation  # noqa: E402
+from generate_throughput import Cost, gutenberg_layout, original_extraction, original_generation  # noqa: E402
 
 from dantes_mlx.config import CharacterConfig, ExtractConfig, GenerateConfig, LLMConfig  # noqa: E402
 from dantes_mlx.extract.chunks import Book, chunk_book  # noqa: E402
@@ -54,23 +53,6 @@ CHARACTER = CharacterConfig(name="Clarimonde", aliases=["la courtisane"], langua
                             persona="Tu es Clarimonde, la courtisane de « La morte amoureuse » de Théophile Gautier. "
                                     "Tu parles le français soutenu du conte et tu vouvoies ton interlocuteur.")
 ORIGINAL_LINES = 100  # the original project's chunk: 100 lines of the Gutenberg file
-
-
-class Cost:
-    """Calls, tokens and wall time of one approach on one stage."""
-
-    def __init__(self, label: str):
-        self.label, self.items, self.calls, self.tokens, self.seconds = label, 0, 0, Counter(), 0.0
-
-    def add(self, prompt: int, evaluated: int, generated: int, calls: int = 1) -> None:
-        self.calls += calls
-        self.tokens.update(prompt=prompt, evaluated=evaluated, generated=generated)
-
-    def __iadd__(self, other: "Cost") -> "Cost":
-        self.items, self.calls, self.seconds = self.items + other.items, self.calls + other.calls, \
-            self.seconds + other.seconds
-        self.tokens.update(other.tokens)
-        return self
 
 
 def excerpt(path: Path, start: int, count: int) -> Book:

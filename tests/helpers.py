@@ -3,7 +3,9 @@ French texts that stress a tokenizer. In-memory or tmp files, no network."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
@@ -84,3 +86,12 @@ def peft_from_mlx(mlx_dir: Path, out: Path, *, rslora: bool = False, **config) -
                 "base_model_name_or_path": mlx_config["model"], **config}
     (out / "adapter_config.json").write_text(json.dumps(settings, indent=2))
     return out
+
+
+def load_bench(name: str):
+    """The module bench/<name>.py (bench/ is no package), registered in sys.modules under its name."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -5,12 +5,11 @@ Run: /work/venv/bin/pytest tests/fr/test_dialogue.py -q
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_bench
 
 from dantes_mlx.fr.dialogue import (all_speakers_rows, character_quotes, find_quotations, mentions_character, paragraphs, read_text)
 from dantes_mlx.fr.speakers import is_character, normalise_speaker
@@ -296,12 +295,7 @@ def test_a_whole_book_is_read_to_its_end():
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("extract_quality", Path(__file__).resolve().parents[2]
-                                                  / "bench" / "extract_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["extract_quality"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("extract_quality")
 
 
 @pytest.mark.skipif(not LITBANK.is_dir(), reason=f"shared data absent: {LITBANK}")

@@ -5,12 +5,11 @@ Run: pytest tests/fr/test_dialogue_narrator.py -q
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_bench
 from click.testing import CliRunner
 
 from dantes_mlx.cli import main
@@ -85,12 +84,7 @@ def test_first_person_narration_is_measured_outside_the_quotations():
 
 # -- La morte amoureuse: Romuald is the narrator -------------------------------------------------------
 def _bench():
-    spec = importlib.util.spec_from_file_location("extract_quality", Path(__file__).resolve().parents[2]
-                                                  / "bench" / "extract_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["extract_quality"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("extract_quality")
 
 
 @pytest.mark.skipif(not MORTE.is_file(), reason=f"shared data absent: {MORTE}")

@@ -1,13 +1,12 @@
 """The speaker ranker: candidates from the narration before a reply, a numpy conditional logit, the shipped weights (in-memory)."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_bench
 
 from dantes_mlx.fr.dialogue import find_quotations
 from dantes_mlx.fr.ranker import FEATURES, Ranker, WEIGHTS_FILE, default_ranker, fit, load_ranker
@@ -91,12 +90,7 @@ def test_an_incise_still_decides_and_the_trace_sees_only_replies_without_one():
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[2] / "bench" / "extract_quality.py"
-    spec = importlib.util.spec_from_file_location("extract_quality", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["extract_quality"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("extract_quality")
 
 
 def test_the_held_out_text_keeps_its_measured_numbers():
