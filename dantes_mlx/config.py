@@ -372,12 +372,28 @@ class ExportConfig:
                                        "e.g. mistralai/Mistral-7B-Instruct-v0.3 for an MLX 4-bit base.")
 
 
+OOC_PROBES = ["Qu'est-ce que le fine-tuning ?", "Donne-moi des conseils pour être productif",
+              "Es-tu une intelligence artificielle ?", "Que penses-tu d'Internet et des téléphones portables ?"]
+SCENES = [["Qui êtes-vous, monsieur ?", "Que pensez-vous de ceux qui vous ont trahi ?",
+           "Au fond, n'êtes-vous pas un simple programme informatique ?"],
+          ["Quelle est votre philosophie de la vie ?", "Avez-vous un conseil pour un jeune homme ambitieux ?",
+           "Et que pensez-vous des réseaux sociaux ?"]]
+SCENE_LISTS = Rule("lists of 2 or more non-empty questions",
+                   lambda v: all(len(s) >= 2 and all(isinstance(q, str) and q.strip() for q in s) for s in v))
+
+
 @dataclass
 class EvalConfig:
     """Evaluation."""
-    probes: list = setting(["Qui es-tu ?", "Quelle est votre philosophie de la vie ?",
-                            "Qu'est-ce que le fine-tuning ?", "Donne-moi des conseils pour être productif"],
+    probes: list = setting(["Qui es-tu ?", "Quelle est votre philosophie de la vie ?"],
                            "Off-book probe questions asked to both models.", items=(str,))
+    ooc_probes: list = setting(OOC_PROBES, "Out-of-character and anachronistic questions: the report scores "
+                                           "whether each answer stays in character.", items=(str,))
+    scenes: list = setting(SCENES, "Multi-turn scenes (lists of 2 or more questions), each played turn by turn "
+                                   "with the model's own answers in the context: does the persona hold at the "
+                                   "last turn?", items=(list,), rule=SCENE_LISTS)
+    scene_rows: int = setting(5, "Multi-turn test rows (from `generate --turns`) also replayed as scenes "
+                                 "(-1: all, 0: none).", rule=at_least(0, -1))
     max_tokens: int = setting(200, "Tokens generated per answer.", rule=at_least(1))
     temperature: float = setting(0.0, "Sampling temperature (0: greedy, reproducible).", rule=at_least(0))
     seed: int = setting(0, "Sampling seed.")
@@ -487,7 +503,7 @@ _KINDS = {"int": ("a whole number", lambda v: isinstance(v, int) and not isinsta
           "float": ("a number", lambda v: isinstance(v, float)), "bool": ("true or false", lambda v: isinstance(v, bool)),
           "str": ("text", lambda v: isinstance(v, str)), "list": ("a list", lambda v: isinstance(v, list)),
           "dict": ("a mapping", lambda v: isinstance(v, dict))}
-_ITEM_NAMES = {str: "texts", int: "whole numbers", dict: "mappings"}
+_ITEM_NAMES = {str: "texts", int: "whole numbers", dict: "mappings", list: "lists"}
 
 
 def _named(f: dataclasses.Field, origin: str) -> str:

@@ -7,7 +7,7 @@ import webbrowser
 import click
 
 from dantes_mlx.cli_common import CONFIG_OPTION, log, project
-from dantes_mlx.evaluate.side_by_side import side_by_side
+from dantes_mlx.evaluate.side_by_side import side_by_side, write_side_by_side
 from dantes_mlx.evaluate.stage import Settings, run
 
 
@@ -20,6 +20,9 @@ from dantes_mlx.evaluate.stage import Settings, run
               help="Dataset folder holding test.jsonl [default: <project.data_dir>/dataset].")
 @click.option("--gguf", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Evaluate this GGUF (llama.cpp) as the fine-tuned model instead of base + adapter.")
+@click.option("--base-gguf", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Run the base model from this GGUF (llama.cpp, e.g. export's base_f16.gguf) instead of mlx-lm; "
+                   "with --gguf both test losses are measured by llama.cpp (no mlx needed: fast on a Linux CPU).")
 @click.option("--judge/--no-judge", default=None, help="Score answers with an LLM judge [default: eval.judge].")
 @click.option("--judge-model", default=None, help="Judge GGUF or HF_REPO:FILE.gguf [default: llm.model].")
 @click.option("--judge-url", default=None, help="Judge OpenAI-compatible server URL [default: llm.url].")
@@ -34,20 +37,24 @@ from dantes_mlx.evaluate.stage import Settings, run
 @click.option("--open", "open_report", is_flag=True, help="Open index.html in the web browser afterwards.")
 @click.option("--side-by-side", "reports", multiple=True, type=click.Path(file_okay=False),
               help="Print finished eval reports side by side (repeat: e.g. the SFT and the DPO adapter's); runs "
-                   "no model.")
+                   "no model. With -o, also writes DIR/side-by-side.md with every model's out-of-character answers "
+                   "and scenes.")
 @CONFIG_OPTION
-def eval_cmd(base_model, adapter_path, data_dir, gguf, judge, judge_model, judge_url, probes, max_tokens,
+def eval_cmd(base_model, adapter_path, data_dir, gguf, base_gguf, judge, judge_model, judge_url, probes, max_tokens,
              temperature, seed, samples, out_dir, open_report, reports, config_path):
     """Compare the base and fine-tuned models; write reports/eval-<date>/index.html and report.md."""
     if reports:
         click.echo(side_by_side(list(reports)))
+        if out_dir:
+            click.echo(f"written: {write_side_by_side(list(reports), out_dir)} (with the out-of-character answers "
+                       "and the scenes of every model)")
         return
     config, workspace = project(config_path)
     overrides = {"judge": judge, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
                  "samples": samples}
     settings = Settings.from_config(config, overrides, extra_probes=list(probes), base_model=base_model,
                                     adapter_path=adapter_path, data_dir=data_dir, gguf=gguf, out_dir=out_dir,
-                                    judge_model=judge_model, judge_url=judge_url)
+                                    judge_model=judge_model, judge_url=judge_url, base_gguf=base_gguf)
     summary = run(settings, workspace, log)
     click.echo(summary.summary())
     if open_report:

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from dantes_mlx.adapter_format import weights_file
 from dantes_mlx.chat.engines import Engine, LlamaCppEngine, MLXEngine
 from dantes_mlx.errors import InputError, require
-from dantes_mlx.evaluate import metrics
+from dantes_mlx.evaluate import metrics, persona
+from dantes_mlx.evaluate.gguf_loss import gguf_loss, template_renderer
 from dantes_mlx.evaluate.judge import Judge, JudgeSettings, summarize_pairwise, summarize_rubric
 from dantes_mlx.evaluate.report import write_report
 from dantes_mlx.llm.base import LLMClient
@@ -39,12 +40,14 @@ ROLES = ("base", "tuned")
 
 @dataclass
 class Task:
-    """One question both models answer: a probe, a held-out test question or a labelled row."""
-    kind: str                 # probe, test or label
+    """One question both models answer: a probe, an out-of-character probe, a held-out test question, a labelled
+    row, or a scene (several questions, each model answering turn by turn with its own earlier answers)."""
+    kind: str                 # probe, ooc, test, label or scene
     id: str
-    question: str
-    messages: list
+    question: str             # a scene's: its last question
+    messages: list            # a scene's: the messages before its first question (the persona)
     reference: str = ""       # the held-out answer (test) or the gold label (label)
+    turns: list = field(default_factory=list)   # a scene's questions, in order
 
 
 @dataclass
@@ -55,7 +58,8 @@ class Side:
     loss: float | None = None
     perplexity: float | None = None
     loss_note: str = ""
-    answers: dict = field(default_factory=dict)   # task id -> answer text
+    answers: dict = field(default_factory=dict)   # task id -> answer text (a scene's: its last answer)
+    turns: dict = field(default_factory=dict)     # scene id -> the answer of each turn
 
 
 @dataclass
@@ -76,6 +80,7 @@ class EvalResult:
     judge: dict = field(default_factory=dict)
     train_metrics: list = field(default_factory=list)
     failures: list = field(default_factory=list)     # what could not be measured (the report says it too)
+    base_gguf: str = ""                              # the base side's GGUF, when it ran in llama.cpp
 
 
 # ---------------------------------------------------------------- inputs
@@ -119,6 +124,8 @@ def build_tasks(cfg: "EvalConfig", persona: str, rows: list[dict], path: Path) -
     system = [{"role": "system", "content": persona}] if cfg.persona_for_probes and persona else []
     tasks = [Task("probe", f"probe-{i}", q, system + [{"role": "user", "content": q}])
              for i, q in enumerate(cfg.probes)]
+    tasks += [Task("ooc", f"ooc-{i}", q, system + [{"role": "user", "content": q}])
+              for i, q in enumerate(cfg.ooc_probes)]
     parsed = [t for i, row in enumerate(rows) if (t := row_task(row, i, path, persona)) is not None]
     open_tasks = [t for t in parsed if t.kind == "test"]
     labelled = [t for t in parsed if t.kind == "label"]
@@ -127,7 +134,25 @@ def build_tasks(cfg: "EvalConfig", persona: str, rows: list[dict], path: Path) -
     tasks += sorted(rng.sample(open_tasks, n), key=lambda t: int(t.id.split("-")[1]))
     if len(labelled) > cfg.max_classify:
         labelled = sorted(rng.sample(labelled, cfg.max_classify), key=lambda t: int(t.id.split("-")[1]))
-    return tasks + labelled
+    return tasks + labelled + build_scenes(cfg, system, rows, rng)
+
+
+def build_scenes(cfg: "EvalConfig", system: list, rows: list[dict], rng: random.Random) -> list[Task]:
+    """eval.scenes (with the persona as system prompt, like the probes), then a seeded sample of the test rows
+    that hold several questions (`generate --turns`): their questions are replayed, the model's own answers kept."""
+    scenes = [Task("scene", f"scene-{i}", questions[-1], list(system), turns=list(questions))
+              for i, questions in enumerate(cfg.scenes)]
+    multi = []
+    for index, row in enumerate(rows):
+        messages = row.get("messages") if isinstance(row, dict) else None
+        questions = [m["content"] for m in messages or [] if m.get("role") == "user"]
+        if len(questions) >= 2:
+            first = next(i for i, m in enumerate(messages) if m.get("role") == "user")
+            prefix = [{"role": m["role"], "content": m["content"]} for m in messages[:first]]
+            multi.append(Task("scene", f"scene-test-{index}", questions[-1], prefix, turns=questions))
+    n = len(multi) if cfg.scene_rows < 0 else min(cfg.scene_rows, len(multi))
+    picked = sorted(rng.sample(multi, n), key=lambda t: int(t.id.rsplit("-", 1)[1]))
+    return scenes + picked
 
 
 def read_citations(path: Path) -> list[str]:
@@ -175,17 +200,51 @@ def answer_all(engine_factory: Callable[[], Engine], key_base: dict, tasks: list
             side.engine = engine.name
         return engine
 
+    def answer(messages: list, sampling: dict) -> str:
+        key = item_key(STAGE, "v1", json.dumps(key_base, sort_keys=True), {"messages": messages, **sampling})
+        if key not in store:
+            store.put(key, get_engine().generate(messages, **sampling).strip())
+        return store.get(key)
+
     if loss_job is not None:
         loss_job(get_engine, side)
     for task in tqdm(tasks, desc=f"answers ({side.role})", unit="q", file=sys.stderr, disable=not tasks):
         greedy = task.kind == "label"
         sampling = {"temp": 0.0 if greedy else cfg.temperature, "top_p": 1.0 if greedy else cfg.top_p,
                     "max_tokens": cfg.label_max_tokens if greedy else cfg.max_tokens, "seed": cfg.seed}
-        key = item_key(STAGE, "v1", json.dumps(key_base, sort_keys=True), {"messages": task.messages, **sampling})
-        if key not in store:
-            store.put(key, get_engine().generate(task.messages, **sampling).strip())
-        side.answers[task.id] = store.get(key)
+        if task.kind != "scene":
+            side.answers[task.id] = answer(task.messages, sampling)
+            continue
+        messages, replies = list(task.messages), []
+        for question in task.turns:  # each turn sees this model's own earlier answers (cached turn by turn)
+            messages.append({"role": "user", "content": question})
+            replies.append(answer(list(messages), sampling))
+            messages.append({"role": "assistant", "content": replies[-1]})
+        side.turns[task.id], side.answers[task.id] = replies, replies[-1]
     side.engine = side.engine or key_base.get("name", "")
+
+
+def make_gguf_loss_job(gguf, rows: list[dict], fmt: str, base_model: str, n_ctx: int, store: Store, key_base: dict):
+    """The test-loss step of answer_all for a GGUF side: llama.cpp's logits, the last answer's tokens only, the chat
+    template of the local base model folder (the same for both sides, so their losses compare)."""
+    test_hash = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    def job(get_engine, side: Side) -> None:
+        folder = _local(base_model)
+        if fmt != "chat" or folder is None or not folder.is_dir():
+            why = "the test rows are not chat rows" if fmt != "chat" else \
+                f"no local base model folder for the chat template ({base_model or 'none given'}: --base-model DIR)"
+            side.loss_note = f"not measured: {why}"
+            return
+        key = item_key("eval-loss", "v1-gguf", json.dumps(key_base, sort_keys=True),
+                       {"test": test_hash, "n_ctx": n_ctx, "template": str(folder.resolve())})
+        if key not in store:
+            print(f"test loss ({side.role}, llama.cpp) on {len(rows)} rows...", file=sys.stderr)
+            store.put(key, gguf_loss(gguf, rows, template_renderer(folder), n_ctx=n_ctx).loss)
+        side.loss = store.get(key)
+        side.perplexity = math.exp(side.loss) if side.loss < 700 else math.inf
+        side.loss_note = "llama.cpp on the GGUF, last answer's tokens"
+    return job
 
 
 def make_loss_job(rows, fmt, mask_prompt, max_seq_length, batch_size, store: Store, key_base: dict):
@@ -237,10 +296,15 @@ def embedding_similarity(embed, answers: list[str], references: list[str]) -> fl
 
 
 # ---------------------------------------------------------------- scoring
-def score(result: EvalResult, tasks: list[Task], vocabulary, embed) -> None:
-    """Reference-based, style and classification metrics for each side (and the references' own style)."""
+OPEN_KINDS = ("probe", "ooc", "test", "scene")  # answered freely (the judge scores them); labels are classified
+
+
+def score(result: EvalResult, tasks: list[Task], vocabulary, embed, language: str = "fr") -> None:
+    """Reference-based, style, in-character and classification metrics for each side (and the references' style)."""
     tests = [t for t in tasks if t.kind == "test"]
-    open_tasks = [t for t in tasks if t.kind in ("probe", "test")]
+    open_tasks = [t for t in tasks if t.kind in ("probe", "ooc", "test")]
+    ooc = [t for t in tasks if t.kind == "ooc"]
+    scenes = [t for t in tasks if t.kind == "scene"]
     labelled = [t for t in tasks if t.kind == "label"]
     labels = sorted({t.reference for t in labelled})
     for role, side in result.sides.items():
@@ -250,6 +314,10 @@ def score(result: EvalResult, tasks: list[Task], vocabulary, embed) -> None:
         if embed is not None and tests:
             m["embedding_similarity"] = embedding_similarity(embed, answers, [t.reference for t in tests])
         m.update(metrics.style_markers([side.answers[t.id] for t in open_tasks], vocabulary))
+        if ooc:
+            m["ooc"] = persona.ooc_summary([side.answers[t.id] for t in ooc], language)
+        if scenes:
+            m["scenes"] = persona.scene_summary([side.turns[t.id] for t in scenes], language)
         result.metrics[role] = m
         if labelled:
             predicted = [metrics.normalize_label(side.answers[t.id], labels) for t in labelled]
@@ -264,7 +332,7 @@ def run_judge(result: EvalResult, tasks: list[Task], judge, max_failures: int = 
 
     A question the judge fails on (server down, HTTP 500) is left unscored and said in the report; after
     `max_failures` in a row the judging stops. The answers and every other measure are kept either way."""
-    open_tasks = [t for t in tasks if t.kind in ("probe", "test")]
+    open_tasks = [t for t in tasks if t.kind in OPEN_KINDS]
     rubric = {role: {} for role in result.sides}
     pairwise = {}
     limit = FailureLimit(max_failures)
@@ -279,6 +347,15 @@ def run_judge(result: EvalResult, tasks: list[Task], judge, max_failures: int = 
     result.judge = {"model": judge.client.model_id, "rubric": rubric, "pairwise": pairwise,
                     "rubric_summary": {role: summarize_rubric(list(r.values())) for role, r in rubric.items()},
                     "pairwise_summary": summarize_pairwise(list(pairwise.values())), "asked": judge.asked}
+    kinds = {t.id: t.kind for t in open_tasks}
+    for role, verdicts in rubric.items():  # the judge's in-character score where it matters most, for side-by-side
+        by_kind = {kind: summarize_rubric([v for tid, v in verdicts.items() if kinds[tid] == kind])["in_character"]
+                   for kind in ("ooc", "scene")}
+        summary = result.judge["rubric_summary"][role]
+        result.metrics.setdefault(role, {})["judge"] = {"overall": summary["overall"],
+                                                        "in_character": summary["in_character"],
+                                                        "in_character_ooc": by_kind["ooc"],
+                                                        "in_character_scene": by_kind["scene"]}
     if limit.failed:
         unjudged = len(open_tasks) - len(next(iter(rubric.values()), {}))
         note = limit.note("question", len(open_tasks), unjudged).replace(" failed", " could not be judged", 1)
@@ -304,8 +381,12 @@ def _judged(judge, result: EvalResult, open_tasks: list[Task]):
 def evaluate(cfg: "EvalConfig", character: "CharacterConfig", *, base_model: str, data_dir: str | Path,
              out_dir: str | Path, adapter_path: str | Path | None = None, gguf: str | Path | None = None,
              citations: "str | Path | list | None" = None, judge_client: LLMClient | None = None,
-             cache_dir: str | Path | None = None, max_failures: int = 5) -> EvalResult:
+             cache_dir: str | Path | None = None, max_failures: int = 5,
+             base_gguf: str | Path | None = None) -> EvalResult:
     """Evaluate base vs fine-tuned (MLX base + adapter, or a GGUF) and write the report to out_dir.
+
+    `base_gguf`: the base side runs in llama.cpp too (e.g. export's base_f16.gguf); with `gguf` as well, both
+    test losses are measured by llama.cpp, with the chat template of the local `base_model` folder.
 
     `citations`: a citations.jsonl, or candidate files of which the first existing one is used. A judge that
     fails leaves its questions unscored: the report is written with what was measured and `failures` says what
@@ -313,44 +394,62 @@ def evaluate(cfg: "EvalConfig", character: "CharacterConfig", *, base_model: str
     if not adapter_path and not gguf:
         raise InputError("nothing fine-tuned to evaluate", path="--adapter-path",
                          fix="pass --adapter-path ADAPTERS (from `dantes-mlx train`) or --gguf MODEL.gguf")
-    out_dir = check_report_dir(out_dir, data_dir, adapter_path, gguf)
+    out_dir = check_report_dir(out_dir, data_dir, adapter_path, gguf, base_gguf)
     store_path = Path(cache_dir or out_dir / "cache") / "answers.jsonl"
     with output_lock(out_dir), output_lock(store_path):
         return _evaluate(cfg, character, base_model, Path(data_dir), out_dir, adapter_path, gguf, citations,
-                         judge_client, store_path, max_failures)
+                         judge_client, store_path, max_failures, base_gguf)
 
 
-def check_report_dir(out_dir: str | Path, data_dir, adapter_path, gguf) -> Path:
-    """The report folder checked before any work: a folder, and not the dataset, adapter or GGUF it reads."""
-    return check_output(out_dir, kind="dir", inputs=[data_dir, adapter_path, gguf], flag="-o/--out-dir")
+def check_report_dir(out_dir: str | Path, data_dir, adapter_path, gguf, base_gguf=None) -> Path:
+    """The report folder checked before any work: a folder, and not the dataset, adapter or GGUFs it reads."""
+    return check_output(out_dir, kind="dir", inputs=[data_dir, adapter_path, gguf, base_gguf], flag="-o/--out-dir")
 
 
 def _evaluate(cfg, character, base_model, data_dir: Path, out_dir: Path, adapter_path, gguf, citations,
-              judge_client, store_path: Path, max_failures: int) -> EvalResult:
+              judge_client, store_path: Path, max_failures: int, base_gguf=None) -> EvalResult:
     rows, fmt = read_test_rows(data_dir)
     tasks = build_tasks(cfg, character.persona, rows, data_dir / "test.jsonl")
     trained = AdapterFolder(adapter_path).run_settings() if adapter_path else {}
     mask = bool(trained.get("mask_prompt", True))
     max_seq = cfg.max_seq_length or int(trained.get("max_seq_length", 2048))
     result = EvalResult(created=datetime.now().isoformat(timespec="seconds"), base_model=str(base_model),
-                        adapter_path=str(adapter_path or ""), gguf=str(gguf or ""), data_dir=str(data_dir),
+                        adapter_path=str(adapter_path or ""), gguf=str(gguf or ""), base_gguf=str(base_gguf or ""),
+                        data_dir=str(data_dir),
                         character=character.name, settings={**asdict(cfg), "mask_prompt": mask, "max_seq": max_seq,
-                                                             "format": fmt, "test_rows": len(rows)},
+                                                             "format": fmt, "test_rows": len(rows),
+                                                             "language": character.language},
                         tasks=[asdict(t) for t in tasks])
     store = Store(store_path)
     loss_args = (rows, fmt, mask, max_seq, cfg.loss_batch_size, store)
 
-    base_key = {"name": f"mlx:{base_model}", "files": fingerprint(_local(base_model))}
+    both_gguf = bool(base_gguf and gguf)
+
+    def gguf_side(path, side: Side) -> None:
+        # "sampler": answers cached before llama.cpp sampled like MLX (no top_k/min_p) are not reused
+        key = {"name": f"gguf:{path}", "files": fingerprint(path), "sampler": "temperature+top_p"}
+        job = make_gguf_loss_job(path, rows, fmt, str(base_model), cfg.max_seq_length or 2048, store, key) \
+            if both_gguf else None
+        answer_all(lambda: LlamaCppEngine(path), key, tasks, cfg, store, side, job)
+
     result.sides["base"] = Side("base")
-    answer_all(lambda: MLXEngine(base_model), base_key, tasks, cfg, store, result.sides["base"],
-               make_loss_job(*loss_args, base_key))
+    if base_gguf:
+        gguf_side(base_gguf, result.sides["base"])
+        result.notes.append(f"base answers come from the GGUF {base_gguf} (llama.cpp)")
+        if not both_gguf:
+            result.sides["base"].loss_note = "not measured: the fine-tuned side's test loss uses mlx-lm (give " \
+                                             "--gguf too: both losses are then measured by llama.cpp)"
+    else:
+        base_key = {"name": f"mlx:{base_model}", "files": fingerprint(_local(base_model))}
+        answer_all(lambda: MLXEngine(base_model), base_key, tasks, cfg, store, result.sides["base"],
+                   make_loss_job(*loss_args, base_key))
     tuned = result.sides["tuned"] = Side("tuned")
     if gguf:
-        # "sampler": answers cached before llama.cpp sampled like MLX (no top_k/min_p) are not reused
-        key = {"name": f"gguf:{gguf}", "files": fingerprint(gguf), "sampler": "temperature+top_p"}
-        answer_all(lambda: LlamaCppEngine(gguf), key, tasks, cfg, store, tuned)
-        tuned.loss_note = "not measured: the GGUF runs in llama.cpp, the test loss uses mlx-lm"
-        result.notes.append(f"fine-tuned answers come from the GGUF {gguf} (llama.cpp); its test loss is not measured")
+        gguf_side(gguf, tuned)
+        if not both_gguf:
+            tuned.loss_note = "not measured: the GGUF runs in llama.cpp, the base's test loss uses mlx-lm " \
+                              "(give --base-gguf too: both losses are then measured by llama.cpp)"
+        result.notes.append(f"fine-tuned answers come from the GGUF {gguf} (llama.cpp)")
     else:
         key = {"name": f"mlx:{base_model}+{adapter_path}",
                "files": fingerprint(_local(base_model), weights_file(adapter_path))}
@@ -361,7 +460,7 @@ def _evaluate(cfg, character, base_model, data_dir: Path, out_dir: Path, adapter
     result.notes.append(note)
     embed, how = embedder(cfg.embedding_model)
     result.notes.append(f"embedding similarity: {how}")
-    score(result, tasks, vocabulary, embed)
+    score(result, tasks, vocabulary, embed, character.language)
 
     if judge_client is not None:
         settings = JudgeSettings(character.name, character.persona, character.language, max_tokens=cfg.judge_max_tokens,

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dantes_mlx.evaluate.persona import breaks
 from dantes_mlx.store import write_text_atomic
 from dantes_mlx.train.metrics import plot_losses
 from dantes_mlx.workspace import METRICS_FILE, PLOT_FILE
@@ -34,6 +35,17 @@ METRIC_ROWS = [
     ("Tutoiement (tu, ton)", ("tu_share",), "pct", "low"),
     ("First-person answers (je, moi, mon)", ("first_person_share",), "pct", "high"),
     ("Words shared with the character's citations", ("citation_overlap",), "pct", "high"),
+    ("Out-of-character probes answered in character", ("ooc", "in_character"), "pct", "high"),
+    ("Scenes: in character at the last turn", ("scenes", "last_turn"), "pct", "high"),
+    ("Scenes: in character at every turn", ("scenes", "every_turn"), "pct", "high"),
+    ("Scenes: one address form (vous or tu) throughout", ("scenes", "address_consistent"), "pct", "high"),
+]
+# The judge's means, also kept in each side's metrics so that `eval --side-by-side` can line them up.
+JUDGE_ROWS = [
+    ("Judge: overall (1-7)", ("judge", "overall"), "{:.2f}", "high"),
+    ("Judge: in character (1-7)", ("judge", "in_character"), "{:.2f}", "high"),
+    ("Judge: in character on out-of-character probes (1-7)", ("judge", "in_character_ooc"), "{:.2f}", "high"),
+    ("Judge: in character at the scenes' last turn (1-7)", ("judge", "in_character_scene"), "{:.2f}", "high"),
 ]
 
 CSS = """
@@ -88,6 +100,11 @@ def metric_table(result: "EvalResult") -> tuple[list[str], list[list[str]], list
             values = [result.judge["rubric_summary"].get(c, {}).get(crit) if c != "reference" else None for c in cols]
             rows.append([f"Judge: {CRITERIA_NAMES.get(crit, crit)} (1-7)"] + [fmt_value(v, "{:.2f}") for v in values])
             classes.append([""] + [_compare(c, values, cols, "high") for c in cols])
+        for label, path, spec, better in JUDGE_ROWS[2:]:
+            values = [_get(result.metrics.get(c, {}), path) if c != "reference" else None for c in cols]
+            if any(v is not None for v in values):
+                rows.append([label] + [fmt_value(v, spec) for v in values])
+                classes.append([""] + [_compare(c, values, cols, better) for c in cols])
         p = result.judge["pairwise_summary"]
         wins = {"base": p["base"], "tuned": p["tuned"]}
         rows.append([f"Judge: pairwise wins, both orders agreeing ({p['tie']} ties of {p['n']})"]
@@ -225,6 +242,26 @@ def qa_section(result: "EvalResult", kind: str, with_reference: bool) -> str:
     return "\n".join(out + ["</table>"])
 
 
+def scene_section(result: "EvalResult") -> str:
+    """Each scene turn by turn: the question, then each model's answer (given its own earlier answers)."""
+    language = result.settings.get("language", "fr")
+    out = []
+    for t in (t for t in result.tasks if t["kind"] == "scene"):
+        out.append(f"<table class='qa' id='{_e(t['id'])}'><tr><th>{_e(t['id'])}</th><th>base</th><th>fine-tuned</th>"
+                   "</tr>")
+        for turn, question in enumerate(t["turns"]):
+            cells = []
+            for role in ("base", "tuned"):
+                replies = result.sides[role].turns.get(t["id"], [])
+                answer = replies[turn] if turn < len(replies) else ""
+                broke = breaks(answer, language)
+                flag = f"<div class='judge'>breaks character: {_e('; '.join(broke))}</div>" if broke else ""
+                cells.append(f"<td>{_e(answer)}{flag}</td>")
+            out.append(f"<tr><td class='question'>turn {turn + 1}: {_e(question)}</td>{''.join(cells)}</tr>")
+        out.append("</table>")
+    return "\n".join(out)
+
+
 def classification_html(result: "EvalResult") -> str:
     parts = []
     for role, c in result.classification.items():
@@ -268,6 +305,14 @@ def render_html(result: "EvalResult", loss_png: Path | None, lengths_png: Path |
     if result.classification:
         body += ["<h2>Classification</h2>", classification_html(result)]
     body += ["<h2>Probe questions (off-book)</h2>", qa_section(result, "probe", False)]
+    if any(t["kind"] == "ooc" for t in result.tasks):
+        body += ["<h2>Out-of-character questions</h2><p class='meta'>Does each model stay in character when asked "
+                 "about things outside the book? An answer breaks character when it calls itself an AI, names the "
+                 "company behind it, writes an assistant's stock phrases or layout, or leaves the book's "
+                 "language.</p>", qa_section(result, "ooc", False)]
+    if any(t["kind"] == "scene" for t in result.tasks):
+        body += ["<h2>Scenes (several turns)</h2><p class='meta'>Each model answers turn by turn, its own earlier "
+                 "answers in the context: does the persona still hold at the last turn?</p>", scene_section(result)]
     if any(t["kind"] == "test" for t in result.tasks):
         body += ["<h2>Held-out test questions (sample)</h2>", qa_section(result, "test", True)]
     body += ["<h2>Notes</h2>", f"<ul class='notes'>{notes}</ul>"]
@@ -311,7 +356,8 @@ def render_markdown(result: "EvalResult", plots: tuple = ()) -> str:
     out.append("")
     for plot in (p for p in plots if p):
         out += [f"![{PLOT_ALT[plot.name]}]({plot.name})", ""]
-    for kind, title in (("probe", "Probe questions"), ("test", "Held-out test questions (sample)")):
+    for kind, title in (("probe", "Probe questions"), ("ooc", "Out-of-character questions"),
+                        ("test", "Held-out test questions (sample)")):
         tasks = [t for t in result.tasks if t["kind"] == kind]
         if tasks:
             out += [f"## {title}", ""]
@@ -325,8 +371,23 @@ def render_markdown(result: "EvalResult", plots: tuple = ()) -> str:
                             f"{_md_cell(verdict['reasons'])}", ""]
             if kind == "test":
                 out += ["**reference**", "", _md(t["reference"]), ""]
+    out += scene_markdown(result)
     out += ["## Notes", ""] + [f"- {_md_cell(n)}" for n in result.notes]
     return "\n".join(out) + "\n"
+
+
+def scene_markdown(result: "EvalResult") -> list[str]:
+    """The scenes turn by turn, in Markdown."""
+    scenes = [t for t in result.tasks if t["kind"] == "scene"]
+    out = ["## Scenes (several turns)", ""] if scenes else []
+    for t in scenes:
+        out += [f"### {t['id']}", ""]
+        for turn, question in enumerate(t["turns"]):
+            out += [f"**turn {turn + 1}: {_md_cell(question)}**", ""]
+            for role in ("base", "tuned"):
+                replies = result.sides[role].turns.get(t["id"], [])
+                out += [f"*{SIDE_NAMES[role]}*", "", _md(replies[turn] if turn < len(replies) else ""), ""]
+    return out
 
 
 def write_report(result: "EvalResult", out_dir: str | Path, adapter_path=None) -> Path:

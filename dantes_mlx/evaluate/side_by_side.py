@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
 from dantes_mlx.errors import InputError
-from dantes_mlx.evaluate.report import METRIC_ROWS, _get, fmt_value
+from dantes_mlx.evaluate.report import JUDGE_ROWS, METRIC_ROWS, _get, fmt_value
+from dantes_mlx.store import write_text_atomic
 
 
 def read_results(report_dir: Path) -> dict:
@@ -41,11 +43,54 @@ def side_by_side(report_dirs: list[str | Path]) -> str:
     dirs = [Path(d) for d in report_dirs]
     results = [read_results(d) for d in dirs]
     check_comparable(results, dirs)
-    names = [Path(r.get("adapter_path") or r.get("gguf") or str(d)).name for r, d in zip(results, dirs)]
+    names = model_names(results, dirs)
     columns = [results[0]["metrics"].get("base", {})] + [r["metrics"].get("tuned", {}) for r in results]
     lines = ["| metric | base | " + " | ".join(names) + " |", "| --- " * (len(names) + 2) + "|"]
-    for label, path, spec, _ in METRIC_ROWS:
+    for label, path, spec, _ in METRIC_ROWS + JUDGE_ROWS:
         values = [_get(column, path) for column in columns]
         if any(v is not None for v in values):
             lines.append(f"| {label} | " + " | ".join(fmt_value(v, spec) for v in values) + " |")
     return "\n".join(lines)
+
+
+def model_names(results: list[dict], dirs: list[Path]) -> list[str]:
+    return [Path(r.get("adapter_path") or r.get("gguf") or str(d)).name for r, d in zip(results, dirs)]
+
+
+def transcripts(report_dirs: list[str | Path]) -> str:
+    """The out-of-character answers and the scenes, base then each report's model, question by question."""
+    dirs = [Path(d) for d in report_dirs]
+    results = [read_results(d) for d in dirs]
+    names = ["base"] + model_names(results, dirs)
+    sides = [results[0]["sides"]["base"]] + [r["sides"]["tuned"] for r in results]
+    out = []
+    for task in results[0]["tasks"]:
+        if task["kind"] == "ooc":
+            out += [f"### {_cell(task['question'])}", ""]
+            out += [f"- **{name}**: {_cell(side['answers'].get(task['id'], ''))}" for name, side in zip(names, sides)]
+            out.append("")
+        elif task["kind"] == "scene":
+            out += [f"### {task['id']}", ""]
+            for turn, question in enumerate(task["turns"]):
+                out += [f"**turn {turn + 1}: {_cell(question)}**", ""]
+                for name, side in zip(names, sides):
+                    replies = side.get("turns", {}).get(task["id"], [])
+                    out.append(f"- **{name}**: {_cell(replies[turn] if turn < len(replies) else '')}")
+                out.append("")
+    return "\n".join(out)
+
+
+def _cell(text: str) -> str:
+    return html.escape(" ".join(str(text).split()), quote=False)
+
+
+def write_side_by_side(report_dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """side-by-side.md in out_dir: the metrics table, then the out-of-character answers and scenes of every model."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(["# Side by side", "", "Reports: " + ", ".join(f"`{d}`" for d in report_dirs), "",
+                      side_by_side(report_dirs), "", "## Out-of-character questions and scenes", "",
+                      transcripts(report_dirs)])
+    path = out / "side-by-side.md"
+    write_text_atomic(path, text + "\n")
+    return path

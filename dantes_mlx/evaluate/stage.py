@@ -50,12 +50,13 @@ class Settings:
     out_dir: str | None = None           # else <reports_dir>/eval-<date>
     judge: LLMConfig | None = field(default=None)  # the judge's LLM when eval.judge is on
     persona_source: str = ""             # where character.persona came from: the settings file, or the card
+    base_gguf: str | None = None         # the base side as a GGUF (llama.cpp)
 
     @classmethod
     def from_config(cls, config: dict, overrides: dict | None = None, *, extra_probes: list[str] = (),
                     base_model: str | None = None, adapter_path: str | None = None, data_dir: str | None = None,
                     gguf: str | None = None, out_dir: str | None = None, judge_model: str | None = None,
-                    judge_url: str | None = None) -> "Settings":
+                    judge_url: str | None = None, base_gguf: str | None = None) -> "Settings":
         cfg = section(EvalConfig, config, overrides)
         cfg.probes = list(cfg.probes) + [p for p in extra_probes if p not in cfg.probes]
         judge = None
@@ -67,7 +68,7 @@ class Settings:
         persona = resolve_persona(config)
         character = replace(section(CharacterConfig, config), persona=persona.text)
         return cls(cfg, character, section(TrainConfig, config).base_model, base_model, adapter_path, data_dir, gguf,
-                   out_dir, judge, persona.source)
+                   out_dir, judge, persona.source, base_gguf)
 
 
 def run(settings: Settings, workspace: Workspace, log: Log) -> EvalSummary:
@@ -79,7 +80,7 @@ def run(settings: Settings, workspace: Workspace, log: Log) -> EvalSummary:
     data = Path(settings.data_dir) if settings.data_dir else workspace.dataset
     out = Path(settings.out_dir) if settings.out_dir else workspace.reports / f"eval-{date.today().isoformat()}"
     adapter_path = adapter.path if adapter is not None else None
-    check_report_dir(out, data, adapter_path, settings.gguf)  # before a judge model loads
+    check_report_dir(out, data, adapter_path, settings.gguf, settings.base_gguf)  # before a judge model loads
     if settings.persona_source and (settings.eval.persona_for_probes or settings.eval.judge):
         log(f"persona: {settings.persona_source}")
     judge = settings.judge
@@ -87,5 +88,5 @@ def run(settings: Settings, workspace: Workspace, log: Log) -> EvalSummary:
         settings.eval, settings.character, base_model=base, data_dir=data, out_dir=out, adapter_path=adapter_path,
         gguf=settings.gguf, citations=workspace.eval_citation_candidates(settings.data_dir),
         judge_client=llm.make_client(judge) if judge else None, cache_dir=workspace.reports / ".cache",
-        max_failures=judge.max_consecutive_failures if judge else 5)
+        max_failures=judge.max_consecutive_failures if judge else 5, base_gguf=settings.base_gguf)
     return EvalSummary(result, out / "index.html")

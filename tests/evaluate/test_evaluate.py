@@ -111,9 +111,11 @@ def test_classification_on_a_known_confusion():
 def test_tasks_probes_sample_and_labels(tmp_path):
     write_dataset(tmp_path, n_test=10)
     rows, fmt = read_test_rows(tmp_path)
-    cfg = EvalConfig(samples=3, probes=["Qui es-tu ?", "Et demain ?"])
+    cfg = EvalConfig(samples=3, probes=["Qui es-tu ?", "Et demain ?"], ooc_probes=[], scenes=[])
     tasks = build_tasks(cfg, PERSONA, rows, tmp_path / "test.jsonl")
     assert fmt == "chat" and [t.kind for t in tasks] == ["probe"] * 2 + ["test"] * 3
+    defaults = build_tasks(EvalConfig(samples=3), PERSONA, rows, tmp_path / "test.jsonl")
+    assert [t.kind for t in defaults] == ["probe"] * 2 + ["ooc"] * 4 + ["test"] * 3 + ["scene"] * 2
     assert tasks[0].messages == [{"role": "system", "content": PERSONA}, {"role": "user", "content": "Qui es-tu ?"}]
     test = tasks[2]
     assert test.messages[-1]["role"] == "user" and test.reference == QA[int(test.id.split("-")[1]) % 4][1]
@@ -121,7 +123,8 @@ def test_tasks_probes_sample_and_labels(tmp_path):
     assert [t.id for t in again] == [t.id for t in tasks]  # seeded
     labelled = [chat_row(i, label=("RH", "Support")[i % 2]) for i in range(5)]
     tasks = build_tasks(EvalConfig(samples=3, max_classify=4), PERSONA, labelled, tmp_path / "x.jsonl")
-    assert [t.kind for t in tasks].count("label") == 4 and tasks[-1].reference in ("RH", "Support")
+    labels = [t for t in tasks if t.kind == "label"]
+    assert len(labels) == 4 and all(t.reference in ("RH", "Support") for t in labels)
 
 
 def test_missing_test_split_names_the_fix(tmp_path):
@@ -247,7 +250,7 @@ def test_eval_base_vs_adapter_writes_report_and_adapter_loss_is_lower(trained, t
     assert tuned["perplexity"] < base["perplexity"]
     assert results["base_model"] == str(tiny_model_dir)  # read from the adapter's adapter_config.json
     probes = [t for t in results["tasks"] if t["kind"] == "probe"]
-    assert [t["question"] for t in probes][-1] == "Aimez-vous la mer ?" and len(probes) == 5
+    assert [t["question"] for t in probes][-1] == "Aimez-vous la mer ?" and len(probes) == 3
     assert sum(t["kind"] == "test" for t in results["tasks"]) == 3
     for side in ("base", "tuned"):
         assert set(results["sides"][side]["answers"]) == {t["id"] for t in results["tasks"]}
@@ -261,7 +264,12 @@ def test_eval_base_vs_adapter_writes_report_and_adapter_loss_is_lower(trained, t
     # The tiny GGUF judged every answer through LlamaCppClient: schema-forced scores, both pairwise orders.
     judge = results["judge"]
     assert judge["model"].startswith("tiny-f16.gguf#") and judge["asked"] > 0  # repeated test questions are asked once
-    assert judge["rubric_summary"]["tuned"]["n"] == 8 and judge["pairwise_summary"]["n"] == 8
+    # 3 probes, 4 out-of-character probes, 3 test questions and the 2 scenes' last turns
+    assert judge["rubric_summary"]["tuned"]["n"] == 12 and judge["pairwise_summary"]["n"] == 12
+    for side in ("base", "tuned"):  # the persona checks, and the judge's in-character means beside them
+        assert results["metrics"][side]["ooc"]["n"] == 4 and results["metrics"][side]["scenes"]["n"] == 2
+        assert len(results["sides"][side]["turns"]["scene-0"]) == 3
+        assert 1 <= results["metrics"][side]["judge"]["in_character_scene"] <= 7
     assert all(1 <= v <= 7 for r in judge["rubric"]["base"].values() for v in r["scores"].values())
     # A rerun reuses every cached answer, loss and verdict (same files, same sampling): nothing is asked again.
     again = CliRunner().invoke(main, args)
@@ -318,7 +326,8 @@ def test_eval_with_the_judge_server_failing_writes_the_report_and_exits_1(traine
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["metrics"]["tuned"]["loss"] is not None  # what was measured is in the report
     assert all(len(results["sides"][side]["answers"]) == len(results["tasks"]) for side in ("base", "tuned"))
-    assert results["judge"]["failed"]["questions"] == 6 and len(server.requests) == 2  # stopped after 2 in a row
+    # 2 probes, 4 out-of-character probes, 2 test questions, 2 scenes: none judged, stopped after 2 failures in a row
+    assert results["judge"]["failed"]["questions"] == 10 and len(server.requests) == 2
     assert "judge model crashed" in (out / "index.html").read_text(encoding="utf-8")
 
 
@@ -327,7 +336,8 @@ def test_eval_gguf_as_the_fine_tuned_model(trained, tiny_model_dir, tiny_gguf, t
     from dantes_mlx.evaluate.compare import evaluate
 
     data, adapters = trained
-    cfg = EvalConfig(samples=2, max_tokens=6, probes=["Qui es-tu ?"], embedding_model=str(tiny_gguf))
+    cfg = EvalConfig(samples=2, max_tokens=6, probes=["Qui es-tu ?"], ooc_probes=[], scenes=[],
+                     embedding_model=str(tiny_gguf))
     result = evaluate(cfg, CharacterConfig(), base_model=str(tiny_model_dir), data_dir=data, out_dir=tmp_path / "r",
                       gguf=tiny_gguf, adapter_path=adapters)
     assert result.sides["tuned"].engine.startswith("gguf:") and result.sides["tuned"].loss is None
