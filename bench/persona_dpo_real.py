@@ -67,8 +67,13 @@ def main() -> None:
         log("== the real demo (SFT) ==")
         demo(root, log=log)
     manifest = json.loads((root / "demo.json").read_text(encoding="utf-8"))
-    base, files = manifest["base_model"], manifest["exports"]["files"]
-    sft_gguf, base_gguf = files["fused_f16"], files["base_f16"]
+    anchor = root.resolve().parents[len(Path(manifest["workdir"]).parts) - 1]  # the demo's paths are from its cwd
+
+    def located(path: str) -> str:
+        return path if Path(path).is_absolute() else str(anchor / path)
+
+    base, files = located(manifest["base_model"]), manifest["exports"]["files"]
+    sft_gguf, base_gguf = located(files["fused_f16"]), located(files["base_f16"])
 
     log("\n== prefs: the base model's own answers are the rejected side ==")
     pcfg = PrefsConfig(max_tokens=80, temperature=0.7, seed=0)
