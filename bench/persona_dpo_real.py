@@ -30,7 +30,7 @@ from pathlib import Path
 from dantes_mlx.config import CharacterConfig, EvalConfig, ExportConfig, PrefsConfig
 from dantes_mlx.evaluate import stage as evaluate
 from dantes_mlx.evaluate.persona import in_character
-from dantes_mlx.evaluate.side_by_side import side_by_side, write_side_by_side
+from dantes_mlx.evaluate.side_by_side import write_side_by_side
 from dantes_mlx.export import stage as export
 from dantes_mlx.pipeline.demo import demo
 from dantes_mlx.pipeline.demo_real import RealDemoSettings, train_settings
@@ -105,8 +105,8 @@ def main() -> None:
         summary = evaluate.run(settings, ws, log)
         log(summary.summary())
         reports.append(out)
-    log("\n" + side_by_side(reports))
-    written = write_side_by_side(reports, root / "reports" / "side-by-side")
+    metrics, written = write_side_by_side(reports, root / "reports" / "side-by-side")
+    log("\n" + metrics)
     results = [json.loads((r / "results.json").read_text(encoding="utf-8")) for r in reports]
     shares = {"base": in_character_share(results[0], "base"), "sft": in_character_share(results[0], "tuned"),
               "dpo": in_character_share(results[1], "tuned")}

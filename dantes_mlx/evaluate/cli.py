@@ -44,10 +44,11 @@ def eval_cmd(base_model, adapter_path, data_dir, gguf, base_gguf, judge, judge_m
              temperature, seed, samples, out_dir, open_report, reports, config_path):
     """Compare the base and fine-tuned models; write reports/eval-<date>/index.html and report.md."""
     if reports:
-        click.echo(side_by_side(list(reports)))
-        if out_dir:
-            click.echo(f"written: {write_side_by_side(list(reports), out_dir)} (with the out-of-character answers "
-                       "and the scenes of every model)")
+        if not out_dir:
+            click.echo(side_by_side(list(reports)))
+            return
+        metrics, written = write_side_by_side(list(reports), out_dir)
+        click.echo(f"{metrics}\nwritten: {written} (with the out-of-character answers and the scenes of every model)")
         return
     config, workspace = project(config_path)
     overrides = {"judge": judge, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,

@@ -62,9 +62,10 @@ def in_character(answer: str, language: str = "fr") -> bool:
 
 def ooc_summary(answers: list[str], language: str = "fr") -> dict:
     """Out-of-character probes: the share answered in character, and how the others broke it."""
-    reasons = Counter(r for a in answers for r in breaks(a, language))
-    kept = sum(in_character(a, language) for a in answers)
-    return {"n": len(answers), "in_character": kept / len(answers) if answers else None, "reasons": dict(reasons)}
+    found = [breaks(a, language) for a in answers]
+    kept = sum(not f for f in found)
+    return {"n": len(answers), "in_character": kept / len(answers) if answers else None,
+            "reasons": dict(Counter(r for f in found for r in f))}
 
 
 def scene_summary(scenes: list[list[str]], language: str = "fr") -> dict:
@@ -74,14 +75,15 @@ def scene_summary(scenes: list[list[str]], language: str = "fr") -> dict:
     scenes = [s for s in scenes if s]
     if not scenes:
         return {"n": 0}
+    found = [[breaks(a, language) for a in s] for s in scenes]  # each answer checked once
     longest = max(len(s) for s in scenes)
     by_turn = []
     for turn in range(longest):
-        at = [in_character(s[turn], language) for s in scenes if len(s) > turn]
+        at = [not f[turn] for f in found if len(f) > turn]
         by_turn.append(sum(at) / len(at))
     forms = [{address_form(a) for a in s} - {"none"} for s in scenes]
     return {"n": len(scenes), "turns": longest, "by_turn": by_turn,
-            "last_turn": sum(in_character(s[-1], language) for s in scenes) / len(scenes),
-            "every_turn": sum(all(in_character(a, language) for a in s) for s in scenes) / len(scenes),
+            "last_turn": sum(not f[-1] for f in found) / len(scenes),
+            "every_turn": sum(not any(f) for f in found) / len(scenes),
             "address_consistent": sum(len(f) <= 1 for f in forms) / len(scenes),
-            "reasons": dict(Counter(r for s in scenes for a in s for r in breaks(a, language)))}
+            "reasons": dict(Counter(r for f in found for reasons in f for r in reasons))}

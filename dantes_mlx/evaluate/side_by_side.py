@@ -38,11 +38,20 @@ def check_comparable(results: list[dict], dirs: list[Path]) -> None:
                                  fix="evaluate every adapter with the same eval settings")
 
 
-def side_by_side(report_dirs: list[str | Path]) -> str:
-    """A Markdown table: each metric for the base (from the first report) and for each report's adapter."""
+def load(report_dirs: list[str | Path]) -> tuple[list[Path], list[dict]]:
+    """The report folders and their results.json, checked to be comparable (each file read once)."""
     dirs = [Path(d) for d in report_dirs]
     results = [read_results(d) for d in dirs]
     check_comparable(results, dirs)
+    return dirs, results
+
+
+def side_by_side(report_dirs: list[str | Path]) -> str:
+    """A Markdown table: each metric for the base (from the first report) and for each report's adapter."""
+    return table(*load(report_dirs))
+
+
+def table(dirs: list[Path], results: list[dict]) -> str:
     names = model_names(results, dirs)
     columns = [results[0]["metrics"].get("base", {})] + [r["metrics"].get("tuned", {}) for r in results]
     lines = ["| metric | base | " + " | ".join(names) + " |", "| --- " * (len(names) + 2) + "|"]
@@ -57,10 +66,8 @@ def model_names(results: list[dict], dirs: list[Path]) -> list[str]:
     return [Path(r.get("adapter_path") or r.get("gguf") or str(d)).name for r, d in zip(results, dirs)]
 
 
-def transcripts(report_dirs: list[str | Path]) -> str:
+def transcripts(dirs: list[Path], results: list[dict]) -> str:
     """The out-of-character answers and the scenes, base then each report's model, question by question."""
-    dirs = [Path(d) for d in report_dirs]
-    results = [read_results(d) for d in dirs]
     names = ["base"] + model_names(results, dirs)
     sides = [results[0]["sides"]["base"]] + [r["sides"]["tuned"] for r in results]
     out = []
@@ -84,13 +91,15 @@ def _cell(text: str) -> str:
     return html.escape(" ".join(str(text).split()), quote=False)
 
 
-def write_side_by_side(report_dirs: list[str | Path], out_dir: str | Path) -> Path:
-    """side-by-side.md in out_dir: the metrics table, then the out-of-character answers and scenes of every model."""
+def write_side_by_side(report_dirs: list[str | Path], out_dir: str | Path) -> tuple[str, Path]:
+    """(the metrics table, side-by-side.md in out_dir: the table, then every model's out-of-character answers and
+    scenes)."""
+    dirs, results = load(report_dirs)
+    metrics = table(dirs, results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = "\n".join(["# Side by side", "", "Reports: " + ", ".join(f"`{d}`" for d in report_dirs), "",
-                      side_by_side(report_dirs), "", "## Out-of-character questions and scenes", "",
-                      transcripts(report_dirs)])
+    text = "\n".join(["# Side by side", "", "Reports: " + ", ".join(f"`{d}`" for d in dirs), "", metrics, "",
+                      "## Out-of-character questions and scenes", "", transcripts(dirs, results)])
     path = out / "side-by-side.md"
     write_text_atomic(path, text + "\n")
-    return path
+    return metrics, path
